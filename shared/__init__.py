@@ -1,0 +1,1 @@
+"""ledgergate's common library: events, Avro codec, Kafka runtime, settings, logging, tokenizers, SDK."""
