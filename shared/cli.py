@@ -19,6 +19,30 @@ def _stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topics(args: argparse.Namespace) -> int:
+    from shared.kafka import topics
+    from shared.settings import KafkaSettings
+
+    settings = KafkaSettings()
+    if args.action == "apply":
+        specs = topics.load_specs(partitions=settings.kafka_partitions, prefix=settings.topic_prefix)
+        for line in topics.apply(settings.kafka_bootstrap, specs):
+            print(line)
+    else:
+        for name, count in sorted(topics.describe(settings.kafka_bootstrap).items()):
+            print(f"{name:40s} {count:4d} partitions")
+    return 0
+
+
+def _db(args: argparse.Namespace) -> int:
+    from shared import db
+    from shared.settings import PostgresSettings
+
+    applied = db.migrate(PostgresSettings().pg_dsn)
+    print("applied: " + ", ".join(applied) if applied else "database schema is up to date")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ledgergate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -26,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stack", help="start, stop or report the local Kafka + PostgreSQL stack")
     p.add_argument("action", choices=["up", "down", "status"])
     p.set_defaults(func=_stack)
+
+    p = sub.add_parser("topics", help="create/align topics from schemas/topics.yaml, or list them")
+    p.add_argument("action", choices=["apply", "list"])
+    p.set_defaults(func=_topics)
+
+    p = sub.add_parser("db", help="apply PostgreSQL migrations from deploy/migrations")
+    p.add_argument("action", choices=["migrate"])
+    p.set_defaults(func=_db)
     return parser
 
 

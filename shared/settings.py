@@ -22,6 +22,12 @@ class KafkaSettings(BaseSettings):
     model_config = _config()
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # Prepended to every topic name, so tests and demos can run side by side on one broker
+    # without reading each other's ledgers.
+    topic_prefix: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
+
+    def topic(self, logical_name: str) -> str:
+        return self.topic_prefix + logical_name
     # Every topic has the same count (co-partitioned by tenant); schemas/topics.yaml holds the default.
     kafka_partitions: int | None = Field(default=None, ge=1, le=256)
 

@@ -1,0 +1,1 @@
+"""Kafka plumbing shared by the services, the SDK and the tools: client configs, topics, runtime."""
