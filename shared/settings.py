@@ -56,3 +56,53 @@ class StackSettings(BaseSettings):
     start_timeout_s: float = Field(default=90.0, gt=0, le=600)
     # Below this much free disk the broker would start and then fail on its first segment roll.
     min_free_disk_mb: int = Field(default=1024, ge=0)
+
+
+class ServiceSettings(KafkaSettings):
+    """What every stream service needs; each service subclasses it with its own knobs."""
+
+    model_config = _config()
+
+    # Stable per instance: it names the Kafka transactional id, so a restarted instance fences its
+    # predecessor. Run two instances of one service with two different ids.
+    instance_id: str = Field(default="0", max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    max_batch: int = Field(default=500, ge=1, le=10000)
+    poll_timeout_ms: int = Field(default=2, ge=0, le=1000)
+
+
+class BudgetManagerSettings(ServiceSettings):
+    model_config = _config()
+
+    # A hold lives this long without a completion before it expires and releases its budget.
+    reservation_ttl_ms: int = Field(default=600_000, ge=100, le=7 * 24 * 3_600_000)
+    expiry_interval_ms: int = Field(default=500, ge=10, le=60_000)
+    # When set, the service writes its balances here (JSON) so tests and operators can compare them
+    # with a fold of the ledger.
+    state_dump_path: Path | None = None
+
+
+class TokenCounterSettings(ServiceSettings):
+    model_config = _config()
+
+    # Models without a known tiktoken encoding (claude-*, llama-*) are counted with this one.
+    tokenizer_fallback: str | None = "o200k_base"
+    max_messages: int = Field(default=1024, ge=1, le=100_000)
+    max_output_tokens: int = Field(default=1_000_000, ge=1)
+    # Input-token counts kept to settle completions whose usage is missing.
+    remembered_requests: int = Field(default=200_000, ge=0, le=10_000_000)
+
+
+class PolicySettings(ServiceSettings):
+    model_config = _config()
+
+    # A file (YAML or JSON) that replaces the built-in default policy for tenants without one.
+    default_policy_path: Path | None = None
+
+
+class RouterSettings(ServiceSettings):
+    model_config = _config()
+
+    # Decisions remembered to answer a repeated request id identically.
+    remembered_decisions: int = Field(default=200_000, ge=0, le=10_000_000)
+    # On assignment, this many trailing ledger entries per partition refill that memory.
+    rebuild_window: int = Field(default=20_000, ge=0, le=1_000_000)

@@ -1,0 +1,177 @@
+"""budget-manager adapter: decode, call the pure core, fold the entries, produce them to the ledger.
+
+It is the only writer of budget.ledger for its partitions. State is a fold of the ledger: on partition
+assignment it rebuilds from offset 0 (snapshots are future work), and its ledger appends commit in the
+same Kafka transaction as its input offsets, so a crash at any moment neither loses nor repeats an
+effect (invariant 2).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import time
+from typing import Any
+
+from confluent_kafka import Message
+
+from services.budget_manager import core
+from shared.catalogue import prices
+from shared.codec import codec
+from shared.errors import MalformedMessageError
+from shared.kafka import topics as T
+from shared.kafka.headers import stamped
+from shared.kafka.reader import read_to_end
+from shared.kafka.runtime import Outbox, run_service
+from shared.ledger.entries import LedgerEntry, ThresholdCrossed, Usage, from_record, to_record
+from shared.ledger.state import TenantState, balances_view, evolve
+from shared.logging import configure
+from shared.settings import BudgetManagerSettings
+
+
+def reserve_from_plan(rec: dict[str, Any]) -> core.Reserve:
+    rejection = rec["rejection"]
+    return core.Reserve(
+        request_id=rec["request_id"], tenant_id=rec["tenant_id"], workflow_id=rec["workflow_id"],
+        agent_id=rec["agent_id"], requested_model=rec["requested_model"], priority=rec["priority"],
+        region=rec["region"], requested_at_ms=rec["requested_at_ms"], request_sha256=rec["request_sha256"],
+        input_tokens=rec["input_tokens"], envelope_micro_usd=rec["max_cost_micro_usd"],
+        policy_version=rec["policy_version"],
+        candidates=tuple(core.Candidate(c["model"], c["tier"], c["estimated_cost_micro_usd"],
+                                        c["granted_output_tokens"], c["price_version"]) for c in rec["candidates"]),
+        rejection_reason=rejection["reason"] if rejection else None,
+        rejection_detail=rejection["detail"] if rejection else "",
+        rejection_scope=rejection["binding_scope"] if rejection else "policy",
+        retry_after_ms=rejection["retry_after_ms"] if rejection else None)
+
+
+def settle_from_usage(rec: dict[str, Any]) -> core.Settle:
+    return core.Settle(rec["request_id"], rec["tenant_id"], rec["model"], Usage(**rec["usage"]), rec["estimated"],
+                       rec["status"] == "CANCELLED")
+
+
+def command_from_record(rec: dict[str, Any]) -> core.Command:
+    return core.Command(rec["command_id"], rec["tenant_id"], rec["kind"], rec["scope_type"], rec["scope_id"],
+                        rec["amount_micro_usd"], rec["request_id"], rec["policy_json"], rec["reason"])
+
+
+class BudgetManager:
+    def __init__(self, settings: BudgetManagerSettings) -> None:
+        self.s = settings
+        self.log = configure("budget-manager")
+        self.prices = prices()
+        self.topic_planned = settings.topic(T.PLANNED)
+        self.topic_metered = settings.topic(T.METERED)
+        self.topic_commands = settings.topic(T.COMMANDS)
+        self.topic_ledger = settings.topic(T.LEDGER)
+        self.topic_alerts = settings.topic(T.ALERTS)
+        self.tenants: dict[int, dict[str, TenantState]] = {}
+        self.expiry_heap: list[tuple[int, int, str, str]] = []  # (expires_at_ms, partition, tenant, request)
+        self.dirty = False
+
+    # --- rebuild -------------------------------------------------------------------------------
+
+    def assigned(self, partitions: list[int]) -> None:
+        # The revoke-all of an eager rebalance dropped every partition; folds start from scratch.
+        started = time.monotonic()
+        for p in partitions:
+            self.tenants[p] = {}
+        count = 0
+        for msg in read_to_end(self.s.kafka_bootstrap, self.topic_ledger, partitions):
+            name, rec = codec().decode(msg.value())
+            entry = from_record(name, rec)
+            self._apply(msg.partition(), entry)
+            count += 1
+        self.log.info("state_rebuilt", partitions=partitions, entries=count,
+                      seconds=round(time.monotonic() - started, 3))
+        self.dirty = True
+
+    def revoked(self, partitions: list[int]) -> None:
+        for p in partitions:
+            self.tenants.pop(p, None)
+        self.expiry_heap = [e for e in self.expiry_heap if e[1] not in partitions]
+        heapq.heapify(self.expiry_heap)
+
+    def _state(self, partition: int, tenant_id: str) -> TenantState:
+        tenants = self.tenants.setdefault(partition, {})
+        state = tenants.get(tenant_id)
+        if state is None:
+            state = tenants[tenant_id] = TenantState(tenant_id)
+        return state
+
+    def _apply(self, partition: int, entry: LedgerEntry) -> None:
+        evolve(self._state(partition, entry.tenant_id), entry)
+        expires_at = getattr(entry, "expires_at_ms", None)
+        if expires_at is not None:
+            heapq.heappush(self.expiry_heap, (expires_at, partition, entry.tenant_id, entry.request_id))
+
+    # --- handling ------------------------------------------------------------------------------
+
+    def handle(self, msg: Message, out: Outbox) -> None:
+        name, rec = codec().decode(msg.value())
+        if msg.key() != rec["tenant_id"].encode():
+            # State lives under the input partition and entries go to the tenant's ledger partition:
+            # the two agree only when the key is the tenant id.
+            raise MalformedMessageError(f"{name} keyed {msg.key()!r}, not by its tenant_id")
+        now_ms = int(time.time() * 1000)
+        state = self._state(msg.partition(), rec["tenant_id"])
+        if name == "InvocationPlanned":
+            entries: list[LedgerEntry] | core.Rejected = core.decide_reserve(
+                state, reserve_from_plan(rec), now_ms, self.s.reservation_ttl_ms, f"{msg.partition()}:{msg.offset()}")
+        elif name == "UsageMetered":
+            entries = core.decide_settle(state, settle_from_usage(rec), now_ms, self.prices)
+            if not entries:
+                self.log.info("settlement_ignored", tenant_id=rec["tenant_id"], request_id=rec["request_id"],
+                              why="no reservation or already settled")
+        elif name == "BudgetCommand":
+            entries = core.decide_command(state, command_from_record(rec), now_ms)
+        else:
+            raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
+        if isinstance(entries, core.Rejected):
+            raise MalformedMessageError(f"{entries.code}: {entries.message}")
+        self._append(msg.partition(), entries, out, stamped(msg, "budget"))
+
+    def _append(self, partition: int, entries: list[LedgerEntry], out: Outbox, headers: list) -> None:
+        for entry in entries:
+            self._apply(partition, entry)
+            name, record = to_record(entry)
+            key = entry.tenant_id.encode()
+            out.emit(self.topic_ledger, key, codec().encode(name, record), headers)
+            if isinstance(entry, ThresholdCrossed):
+                out.emit(self.topic_alerts, key, codec().encode("BudgetAlert", {
+                    "alert_id": entry.entry_id, "tenant_id": entry.tenant_id, "scope_type": entry.scope_type,
+                    "scope_id": entry.scope_id, "period_id": entry.period_id, "threshold_pct": entry.threshold_pct,
+                    "spent_micro_usd": entry.spent_micro_usd, "limit_micro_usd": entry.limit_micro_usd,
+                    "crossed_at_ms": entry.recorded_at_ms}))
+        if entries:
+            self.dirty = True
+
+    def idle(self, now_ms: int, out: Outbox) -> None:
+        while self.expiry_heap and self.expiry_heap[0][0] <= now_ms:
+            _, partition, tenant_id, request_id = heapq.heappop(self.expiry_heap)
+            state = self.tenants.get(partition, {}).get(tenant_id)
+            hold = state.holds.get(request_id) if state else None
+            if state is None or hold is None or hold.expires_at_ms > now_ms:
+                continue  # settled or voided already
+            expired = [e for e in core.decide_expiry(state, now_ms) if e.request_id == request_id]
+            self._append(partition, expired, out, stamped(None, "budget"))
+        if self.dirty and self.s.state_dump_path is not None:
+            self.dump_state()
+            self.dirty = False
+
+    def dump_state(self) -> None:
+        view = {tenant: balances_view(state) for tenants in self.tenants.values()
+                for tenant, state in tenants.items()}
+        path = self.s.state_dump_path
+        assert path is not None
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(view, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def run(settings: BudgetManagerSettings | None = None) -> None:
+    s = settings or BudgetManagerSettings()
+    manager = BudgetManager(s)
+    run_service("budget-manager", s, manager, [manager.topic_commands, manager.topic_planned, manager.topic_metered],
+                manager.log, idle_interval_ms=s.expiry_interval_ms)

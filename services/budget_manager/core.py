@@ -1,0 +1,276 @@
+"""budget-manager's pure decision core: `decide_*(state, command, now_ms) -> entries`.
+
+No I/O and no mutation here: the adapter folds the returned entries with `shared.ledger.state.evolve`.
+Reserve-then-settle follows TigerBeetle's two-phase transfers: a reservation is a pending hold on every
+ancestor scope, later posted (settled), voided or expired. The request id is the reservation id and the
+idempotency key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.catalogue import PriceCatalogue, UnknownPriceError
+from shared.ledger.entries import (
+    BudgetLimitSet,
+    CreditGranted,
+    LedgerEntry,
+    PeriodOpened,
+    PolicyChanged,
+    ReservationDenied,
+    ReservationExpired,
+    ReservationPlaced,
+    ReservationRepeated,
+    ReservationSettled,
+    ReservationVoided,
+    ThresholdCrossed,
+    Usage,
+)
+from shared.ledger.periods import period_of
+from shared.ledger.state import CONFLICT_REASON, TENANT, WORKFLOW, ScopeKey, TenantState
+
+THRESHOLDS_PCT = (50, 80, 100)
+MAX_CANDIDATES = 8
+MAX_AMOUNT_MICRO_USD = 10**15  # a billion dollars: anything above is a typo, not a budget
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    model: str
+    tier: str
+    estimated_cost_micro_usd: int
+    granted_output_tokens: int
+    price_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    """From invocation.planned: reserve the first affordable candidate, or record the rejection."""
+
+    request_id: str
+    tenant_id: str
+    workflow_id: str
+    agent_id: str
+    requested_model: str
+    priority: str
+    region: str | None
+    requested_at_ms: int
+    request_sha256: str
+    input_tokens: int
+    envelope_micro_usd: int | None
+    policy_version: int
+    candidates: tuple[Candidate, ...]
+    rejection_reason: str | None = None
+    rejection_detail: str = ""
+    rejection_scope: str = "policy"
+    retry_after_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """From usage.metered: post the actual cost of a completed call."""
+
+    request_id: str
+    tenant_id: str
+    model: str
+    usage: Usage
+    estimated: bool
+    cancelled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """From budget.commands."""
+
+    command_id: str
+    tenant_id: str
+    kind: str
+    scope_type: str
+    scope_id: str
+    amount_micro_usd: int
+    request_id: str | None
+    policy_json: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A command that cannot apply; the adapter dead-letters it with this reason."""
+
+    code: str
+    message: str
+
+
+def open_period(state: TenantState, now_ms: int) -> list[LedgerEntry]:
+    period, start, end = period_of(now_ms)
+    if state.period_id == period:
+        return []
+    return [PeriodOpened(f"period/{state.tenant_id}/{period}", state.tenant_id, period, now_ms, start, end)]
+
+
+def _remaining(state: TenantState, period: str) -> int:
+    return state.headroom(period, (TENANT, state.tenant_id)) or 0
+
+
+def _binding(state: TenantState, period: str, scopes: list[ScopeKey], cost: int, envelope: int | None,
+             ) -> tuple[str, str] | None:
+    """The first scope (outermost first) that cannot afford `cost`, as (reason, scope name); None fits."""
+    tenant_headroom = state.headroom(period, scopes[0])
+    if tenant_headroom is None:
+        return "no_budget", f"tenant:{state.tenant_id}"
+    for scope in scopes:
+        headroom = state.headroom(period, scope)
+        if headroom is not None and cost > headroom:
+            return "budget_exhausted", f"{scope[0].lower()}:{scope[1]}"
+    if envelope is not None and cost > envelope:
+        return "over_request_envelope", "request"
+    return None
+
+
+def decide_reserve(state: TenantState, cmd: Reserve, now_ms: int, ttl_ms: int,
+                   cause: str) -> list[LedgerEntry]:
+    """`cause` names the input message (partition:offset) so a repeated entry gets a unique, stable id."""
+    entries = open_period(state, now_ms)
+    period = period_of(now_ms)[0]
+    seen = state.outcome(cmd.request_id)
+    common = dict(tenant_id=cmd.tenant_id, period_id=period, recorded_at_ms=now_ms, request_id=cmd.request_id,
+                  workflow_id=cmd.workflow_id)
+    if seen is not None:
+        entry_id, sha = seen
+        if sha == cmd.request_sha256:
+            return [*entries, ReservationRepeated(entry_id=f"{cmd.request_id}/repeat@{cause}", **common,
+                                                  original_entry_id=entry_id, requested_at_ms=cmd.requested_at_ms)]
+        return [*entries, _deny(cmd, common, f"{cmd.request_id}/conflict@{cause}", CONFLICT_REASON,
+                                "this request id was already used for a request with other content", "conflict",
+                                _remaining(state, period))]
+    entry_id = f"{cmd.request_id}/reservation"
+    if cmd.rejection_reason is not None:
+        return [*entries, _deny(cmd, common, entry_id, cmd.rejection_reason, cmd.rejection_detail,
+                                cmd.rejection_scope, _remaining(state, period), cmd.retry_after_ms)]
+    if not cmd.candidates:
+        return [*entries, _deny(cmd, common, entry_id, "no_candidate", "policy allowed no model", "policy",
+                                _remaining(state, period))]
+    scopes = state.scopes_of(cmd.workflow_id)
+    binding: tuple[str, str] | None = None
+    for index, cand in enumerate(cmd.candidates[:MAX_CANDIDATES]):
+        binding = _binding(state, period, scopes, cand.estimated_cost_micro_usd, cmd.envelope_micro_usd)
+        if binding is None:
+            remaining = _remaining(state, period) - cand.estimated_cost_micro_usd
+            return [*entries, ReservationPlaced(
+                entry_id=entry_id, **common, agent_id=cmd.agent_id, requested_model=cmd.requested_model,
+                model=cand.model, tier=cand.tier, candidate_index=index,
+                amount_micro_usd=cand.estimated_cost_micro_usd, input_tokens=cmd.input_tokens,
+                granted_output_tokens=cand.granted_output_tokens, price_version=cand.price_version,
+                policy_version=cmd.policy_version, priority=cmd.priority, region=cmd.region,
+                expires_at_ms=now_ms + ttl_ms, request_sha256=cmd.request_sha256,
+                requested_at_ms=cmd.requested_at_ms, tenant_remaining_micro_usd=remaining)]
+    # Even the cheapest (last) candidate did not fit; its binding scope is the reason the caller gets.
+    assert binding is not None
+    reason, scope = binding
+    cheapest = cmd.candidates[min(len(cmd.candidates), MAX_CANDIDATES) - 1].estimated_cost_micro_usd
+    detail = f"cheapest candidate costs {cheapest} micro-USD"
+    return [*entries, _deny(cmd, common, entry_id, reason, detail, scope, _remaining(state, period))]
+
+
+def _deny(cmd: Reserve, common: dict, entry_id: str, reason: str, detail: str, scope: str, remaining: int,
+          retry_after_ms: int | None = None) -> ReservationDenied:
+    return ReservationDenied(entry_id=entry_id, **common, agent_id=cmd.agent_id, requested_model=cmd.requested_model,
+                             reason=reason, detail=detail, binding_scope=scope, retry_after_ms=retry_after_ms,
+                             policy_version=cmd.policy_version, request_sha256=cmd.request_sha256,
+                             requested_at_ms=cmd.requested_at_ms, tenant_remaining_micro_usd=remaining)
+
+
+def decide_settle(state: TenantState, cmd: Settle, now_ms: int, prices: PriceCatalogue) -> list[LedgerEntry]:
+    """Post actual cost and release the rest; one settlement per request id. A call whose hold already
+    expired is still charged (the money was spent), all of it flagged as overage."""
+    if cmd.request_id in state.settled:
+        return []
+    hold = state.holds.get(cmd.request_id)
+    live = hold is not None
+    hold = hold or state.expired.get(cmd.request_id)
+    if hold is None:
+        return []
+    if cmd.cancelled and live and cmd.usage.output_tokens == 0 and cmd.usage.input_tokens == 0:
+        return [ReservationVoided(f"{cmd.request_id}/void", state.tenant_id, hold.period_id, now_ms, cmd.request_id,
+                                  hold.workflow_id, hold.amount_micro_usd, "cancelled before any usage")]
+    model = cmd.model
+    try:
+        prices.price(hold.price_version, model)
+    except UnknownPriceError:
+        model = hold.model  # the provider reported an alias we do not price: charge the reserved model
+    actual = prices.cost_micro_usd(hold.price_version, model, cmd.usage.input_tokens,
+                                   cmd.usage.cached_input_tokens, cmd.usage.output_tokens + cmd.usage.reasoning_tokens)
+    reserved = hold.amount_micro_usd if live else 0
+    settled = ReservationSettled(
+        f"{cmd.request_id}/settlement", state.tenant_id, hold.period_id, now_ms, cmd.request_id, hold.workflow_id,
+        model, reserved, actual, max(0, reserved - actual), max(0, actual - reserved), cmd.usage, cmd.estimated,
+        hold.price_version)
+    return [settled, *_thresholds(state, hold.period_id, hold.workflow_id, actual, now_ms)]
+
+
+def _thresholds(state: TenantState, period: str, workflow_id: str, added_posted: int,
+                now_ms: int) -> list[LedgerEntry]:
+    crossed: list[LedgerEntry] = []
+    for scope in state.scopes_of(workflow_id):
+        limit = state.limits.get(scope)
+        if not limit:
+            continue
+        b = state.peek(period, scope)
+        total = limit + b.credit_micro_usd
+        before, after = b.posted_micro_usd, b.posted_micro_usd + added_posted
+        for pct in THRESHOLDS_PCT:
+            mark = total * pct // 100
+            if before < mark <= after and (period, scope[0], scope[1], pct) not in state.thresholds:
+                crossed.append(ThresholdCrossed(f"threshold/{state.tenant_id}/{period}/{scope[0]}/{scope[1]}/{pct}",
+                                                state.tenant_id, period, now_ms, scope[0], scope[1], pct, after, total))
+    return crossed
+
+
+def decide_command(state: TenantState, cmd: Command, now_ms: int) -> list[LedgerEntry] | Rejected:
+    if cmd.command_id in state.commands:
+        return []
+    if not 0 <= cmd.amount_micro_usd <= MAX_AMOUNT_MICRO_USD:
+        return Rejected("invalid_amount", f"amount_micro_usd must be 0..{MAX_AMOUNT_MICRO_USD}")
+    entries = open_period(state, now_ms)
+    period = period_of(now_ms)[0]
+    entry_id = f"cmd/{cmd.command_id}"
+    scope_id = cmd.scope_id or cmd.tenant_id if cmd.scope_type == TENANT else cmd.scope_id
+    if cmd.scope_type == TENANT and scope_id != cmd.tenant_id:
+        return Rejected("invalid_scope", "a TENANT scope's id must be the tenant id")
+    if cmd.scope_type not in (TENANT, WORKFLOW) or not scope_id:
+        return Rejected("invalid_scope", "scope must be TENANT or WORKFLOW with an id")
+    scope = (cmd.scope_type, scope_id)
+    previous = state.limits.get(scope, 0)
+    match cmd.kind:
+        case "SET_LIMIT" | "RAISE_LIMIT" | "LOWER_LIMIT":
+            new = {"SET_LIMIT": cmd.amount_micro_usd, "RAISE_LIMIT": previous + cmd.amount_micro_usd,
+                   "LOWER_LIMIT": previous - cmd.amount_micro_usd}[cmd.kind]
+            if new < 0:
+                return Rejected("invalid_amount", f"lowering {previous} by {cmd.amount_micro_usd} goes below zero")
+            change = "SET" if cmd.kind == "SET_LIMIT" else ("RAISED" if new >= previous else "LOWERED")
+            return [*entries, BudgetLimitSet(entry_id, cmd.tenant_id, period, now_ms, scope[0], scope[1], change, new,
+                                             previous, cmd.command_id)]
+        case "GRANT_CREDIT":
+            return [*entries, CreditGranted(entry_id, cmd.tenant_id, period, now_ms, scope[0], scope[1],
+                                            cmd.amount_micro_usd, cmd.reason, cmd.command_id)]
+        case "VOID_RESERVATION":
+            hold = state.holds.get(cmd.request_id or "")
+            if hold is None:
+                return Rejected("no_such_reservation", f"no live reservation {cmd.request_id!r}")
+            return [*entries, ReservationVoided(f"{cmd.request_id}/void", cmd.tenant_id, hold.period_id, now_ms,
+                                                cmd.request_id or "", hold.workflow_id, hold.amount_micro_usd,
+                                                cmd.reason)]
+        case "SET_POLICY":
+            if not cmd.policy_json:
+                return Rejected("invalid_policy", "SET_POLICY needs policy_json")
+            return [*entries, PolicyChanged(entry_id, cmd.tenant_id, period, now_ms, state.policy_version + 1,
+                                            cmd.policy_json, cmd.command_id)]
+        case _:
+            return Rejected("unknown_command", f"command kind {cmd.kind!r} is not handled here")
+
+
+def decide_expiry(state: TenantState, now_ms: int) -> list[LedgerEntry]:
+    """Release every hold whose TTL passed, so a crashed agent never leaks budget."""
+    return [ReservationExpired(f"{rid}/expiry", state.tenant_id, hold.period_id, now_ms, rid, hold.workflow_id,
+                               hold.amount_micro_usd)
+            for rid, hold in state.holds.items() if hold.expires_at_ms <= now_ms]

@@ -1,0 +1,129 @@
+"""policy adapter: invocation.counted (+ the tenant's budget.ledger, co-partitioned) -> invocation.planned.
+
+The ledger gives each tenant's policy document (PolicyChanged) and budget burn; it is folded with the
+same `evolve` the budget-manager uses. Burn seen here may trail the budget-manager by a few entries:
+that only shifts a tier choice, never a limit, which the budget-manager enforces exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from confluent_kafka import Message
+
+from services.policy import core
+from services.policy.document import Policy, PolicyError, default_policy, parse_policy
+from shared.catalogue import prices
+from shared.codec import codec
+from shared.errors import MalformedMessageError
+from shared.kafka import topics as T
+from shared.kafka.headers import stamped
+from shared.kafka.reader import end_offsets, read_to_end
+from shared.kafka.runtime import Outbox, run_service
+from shared.ledger.entries import from_record
+from shared.ledger.periods import period_of
+from shared.ledger.state import TENANT, TenantState, evolve
+from shared.logging import configure
+from shared.settings import PolicySettings
+
+
+class PolicyService:
+    def __init__(self, settings: PolicySettings) -> None:
+        self.s = settings
+        self.log = configure("policy")
+        self.prices = prices()
+        self.base = default_policy(settings.default_policy_path) if settings.default_policy_path else default_policy()
+        self.topic_counted = settings.topic(T.COUNTED)
+        self.topic_ledger = settings.topic(T.LEDGER)
+        self.topic_planned = settings.topic(T.PLANNED)
+        self.tenants: dict[str, TenantState] = {}
+        self.policies: dict[str, tuple[int, Policy]] = {}  # tenant -> (version, parsed)
+        self.buckets: dict[str, core.Bucket] = {}
+
+    def assigned(self, partitions: list[int]) -> dict[tuple[str, int], int]:
+        ends = end_offsets(self.s.kafka_bootstrap, self.topic_ledger, partitions)
+        for msg in read_to_end(self.s.kafka_bootstrap, self.topic_ledger, partitions):
+            if msg.offset() < ends[msg.partition()]:
+                self._fold(msg)
+        self.log.info("policy_state_rebuilt", partitions=partitions, tenants=len(self.tenants))
+        return {(self.topic_ledger, p): ends[p] for p in partitions}
+
+    def revoked(self, partitions: list[int]) -> None:
+        pass  # tenants of revoked partitions are simply no longer asked about
+
+    def idle(self, now_ms: int, out: Outbox) -> None:
+        pass
+
+    def _fold(self, msg: Message) -> None:
+        name, rec = codec().decode(msg.value())
+        state = self.tenants.get(rec["tenant_id"])
+        if state is None:
+            state = self.tenants[rec["tenant_id"]] = TenantState(rec["tenant_id"])
+        evolve(state, from_record(name, rec))
+
+    def policy_for(self, tenant_id: str) -> Policy:
+        state = self.tenants.get(tenant_id)
+        if state is None or not state.policy_json:
+            return self.base
+        cached = self.policies.get(tenant_id)
+        if cached is None or cached[0] != state.policy_version:
+            try:
+                parsed = parse_policy(state.policy_json, self.base)
+            except PolicyError as exc:
+                # A bad document was already accepted into the ledger: keep serving with the default
+                # rather than stopping the tenant, and say so.
+                self.log.warning("tenant_policy_invalid", tenant_id=tenant_id, error=exc.message)
+                parsed = self.base
+            cached = self.policies[tenant_id] = (state.policy_version, parsed)
+        return cached[1]
+
+    def burn(self, tenant_id: str, now_ms: int) -> core.Burn:
+        state = self.tenants.get(tenant_id)
+        if state is None:
+            return core.Burn(0, None)
+        period = period_of(now_ms)[0]
+        scope = (TENANT, tenant_id)
+        limit = state.limits.get(scope)
+        b = state.peek(period, scope)
+        total = None if limit is None else limit + b.credit_micro_usd
+        return core.Burn(b.posted_micro_usd + b.pending_micro_usd, total)
+
+    def handle(self, msg: Message, out: Outbox) -> None:
+        if msg.topic() == self.topic_ledger:
+            self._fold(msg)
+            return
+        name, rec = codec().decode(msg.value())
+        if name != "InvocationCounted":
+            raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
+        now_ms = int(time.time() * 1000)
+        tenant_id = rec["tenant_id"]
+        policy = self.policy_for(tenant_id)
+        state = self.tenants.get(tenant_id)
+        candidates, rejection = core.plan(rec, policy, self.burn(tenant_id, now_ms), self.prices, now_ms)
+        if rejection is None:
+            bucket = self.buckets.setdefault(tenant_id, core.Bucket(policy.rate_burst * 1000, now_ms))
+            wait_ms = core.take_rate(bucket, policy, now_ms)
+            if wait_ms is not None:
+                candidates, rejection = [], core.Rejection("rate_limited", f"over {policy.rate_limit_per_s}/s",
+                                                           "rate", wait_ms)
+        envelope = _min_known(rec["max_cost_micro_usd"], policy.request_envelope_micro_usd)
+        planned: dict[str, Any] = {**rec, "max_cost_micro_usd": envelope, "candidates": candidates,
+                                   "rejection": None if rejection is None else {
+                                       "reason": rejection.reason, "detail": rejection.detail,
+                                       "retry_after_ms": rejection.retry_after_ms,
+                                       "binding_scope": rejection.binding_scope},
+                                   "policy_version": state.policy_version if state else 0, "planned_at_ms": now_ms}
+        del planned["counted_at_ms"]
+        out.emit(self.topic_planned, msg.key(), codec().encode("InvocationPlanned", planned), stamped(msg, "policy"))
+
+
+def _min_known(a: int | None, b: int | None) -> int | None:
+    known = [x for x in (a, b) if x is not None]
+    return min(known) if known else None
+
+
+def run(settings: PolicySettings | None = None) -> None:
+    s = settings or PolicySettings()
+    service = PolicyService(s)
+    run_service("policy", s, service, [service.topic_counted, service.topic_ledger], service.log)

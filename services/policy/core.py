@@ -1,0 +1,101 @@
+"""policy's pure core: from a counted request, the tenant's policy and budget burn, an ordered plan of
+candidates with estimated costs, or a rejection. No I/O; `now_ms` and the rate bucket are passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from services.policy.document import Policy
+from shared.catalogue import PriceCatalogue
+
+
+@dataclass(frozen=True, slots=True)
+class Burn:
+    """How much of the tenant's period budget is consumed (posted + pending), in micro-USD."""
+
+    consumed_micro_usd: int
+    limit_micro_usd: int | None  # None: no budget set
+
+    @property
+    def pct(self) -> int:
+        if not self.limit_micro_usd:
+            return 0
+        return self.consumed_micro_usd * 100 // self.limit_micro_usd
+
+
+@dataclass(slots=True)
+class Bucket:
+    """A token bucket per tenant: refilled at `rate` per second up to `burst`."""
+
+    tokens_milli: int
+    updated_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: str
+    detail: str
+    binding_scope: str
+    retry_after_ms: int | None = None
+
+
+def take_rate(bucket: Bucket, policy: Policy, now_ms: int) -> int | None:
+    """Spend one request from the bucket; None when allowed, else the ms until one is available."""
+    if policy.rate_limit_per_s is None:
+        return None
+    cap = policy.rate_burst * 1000
+    elapsed = max(0, now_ms - bucket.updated_ms)
+    bucket.tokens_milli = min(cap, bucket.tokens_milli + elapsed * policy.rate_limit_per_s)
+    bucket.updated_ms = now_ms
+    if bucket.tokens_milli >= 1000:
+        bucket.tokens_milli -= 1000
+        return None
+    return max(1, (1000 - bucket.tokens_milli) // policy.rate_limit_per_s)
+
+
+def max_tier_for(policy: Policy, priority: str, burn: Burn, tiers: tuple[str, ...]) -> str | None:
+    """The most capable tier this priority may use at this burn; the strictest matching rule wins."""
+    allowed_rank = 0
+    for rule in policy.tier_rules:
+        if rule.priority == priority and burn.pct >= rule.burn_pct_at_least and rule.max_tier in tiers:
+            allowed_rank = max(allowed_rank, tiers.index(rule.max_tier))
+    return tiers[allowed_rank] if allowed_rank else None
+
+
+def plan(counted: dict[str, Any], policy: Policy, burn: Burn, prices: PriceCatalogue,
+         now_ms: int) -> tuple[list[dict[str, Any]], Rejection | None]:
+    """Candidates best-first (the requested model, then its downgrades), each priced; or a rejection."""
+    if counted["invalid_reason"] is not None:
+        return [], Rejection("invalid_request", counted["invalid_reason"], "request")
+    requested = counted["requested_model"]
+    if counted["input_tokens"] > policy.max_prompt_tokens:
+        return [], Rejection("prompt_too_long",
+                             f"{counted['input_tokens']} input tokens > {policy.max_prompt_tokens}", "policy")
+    version = prices.at(now_ms)
+    if requested not in version.models:
+        return [], Rejection("unknown_model", f"{requested!r} is not in price catalogue {version.version}", "policy")
+    allowed = set(policy.allowed_models) if policy.allowed_models is not None else None
+    if allowed is not None and requested not in allowed and not any(
+            m in allowed for m in policy.downgrades.get(requested, ())):
+        return [], Rejection("model_not_allowed", f"{requested!r} is not allowed for this tenant", "policy")
+    ceiling = max_tier_for(policy, counted["priority"], burn, prices.tiers)
+    ceiling_rank = prices.tiers.index(ceiling) if ceiling else 0
+    granted = min(counted["estimated_output_tokens"], policy.max_output_tokens)
+    candidates = []
+    for model in (requested, *policy.downgrades.get(requested, ())):
+        price = version.models.get(model)
+        if price is None or (allowed is not None and model not in allowed):
+            continue
+        if prices.tiers.index(price.tier) < ceiling_rank:
+            continue
+        input_tokens = counted["input_tokens"] if model == requested else counted["accounting_input_tokens"]
+        input_cost = prices.cost_micro_usd(version.version, model, input_tokens, 0, 0, counted["region"])
+        output_cost = prices.cost_micro_usd(version.version, model, 0, 0, granted, counted["region"])
+        candidates.append({"model": model, "tier": price.tier, "estimated_input_micro_usd": input_cost,
+                           "estimated_output_micro_usd": output_cost,
+                           "estimated_cost_micro_usd": input_cost + output_cost,
+                           "granted_output_tokens": granted, "price_version": version.version})
+    if not candidates:
+        return [], Rejection("no_candidate", f"no allowed model at or below tier {ceiling}", "policy")
+    return candidates, None

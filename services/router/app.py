@@ -1,0 +1,123 @@
+"""router adapter: budget.ledger -> gate.decisions (one per request) and audit.log (hash-chained).
+
+Decisions, audit records and the ledger offsets commit in one transaction, so the chain never has a
+gap and no decision is published twice for one ledger entry. A new owner of a partition resumes the
+chain from the last committed audit record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from typing import Any
+
+from confluent_kafka import Message
+
+from services.router import core
+from shared.catalogue import deployments
+from shared.codec import codec
+from shared.kafka import topics as T
+from shared.kafka.headers import stamped
+from shared.kafka.reader import end_offsets, last_message, read_to_end
+from shared.kafka.runtime import Outbox, run_service
+from shared.ledger.entries import ReservationDenied, ReservationPlaced, ReservationRepeated, from_record
+from shared.logging import configure
+from shared.settings import RouterSettings
+
+DECIDING = (ReservationPlaced, ReservationDenied)
+
+
+class Router:
+    def __init__(self, settings: RouterSettings) -> None:
+        self.s = settings
+        self.log = configure("router")
+        self.deployments = deployments()
+        self.topic_ledger = settings.topic(T.LEDGER)
+        self.topic_decisions = settings.topic(T.DECISIONS)
+        self.topic_audit = settings.topic(T.AUDIT)
+        self.chains: dict[int, core.Chain] = {}
+        self.decisions: OrderedDict[str, dict[str, Any]] = OrderedDict()  # entry id -> decision, bounded
+
+    def assigned(self, partitions: list[int]) -> None:
+        for p in partitions:
+            chain = core.Chain(p)
+            last = last_message(self.s.kafka_bootstrap, self.topic_audit, p)
+            if last is not None:
+                _, rec = codec().decode(last.value())
+                chain.next_sequence, chain.last_hash = rec["chain_sequence"] + 1, rec["hash"]
+            self.chains[p] = chain
+        # Refill the memory of recent decisions, so a repeated request id is answered identically.
+        ends = end_offsets(self.s.kafka_bootstrap, self.topic_ledger, partitions)
+        starts = {p: max(0, ends[p] - self.s.rebuild_window) for p in partitions}
+        for msg in read_to_end(self.s.kafka_bootstrap, self.topic_ledger, partitions, starts):
+            name, rec = codec().decode(msg.value())
+            if name in ("ReservationPlaced", "ReservationDenied"):
+                entry = from_record(name, rec)
+                self._remember(entry.entry_id, core.decision_for(entry, self.deployments))  # type: ignore[arg-type]
+        self.log.info("router_resumed", partitions=partitions,
+                      chains={p: self.chains[p].next_sequence for p in partitions})
+
+    def revoked(self, partitions: list[int]) -> None:
+        for p in partitions:
+            self.chains.pop(p, None)
+
+    def idle(self, now_ms: int, out: Outbox) -> None:
+        pass
+
+    def _remember(self, entry_id: str, decision: dict[str, Any]) -> None:
+        if self.s.remembered_decisions == 0:
+            return
+        self.decisions[entry_id] = decision
+        if len(self.decisions) > self.s.remembered_decisions:
+            self.decisions.popitem(last=False)
+
+    def handle(self, msg: Message, out: Outbox) -> None:
+        raw = msg.value()
+        name, rec = codec().decode(raw)
+        entry = from_record(name, rec)
+        p = msg.partition()
+        chain = self.chains.setdefault(p, core.Chain(p))
+        headers = stamped(msg, "route")
+        audit_common = {"tenant_id": entry.tenant_id, "recorded_at_ms": entry.recorded_at_ms}
+        out.emit(self.topic_audit, msg.key(), codec().encode("AuditRecord", core.audit_record(
+            chain, kind="LEDGER", event_type=name, subject_id=entry.entry_id, source_topic=msg.topic(),
+            source_partition=p, source_offset=msg.offset(), event_sha256=hashlib.sha256(raw).hexdigest(),
+            summary_json=core.summary_of(entry), **audit_common)), partition=p)
+        decision: dict[str, Any] | None = None
+        if isinstance(entry, DECIDING):
+            decision = core.decision_for(entry, self.deployments)
+            self._remember(entry.entry_id, decision)
+        elif isinstance(entry, ReservationRepeated):
+            decision = self.decisions.get(entry.original_entry_id)
+            if decision is None:
+                self.log.warning("repeat_of_forgotten_decision", tenant_id=entry.tenant_id,
+                                 request_id=entry.request_id)
+                decision = {**_forgotten(entry)}
+        if decision is None:
+            return
+        encoded = codec().encode("GateDecision", decision)
+        out.emit(self.topic_decisions, msg.key(), encoded, headers)
+        out.emit(self.topic_audit, msg.key(), codec().encode("AuditRecord", core.audit_record(
+            chain, kind="DECISION", event_type="GateDecision", subject_id=decision["request_id"],
+            source_topic=self.topic_decisions, source_partition=p, source_offset=-1,
+            event_sha256=hashlib.sha256(encoded).hexdigest(),
+            summary_json=json.dumps({"outcome": decision["outcome"], "model": (decision["deployment"] or {}).get(
+                "model"), "reason_codes": decision["reason_codes"], "binding_scope": decision["binding_scope"]},
+                sort_keys=True), **audit_common)), partition=p)
+
+
+def _forgotten(entry: ReservationRepeated) -> dict[str, Any]:
+    """A repeat older than the router's memory: answer DENY rather than guess the original outcome."""
+    return {"request_id": entry.request_id, "tenant_id": entry.tenant_id, "workflow_id": entry.workflow_id,
+            "agent_id": "", "outcome": "DENY", "requested_model": "", "deployment": None, "granted_output_tokens": 0,
+            "reserved_micro_usd": 0, "remaining_micro_usd": 0, "reason_codes": ["repeat_of_forgotten_request"],
+            "binding_scope": "conflict", "retry_after_ms": None, "reservation_id": None,
+            "ledger_entry_id": entry.entry_id, "policy_version": 0, "requested_at_ms": entry.requested_at_ms,
+            "decided_at_ms": entry.recorded_at_ms}
+
+
+def run(settings: RouterSettings | None = None) -> None:
+    s = settings or RouterSettings()
+    router = Router(s)
+    run_service("router", s, router, [router.topic_ledger], router.log)

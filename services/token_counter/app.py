@@ -1,0 +1,144 @@
+"""token-counter adapter: invocation.requests -> invocation.counted, invocation.completions -> usage.metered."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+import tiktoken
+from confluent_kafka import Message
+
+from services.token_counter import core
+from shared.codec import codec
+from shared.errors import CodecError, LedgergateError, MalformedMessageError, TokenizerError
+from shared.kafka import topics as T
+from shared.kafka.headers import stamped
+from shared.kafka.runtime import Outbox, run_service
+from shared.logging import configure
+from shared.settings import TokenCounterSettings
+from shared.tokenizers import encoding_for_model
+
+
+def _header(msg: Message, name: str) -> str | None:
+    for key, value in msg.headers() or []:
+        if key == name and value:
+            return value.decode(errors="replace")
+    return None
+
+
+class TokenCounter:
+    def __init__(self, settings: TokenCounterSettings) -> None:
+        self.s = settings
+        self.log = configure("token-counter")
+        self.topic_requests = settings.topic(T.REQUESTS)
+        self.topic_completions = settings.topic(T.COMPLETIONS)
+        self.topic_counted = settings.topic(T.COUNTED)
+        self.topic_metered = settings.topic(T.METERED)
+        self.encodings: dict[str, tiktoken.Encoding] = {}
+        self.input_tokens: OrderedDict[str, int] = OrderedDict()  # request id -> input tokens, bounded
+        self.drift: dict[str, core.Drift] = {}
+
+    def assigned(self, partitions: list[int]) -> None:
+        pass  # drift restarts from zero; counts need no state
+
+    def revoked(self, partitions: list[int]) -> None:
+        pass
+
+    def idle(self, now_ms: int, out: Outbox) -> None:
+        pass
+
+    def encoding_for(self, model: str) -> tiktoken.Encoding:
+        enc = self.encodings.get(model)
+        if enc is None:
+            enc = self.encodings[model] = encoding_for_model(model, self.s.tokenizer_fallback)
+        return enc
+
+    def handle(self, msg: Message, out: Outbox) -> None:
+        if msg.topic() == self.topic_requests:
+            self._count(msg, out)
+        else:
+            self._meter(msg, out)
+
+    def _count(self, msg: Message, out: Outbox) -> None:
+        key_tenant = msg.key().decode(errors="replace") if msg.key() else None
+        try:
+            name, rec = codec().decode(msg.value())
+            if name != "InvocationRequested":
+                raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
+        except CodecError as exc:
+            # Unreadable body: answer DENY invalid_request if the key and header still say who asked.
+            request_id = _header(msg, "request_id")
+            if not key_tenant or not request_id:
+                raise
+            out.emit(self.topic_counted, msg.key(), self._invalid(request_id, key_tenant, exc.message),
+                     stamped(msg, "count"))
+            return
+        reason = core.validate(rec, key_tenant, self.s.max_messages, self.s.max_output_tokens)
+        counted = None
+        if reason is None:
+            try:
+                counted = core.count_request(rec, self.encoding_for)
+            except TokenizerError as exc:
+                reason = exc.message
+        tenant = rec["tenant_id"] or key_tenant or ""
+        if reason is not None:
+            self.log.info("invalid_request", tenant_id=tenant, request_id=rec["request_id"], reason=reason)
+            out.emit(self.topic_counted, tenant.encode(),
+                     self._invalid(rec["request_id"], tenant, reason, rec), stamped(msg, "count"))
+            return
+        assert counted is not None
+        self._remember(rec["request_id"], counted.input_tokens)
+        body = {k: rec[k] for k in ("request_id", "tenant_id", "workflow_id", "agent_id", "requested_model",
+                                    "max_output_tokens", "priority", "region", "max_cost_micro_usd", "labels",
+                                    "requested_at_ms", "trace_context")}
+        body.update(input_tokens=counted.input_tokens, accounting_input_tokens=counted.accounting_input_tokens,
+                    encoding=counted.encoding, estimated_output_tokens=counted.estimated_output_tokens,
+                    request_sha256=counted.request_sha256, invalid_reason=None, counted_at_ms=int(time.time() * 1000))
+        # Re-keyed by the tenant in the body: every later hop and the ledger rely on that key.
+        out.emit(self.topic_counted, rec["tenant_id"].encode(), codec().encode("InvocationCounted", body),
+                 stamped(msg, "count"))
+
+    def _invalid(self, request_id: str, tenant_id: str, reason: str, rec: dict[str, Any] | None = None) -> bytes:
+        rec = rec or {}
+        return codec().encode("InvocationCounted", {
+            "request_id": request_id[: core.MAX_ID_CHARS] or "unknown", "tenant_id": tenant_id,
+            "workflow_id": rec.get("workflow_id", ""), "agent_id": rec.get("agent_id", ""),
+            "requested_model": rec.get("requested_model", ""), "max_output_tokens": 0,
+            "priority": rec.get("priority", "NORMAL"), "region": None, "max_cost_micro_usd": None, "labels": {},
+            "requested_at_ms": rec.get("requested_at_ms", int(time.time() * 1000)), "trace_context": {},
+            "input_tokens": 0, "accounting_input_tokens": 0, "encoding": "", "estimated_output_tokens": 0,
+            "request_sha256": "", "invalid_reason": reason[:500], "counted_at_ms": int(time.time() * 1000)})
+
+    def _remember(self, request_id: str, input_tokens: int) -> None:
+        if self.s.remembered_requests == 0:
+            return
+        self.input_tokens[request_id] = input_tokens
+        if len(self.input_tokens) > self.s.remembered_requests:
+            self.input_tokens.popitem(last=False)
+
+    def _meter(self, msg: Message, out: Outbox) -> None:
+        name, rec = codec().decode(msg.value())
+        if name != "InvocationCompleted":
+            raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
+        try:
+            encoding = self.encoding_for(rec["model"])
+        except TokenizerError as exc:
+            raise LedgergateError(exc.message) from exc
+        metered = core.meter(rec, encoding, self.input_tokens.get(rec["request_id"]))
+        drift = self.drift.setdefault(rec["model"], core.Drift())
+        if not metered.estimated and metered.counted_output_tokens:
+            drift.add(metered.usage["output_tokens"], metered.counted_output_tokens)
+        out.emit(self.topic_metered, rec["tenant_id"].encode(), codec().encode("UsageMetered", {
+            "request_id": rec["request_id"], "tenant_id": rec["tenant_id"], "model": rec["model"],
+            "status": rec["status"], "usage": metered.usage, "estimated": metered.estimated,
+            "counted_output_tokens": metered.counted_output_tokens, "drift_ppm": drift.ppm,
+            "completed_at_ms": rec["completed_at_ms"], "metered_at_ms": int(time.time() * 1000)}),
+            stamped(msg, "meter"))
+
+
+def run(settings: TokenCounterSettings | None = None) -> None:
+    s = settings or TokenCounterSettings()
+    counter = TokenCounter(s)
+    run_service("token-counter", s, counter, [counter.topic_requests, counter.topic_completions], counter.log,
+                assignment_strategy="cooperative-sticky")

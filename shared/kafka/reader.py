@@ -1,0 +1,99 @@
+"""Read partitions of a topic from an offset up to their current end, outside any consumer group.
+
+Used to rebuild state (the budget-manager folds budget.ledger), to resume the audit chain, and by
+replay tools. Reads only committed transactions, like every ledgergate consumer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from shared.errors import LedgergateError
+from shared.kafka.config import consumer_config
+
+
+class ReadTimeoutError(LedgergateError):
+    code = "read_timeout"
+
+
+def _high_watermark(consumer: Consumer, topic: str, partition: int, timeout_s: float = 30.0) -> int:
+    """Retries the errors a just-created or just-moved partition gives for a moment (no leader yet)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1])
+        except KafkaException as exc:
+            if time.monotonic() > deadline or (not exc.args[0].retriable() and exc.args[0].code() not in (
+                    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT)):
+                raise
+            time.sleep(0.2)
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: list[int], timeout_s: float = 10.0) -> dict[int, int]:
+    consumer = Consumer(consumer_config(bootstrap, "ledgergate-reader", **{"enable.auto.commit": False}))
+    try:
+        return {p: _high_watermark(consumer, topic, p, timeout_s) for p in partitions}
+    finally:
+        consumer.close()
+
+
+def read_to_end(bootstrap: str, topic: str, partitions: list[int], start: dict[int, int] | None = None,
+                stall_timeout_s: float = 60.0, batch: int = 5000) -> Iterator[Message]:
+    """Yield every committed message of `partitions` from `start` (default: the beginning) to the end
+    as it was when the call began. Raises ReadTimeoutError if no progress is made for stall_timeout_s
+    (for example an open transaction of a predecessor that nobody aborts)."""
+    if not partitions:
+        return
+    consumer = Consumer(consumer_config(bootstrap, "ledgergate-reader", **{
+        "enable.auto.commit": False, "fetch.wait.max.ms": 50, "fetch.min.bytes": 1,
+        "queued.max.messages.kbytes": 262144, "fetch.max.bytes": 52428800}))
+    try:
+        ends = {p: _high_watermark(consumer, topic, p) for p in partitions}
+        begin = {p: (start or {}).get(p, OFFSET_BEGINNING) for p in partitions}
+        todo = {p for p in partitions if ends[p] > max(0, begin[p] if begin[p] >= 0 else 0)}
+        if not todo:
+            return
+        consumer.assign([TopicPartition(topic, p, begin[p]) for p in todo])
+        last_progress = time.monotonic()
+        while todo:
+            msgs = consumer.consume(batch, 0.1)
+            for msg in msgs:
+                if msg.error() is not None:
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        raise ReadTimeoutError(f"reading {topic}: {msg.error()}")
+                    continue
+                if msg.offset() < ends[msg.partition()]:
+                    yield msg
+            # Positions move past transaction markers too, so compare positions, not message offsets.
+            for tp in consumer.position([TopicPartition(topic, p) for p in list(todo)]):
+                if tp.offset >= ends[tp.partition]:
+                    todo.discard(tp.partition)
+            if msgs:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > stall_timeout_s:
+                raise ReadTimeoutError(f"reading {topic} partitions {sorted(todo)} made no progress for "
+                                       f"{stall_timeout_s:.0f} s (an open transaction?)")
+    finally:
+        consumer.close()
+
+
+def last_message(bootstrap: str, topic: str, partition: int, lookback: int = 64) -> Message | None:
+    """The last committed data message of one partition (skipping transaction markers)."""
+    consumer = Consumer(consumer_config(bootstrap, "ledgergate-reader", **{"enable.auto.commit": False}))
+    try:
+        high = _high_watermark(consumer, topic, partition)
+        low = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[0]
+    finally:
+        consumer.close()
+    if high <= low:
+        return None
+    start = max(low, high - lookback)
+    found = None
+    for msg in read_to_end(bootstrap, topic, [partition], {partition: start}):
+        found = msg
+    if found is None and start > low:
+        return last_message(bootstrap, topic, partition, lookback * 8)
+    return found

@@ -1,0 +1,207 @@
+"""Ledger entries as frozen dataclasses, one per Avro schema; field names equal the schema's.
+
+tests/unit/test_ledger_entries.py checks every class against its .avsc, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLimitSet:
+    entry_id: str
+    tenant_id: str
+    period_id: str
+    recorded_at_ms: int
+    scope_type: str
+    scope_id: str
+    change: str
+    limit_micro_usd: int
+    previous_limit_micro_usd: int
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreditGranted:
+    entry_id: str
+    tenant_id: str
+    period_id: str
+    recorded_at_ms: int
+    scope_type: str
+    scope_id: str
+    amount_micro_usd: int
+    reason: str
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodOpened:
+    entry_id: str
+    tenant_id: str
+    period_id: str
+    recorded_at_ms: int
+    starts_at_ms: int
+    ends_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChanged:
+    entry_id: str
+    tenant_id: str
+    period_id: str
+    recorded_at_ms: int
+    policy_version: int
+    policy_json: str
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationPlaced:
+    entry_id: str
+    tenant_id: str
+    period_id: str
+    recorded_at_ms: int
+    request_id: str
+    workflow_id: str
+    agent_id: str
+    requested_model: str
+    model: str
+    tier: str
+    candidate_index: int
+    amount_micro_usd: int
+    input_tokens: int
+    granted_output_tokens: int
+    price_version: str
+    policy_version: int
+    priority: str
+    region: str | None
+    expires_at_ms: int
+    request_sha256: str
+    requested_at_ms: int
+    tenant_remaining_micro_usd: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationDenied:
+    entry_id: str
+    tenant_id: str
+    period_id: str
+    recorded_at_ms: int
+    request_id: str
+    workflow_id: str
+    agent_id: str
+    requested_model: str
+    reason: str
+    detail: str
+    binding_scope: str
+    retry_after_ms: int | None
+    policy_version: int
+    request_sha256: str
+    requested_at_ms: int
+    tenant_remaining_micro_usd: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRepeated:
+    entry_id: str
+    tenant_id: str
+    period_id: str
+    recorded_at_ms: int
+    request_id: str
+    workflow_id: str
+    original_entry_id: str
+    requested_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationSettled:
+    entry_id: str
+    tenant_id: str
+    period_id: str
+    recorded_at_ms: int
+    request_id: str
+    workflow_id: str
+    model: str
+    reserved_micro_usd: int
+    actual_micro_usd: int
+    released_micro_usd: int
+    overage_micro_usd: int
+    usage: Usage
+    usage_estimated: bool
+    price_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationVoided:
+    entry_id: str
+    tenant_id: str
+    period_id: str
+    recorded_at_ms: int
+    request_id: str
+    workflow_id: str
+    released_micro_usd: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationExpired:
+    entry_id: str
+    tenant_id: str
+    period_id: str
+    recorded_at_ms: int
+    request_id: str
+    workflow_id: str
+    released_micro_usd: int
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdCrossed:
+    entry_id: str
+    tenant_id: str
+    period_id: str
+    recorded_at_ms: int
+    scope_type: str
+    scope_id: str
+    threshold_pct: int
+    spent_micro_usd: int
+    limit_micro_usd: int
+
+
+LedgerEntry = (BudgetLimitSet | CreditGranted | PeriodOpened | PolicyChanged | ReservationPlaced
+               | ReservationDenied | ReservationRepeated | ReservationSettled | ReservationVoided
+               | ReservationExpired | ThresholdCrossed)
+
+ENTRY_TYPES: dict[str, type] = {cls.__name__: cls for cls in (
+    BudgetLimitSet, CreditGranted, PeriodOpened, PolicyChanged, ReservationPlaced, ReservationDenied,
+    ReservationRepeated, ReservationSettled, ReservationVoided, ReservationExpired, ThresholdCrossed)}
+
+
+@cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def to_record(entry: LedgerEntry) -> tuple[str, dict[str, Any]]:
+    """(schema name, Avro record) for the codec."""
+    record = {name: getattr(entry, name) for name in _field_names(type(entry))}
+    if isinstance(entry, ReservationSettled):
+        record["usage"] = {name: getattr(entry.usage, name) for name in _field_names(Usage)}
+    return type(entry).__name__, record
+
+
+def from_record(name: str, record: dict[str, Any]) -> LedgerEntry:
+    cls = ENTRY_TYPES[name]
+    if cls is ReservationSettled:
+        record = {**record, "usage": Usage(**record["usage"])}
+    return cls(**record)  # type: ignore[no-any-return]
