@@ -99,7 +99,10 @@ class TransactionalRuntime:
         self.running = True
         self.consumer = Consumer(consumer_config(options.bootstrap, options.group_id, **{
             "partition.assignment.strategy": options.assignment_strategy,
-            "client.id": f"{options.service}-{options.instance_id}"}))
+            "client.id": f"{options.service}-{options.instance_id}",
+            # Static membership: an instance restarted after a crash takes its partitions straight
+            # back instead of waiting out the session timeout of its dead predecessor.
+            "group.instance.id": f"{options.service}-{options.instance_id}"}))
         # A stable transactional id per instance: a restarted instance fences its zombie predecessor
         # and aborts whatever it left open.
         self.producer = Producer(transactional_producer_config(
