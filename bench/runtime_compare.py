@@ -298,6 +298,10 @@ class Bench:
         deadline = time.monotonic() + 30
         while True:
             try:
+                # Asking for the topic's metadata refreshes the client's cached view of it.
+                meta = self.watch.list_topics(name, timeout=5).topics[name]
+                if meta.error is not None or len(meta.partitions) < PARTITIONS:
+                    raise RuntimeError(f"{name} not ready: {meta.error}")
                 self.high_watermarks(name, retry=False)
                 return
             except Exception:

@@ -123,10 +123,10 @@ def _policies(tenants: list[str], rate_per_s: float) -> dict[str, dict[str, Any]
                        {"priority": "NORMAL", "burn_pct_at_least": 80, "max_tier": "standard"},
                        {"priority": "HIGH", "burn_pct_at_least": 95, "max_tier": "standard"}]}}
     if len(tenants) > 1:
-        # globex: no claude, and a rate limit just under its offered rate, so some THROTTLE shows.
+        # globex: no claude-sonnet (its downgrades apply), and a rate limit just under its offered rate.
         rate = max(1, int(rate_per_s * TRAFFIC[1] * 0.85))
-        policies[tenants[1]] = {"allowed_models": [m for m in MODELS if m != "claude-sonnet"],
-                                "downgrades": {"claude-sonnet": ["gpt-4.1", "gpt-4.1-mini"]},
+        models = catalogue.prices().at(time.time_ns() // 1_000_000).models
+        policies[tenants[1]] = {"allowed_models": sorted(m for m in models if m != "claude-sonnet"),
                                 "rate_limit_per_s": rate, "rate_burst": rate}
     return policies
 
@@ -340,13 +340,16 @@ def format_summary(s: dict[str, Any]) -> str:
              f"({s['offered_rate_per_s']:g}/s offered), {s['decisions']} decided, {s['timeouts']} timeouts, "
              f"{s['errors']} errors", "", f"{'outcome':<12}{'count':>8}"]
     lines += [f"{k:<12}{v:>8}" for k, v in sorted(s["outcomes"].items(), key=lambda kv: -kv[1])]
-    lines += ["", f"{'tenant':<18}{'budget $':>11}{'reserved $':>12}{'remaining $':>13}{'used %':>8}{'requests':>10}"
+    lines += ["", f"{'tenant':<18}{'budget $':>11}{'reserved $':>12}{'remaining $':>13}{'burn %':>8}{'requests':>10}"
                   f"{'allow':>7}{'downgr':>8}{'deny':>6}{'thrott':>8}"]
     for tenant, t in s["tenants"].items():
         o = t["outcomes"]
         left = "-" if t["remaining_usd"] is None else f"{t['remaining_usd']:.4f}"
-        used = 100 * t["reserved_usd"] / t["budget_usd"] if t["budget_usd"] else 0.0
-        lines.append(f"{tenant:<18}{t['budget_usd']:>11.4f}{t['reserved_usd']:>12.4f}{left:>13}{used:>8.1f}"
+        # Burn as the last decision saw it (posted + pending); cumulative reservations can pass 100 %
+        # because settlements release what a call did not use.
+        burn = "-" if t["remaining_usd"] is None or not t["budget_usd"] else \
+            f"{100 * (t['budget_usd'] - t['remaining_usd']) / t['budget_usd']:.1f}"
+        lines.append(f"{tenant:<18}{t['budget_usd']:>11.4f}{t['reserved_usd']:>12.4f}{left:>13}{burn:>8}"
                      f"{t['requests']:>10}{o.get('ALLOW', 0):>7}{o.get('DOWNGRADE', 0):>8}{o.get('DENY', 0):>6}"
                      f"{o.get('THROTTLE', 0):>8}")
     lines += [f"workflow budget {k}: ${v:.4f}" for k, v in s["workflow_budgets_usd"].items()]

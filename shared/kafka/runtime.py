@@ -105,8 +105,10 @@ class TransactionalRuntime:
             "group.instance.id": f"{options.service}-{options.instance_id}"}))
         # A stable transactional id per instance: a restarted instance fences its zombie predecessor
         # and aborts whatever it left open.
+        # Prefixed by the group (which carries the topic prefix): two deployments on one broker, say
+        # a demo and a test run, must never fence each other's producers.
         self.producer = Producer(transactional_producer_config(
-            options.bootstrap, f"ledgergate-{options.service}-{options.instance_id}",
+            options.bootstrap, f"{options.group_id}-{options.instance_id}",
             **{"client.id": f"{options.service}-{options.instance_id}-tx"}))
         self._assigned: list[int] = []
 
