@@ -228,3 +228,14 @@ def test_parse_policy_rejects_bad_documents(doc: str) -> None:
 def test_unknown_key_error_names_the_key() -> None:
     with pytest.raises(PolicyError, match="max_output_tokenz"):
         parse_policy('{"max_output_tokenz": 100}', default_policy())
+
+
+@pytest.mark.xfail(strict=True, reason="take_rate floors retry_after_ms ((1000 - tokens) // rate), so at 3/s a client "
+                                       "that waits the 333 ms it was told finds 999 milli-tokens and is throttled again")
+def test_waiting_retry_after_is_enough() -> None:
+    policy = Policy(rate_limit_per_s=3, rate_burst=1)
+    bucket = Bucket(1_000, T0)
+    assert take_rate(bucket, policy, T0) is None
+    wait = take_rate(bucket, policy, T0)
+    assert wait is not None
+    assert take_rate(bucket, policy, T0 + wait) is None
