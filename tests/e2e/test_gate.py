@@ -21,7 +21,7 @@ def _limit(gate: Gate, tenant: str, micro_usd: int, workflow: str = "") -> None:
                              scope_id=workflow or tenant)
 
 
-def _wait(predicate, timeout_s: float = 30.0, what: str = "condition"):  # noqa: ANN001, ANN202
+def _wait(predicate, timeout_s: float = 30.0, what: str = "condition"):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()

@@ -1,0 +1,210 @@
+"""token-counter's pure core: request validation, input counts, the idempotency hash, metering and drift."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import tiktoken
+
+from services.token_counter.core import (
+    MAX_ID_CHARS,
+    Drift,
+    Metered,
+    count_request,
+    meter,
+    request_sha256,
+    validate,
+)
+from shared.codec import codec
+from shared.tokenizers import count_chat, count_text, encoding_for_model, get_encoding
+
+T0 = 1_794_000_000_000
+MAX_MESSAGES, MAX_OUTPUT = 64, 16_384
+TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look a word up",
+                                           "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+# Text whose token counts differ between cl100k_base and o200k_base.
+MULTILINGUAL = "Ünïcödé — naïve café, 日本語のテキスト, 한국어, and ∑ math: 12345678 tokens?"
+
+
+def request(**over: Any) -> dict[str, Any]:
+    rec = {"request_id": "req-1", "tenant_id": "acme", "workflow_id": "wf", "agent_id": "agent-1",
+           "requested_model": "gpt-4o",
+           "messages": [{"role": "system", "content": "You are terse.", "name": None},
+                        {"role": "user", "content": MULTILINGUAL, "name": "alice"}],
+           "tools_json": None, "max_output_tokens": 500, "priority": "NORMAL", "region": None,
+           "max_cost_micro_usd": None, "labels": {"team": "search"}, "requested_at_ms": T0,
+           "trace_context": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}
+    rec.update(over)
+    return rec
+
+
+def check(rec: dict[str, Any], key: str | None = "acme") -> str | None:
+    return validate(rec, key, MAX_MESSAGES, MAX_OUTPUT)
+
+
+# ---------------------------------------------------------------------------------------------- validate
+
+
+def test_a_good_request_validates_and_encodes() -> None:
+    rec = request(tools_json=json.dumps(TOOLS))
+    assert check(rec) is None
+    assert check(rec, key=None) is None
+    assert codec().decode(codec().encode("InvocationRequested", rec))[1] == rec
+
+
+@pytest.mark.parametrize(("over", "reason"), [
+    ({"messages": []}, "messages is empty"),
+    ({"messages": [{"role": "user", "content": "x", "name": None}] * (MAX_MESSAGES + 1)},
+     f"more than {MAX_MESSAGES} messages"),
+    ({"max_output_tokens": 0}, f"max_output_tokens must be 1..{MAX_OUTPUT}"),
+    ({"max_output_tokens": -5}, f"max_output_tokens must be 1..{MAX_OUTPUT}"),
+    ({"max_output_tokens": MAX_OUTPUT + 1}, f"max_output_tokens must be 1..{MAX_OUTPUT}"),
+    ({"tools_json": "[{not json"}, "tools_json is not valid JSON"),
+    ({"tools_json": '{"name": "lookup"}'}, "tools_json must be a JSON list"),
+    ({"request_id": ""}, f"request_id must be 1..{MAX_ID_CHARS} characters"),
+    ({"request_id": "r" * (MAX_ID_CHARS + 1)}, f"request_id must be 1..{MAX_ID_CHARS} characters"),
+    ({"tenant_id": ""}, f"tenant_id must be 1..{MAX_ID_CHARS} characters"),
+    ({"requested_model": ""}, "requested_model is empty"),
+    ({"max_cost_micro_usd": -1}, "max_cost_micro_usd must not be negative"),
+])
+def test_validate_reasons(over: dict[str, Any], reason: str) -> None:
+    assert check(request(**over), key=None) == reason
+
+
+def test_validate_boundaries_are_inclusive() -> None:
+    assert check(request(max_output_tokens=1)) is None
+    assert check(request(max_output_tokens=MAX_OUTPUT)) is None
+    assert check(request(request_id="r" * MAX_ID_CHARS)) is None
+    assert check(request(messages=[{"role": "user", "content": "x", "name": None}] * MAX_MESSAGES)) is None
+    assert check(request(max_cost_micro_usd=0)) is None
+    assert check(request(tools_json="[]")) is None
+
+
+def test_key_must_be_the_tenant() -> None:
+    assert check(request(), key="someone-else") == "the message key must be the tenant_id"
+    assert check(request(tenant_id="other"), key="acme") == "the message key must be the tenant_id"
+
+
+# ---------------------------------------------------------------------------------------------- counting
+
+
+def test_count_request_equals_count_chat() -> None:
+    rec = request(tools_json=json.dumps(TOOLS))
+    counted = count_request(rec, encoding_for_model)
+    enc = encoding_for_model("gpt-4o")
+    assert counted.encoding == "o200k_base" == enc.name
+    assert counted.input_tokens == count_chat(rec["messages"], "gpt-4o", tools=TOOLS, encoding=enc)
+    assert counted.input_tokens == count_chat(rec["messages"], "gpt-4o", tools=TOOLS)
+    assert counted.accounting_input_tokens == counted.input_tokens
+    assert counted.estimated_output_tokens == 500
+    assert counted.request_sha256 == request_sha256(rec)
+    without_tools = count_request(request(), encoding_for_model)
+    assert counted.input_tokens > without_tools.input_tokens
+
+
+def test_accounting_count_uses_o200k_for_a_cl100k_model() -> None:
+    rec = request(requested_model="gpt-4")
+    counted = count_request(rec, encoding_for_model)
+    assert counted.encoding == "cl100k_base"
+    assert counted.input_tokens == count_chat(rec["messages"], "gpt-4", encoding=get_encoding("cl100k_base"))
+    assert counted.accounting_input_tokens == count_chat(rec["messages"], "gpt-4",
+                                                         encoding=get_encoding("o200k_base"))
+    assert counted.accounting_input_tokens != counted.input_tokens
+
+
+def test_encoding_for_is_called_with_the_requested_model() -> None:
+    asked: list[str] = []
+
+    def encoding_for(model: str) -> tiktoken.Encoding:
+        asked.append(model)
+        return get_encoding("cl100k_base")
+
+    counted = count_request(request(requested_model="claude-sonnet"), encoding_for)
+    assert asked == ["claude-sonnet"]
+    assert counted.encoding == "cl100k_base"
+
+
+# ---------------------------------------------------------------------------------------------- request hash
+
+
+def test_request_sha256_ignores_clock_and_trace_context() -> None:
+    base = request_sha256(request())
+    assert len(base) == 64
+    assert request_sha256(request(requested_at_ms=T0 + 12_345)) == base
+    assert request_sha256(request(trace_context={})) == base
+    assert request_sha256(request(request_id="req-2")) == base  # the id is the key, not the content
+    assert request_sha256(request(labels={"team": "search"})) == base
+
+
+@pytest.mark.parametrize("over", [
+    {"messages": [{"role": "user", "content": "something else", "name": None}]},
+    {"requested_model": "gpt-4o-mini"},
+    {"max_output_tokens": 501},
+    {"priority": "HIGH"},
+    {"region": "eu-west"},
+    {"max_cost_micro_usd": 10},
+    {"labels": {"team": "ads"}},
+    {"tools_json": "[]"},
+    {"workflow_id": "wf-2"},
+    {"agent_id": "agent-2"},
+    {"tenant_id": "other"},
+])
+def test_request_sha256_changes_with_content(over: dict[str, Any]) -> None:
+    assert request_sha256(request(**over)) != request_sha256(request())
+
+
+# ---------------------------------------------------------------------------------------------- metering
+
+
+def completion(usage: dict[str, int] | None, text: str | None = "Hello there, general Kenobi.") -> dict[str, Any]:
+    return {"request_id": "req-1", "tenant_id": "acme", "model": "gpt-4o", "status": "OK", "usage": usage,
+            "completion_text": text, "completed_at_ms": T0, "trace_context": {}}
+
+
+def test_reported_usage_is_kept() -> None:
+    usage = {"input_tokens": 120, "cached_input_tokens": 20, "output_tokens": 33, "reasoning_tokens": 7}
+    rec = completion(usage)
+    metered = meter(rec, get_encoding("o200k_base"), remembered_input_tokens=999)
+    assert metered == Metered(usage, False, count_text(rec["completion_text"], "o200k_base"))
+    assert metered.counted_output_tokens == 7
+    assert metered.usage is not usage  # a copy
+
+
+def test_missing_usage_is_estimated_from_text_and_remembered_input() -> None:
+    metered = meter(completion(None, MULTILINGUAL), get_encoding("cl100k_base"), remembered_input_tokens=321)
+    counted = count_text(MULTILINGUAL, "cl100k_base")
+    assert counted != count_text(MULTILINGUAL, "o200k_base")  # the passed encoding is the one used
+    assert metered == Metered({"input_tokens": 321, "cached_input_tokens": 0, "output_tokens": counted,
+                               "reasoning_tokens": 0}, True, counted)
+
+
+def test_missing_usage_and_nothing_remembered() -> None:
+    metered = meter(completion(None, None), get_encoding("o200k_base"), remembered_input_tokens=None)
+    assert metered == Metered({"input_tokens": 0, "cached_input_tokens": 0, "output_tokens": 0,
+                               "reasoning_tokens": 0}, True, None)
+    assert meter(completion(None, ""), get_encoding("o200k_base"), None).counted_output_tokens is None
+
+
+def test_metered_usage_encodes() -> None:
+    metered = meter(completion(None), get_encoding("o200k_base"), 5)
+    body = {"request_id": "req-1", "tenant_id": "acme", "model": "gpt-4o", "status": "OK", "usage": metered.usage,
+            "estimated": metered.estimated, "counted_output_tokens": metered.counted_output_tokens,
+            "drift_ppm": 1_000_000, "completed_at_ms": T0, "metered_at_ms": T0 + 1}
+    assert codec().decode(codec().encode("UsageMetered", body))[1] == body
+
+
+def test_drift_ppm() -> None:
+    drift = Drift()
+    assert drift.ppm == 1_000_000
+    drift.add(110, 100)
+    assert drift.ppm == 1_100_000
+    drift.add(90, 100)
+    assert (drift.reported, drift.counted, drift.ppm) == (200, 200, 1_000_000)
+    low = Drift()
+    low.add(1, 3)
+    assert low.ppm == 333_333
+    zero = Drift()
+    zero.add(5, 0)
+    assert zero.ppm == 1_000_000
