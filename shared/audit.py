@@ -17,8 +17,11 @@ CHAINED_FIELDS = ("audit_id", "tenant_id", "kind", "event_type", "subject_id", "
 def record_hash(record: Mapping[str, Any]) -> str:
     h = hashlib.sha256()
     for name in CHAINED_FIELDS:
-        h.update(str(record[name]).encode())
-        h.update(b"\x1f")  # unit separator: field boundaries cannot be forged by shifting text
+        # Length-prefixed, so text moved across a field boundary changes the hash (a separator
+        # byte alone would not: ids may contain it).
+        value = str(record[name]).encode()
+        h.update(len(value).to_bytes(8, "big"))
+        h.update(value)
     return h.hexdigest()
 
 

@@ -131,6 +131,55 @@ def _budget_show(tenant: str) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from shared.reports import run_replay
+
+    return run_replay(args)
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from shared.reports import run_reconcile
+
+    return run_reconcile(args)
+
+
+def _instant(text: str) -> int:
+    from shared.tables import parse_instant_ms
+
+    try:
+        return parse_instant_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _pct(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        value = Decimal(-1)
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"threshold must be a percentage >= 0: {text!r}")
+    return value
+
+
+def _apikey(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from services.api import auth
+    from shared import db
+    from shared.settings import PostgresSettings
+
+    dsn = PostgresSettings().pg_dsn
+    db.migrate(dsn)  # idempotent: the api_keys table exists before the first key (bootstrap of an admin)
+    with psycopg.connect(dsn) as conn:
+        key = auth.create_key(conn, tenant_id=None if args.admin else args.tenant, is_admin=args.admin,
+                              can_write=args.write, name=args.name)
+    access = "admin" if key.is_admin else f"tenant {key.tenant_id}, {'read-write' if key.can_write else 'read-only'}"
+    print(f"key id {key.key_id} ({access}); the key is shown only now:", file=sys.stderr)
+    print(key.token)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from shared import run
 
@@ -142,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ledgergate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run one service in the foreground (token-counter, policy, budget-manager, router)")
+    p = sub.add_parser("run", help="run one service in the foreground (token-counter, policy, budget-manager, router, "
+                                   "alerter, ...)")
     p.add_argument("service")
     p.set_defaults(func=_run)
 
@@ -186,6 +236,40 @@ def build_parser() -> argparse.ArgumentParser:
     b = budget.add_parser("show", help="fold the tenant's budget.ledger partition and print its balances")
     b.add_argument("--tenant", required=True)
     p.set_defaults(func=_budget)
+
+    p = sub.add_parser("apikey", help="create an API key for the admin API (prints the key once)")
+    keys = p.add_subparsers(dest="action", required=True)
+    k = keys.add_parser("create", help="store the key's SHA-256 in PostgreSQL and print the key on stdout")
+    who = k.add_mutually_exclusive_group(required=True)
+    who.add_argument("--tenant", help="a key that reaches only this tenant")
+    who.add_argument("--admin", action="store_true", help="a key that reaches every tenant and admin routes")
+    k.add_argument("--write", action="store_true", help="tenant key may also change budgets and policy")
+    k.add_argument("--name", default="", help="a label, e.g. who holds the key")
+    p.set_defaults(func=_apikey)
+
+    p = sub.add_parser("audit", help="governance tools on the hash-chained audit.log")
+    audit = p.add_subparsers(dest="action", required=True)
+    a = audit.add_parser("replay", help="verify every partition's hash chain, rebuild spend per tenant/model/day "
+                                        "and reconcile it with the ledger fold (and PostgreSQL); exit 1 on a problem")
+    a.add_argument("--from", dest="from_ms", type=_instant, help="ISO 8601 time (UTC if naive) or epoch ms")
+    a.add_argument("--tenant", help="only this tenant's partition (its chain is verified whole)")
+    a.add_argument("--topic", help="audit topic to read (default: audit.log under LEDGERGATE_TOPIC_PREFIX)")
+    a.add_argument("--ledger-topic", help="ledger topic (default: budget.ledger under the prefix)")
+    a.add_argument("--json", help="also write the full report to this file")
+    a.add_argument("--pg-dsn", help="also reconcile against the PostgreSQL usage table at this DSN")
+    a.add_argument("--progress-every", type=int, default=100_000, help="progress line on stderr every N records")
+    p.set_defaults(func=_audit)
+
+    p = sub.add_parser("reconcile", help="compare a provider's usage export (docs/invoice-csv.md) with metered "
+                                         "usage per day and model; exit 1 when drift exceeds the threshold")
+    p.add_argument("--invoice", required=True, help="CSV: date,model,input_tokens,cached_input_tokens,"
+                                                    "output_tokens,reasoning_tokens,cost_usd")
+    p.add_argument("--threshold-pct", type=_pct, default=Decimal(2))
+    p.add_argument("--pg-dsn", help="read the PostgreSQL usage table (else, or when it is missing, usage.metered)")
+    p.add_argument("--topic", help="usage topic (default: usage.metered under LEDGERGATE_TOPIC_PREFIX)")
+    p.add_argument("--json", help="also write the full report to this file")
+    p.add_argument("--progress-every", type=int, default=100_000)
+    p.set_defaults(func=_reconcile)
     return parser
 
 

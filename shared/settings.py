@@ -99,6 +99,18 @@ class PolicySettings(ServiceSettings):
     default_policy_path: Path | None = None
 
 
+class ProjectorSettings(ServiceSettings, PostgresSettings):
+    """The projector: budget.ledger, gate.decisions, audit.log -> the PostgreSQL read model."""
+
+    model_config = _config()
+
+    # Messages per PostgreSQL transaction. Larger batches amortise the per-commit fsync; the batch
+    # is only what is already fetched, so a quiet stream still commits each message promptly.
+    projector_batch: int = Field(default=5000, ge=1, le=100_000)
+    # The name under which consumer_offsets stores this projector's positions.
+    projector_consumer: str = Field(default="projector", max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+
+
 class RouterSettings(ServiceSettings):
     model_config = _config()
 
@@ -106,3 +118,25 @@ class RouterSettings(ServiceSettings):
     remembered_decisions: int = Field(default=200_000, ge=0, le=10_000_000)
     # On assignment, this many trailing ledger entries per partition refill that memory.
     rebuild_window: int = Field(default=20_000, ge=0, le=1_000_000)
+
+
+class ApiSettings(KafkaSettings, PostgresSettings):
+    """The admin and query API (`ledgergate run api`): HTTP on top of the read model and budget.commands."""
+
+    model_config = _config()
+
+    # 127.0.0.1 by default: an API that can change budgets is not exposed unless someone asks for it
+    # (docker-compose sets 0.0.0.0 inside its container).
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    # Every request body is small (a budget command, a policy document); anything bigger is refused
+    # before it is read into memory.
+    api_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    api_pool_min: int = Field(default=1, ge=0, le=100)
+    api_pool_max: int = Field(default=10, ge=1, le=100)
+    # How long a request waits for a pooled connection / for Kafka to acknowledge a command before 503.
+    api_pool_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    api_command_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # Apply pending migrations at start (serialised with the projector by an advisory lock).
+    api_migrate: bool = True
+    api_start_timeout_s: float = Field(default=60.0, gt=0, le=600)

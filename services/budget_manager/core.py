@@ -27,7 +27,7 @@ from shared.ledger.entries import (
     Usage,
 )
 from shared.ledger.periods import period_of
-from shared.ledger.state import CONFLICT_REASON, TENANT, WORKFLOW, ScopeKey, TenantState
+from shared.ledger.state import CONFLICT_REASON, RATE_LIMITED_REASON, TENANT, WORKFLOW, ScopeKey, TenantState
 
 THRESHOLDS_PCT = (50, 80, 100)
 MAX_CANDIDATES = 8
@@ -145,6 +145,8 @@ def decide_reserve(state: TenantState, cmd: Reserve, now_ms: int, ttl_ms: int,
                                 _remaining(state, period))]
     entry_id = f"{cmd.request_id}/reservation"
     if cmd.rejection_reason is not None:
+        if cmd.rejection_reason == RATE_LIMITED_REASON:
+            entry_id = f"{cmd.request_id}/throttle@{cause}"  # not final: the retry gets its own entries
         return [*entries, _deny(cmd, common, entry_id, cmd.rejection_reason, cmd.rejection_detail,
                                 cmd.rejection_scope, _remaining(state, period), cmd.retry_after_ms)]
     if not cmd.candidates:
@@ -183,7 +185,7 @@ def _deny(cmd: Reserve, common: dict, entry_id: str, reason: str, detail: str, s
 def decide_settle(state: TenantState, cmd: Settle, now_ms: int, prices: PriceCatalogue) -> list[LedgerEntry]:
     """Post actual cost and release the rest; one settlement per request id. A call whose hold already
     expired is still charged (the money was spent), all of it flagged as overage."""
-    if cmd.request_id in state.settled:
+    if state.was_settled(cmd.request_id):
         return []
     hold = state.holds.get(cmd.request_id)
     live = hold is not None
@@ -213,10 +215,12 @@ def _thresholds(state: TenantState, period: str, workflow_id: str, added_posted:
     crossed: list[LedgerEntry] = []
     for scope in state.scopes_of(workflow_id):
         limit = state.limits.get(scope)
-        if not limit:
+        if limit is None:
             continue
         b = state.peek(period, scope)
         total = limit + b.credit_micro_usd
+        if total <= 0:
+            continue
         before, after = b.posted_micro_usd, b.posted_micro_usd + added_posted
         for pct in THRESHOLDS_PCT:
             mark = total * pct // 100
@@ -247,7 +251,7 @@ def decide_command(state: TenantState, cmd: Command, now_ms: int) -> list[Ledger
                    "LOWER_LIMIT": previous - cmd.amount_micro_usd}[cmd.kind]
             if new < 0:
                 return Rejected("invalid_amount", f"lowering {previous} by {cmd.amount_micro_usd} goes below zero")
-            change = "SET" if cmd.kind == "SET_LIMIT" else ("RAISED" if new >= previous else "LOWERED")
+            change = {"SET_LIMIT": "SET", "RAISE_LIMIT": "RAISED", "LOWER_LIMIT": "LOWERED"}[cmd.kind]
             return [*entries, BudgetLimitSet(entry_id, cmd.tenant_id, period, now_ms, scope[0], scope[1], change, new,
                                              previous, cmd.command_id)]
         case "GRANT_CREDIT":
@@ -255,6 +259,8 @@ def decide_command(state: TenantState, cmd: Command, now_ms: int) -> list[Ledger
                                             cmd.amount_micro_usd, cmd.reason, cmd.command_id)]
         case "VOID_RESERVATION":
             hold = state.holds.get(cmd.request_id or "")
+            if hold is None and state.outcome(cmd.request_id or "") is not None:
+                return []  # already voided, settled or expired: a redelivered void changes nothing
             if hold is None:
                 return Rejected("no_such_reservation", f"no live reservation {cmd.request_id!r}")
             return [*entries, ReservationVoided(f"{cmd.request_id}/void", cmd.tenant_id, hold.period_id, now_ms,

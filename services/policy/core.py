@@ -51,7 +51,9 @@ def take_rate(bucket: Bucket, policy: Policy, now_ms: int) -> int | None:
     if bucket.tokens_milli >= 1000:
         bucket.tokens_milli -= 1000
         return None
-    return max(1, (1000 - bucket.tokens_milli) // policy.rate_limit_per_s)
+    # Rounded up: a client that waits exactly this long must find a whole token.
+    missing = 1000 - bucket.tokens_milli
+    return max(1, -(-missing // policy.rate_limit_per_s))
 
 
 def max_tier_for(policy: Policy, priority: str, burn: Burn, tiers: tuple[str, ...]) -> str | None:

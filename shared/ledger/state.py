@@ -28,6 +28,7 @@ from shared.ledger.entries import (
 TENANT = "TENANT"
 WORKFLOW = "WORKFLOW"
 CONFLICT_REASON = "idempotency_conflict"
+RATE_LIMITED_REASON = "rate_limited"
 
 ScopeKey = tuple[str, str]  # (scope_type, scope_id)
 
@@ -66,6 +67,8 @@ class TenantState:
     outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)
     previous_outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)
     settled: set[str] = field(default_factory=set)
+    previous_settled: set[str] = field(default_factory=set)
+    # Holds that expired this period or the last: a late completion is still charged.
     expired: dict[str, Hold] = field(default_factory=dict)
     thresholds: set[tuple[str, str, str, int]] = field(default_factory=set)
     commands: set[str] = field(default_factory=set)
@@ -94,6 +97,9 @@ class TenantState:
     def outcome(self, request_id: str) -> tuple[str, str] | None:
         return self.outcomes.get(request_id) or self.previous_outcomes.get(request_id)
 
+    def was_settled(self, request_id: str) -> bool:
+        return request_id in self.settled or request_id in self.previous_settled
+
     def scopes_of(self, workflow_id: str) -> list[ScopeKey]:
         scopes: list[ScopeKey] = [(TENANT, self.tenant_id)]
         if workflow_id:
@@ -112,7 +118,9 @@ def evolve(state: TenantState, entry: LedgerEntry) -> TenantState:
                                                  entry.amount_micro_usd, entry.price_version, entry.expires_at_ms)
             state.outcomes[entry.request_id] = (entry.entry_id, entry.request_sha256)
         case ReservationDenied():
-            if entry.reason != CONFLICT_REASON:
+            # A conflict is not this request's outcome, and a throttle is not final: the client is told
+            # to come back after retry_after_ms, with the same request id.
+            if entry.reason not in (CONFLICT_REASON, RATE_LIMITED_REASON):
                 state.outcomes[entry.request_id] = (entry.entry_id, entry.request_sha256)
         case ReservationSettled():
             hold = state.holds.pop(entry.request_id, None) or state.expired.pop(entry.request_id, None)
@@ -140,9 +148,12 @@ def evolve(state: TenantState, entry: LedgerEntry) -> TenantState:
             state.policy_json = entry.policy_json
             state.commands.add(entry.command_id)
         case PeriodOpened():
+            # Keep one period of history (the idempotency window), drop anything older.
+            closing = state.period_id
             state.previous_outcomes = state.outcomes
             state.outcomes = {}
-            state.expired = {}
+            state.expired = {rid: h for rid, h in state.expired.items() if h.period_id in (closing, entry.period_id)}
+            state.previous_settled = state.settled
             state.settled = set()
             state.period_id = entry.period_id
         case ThresholdCrossed():

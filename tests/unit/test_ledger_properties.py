@@ -42,7 +42,15 @@ from shared.ledger.entries import (
     from_record,
     to_record,
 )
-from shared.ledger.state import CONFLICT_REASON, TENANT, WORKFLOW, TenantState, balances_view, evolve
+from shared.ledger.state import (
+    CONFLICT_REASON,
+    RATE_LIMITED_REASON,
+    TENANT,
+    WORKFLOW,
+    TenantState,
+    balances_view,
+    evolve,
+)
 
 T_START = 1_795_824_000_000  # 2026-11-28T00:00:00Z
 T_END = T_START + 30 * 86_400_000  # 2026-12-28: two periods at most
@@ -196,6 +204,9 @@ def _check_after(t: Tenant, entry: LedgerEntry) -> None:
             assert rid in t.first_outcome
             assert t.first_outcome[rid][1] != entry.request_sha256
             assert s.outcome(rid) == t.first_outcome[rid]  # the conflict never overwrites the original
+        case ReservationDenied() if entry.reason == RATE_LIMITED_REASON:
+            # A throttle is not final: the id stays free for the retry the client was told to make.
+            assert rid not in t.first_outcome and s.outcome(rid) is None
         case ReservationDenied():
             assert rid not in t.first_outcome
             t.first_outcome[rid] = (entry.entry_id, entry.request_sha256)

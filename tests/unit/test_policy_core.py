@@ -230,8 +230,6 @@ def test_unknown_key_error_names_the_key() -> None:
         parse_policy('{"max_output_tokenz": 100}', default_policy())
 
 
-@pytest.mark.xfail(strict=True, reason="take_rate floors retry_after_ms ((1000 - tokens) // rate), so at 3/s a "
-                                       "client waiting the 333 ms it was told finds 999 milli-tokens: throttled again")
 def test_waiting_retry_after_is_enough() -> None:
     policy = Policy(rate_limit_per_s=3, rate_burst=1)
     bucket = Bucket(1_000, T0)

@@ -232,3 +232,14 @@ def test_summary_keeps_only_governance_fields() -> None:
     summary = summary_of(denied())
     assert SHA not in summary
     assert list(json.loads(summary)) == sorted(json.loads(summary))
+
+
+def test_moving_text_between_fields_is_detected() -> None:
+    chain = Chain(0)
+    # subject_id is the client-chosen request id; source_topic follows it in CHAINED_FIELDS
+    rec = audit_record(chain, kind="DECISION", event_type="GateDecision", subject_id="req-0\x1fgate",
+                       source_topic="decisions", tenant_id="acme", source_partition=0, source_offset=7,
+                       event_sha256="0" * 64, summary_json="{}", recorded_at_ms=T0)
+    forged = dict(rec, subject_id="req-0", source_topic="gate\x1fdecisions")
+    assert verify_chain([(0, rec)]) is None
+    assert verify_chain([(0, forged)]) == "offset 0: hash does not match the record's content (edited)"

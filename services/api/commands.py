@@ -1,0 +1,110 @@
+"""Publishes BudgetCommands to budget.commands. The API never writes the ledger: the budget-manager stays
+its single writer and turns each command into ledger entries (or dead-letters it, e.g. a void of an
+unknown reservation).
+
+One idempotent producer for the whole process, shared by every request thread. A command is answered
+202 only after Kafka acknowledged it (acks=all), so an accepted command id is never lost.
+GateClient.send_command is not reused: it also builds a decisions consumer and flushes the whole
+producer per call, which serialises concurrent requests behind each other's deliveries.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from services.api.errors import Unavailable
+from shared import logging as lg_logging
+from shared.codec import codec
+from shared.kafka import topics as T
+from shared.kafka.config import producer_config
+from shared.settings import KafkaSettings
+
+_log = lg_logging.get("api")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    tenant_id: str
+    kind: str  # one of shared.client.COMMAND_KINDS
+    scope_type: str = "TENANT"
+    scope_id: str = ""
+    amount_micro_usd: int = 0
+    request_id: str | None = None
+    policy_json: str | None = None
+    reason: str = ""
+
+
+class CommandPublisher:
+    def __init__(self, settings: KafkaSettings, timeout_s: float) -> None:
+        self.topic = settings.topic(T.COMMANDS)
+        self.timeout_s = timeout_s
+        self._producer = Producer(producer_config(settings.kafka_bootstrap))
+        self._stop = threading.Event()
+        # Delivery callbacks run inside poll(); a dedicated thread serves them so a waiting request
+        # thread never has to poll (and so never runs another request's callback).
+        self._thread = threading.Thread(target=self._serve, name="api-command-deliveries", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    def publish(self, cmd: Command, issued_by: str) -> str:
+        """Produce and wait for the broker's acknowledgement; returns the command id."""
+        command_id = str(uuid.uuid4())
+        record = {
+            "command_id": command_id, "tenant_id": cmd.tenant_id, "kind": cmd.kind, "scope_type": cmd.scope_type,
+            "scope_id": cmd.scope_id or (cmd.tenant_id if cmd.scope_type == "TENANT" else ""),
+            "amount_micro_usd": cmd.amount_micro_usd, "request_id": cmd.request_id, "policy_json": cmd.policy_json,
+            "reason": cmd.reason, "issued_by": issued_by, "issued_at_ms": time.time_ns() // 1_000_000,
+        }
+        value = codec().encode("BudgetCommand", record)
+        delivered: Future[None] = Future()
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                delivered.set_result(None)
+            else:
+                delivered.set_exception(KafkaException(err))
+
+        try:
+            # Keyed by tenant: commands land on the tenant's partition, where its budget-manager owns it.
+            self._producer.produce(self.topic, key=cmd.tenant_id.encode(), value=value, on_delivery=on_delivery,
+                                   headers=[("request_id", command_id.encode())])
+        except (BufferError, KafkaException) as exc:
+            raise Unavailable(f"command could not be queued for Kafka: {exc}") from exc
+        try:
+            delivered.result(timeout=self.timeout_s)
+        except FutureTimeoutError:
+            # It may still be delivered later; the caller must not assume either outcome.
+            raise Unavailable(f"Kafka did not acknowledge command {command_id} within {self.timeout_s:.0f} s; "
+                              "it may or may not apply") from None
+        except KafkaException as exc:
+            raise Unavailable(f"command {command_id} was not delivered: {exc.args[0]}") from exc
+        _log.info("command_published", tenant_id=cmd.tenant_id, command_id=command_id, kind=cmd.kind,
+                  issued_by=issued_by)
+        return command_id
+
+    def ready(self, timeout_s: float = 2.0) -> str | None:
+        """None when budget.commands has partitions with leaders; else what is wrong."""
+        try:
+            meta = self._producer.list_topics(self.topic, timeout=timeout_s).topics.get(self.topic)
+        except KafkaException as exc:
+            return f"kafka metadata request failed: {exc.args[0]}"
+        if meta is None or meta.error is not None or not meta.partitions:
+            return f"topic {self.topic} is not available ({meta.error if meta is not None else 'no metadata'})"
+        if any(p.leader < 0 for p in meta.partitions.values()):
+            return f"topic {self.topic} has partitions without a leader"
+        return None
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._producer.flush(timeout_s)

@@ -1,0 +1,114 @@
+"""The API's typed errors and the handlers that render every error as one JSON shape:
+
+    {"error": {"code": "forbidden", "message": "...", "request_id": "..."}}
+
+FastAPI's defaults answer `{"detail": ...}` in three different shapes (string, list of pydantic
+errors that echo the input, Starlette's "Not Found"); clients should parse one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import psycopg
+import psycopg_pool
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared import logging as lg_logging
+from shared.errors import LedgergateError
+
+_log = lg_logging.get("api")
+
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+                 422: "invalid_request", 429: "too_many_requests", 503: "unavailable"}
+
+
+class ApiError(LedgergateError):
+    status_code = 500
+    code = "internal_error"
+    headers: ClassVar[dict[str, str] | None] = None
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    code = "unauthorized"
+    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ApiError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    status_code = 404
+    code = "not_found"
+
+
+class Unprocessable(ApiError):
+    status_code = 422
+    code = "invalid_request"
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class Unavailable(ApiError):
+    """A dependency (PostgreSQL, Kafka) did not answer in time; the client may retry."""
+
+    status_code = 503
+    code = "unavailable"
+
+
+def error_body(request: Request | None, code: str, message: str, details: list[dict[str, Any]] | None = None
+               ) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    request_id = getattr(request.state, "request_id", None) if request is not None else None
+    if request_id:
+        error["request_id"] = request_id
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # Only where and what: pydantic's `input`/`ctx` would echo the caller's payload back (and into logs).
+    return [{"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", "")), "type": err.get("type", "")}
+            for err in exc.errors()[:20]]
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(request, exc.code, exc.message), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = _validation_details(exc)
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        message = f"{'.'.join(first['loc']) or 'request'}: {first['msg']}"
+        return JSONResponse(error_body(request, "invalid_request", message, details), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(exc.status_code, "error")
+        return JSONResponse(error_body(request, code, str(exc.detail)), exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(psycopg_pool.PoolTimeout)
+    async def _pool_timeout(request: Request, exc: psycopg_pool.PoolTimeout) -> JSONResponse:
+        _log.warning("database_pool_timeout", error=str(exc))
+        return JSONResponse(error_body(request, "unavailable", "the database did not answer in time; retry"), 503,
+                            headers={"Retry-After": "1"})
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def _db_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        _log.warning("database_unavailable", error=str(exc))
+        return JSONResponse(error_body(request, "unavailable", "the database is unavailable; retry"), 503,
+                            headers={"Retry-After": "1"})

@@ -1,0 +1,133 @@
+"""Pure ASGI middleware: request ids and access logs, and the request body size limit.
+
+Pure ASGI rather than BaseHTTPMiddleware: the body limit has to wrap `receive` so a chunked upload
+without Content-Length is cut off at the limit instead of being read whole first.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.api.errors import error_body
+from shared import logging as lg_logging
+
+REQUEST_ID_HEADER = "x-request-id"
+# A caller's request id is echoed into logs and headers only when it looks like an id, never arbitrary text.
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+_log = lg_logging.get("api")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    # RequestContextMiddleware, outside this one, adds the X-Request-ID header to every response.
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"request body larger than {self.max_bytes} bytes"
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = self.max_bytes + 1  # unparseable: refuse rather than guess
+                if declared > self.max_bytes:
+                    await _send_json(send, 413, _body(scope, "payload_too_large", message))
+                    return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            msg = await receive()
+            if msg["type"] == "http.request":
+                received += len(msg.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if started:  # too late for a status code; the connection is simply dropped
+                raise
+            await _send_json(send, 413, _body(scope, "payload_too_large", message))
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (the caller's X-Request-ID when it is a sane id), binds it to structlog's
+    context for every log line of the request, returns it as a header and writes one access log line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+                msg["headers"] = [*msg.get("headers", []), (REQUEST_ID_HEADER.encode(), request_id.encode())]
+            await send(msg)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                # tenant_id is set by the auth dependency; the path is logged without the query string,
+                # which may carry filters a tenant considers private.
+                _log.info("http_request", method=scope.get("method"), path=scope.get("path"), status=status,
+                          tenant_id=state.get("tenant_id"), key_id=state.get("key_id"),
+                          ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == REQUEST_ID_HEADER.encode():
+            text = value.decode("latin-1")
+            return text if _SAFE_REQUEST_ID.match(text) else None
+    return None
+
+
+def _body(scope: Scope, code: str, message: str) -> dict[str, Any]:
+    body = error_body(None, code, message)
+    request_id = scope.get("state", {}).get("request_id")
+    if request_id:
+        body["error"]["request_id"] = request_id
+    return body

@@ -1,0 +1,204 @@
+"""Request and response models. Inputs are `*Create`/`*Update` (extra keys forbidden, every field bounded);
+outputs are `*Public` and never carry secrets, except `ApiKeyCreated`, which shows a new key once."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# The budget-manager rejects anything above this too (services/budget_manager/core.py): a billion dollars
+# is a typo, not a budget.
+MAX_AMOUNT_MICRO_USD = 10**15
+MAX_PAGE = 500
+DEFAULT_PAGE = 100
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
+Amount = Annotated[int, Field(ge=0, le=MAX_AMOUNT_MICRO_USD, description="integer micro-USD (1 USD = 10^6)")]
+PositiveAmount = Annotated[int, Field(ge=1, le=MAX_AMOUNT_MICRO_USD, description="integer micro-USD (1 USD = 10^6)")]
+Reason = Annotated[str, Field(max_length=256)]
+Scope = Literal["TENANT", "WORKFLOW"]
+Outcome = Literal["ALLOW", "DOWNGRADE", "DENY", "THROTTLE", "CACHE_HIT"]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _ScopedInput(_Input):
+    scope: Scope = "TENANT"
+    workflow_id: Id | None = Field(default=None, description="required for WORKFLOW scope, absent for TENANT")
+    reason: Reason = ""
+
+    @model_validator(mode="after")
+    def _scope_matches(self) -> _ScopedInput:
+        if (self.scope == "WORKFLOW") != (self.workflow_id is not None):
+            raise ValueError("workflow_id is required for scope WORKFLOW and not allowed for scope TENANT")
+        return self
+
+    def scope_id(self, tenant_id: str) -> str:
+        return self.workflow_id if self.workflow_id is not None else tenant_id
+
+
+class BudgetCreate(_ScopedInput):
+    """Set a scope's limit (replaces the previous one)."""
+
+    limit_micro_usd: Amount
+
+
+class BudgetUpdate(_ScopedInput):
+    """Raise or lower a scope's limit by an amount."""
+
+    amount_micro_usd: PositiveAmount
+
+
+class CreditCreate(_ScopedInput):
+    """Grant credit in the current period, on top of the limit."""
+
+    amount_micro_usd: PositiveAmount
+
+
+class VoidCreate(_Input):
+    reason: Reason = ""
+
+
+class CommandAccepted(BaseModel):
+    """The command is durably on budget.commands; the budget-manager applies it asynchronously and the
+    read model shows the effect once the projector has caught up."""
+
+    command_id: str
+    tenant_id: str
+    kind: str
+    status: Literal["accepted"] = "accepted"
+
+
+class PolicyPublic(BaseModel):
+    tenant_id: str
+    policy_version: int = Field(description="0: the tenant never set a policy and runs on the default")
+    document: dict[str, Any] = Field(description="the tenant's document as set (overrides of the default)")
+    effective: dict[str, Any] = Field(description="the document applied over the API's default policy")
+    recorded_at_ms: int | None
+
+
+class BalancePublic(BaseModel):
+    scope_type: str
+    scope_id: str
+    period_id: str
+    limit_micro_usd: int | None = Field(description="null when the scope has no limit")
+    credit_micro_usd: int
+    posted_micro_usd: int
+    pending_micro_usd: int
+    remaining_micro_usd: int | None = Field(description="limit + credit - posted - pending; null when unlimited")
+    burn_rate_micro_usd_per_day: int = Field(description="posted divided by the days elapsed in the period")
+    updated_at_ms: int
+
+
+class BalancesPublic(BaseModel):
+    tenant_id: str
+    period_id: str
+    days_elapsed: int = Field(description="days of the period begun so far (the first day counts as 1)")
+    items: list[BalancePublic]
+
+
+class LedgerEntryPublic(BaseModel):
+    entry_id: str
+    entry_type: str
+    period_id: str
+    request_id: str | None
+    workflow_id: str | None
+    model: str | None
+    amount_micro_usd: int
+    recorded_at_ms: int
+    body: dict[str, Any]
+
+
+class DecisionPublic(BaseModel):
+    request_id: str
+    ledger_entry_id: str
+    tenant_id: str
+    workflow_id: str
+    agent_id: str
+    outcome: str
+    requested_model: str
+    model: str | None
+    binding_scope: str | None
+    reason_codes: list[str]
+    reserved_micro_usd: int
+    granted_output_tokens: int | None
+    requested_at_ms: int
+    decided_at_ms: int
+    body: dict[str, Any]
+
+
+class SpendRow(BaseModel):
+    key: str
+    requests: int
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    spend_micro_usd: int
+
+
+class SpendReport(BaseModel):
+    tenant_id: str
+    group_by: str
+    from_ms: int
+    to_ms: int
+    total_micro_usd: int
+    rows: list[SpendRow]
+
+
+class AlertPublic(BaseModel):
+    alert_id: str
+    scope_type: str
+    scope_id: str
+    period_id: str
+    threshold_pct: int
+    spent_micro_usd: int
+    limit_micro_usd: int
+    crossed_at_ms: int
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+class TenantPublic(BaseModel):
+    tenant_id: str
+
+
+class ApiKeyCreate(_Input):
+    tenant_id: Id | None = None
+    admin: bool = False
+    can_write: bool = Field(default=False, description="tenant keys only: may send budget and policy commands")
+    name: Annotated[str, Field(max_length=128)] = ""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ApiKeyCreate:
+        if self.admin == (self.tenant_id is not None):
+            raise ValueError("give either tenant_id or admin=true, not both")
+        return self
+
+
+class ApiKeyPublic(BaseModel):
+    key_id: str
+    tenant_id: str | None
+    admin: bool
+    can_write: bool
+    name: str
+    created_at_ms: int
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    key: str = Field(description="the secret key; shown only in this response, store it now")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)

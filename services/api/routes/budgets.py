@@ -1,0 +1,61 @@
+"""Budget commands: set / raise / lower a limit, grant credit, void a reservation.
+
+Each route only publishes a BudgetCommand and answers 202 with its id: the budget-manager is the ledger's
+single writer, so validation that needs the ledger's state (e.g. lowering below zero, voiding a
+reservation that is not live) happens there, and a rejected command is dead-lettered with its reason.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
+
+from services.api.commands import Command
+from services.api.deps import CurrentPrincipal, Publisher, WritableTenant
+from services.api.models import ID_PATTERN, BudgetCreate, BudgetUpdate, CommandAccepted, CreditCreate, VoidCreate
+
+router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["budgets"])
+ACCEPTED = {"status_code": status.HTTP_202_ACCEPTED, "response_model": CommandAccepted}
+
+
+def accept(publisher: Publisher, principal: CurrentPrincipal, cmd: Command) -> CommandAccepted:
+    command_id = publisher.publish(cmd, issued_by=f"api:{principal.key_id}")
+    return CommandAccepted(command_id=command_id, tenant_id=cmd.tenant_id, kind=cmd.kind)
+
+
+@router.post("/budgets", summary="Set a tenant or workflow limit", **ACCEPTED)
+def set_budget(tenant_id: WritableTenant, body: BudgetCreate, publisher: Publisher,
+               principal: CurrentPrincipal) -> CommandAccepted:
+    return accept(publisher, principal, Command(tenant_id, "SET_LIMIT", body.scope, body.scope_id(tenant_id),
+                                                body.limit_micro_usd, reason=body.reason))
+
+
+@router.post("/budgets/raise", summary="Raise a limit by an amount", **ACCEPTED)
+def raise_budget(tenant_id: WritableTenant, body: BudgetUpdate, publisher: Publisher,
+                 principal: CurrentPrincipal) -> CommandAccepted:
+    return accept(publisher, principal, Command(tenant_id, "RAISE_LIMIT", body.scope, body.scope_id(tenant_id),
+                                                body.amount_micro_usd, reason=body.reason))
+
+
+@router.post("/budgets/lower", summary="Lower a limit by an amount", **ACCEPTED)
+def lower_budget(tenant_id: WritableTenant, body: BudgetUpdate, publisher: Publisher,
+                 principal: CurrentPrincipal) -> CommandAccepted:
+    return accept(publisher, principal, Command(tenant_id, "LOWER_LIMIT", body.scope, body.scope_id(tenant_id),
+                                                body.amount_micro_usd, reason=body.reason))
+
+
+@router.post("/credits", summary="Grant credit for the current period", **ACCEPTED)
+def grant_credit(tenant_id: WritableTenant, body: CreditCreate, publisher: Publisher,
+                 principal: CurrentPrincipal) -> CommandAccepted:
+    return accept(publisher, principal, Command(tenant_id, "GRANT_CREDIT", body.scope, body.scope_id(tenant_id),
+                                                body.amount_micro_usd, reason=body.reason))
+
+
+@router.post("/reservations/{request_id}/void", summary="Release a live reservation", **ACCEPTED)
+def void_reservation(tenant_id: WritableTenant,
+                     request_id: Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)],
+                     publisher: Publisher, principal: CurrentPrincipal,
+                     body: VoidCreate | None = None) -> CommandAccepted:
+    return accept(publisher, principal, Command(tenant_id, "VOID_RESERVATION", request_id=request_id,
+                                                reason=body.reason if body else ""))

@@ -1,0 +1,54 @@
+"""PUT a tenant's policy document. It is validated here, against the built-in default policy, before it
+becomes a SET_POLICY command: a document the policy service would refuse must never reach the ledger."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, status
+
+from services.api.commands import Command
+from services.api.deps import CurrentPrincipal, DbConn, Publisher, ReadableTenant, WritableTenant
+from services.api.errors import Unprocessable
+from services.api.models import CommandAccepted, PolicyPublic
+from services.api.routes.budgets import accept
+from services.policy.document import PolicyError, default_policy, parse_policy
+
+router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["policies"])
+
+_EXAMPLE = {"allowed_models": ["gpt-4o-mini", "gpt-4o"], "max_output_tokens": 2048, "rate_limit_per_s": 50}
+
+
+@router.put("/policy", status_code=status.HTTP_202_ACCEPTED, response_model=CommandAccepted,
+            summary="Replace the tenant's policy document",
+            description="The document overrides the default policy field by field; unknown keys are errors.")
+def put_policy(tenant_id: WritableTenant, document: Annotated[dict[str, Any], Body(examples=[_EXAMPLE])],
+               publisher: Publisher, principal: CurrentPrincipal) -> CommandAccepted:
+    # Canonical form: the same document always produces the same bytes on the ledger.
+    policy_json = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    try:
+        parse_policy(policy_json, default_policy())
+    except PolicyError as exc:
+        raise Unprocessable(exc.message[:2000]) from None
+    return accept(publisher, principal, Command(tenant_id, "SET_POLICY", policy_json=policy_json,
+                                                reason="api"))
+
+
+@router.get("/policy", response_model=PolicyPublic, summary="The tenant's current policy (from the ledger)")
+def get_policy(tenant_id: ReadableTenant, db: DbConn) -> PolicyPublic:
+    row = db.execute("SELECT body, recorded_at_ms FROM ledger_entries "
+                     "WHERE tenant_id = %s AND entry_type = 'PolicyChanged' "
+                     "ORDER BY recorded_at_ms DESC, entry_id DESC LIMIT 1", (tenant_id,)).fetchone()
+    if row is None:
+        return PolicyPublic(tenant_id=tenant_id, policy_version=0, document={},
+                            effective=default_policy().model_dump(mode="json"), recorded_at_ms=None)
+    body, recorded_at_ms = row
+    try:
+        effective = parse_policy(body["policy_json"], default_policy()).model_dump(mode="json")
+        document = json.loads(body["policy_json"])
+    except PolicyError:
+        # Set around this API (CLI, SDK) and invalid: the policy service refuses it too, so nothing applies.
+        effective, document = {}, {}
+    return PolicyPublic(tenant_id=tenant_id, policy_version=body["policy_version"], document=document,
+                        effective=effective, recorded_at_ms=recorded_at_ms)

@@ -1,0 +1,225 @@
+"""projector adapter: budget.ledger, gate.decisions and audit.log -> the PostgreSQL read model.
+
+Exactly once without Kafka transactions: the next offset of every partition is stored in
+consumer_offsets in the same PostgreSQL transaction as the rows its messages produced, and on
+assignment the consumer seeks to those stored offsets. Kafka's committed offsets are written too,
+after the fact and only so that lag tools show something; nothing reads them back.
+
+A message that cannot be decoded is recorded in projection_errors and skipped (never a stuck
+partition). A PostgreSQL outage rolls the batch back, reconnects and re-reads from the stored offsets.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import psycopg
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from services.projector import core, sql
+from shared.codec import codec
+from shared.db import migrate
+from shared.errors import LedgergateError
+from shared.kafka import topics as T
+from shared.kafka.config import consumer_config
+from shared.ledger.entries import ENTRY_TYPES, from_record
+from shared.logging import configure
+from shared.settings import ProjectorSettings
+
+EXPECTED = {core.DECISIONS: "GateDecision", core.AUDIT: "AuditRecord"}
+STATS_INTERVAL_S = 10.0
+MAX_BACKOFF_S = 5.0
+
+
+class UnexpectedEventError(LedgergateError):
+    """A well-formed event of a type that does not belong on the topic it was read from."""
+
+    code = "unexpected_event"
+
+
+class Projector:
+    def __init__(self, settings: ProjectorSettings) -> None:
+        self.s = settings
+        self.log = configure("projector")
+        self.name = settings.projector_consumer
+        self.kinds = {settings.topic(T.LEDGER): core.LEDGER, settings.topic(T.DECISIONS): core.DECISIONS,
+                      settings.topic(T.AUDIT): core.AUDIT}
+        # (topic, partition) -> next offset as stored in consumer_offsets (-1: no row yet), for every
+        # partition this instance owns. The compare-and-set in sql.write checks against it.
+        self.positions: dict[tuple[str, int], int] = {}
+        self.running = True
+        self.conn: psycopg.Connection[Any] | None = None
+        self.consumer = Consumer(consumer_config(
+            settings.kafka_bootstrap, f"{settings.topic_prefix}ledgergate-projector", **{
+                # Static membership: a restarted projector takes its partitions back at once instead of
+                # waiting out the dead member's session.
+                "group.instance.id": f"projector-{settings.instance_id}",
+                "enable.partition.eof": False, "fetch.max.bytes": 52428800}))
+        self.totals = {"messages": 0, "rows": 0, "batches": 0, "errors": 0}
+
+    # --- PostgreSQL ------------------------------------------------------------------------------
+
+    def _retry(self, what: str, fn: Any) -> Any:
+        """Run fn until PostgreSQL answers: a projector outlives a database restart."""
+        backoff = 0.1
+        while True:
+            try:
+                return fn()
+            except psycopg.OperationalError as exc:
+                if not self.running:
+                    raise
+                self.log.warning("postgres_unavailable", action=what, error=str(exc).strip()[:300],
+                                 retry_in_s=backoff)
+                self._close_db()
+                time.sleep(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+    def _db(self) -> psycopg.Connection[Any]:
+        if self.conn is None or self.conn.closed:
+            self.conn = psycopg.connect(self.s.pg_dsn, connect_timeout=10, autocommit=True)
+            sql.prepare(self.conn)
+        return self.conn
+
+    def _close_db(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _load_positions(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        stored = self._retry("load_offsets", lambda: sql.stored_offsets(self._db(), self.name, list(self.kinds)))
+        return {k: stored.get(k, -1) for k in keys}
+
+    # --- rebalance -------------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        loaded = self._load_positions([(tp.topic, tp.partition) for tp in partitions])
+        self.positions.update(loaded)
+        for tp in partitions:
+            stored = loaded[(tp.topic, tp.partition)]
+            tp.offset = stored if stored >= 0 else OFFSET_BEGINNING
+        self.log.info("partitions_assigned", offsets={f"{tp.topic}:{tp.partition}": tp.offset for tp in partitions})
+        consumer.incremental_assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.positions.pop((tp.topic, tp.partition), None)
+        self.log.info("partitions_revoked", partitions=[f"{tp.topic}:{tp.partition}" for tp in partitions])
+
+    def _rewind(self) -> None:
+        """After a rolled-back batch: read every owned partition again from its stored offset."""
+        keys = sorted(self.positions)
+        if not keys:
+            return
+        loaded = self._load_positions(keys)
+        self.positions.update(loaded)
+        tps = [TopicPartition(t, p, o if o >= 0 else OFFSET_BEGINNING) for (t, p), o in loaded.items()]
+        # Unassign + assign rather than seek: it also drops what was already fetched past the offsets,
+        # and works before a partition's first fetch, when seek() fails with an erroneous-state error.
+        self.consumer.incremental_unassign([TopicPartition(t, p) for t, p in keys])
+        self.consumer.incremental_assign(tps)
+
+    # --- loop ------------------------------------------------------------------------------------
+
+    def stop(self, *_: object) -> None:
+        self.running = False
+
+    def run(self, max_seconds: float | None = None) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        applied = self._retry("migrate", lambda: migrate(self.s.pg_dsn))
+        self.log.info("projector_starting", migrations_applied=applied, topics=list(self.kinds),
+                      batch=self.s.projector_batch)
+        self.consumer.subscribe(list(self.kinds), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+        deadline = time.monotonic() + max_seconds if max_seconds else None
+        last_stats, since = time.monotonic(), dict(self.totals)
+        try:
+            while self.running and (deadline is None or time.monotonic() < deadline):
+                first = self.consumer.poll(0.1)
+                if first is not None:
+                    # Whatever is already fetched joins the batch; nothing waits for more to arrive.
+                    self._project([first, *self.consumer.consume(self.s.projector_batch - 1, 0)])
+                now = time.monotonic()
+                if now - last_stats >= STATS_INTERVAL_S:
+                    elapsed = now - last_stats
+                    done = {k: v - since[k] for k, v in self.totals.items()}
+                    if done["messages"]:
+                        self.log.info("projected", **done, messages_per_s=round(done["messages"] / elapsed),
+                                      rows_per_s=round(done["rows"] / elapsed))
+                    last_stats, since = now, dict(self.totals)
+        finally:
+            self.log.info("stopping", **self.totals)
+            self.consumer.close()
+            self._close_db()
+
+    def _project(self, msgs: list[Message]) -> None:
+        batch = self._build(msgs)
+        if not batch.offsets:
+            return
+        try:
+            sql.write(self._db(), self.name, batch, self.positions)
+        except sql.StaleOffsetsError as exc:
+            self.log.warning("offsets_moved", error=exc.message)
+            self._rewind()
+            return
+        except psycopg.OperationalError as exc:
+            self.log.warning("batch_rolled_back", error=str(exc).strip()[:300], messages=batch.messages)
+            self._close_db()
+            self._rewind()
+            return
+        self.positions.update(batch.offsets)
+        self.totals["messages"] += batch.messages
+        self.totals["rows"] += batch.rows
+        self.totals["batches"] += 1
+        self.totals["errors"] += len(batch.errors)
+        try:  # informational only (lag tools); the stored offsets above are the ones that count
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()],
+                                 asynchronous=True)
+        except KafkaException as exc:
+            self.log.debug("informational_commit_failed", error=str(exc))
+
+    def _build(self, msgs: list[Message]) -> core.Batch:
+        batch = core.Batch()
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self.log.warning("consume_error", error=str(err))
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if (topic, partition) not in self.positions:
+                continue  # fetched before a revoke: its new owner reads it from the stored offset
+            batch.consumed(topic, partition, offset)
+            try:
+                self._add(batch, self.kinds[topic], msg.value(), partition, offset)
+            except LedgergateError as exc:
+                self._skip(batch, topic, partition, offset, exc.code, exc.message)
+            except (KeyError, TypeError, ValueError) as exc:  # decodable, but not the shape the schema promised
+                self._skip(batch, topic, partition, offset, "internal_error", repr(exc))
+        return batch
+
+    @staticmethod
+    def _add(batch: core.Batch, kind: str, value: bytes, partition: int, offset: int) -> None:
+        name, record = codec().decode(value)
+        if kind == core.LEDGER:
+            if name not in ENTRY_TYPES:
+                raise UnexpectedEventError(f"{name} is not a ledger entry")
+            batch.add_ledger(from_record(name, record), record, partition, offset)
+        elif name != EXPECTED[kind]:
+            raise UnexpectedEventError(f"{name} does not belong on the {kind} topic")
+        elif kind == core.DECISIONS:
+            batch.add_decision(record)
+        else:
+            batch.add_audit(record)
+
+    def _skip(self, batch: core.Batch, topic: str, partition: int, offset: int, code: str, message: str) -> None:
+        self.log.error("message_skipped", topic=topic, partition=partition, offset=offset, error=code)
+        batch.add_error(self.name, topic, partition, offset, code, message)
+
+
+def run(settings: ProjectorSettings | None = None) -> None:
+    Projector(settings or ProjectorSettings()).run()

@@ -1,0 +1,161 @@
+"""projector's pure core: decoded events become read-model rows; no I/O.
+
+`balance_deltas` is the projector's copy of the balance arithmetic in shared.ledger.state.evolve, as
+additive deltas per (tenant, scope, period), so a batch can be applied with one set-based upsert and
+summed in any order. tests/unit/test_projector_core.py folds random ledgers both ways and compares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from shared.ledger.entries import (
+    BudgetLimitSet,
+    CreditGranted,
+    LedgerEntry,
+    ReservationExpired,
+    ReservationPlaced,
+    ReservationSettled,
+    ReservationVoided,
+    ThresholdCrossed,
+)
+from shared.ledger.state import TENANT, WORKFLOW
+
+LEDGER, DECISIONS, AUDIT = "ledger", "decisions", "audit"
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceDelta:
+    scope_type: str
+    scope_id: str
+    period_id: str
+    credit_micro_usd: int = 0
+    posted_micro_usd: int = 0
+    pending_micro_usd: int = 0
+
+
+def _scopes(tenant_id: str, workflow_id: str) -> list[tuple[str, str]]:
+    # Must equal TenantState.scopes_of: the tenant always, the workflow when the entry names one.
+    return [(TENANT, tenant_id), (WORKFLOW, workflow_id)] if workflow_id else [(TENANT, tenant_id)]
+
+
+def balance_deltas(entry: LedgerEntry) -> list[BalanceDelta]:
+    """What `evolve` adds to each balance for this entry. The budget-manager writes a hold's period
+    into its settle/void/expire entries, so `entry.period_id` is the period evolve finds in the hold."""
+    match entry:
+        case ReservationPlaced():
+            return [BalanceDelta(st, sid, entry.period_id, pending_micro_usd=entry.amount_micro_usd)
+                    for st, sid in _scopes(entry.tenant_id, entry.workflow_id)]
+        case ReservationSettled():
+            return [BalanceDelta(st, sid, entry.period_id, posted_micro_usd=entry.actual_micro_usd,
+                                 pending_micro_usd=-entry.reserved_micro_usd)
+                    for st, sid in _scopes(entry.tenant_id, entry.workflow_id)]
+        case ReservationVoided() | ReservationExpired():
+            return [BalanceDelta(st, sid, entry.period_id, pending_micro_usd=-entry.released_micro_usd)
+                    for st, sid in _scopes(entry.tenant_id, entry.workflow_id)]
+        case CreditGranted():
+            return [BalanceDelta(entry.scope_type, entry.scope_id, entry.period_id,
+                                 credit_micro_usd=entry.amount_micro_usd)]
+    return []
+
+
+def _amount(entry: LedgerEntry) -> int:
+    """The money an entry is about, for listings: held, posted, released, granted, the new limit or the
+    spend that crossed a threshold; 0 for entries that move none."""
+    match entry:
+        case ReservationPlaced() | CreditGranted():
+            return entry.amount_micro_usd
+        case ReservationSettled():
+            return entry.actual_micro_usd
+        case ReservationVoided() | ReservationExpired():
+            return entry.released_micro_usd
+        case BudgetLimitSet():
+            return entry.limit_micro_usd
+        case ThresholdCrossed():
+            return entry.spent_micro_usd
+    return 0
+
+
+def _workflow(entry: LedgerEntry) -> str | None:
+    workflow = getattr(entry, "workflow_id", None)
+    if workflow is None and getattr(entry, "scope_type", None) == WORKFLOW:
+        workflow = entry.scope_id  # type: ignore[union-attr]  # a workflow's limit, credit or alert
+    return workflow or None
+
+
+def _json(record: dict[str, Any]) -> str:
+    return orjson.dumps(record).decode()
+
+
+@dataclass(slots=True)
+class Batch:
+    """Rows for one PostgreSQL transaction, as tuples in the column order of services.projector.sql."""
+
+    ledger: list[tuple[Any, ...]] = field(default_factory=list)
+    deltas: list[tuple[Any, ...]] = field(default_factory=list)
+    limits: list[tuple[Any, ...]] = field(default_factory=list)
+    usage: list[tuple[Any, ...]] = field(default_factory=list)
+    alerts: list[tuple[Any, ...]] = field(default_factory=list)
+    decisions: list[tuple[Any, ...]] = field(default_factory=list)
+    audit: list[tuple[Any, ...]] = field(default_factory=list)
+    errors: list[tuple[Any, ...]] = field(default_factory=list)
+    # (topic, partition) -> the offset to read next once this batch is committed
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    messages: int = 0
+    _seen: set[tuple[str, str]] = field(default_factory=set)
+
+    @property
+    def rows(self) -> int:
+        return sum(len(x) for x in (self.ledger, self.deltas, self.limits, self.usage, self.alerts,
+                                    self.decisions, self.audit, self.errors))
+
+    def consumed(self, topic: str, partition: int, offset: int) -> None:
+        self.messages += 1
+        self.offsets[(topic, partition)] = offset + 1
+
+    def add_ledger(self, entry: LedgerEntry, record: dict[str, Any], partition: int, offset: int) -> None:
+        key = (entry.tenant_id, entry.entry_id)
+        if key in self._seen:
+            return  # the same entry twice in one batch would otherwise be staged (and summed) twice
+        self._seen.add(key)
+        self.ledger.append((entry.tenant_id, entry.entry_id, entry.period_id, type(entry).__name__,
+                            getattr(entry, "request_id", None), _workflow(entry), getattr(entry, "model", None),
+                            _amount(entry), entry.recorded_at_ms, partition, offset, _json(record)))
+        for d in balance_deltas(entry):
+            self.deltas.append((entry.tenant_id, entry.entry_id, d.scope_type, d.scope_id, d.period_id,
+                                d.credit_micro_usd, d.posted_micro_usd, d.pending_micro_usd, entry.recorded_at_ms))
+        match entry:
+            case BudgetLimitSet():
+                # Within a tenant (one partition) the offset orders limit changes; the last one wins.
+                self.limits.append((entry.tenant_id, entry.entry_id, entry.scope_type, entry.scope_id,
+                                    entry.limit_micro_usd, offset, entry.recorded_at_ms))
+            case ReservationSettled():
+                u = entry.usage
+                self.usage.append((entry.tenant_id, entry.entry_id, entry.request_id, entry.workflow_id, entry.model,
+                                   entry.period_id, u.input_tokens, u.cached_input_tokens, u.output_tokens,
+                                   u.reasoning_tokens, entry.usage_estimated, entry.reserved_micro_usd,
+                                   entry.actual_micro_usd, entry.overage_micro_usd, entry.price_version,
+                                   entry.recorded_at_ms))
+            case ThresholdCrossed():
+                self.alerts.append((entry.tenant_id, entry.entry_id, entry.period_id, entry.scope_type,
+                                    entry.scope_id, entry.threshold_pct, entry.spent_micro_usd,
+                                    entry.limit_micro_usd, entry.recorded_at_ms))
+
+    def add_decision(self, d: dict[str, Any]) -> None:
+        deployment = d["deployment"] or {}
+        self.decisions.append((d["tenant_id"], d["ledger_entry_id"], d["request_id"], d["workflow_id"],
+                               d["agent_id"], d["outcome"], d["requested_model"], deployment.get("model"),
+                               d["binding_scope"], list(d["reason_codes"]), d["reserved_micro_usd"],
+                               d["granted_output_tokens"], d["requested_at_ms"], d["decided_at_ms"], _json(d)))
+
+    def add_audit(self, r: dict[str, Any]) -> None:
+        self.audit.append((r["chain_partition"], r["chain_sequence"], r["tenant_id"], r["kind"], r["subject_id"],
+                           r["hash"], r["prev_hash"], r["recorded_at_ms"], r["audit_id"], r["event_type"],
+                           r["source_topic"], r["source_partition"], r["source_offset"], r["event_sha256"],
+                           r["summary_json"]))
+
+    def add_error(self, consumer: str, topic: str, partition: int, offset: int, code: str, message: str) -> None:
+        self.errors.append((consumer, topic, partition, offset, code, message[:2000]))
