@@ -57,29 +57,35 @@ class BodyLimitMiddleware:
                     await _send_json(send, 413, _body(scope, "payload_too_large", message))
                     return
         received = 0
-        started = False
+        exceeded = replaced = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             msg = await receive()
             if msg["type"] == "http.request":
                 received += len(msg.get("body", b""))
                 if received > self.max_bytes:
+                    exceeded = True
                     raise _BodyTooLarge
             return msg
 
-        async def tracking_send(msg: Message) -> None:
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
+        async def guarded_send(msg: Message) -> None:
+            nonlocal replaced
+            # FastAPI turns any exception while reading the body into its own 400; once the limit is
+            # exceeded, whatever response the app produces is replaced by the 413.
+            if exceeded:
+                if msg["type"] == "http.response.start" and not replaced:
+                    replaced = True
+                    await _send_json(send, 413, _body(scope, "payload_too_large", message))
+                return
             await send(msg)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, guarded_send)
         except _BodyTooLarge:
-            if started:  # too late for a status code; the connection is simply dropped
-                raise
-            await _send_json(send, 413, _body(scope, "payload_too_large", message))
+            if not replaced:
+                replaced = True
+                await _send_json(send, 413, _body(scope, "payload_too_large", message))
 
 
 class RequestContextMiddleware:

@@ -15,8 +15,11 @@ DEFAULT_PAGE = 100
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
-Amount = Annotated[int, Field(ge=0, le=MAX_AMOUNT_MICRO_USD, description="integer micro-USD (1 USD = 10^6)")]
-PositiveAmount = Annotated[int, Field(ge=1, le=MAX_AMOUNT_MICRO_USD, description="integer micro-USD (1 USD = 10^6)")]
+# strict: money is a JSON integer; "100" or 1.0 is a client bug to report, not a value to coerce.
+Amount = Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT_MICRO_USD,
+                              description="integer micro-USD (1 USD = 10^6)")]
+PositiveAmount = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT_MICRO_USD,
+                                      description="integer micro-USD (1 USD = 10^6)")]
 Reason = Annotated[str, Field(max_length=256)]
 Scope = Literal["TENANT", "WORKFLOW"]
 Outcome = Literal["ALLOW", "DOWNGRADE", "DENY", "THROTTLE", "CACHE_HIT"]

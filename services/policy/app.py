@@ -126,4 +126,7 @@ def _min_known(a: int | None, b: int | None) -> int | None:
 def run(settings: PolicySettings | None = None) -> None:
     s = settings or PolicySettings()
     service = PolicyService(s)
-    run_service("policy", s, service, [service.topic_counted, service.topic_ledger], service.log)
+    # At least once: a re-planned request reaches the budget-manager as a repeat of the same id and
+    # content, which it answers with ReservationRepeated (an identical decision), never a second hold.
+    run_service("policy", s, service, [service.topic_counted, service.topic_ledger], service.log,
+                exactly_once=False)

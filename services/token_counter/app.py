@@ -141,4 +141,4 @@ def run(settings: TokenCounterSettings | None = None) -> None:
     s = settings or TokenCounterSettings()
     counter = TokenCounter(s)
     run_service("token-counter", s, counter, [counter.topic_requests, counter.topic_completions], counter.log,
-                assignment_strategy="cooperative-sticky")
+                assignment_strategy="cooperative-sticky", exactly_once=False)

@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from shared.codec import codec
 from shared.errors import LedgergateError
-from shared.kafka.config import consumer_config, transactional_producer_config
+from shared.kafka.config import consumer_config, producer_config, transactional_producer_config
 from shared.kafka.topics import DEADLETTER
 from shared.settings import ServiceSettings
 
@@ -74,6 +74,10 @@ class RuntimeOptions:
     # Range assignment gives one member the same partition numbers of every input topic: the
     # co-partitioning that lets a service join a tenant's streams in memory.
     assignment_strategy: str = "range"
+    # True: outputs and input offsets commit in one Kafka transaction (exactly once). False: outputs
+    # are produced and acknowledged, then offsets committed (at least once), about 4 ms less per hop
+    # measured here; only for services whose every output is idempotent downstream.
+    exactly_once: bool = True
 
 
 def options_for(service: str, settings: ServiceSettings, input_topics: list[str], **overrides: Any) -> RuntimeOptions:
@@ -107,10 +111,15 @@ class TransactionalRuntime:
         # and aborts whatever it left open.
         # Prefixed by the group (which carries the topic prefix): two deployments on one broker, say
         # a demo and a test run, must never fence each other's producers.
-        self.producer = Producer(transactional_producer_config(
-            options.bootstrap, f"{options.group_id}-{options.instance_id}",
-            **{"client.id": f"{options.service}-{options.instance_id}-tx"}))
+        if options.exactly_once:
+            self.producer = Producer(transactional_producer_config(
+                options.bootstrap, f"{options.group_id}-{options.instance_id}",
+                **{"client.id": f"{options.service}-{options.instance_id}-tx"}))
+        else:
+            self.producer = Producer(producer_config(
+                options.bootstrap, **{"client.id": f"{options.service}-{options.instance_id}"}))
         self._assigned: list[int] = []
+        self._delivery_failed = False
 
     # --- rebalance -----------------------------------------------------------------------------
 
@@ -142,7 +151,8 @@ class TransactionalRuntime:
     def run(self, max_seconds: float | None = None) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        self.producer.init_transactions(30)
+        if self.o.exactly_once:
+            self.producer.init_transactions(30)
         self.consumer.subscribe(self.o.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         next_idle_ms = 0
         deadline = time.monotonic() + max_seconds if max_seconds else None
@@ -181,6 +191,9 @@ class TransactionalRuntime:
             self.handler.idle(idle_now_ms, out)
         if not offsets and not out.records:
             return
+        if not self.o.exactly_once:
+            self._produce_then_commit(out, offsets)
+            return
         try:
             self.producer.begin_transaction()
             for topic, key, value, headers, partition in out.records:
@@ -199,14 +212,35 @@ class TransactionalRuntime:
                 return
             raise
 
+    def _produce_then_commit(self, out: Outbox, offsets: dict[tuple[str, int], int]) -> None:
+        """At least once: offsets are committed only after every output is acknowledged, so a crash
+        in between re-processes the batch (duplicates that downstream idempotency absorbs), never
+        loses it."""
+        for topic, key, value, headers, partition in out.records:
+            self._produce(topic, key, value, headers, partition)
+        undelivered = self.producer.flush(30)
+        if undelivered or self._delivery_failed:
+            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT,
+                                            f"{undelivered} outputs not acknowledged; not committing offsets"))
+        if offsets:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                 asynchronous=True)
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self._delivery_failed = True
+            self._log("delivery_failed", error=str(err))
+
     def _produce(self, topic: str, key: bytes | None, value: bytes, headers: Headers | None,
                  partition: int | None) -> None:
         while True:
             try:
                 if partition is None:
-                    self.producer.produce(topic, value=value, key=key, headers=headers)
+                    self.producer.produce(topic, value=value, key=key, headers=headers,
+                                          on_delivery=self._on_delivery)
                 else:
-                    self.producer.produce(topic, value=value, key=key, headers=headers, partition=partition)
+                    self.producer.produce(topic, value=value, key=key, headers=headers, partition=partition,
+                                          on_delivery=self._on_delivery)
                 return
             except BufferError:
                 self.producer.poll(0.05)  # local queue full: let deliveries drain, then retry

@@ -15,6 +15,10 @@ from tests.e2e.conftest import GATE_SERVICES, Gate
 USD = 1_000_000
 MESSAGES = [{"role": "user", "content": "Plan the next step of the migration, briefly."}]
 REQUESTS = 600
+# budget-manager and router commit outputs and offsets in one transaction: a kill never repeats a
+# decision. token-counter and policy are at least once: a kill may re-send a request downstream, which
+# the budget-manager answers as a repeat, so the same decision may be published again, identical.
+EXACTLY_ONCE = {"budget-manager", "router"}
 RATE_PER_S = 60
 
 
@@ -52,7 +56,8 @@ def test_kill_9_keeps_every_invariant(gate: Gate, victim: str) -> None:
     for fut in futures:
         published = by_request[fut.request_id]
         assert all(d == published[0] for d in published), f"{fut.request_id} got different decisions"
-        assert len(published) == 1, f"{fut.request_id} was decided {len(published)} times"
+        if victim in EXACTLY_ONCE:
+            assert len(published) == 1, f"{fut.request_id} was decided {len(published)} times"
 
     # Invariant 2: at most one reservation and one settlement per request id.
     allowed = sum(d["outcome"] in ("ALLOW", "DOWNGRADE") for d in decisions)
