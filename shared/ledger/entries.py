@@ -19,11 +19,25 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
-class BudgetLimitSet:
+class _Entry:
+    """Fields every ledger entry starts with, in the schemas' order."""
+
     entry_id: str
     tenant_id: str
     period_id: str
     recorded_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class _ReservationEntry(_Entry):
+    """A reservation's entries: the request id is the reservation id."""
+
+    request_id: str
+    workflow_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLimitSet(_Entry):
     scope_type: str
     scope_id: str
     change: str
@@ -33,11 +47,7 @@ class BudgetLimitSet:
 
 
 @dataclass(frozen=True, slots=True)
-class CreditGranted:
-    entry_id: str
-    tenant_id: str
-    period_id: str
-    recorded_at_ms: int
+class CreditGranted(_Entry):
     scope_type: str
     scope_id: str
     amount_micro_usd: int
@@ -46,34 +56,20 @@ class CreditGranted:
 
 
 @dataclass(frozen=True, slots=True)
-class PeriodOpened:
-    entry_id: str
-    tenant_id: str
-    period_id: str
-    recorded_at_ms: int
+class PeriodOpened(_Entry):
     starts_at_ms: int
     ends_at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyChanged:
-    entry_id: str
-    tenant_id: str
-    period_id: str
-    recorded_at_ms: int
+class PolicyChanged(_Entry):
     policy_version: int
     policy_json: str
     command_id: str
 
 
 @dataclass(frozen=True, slots=True)
-class ReservationPlaced:
-    entry_id: str
-    tenant_id: str
-    period_id: str
-    recorded_at_ms: int
-    request_id: str
-    workflow_id: str
+class ReservationPlaced(_ReservationEntry):
     agent_id: str
     requested_model: str
     model: str
@@ -93,13 +89,7 @@ class ReservationPlaced:
 
 
 @dataclass(frozen=True, slots=True)
-class ReservationDenied:
-    entry_id: str
-    tenant_id: str
-    period_id: str
-    recorded_at_ms: int
-    request_id: str
-    workflow_id: str
+class ReservationDenied(_ReservationEntry):
     agent_id: str
     requested_model: str
     reason: str
@@ -113,25 +103,13 @@ class ReservationDenied:
 
 
 @dataclass(frozen=True, slots=True)
-class ReservationRepeated:
-    entry_id: str
-    tenant_id: str
-    period_id: str
-    recorded_at_ms: int
-    request_id: str
-    workflow_id: str
+class ReservationRepeated(_ReservationEntry):
     original_entry_id: str
     requested_at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
-class ReservationSettled:
-    entry_id: str
-    tenant_id: str
-    period_id: str
-    recorded_at_ms: int
-    request_id: str
-    workflow_id: str
+class ReservationSettled(_ReservationEntry):
     model: str
     reserved_micro_usd: int
     actual_micro_usd: int
@@ -143,34 +121,18 @@ class ReservationSettled:
 
 
 @dataclass(frozen=True, slots=True)
-class ReservationVoided:
-    entry_id: str
-    tenant_id: str
-    period_id: str
-    recorded_at_ms: int
-    request_id: str
-    workflow_id: str
+class ReservationVoided(_ReservationEntry):
     released_micro_usd: int
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
-class ReservationExpired:
-    entry_id: str
-    tenant_id: str
-    period_id: str
-    recorded_at_ms: int
-    request_id: str
-    workflow_id: str
+class ReservationExpired(_ReservationEntry):
     released_micro_usd: int
 
 
 @dataclass(frozen=True, slots=True)
-class ThresholdCrossed:
-    entry_id: str
-    tenant_id: str
-    period_id: str
-    recorded_at_ms: int
+class ThresholdCrossed(_Entry):
     scope_type: str
     scope_id: str
     threshold_pct: int
