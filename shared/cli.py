@@ -59,6 +59,25 @@ def _demo(args: argparse.Namespace) -> int:
     return 1 if summary["timeouts"] or summary["errors"] else 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from shared.bench.runner import BenchOptions, run_bench
+
+    if args.mode == "rate" and args.rate is None:
+        raise LedgergateError("`ledgergate bench rate` needs a rate, e.g. `ledgergate bench rate 1000 --duration-s 20`")
+    opts = BenchOptions(mode=args.mode, smoke=args.smoke, rate=args.rate or 1000.0, duration_s=args.duration_s,
+                        step_s=args.step_s, tenants=args.tenants, output=Path(args.output) if args.output else None,
+                        quiet_wait_s=args.quiet_wait_s, command="ledgergate " + " ".join(sys.argv[1:]))
+    if args.rates:
+        opts.rates = tuple(float(r) for r in args.rates.split(","))
+    results = run_bench(opts)
+    # Harness correctness only: a lost decision fails the run, a slow one does not.
+    steps = [results["gate"]["warmup"], *results["gate"].get("max", {}).get("steps", []),
+             *([results["gate"]["rate"]] if "rate" in results["gate"] else [])] if "gate" in results else []
+    return 1 if any(s["missing"] and not s["aborted"] for s in steps) else 0
+
+
 def _client(timeout_s: float = 10.0) -> GateClient:
     from shared.client import GateClient
     from shared.settings import KafkaSettings
@@ -217,6 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-services", action="store_true", help="use services that are already running")
     p.set_defaults(func=_demo)
 
+    p = sub.add_parser("bench", help="measure the gate on the local stack beside its floors (see BENCHMARKS.md)")
+    p.add_argument("mode", nargs="?", default="all", choices=["all", "max", "rate", "floors", "ledger", "baseline"],
+                   help="all (default): max search, rate 1000/s, race, floors, ledger, PostgreSQL baseline")
+    p.add_argument("rate", nargs="?", type=float, help="requests per second for `bench rate R`")
+    p.add_argument("--duration-s", type=float, default=20.0, help="length of the fixed-rate run")
+    p.add_argument("--step-s", type=float, default=4.0, help="length of each max-search step")
+    p.add_argument("--rates", default="", help="max-search rates, comma separated (default 250,...,8000)")
+    p.add_argument("--tenants", type=int, default=1000)
+    p.add_argument("--smoke", action="store_true", help="a few seconds of small load: checks the harness only")
+    p.add_argument("--output", default="", help="JSON path (default bench/results/<timestamp>.json)")
+    p.add_argument("--quiet-wait-s", type=float, default=0.0,
+                   help="first wait up to this long for the machine to be idle (shared machines)")
+    p.set_defaults(func=_bench)
+
     p = sub.add_parser("request", help="ask the gate once and print its decision as JSON")
     p.add_argument("--tenant", required=True)
     p.add_argument("--model", required=True)
@@ -251,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit = p.add_subparsers(dest="action", required=True)
     a = audit.add_parser("replay", help="verify every partition's hash chain, rebuild spend per tenant/model/day "
                                         "and reconcile it with the ledger fold (and PostgreSQL); exit 1 on a problem")
-    a.add_argument("--from", dest="from_ms", type=_instant, help="ISO 8601 time (UTC if naive) or epoch ms")
+    a.add_argument("--from", dest="from_ms", type=_instant, metavar="TIME",
+                   help="ISO 8601 time (UTC if naive) or epoch ms")
     a.add_argument("--tenant", help="only this tenant's partition (its chain is verified whole)")
     a.add_argument("--topic", help="audit topic to read (default: audit.log under LEDGERGATE_TOPIC_PREFIX)")
     a.add_argument("--ledger-topic", help="ledger topic (default: budget.ledger under the prefix)")

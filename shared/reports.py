@@ -12,7 +12,7 @@ from typing import Any
 
 from shared.kafka import topics as T
 from shared.settings import KafkaSettings
-from shared.tables import table, usd, utc_day
+from shared.tables import iso_ms, table, usd
 
 SHOWN_DIFFERENCES = 50
 
@@ -39,7 +39,12 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def _when(ms: int | None) -> str:
-    return "from the beginning" if ms is None else f"from {utc_day(ms)} (+{ms % 86_400_000} ms, {ms} epoch ms)"
+    return "from the beginning" if ms is None else f"from {iso_ms(ms)}"
+
+
+def _error(problem: dict[str, Any]) -> str:
+    """verify_chain's messages start with the offset, which the report already names."""
+    return problem["error"].removeprefix(f"offset {problem['offset']}: ")
 
 
 def _status(part: dict[str, Any]) -> str:
@@ -60,14 +65,14 @@ def render_replay(r: dict[str, Any]) -> str:
             if p["anchor"] not in ("", "genesis")]
     if r["first_problem"]:
         fp = r["first_problem"]
-        out += ["", f"FIRST PROBLEM: partition {fp['partition']}, offset {fp['offset']}: {fp['error']}"]
-        out += [f"  also partition {p['partition']}: {p['problem']['error']}" for p in r["partitions"]
-                if p["problem"] and p["problem"] != fp]
+        out += ["", f"FIRST PROBLEM: partition {fp['partition']}, offset {fp['offset']}: {_error(fp)}"]
+        out += [f"  also partition {p['partition']}, offset {p['problem']['offset']}: {_error(p['problem'])}"
+                for p in r["partitions"] if p["problem"] and p["problem"] != fp]
     if r["coverage_problems"]:
         out += ["", f"LEDGER COVERAGE: {r['coverage_problems']} problem(s)"]
         out += [f"  {c['error']}" for c in r["coverage"][:20]]
     if r["unaudited_ledger_tail"]:
-        out += ["", "note: ledger entries after the last audited one (router behind, or the audit tail lost): "
+        out += ["", "note: recent ledger entries after the last audited one (router behind), not compared: "
                 + ", ".join(f"partition {p}: {n}" for p, n in r["unaudited_ledger_tail"].items())]
     out += ["", "spend rebuilt from the audit log (ReservationSettled), per tenant, model and UTC day:"]
     spend = r["spend"]
@@ -161,7 +166,8 @@ def render_reconcile(r: dict[str, Any]) -> str:
             for m in d["flagged_metrics"]:
                 inv, mea, est = d["invoice"][m], d["measured"][m], d["estimated"][m]
                 fmt = usd if m == "cost_micro_usd" else str
-                detail.append((d["day"], d["model"], m, fmt(inv), fmt(mea), fmt(est), fmt(mea + est - inv),
+                label = "cost_usd" if m == "cost_micro_usd" else m
+                detail.append((d["day"], d["model"], label, fmt(inv), fmt(mea), fmt(est), fmt(mea + est - inv),
                                _pct(d["drift_pct"][m])))
         out.append(table(["day", "model", "metric", "invoice", "measured", "estimated", "difference", "drift"], detail))
     out += ["", f"result: {'OK' if r['ok'] else str(r['flagged']) + ' day/model row(s) drift above the threshold'}"]

@@ -14,6 +14,7 @@ SERVICES: dict[str, str] = {
     "router": "services.router.app",
     "projector": "services.projector.app",
     "api": "services.api.app",
+    "alerter": "services.alerter.app",
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -104,11 +104,27 @@ class ProjectorSettings(ServiceSettings, PostgresSettings):
 
     model_config = _config()
 
-    # Messages per PostgreSQL transaction. Larger batches amortise the per-commit fsync; the batch
-    # is only what is already fetched, so a quiet stream still commits each message promptly.
+    # Messages per PostgreSQL transaction. Larger batches amortise its fixed cost (a dozen round
+    # trips); a batch is only what is already fetched, so a quiet stream still commits promptly.
     projector_batch: int = Field(default=5000, ge=1, le=100_000)
     # The name under which consumer_offsets stores this projector's positions.
     projector_consumer: str = Field(default="projector", max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+
+
+class AlerterSettings(ServiceSettings):
+    """The alerts webhook (`ledgergate run alerter`): budget.alerts -> HTTP POST, dead-letter on failure."""
+
+    model_config = _config()
+
+    # Where every alert is POSTed as JSON; required. It may embed a token, so it is never logged whole.
+    alert_webhook_url: str = ""
+    # When set, each POST carries X-Ledgergate-Signature: sha256=<HMAC-SHA256 of the body>.
+    alert_webhook_secret: SecretStr | None = None
+    alert_max_attempts: int = Field(default=6, ge=1, le=20)
+    # Exponential backoff between attempts: initial, doubling, capped (Retry-After is honoured up to the cap).
+    alert_backoff_initial_ms: int = Field(default=500, ge=1, le=60_000)
+    alert_backoff_max_ms: int = Field(default=30_000, ge=1, le=600_000)
+    alert_timeout_s: float = Field(default=5.0, gt=0, le=60)
 
 
 class RouterSettings(ServiceSettings):

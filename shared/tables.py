@@ -17,6 +17,11 @@ def utc_day(ms: int) -> str:
     return (_EPOCH + timedelta(days=ms // MS_PER_DAY)).isoformat()
 
 
+def iso_ms(ms: int) -> str:
+    """An epoch-millisecond instant as ISO 8601 UTC, exactly."""
+    return (_EPOCH_UTC + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def day_start_ms(day: date) -> int:
     return (day - _EPOCH).days * MS_PER_DAY
 

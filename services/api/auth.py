@@ -83,9 +83,13 @@ def create_key(conn: psycopg.Connection, *, tenant_id: str | None, is_admin: boo
     return NewKey(key_id, token, tenant_id, is_admin, can_write, name, now_ms)
 
 
+def looks_like_token(token: str) -> bool:
+    return _TOKEN.match(token) is not None
+
+
 def lookup(conn: psycopg.Connection, token: str) -> Principal | None:
     """The principal of a live key, or None for anything else (malformed, unknown, revoked)."""
-    if not _TOKEN.match(token):
+    if not looks_like_token(token):
         return None  # no query for strings that cannot be keys
     row = conn.execute("SELECT key_id, tenant_id, is_admin, can_write FROM api_keys "
                        "WHERE key_sha256 = %s AND revoked_at_ms IS NULL", (hash_token(token),)).fetchone()

@@ -20,13 +20,11 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from services.api.errors import Unavailable
-from shared import logging as lg_logging
+from services.api.log import log
 from shared.codec import codec
 from shared.kafka import topics as T
 from shared.kafka.config import producer_config
 from shared.settings import KafkaSettings
-
-_log = lg_logging.get("api")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +43,10 @@ class CommandPublisher:
     def __init__(self, settings: KafkaSettings, timeout_s: float) -> None:
         self.topic = settings.topic(T.COMMANDS)
         self.timeout_s = timeout_s
-        self._producer = Producer(producer_config(settings.kafka_bootstrap))
+        # librdkafka gives up on a message when the request does, instead of retrying it for its default
+        # five minutes: a command answered 503 should not quietly apply long afterwards.
+        self._producer = Producer(producer_config(settings.kafka_bootstrap,
+                                                  **{"message.timeout.ms": int(timeout_s * 1000)}))
         self._stop = threading.Event()
         # Delivery callbacks run inside poll(); a dedicated thread serves them so a waiting request
         # thread never has to poll (and so never runs another request's callback).
@@ -88,7 +89,7 @@ class CommandPublisher:
                               "it may or may not apply") from None
         except KafkaException as exc:
             raise Unavailable(f"command {command_id} was not delivered: {exc.args[0]}") from exc
-        _log.info("command_published", tenant_id=cmd.tenant_id, command_id=command_id, kind=cmd.kind,
+        log().info("command_published", tenant_id=cmd.tenant_id, command_id=command_id, kind=cmd.kind,
                   issued_by=issued_by)
         return command_id
 

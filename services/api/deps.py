@@ -47,12 +47,20 @@ DbConn = Annotated[psycopg.Connection, Depends(get_db)]
 Publisher = Annotated[CommandPublisher, Depends(get_publisher)]
 
 
-def get_principal(request: Request, db: DbConn,
-                  bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-                  api_key: Annotated[str | None, Depends(_api_key_header)]) -> auth.Principal:
+def api_token(bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+              api_key: Annotated[str | None, Depends(_api_key_header)]) -> str:
+    """The presented key. Missing or malformed keys are refused here, before a pooled connection is taken,
+    so anonymous traffic cannot occupy the database pool."""
     token = bearer.credentials if bearer is not None else api_key
     if not token:
         raise Unauthorized("missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")
+    if not auth.looks_like_token(token):
+        raise Unauthorized("invalid or revoked API key")
+    return token
+
+
+# `token` comes first: FastAPI solves sub-dependencies in parameter order.
+def get_principal(request: Request, token: Annotated[str, Depends(api_token)], db: DbConn) -> auth.Principal:
     principal = auth.lookup(db, token)
     if principal is None:
         raise Unauthorized("invalid or revoked API key")

@@ -17,10 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared import logging as lg_logging
+from services.api.log import log
 from shared.errors import LedgergateError
-
-_log = lg_logging.get("api")
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
@@ -103,12 +101,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(psycopg_pool.PoolTimeout)
     async def _pool_timeout(request: Request, exc: psycopg_pool.PoolTimeout) -> JSONResponse:
-        _log.warning("database_pool_timeout", error=str(exc))
+        log().warning("database_pool_timeout", error=str(exc))
         return JSONResponse(error_body(request, "unavailable", "the database did not answer in time; retry"), 503,
                             headers={"Retry-After": "1"})
 
     @app.exception_handler(psycopg.OperationalError)
     async def _db_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
-        _log.warning("database_unavailable", error=str(exc))
+        log().warning("database_unavailable", error=str(exc))
         return JSONResponse(error_body(request, "unavailable", "the database is unavailable; retry"), 503,
                             headers={"Retry-After": "1"})

@@ -16,13 +16,12 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.errors import error_body
-from shared import logging as lg_logging
+from services.api.log import log
 
 REQUEST_ID_HEADER = "x-request-id"
 # A caller's request id is echoed into logs and headers only when it looks like an id, never arbitrary text.
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-_log = lg_logging.get("api")
 
 
 class _BodyTooLarge(Exception):
@@ -118,7 +117,7 @@ class RequestContextMiddleware:
             finally:
                 # tenant_id is set by the auth dependency; the path is logged without the query string,
                 # which may carry filters a tenant considers private.
-                _log.info("http_request", method=scope.get("method"), path=scope.get("path"), status=status,
+                log().info("http_request", method=scope.get("method"), path=scope.get("path"), status=status,
                           tenant_id=state.get("tenant_id"), key_id=state.get("key_id"),
                           ms=round((time.perf_counter() - started) * 1000, 2))
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -28,6 +29,7 @@ from shared.ledger.entries import ENTRY_TYPES, from_record
 from shared.logging import configure
 from shared.settings import ProjectorSettings
 
+R = TypeVar("R")
 EXPECTED = {core.DECISIONS: "GateDecision", core.AUDIT: "AuditRecord"}
 STATS_INTERVAL_S = 10.0
 MAX_BACKOFF_S = 5.0
@@ -61,7 +63,7 @@ class Projector:
 
     # --- PostgreSQL ------------------------------------------------------------------------------
 
-    def _retry(self, what: str, fn: Any) -> Any:
+    def _retry(self, what: str, fn: Callable[[], R]) -> R:
         """Run fn until PostgreSQL answers: a projector outlives a database restart."""
         backoff = 0.1
         while True:
@@ -78,6 +80,8 @@ class Projector:
 
     def _db(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
+            # autocommit: every statement runs inside an explicit conn.transaction() block (sql.py), so
+            # no implicit transaction is ever left open between batches.
             self.conn = psycopg.connect(self.s.pg_dsn, connect_timeout=10, autocommit=True)
             sql.prepare(self.conn)
         return self.conn

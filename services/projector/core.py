@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from shared.ledger.entries import (
     BudgetLimitSet,
     CreditGranted,
@@ -86,10 +84,6 @@ def _workflow(entry: LedgerEntry) -> str | None:
     return workflow or None
 
 
-def _json(record: dict[str, Any]) -> str:
-    return orjson.dumps(record).decode()
-
-
 @dataclass(slots=True)
 class Batch:
     """Rows for one PostgreSQL transaction, as tuples in the column order of services.projector.sql."""
@@ -123,7 +117,7 @@ class Batch:
         self._seen.add(key)
         self.ledger.append((entry.tenant_id, entry.entry_id, entry.period_id, type(entry).__name__,
                             getattr(entry, "request_id", None), _workflow(entry), getattr(entry, "model", None),
-                            _amount(entry), entry.recorded_at_ms, partition, offset, _json(record)))
+                            _amount(entry), entry.recorded_at_ms, partition, offset, record))
         for d in balance_deltas(entry):
             self.deltas.append((entry.tenant_id, entry.entry_id, d.scope_type, d.scope_id, d.period_id,
                                 d.credit_micro_usd, d.posted_micro_usd, d.pending_micro_usd, entry.recorded_at_ms))
@@ -149,7 +143,7 @@ class Batch:
         self.decisions.append((d["tenant_id"], d["ledger_entry_id"], d["request_id"], d["workflow_id"],
                                d["agent_id"], d["outcome"], d["requested_model"], deployment.get("model"),
                                d["binding_scope"], list(d["reason_codes"]), d["reserved_micro_usd"],
-                               d["granted_output_tokens"], d["requested_at_ms"], d["decided_at_ms"], _json(d)))
+                               d["granted_output_tokens"], d["requested_at_ms"], d["decided_at_ms"], d))
 
     def add_audit(self, r: dict[str, Any]) -> None:
         self.audit.append((r["chain_partition"], r["chain_sequence"], r["tenant_id"], r["kind"], r["subject_id"],

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import psycopg
+from psycopg.types.json import set_json_dumps
 
 from services.projector.core import Batch
 from shared.errors import LedgergateError
@@ -53,6 +55,10 @@ STAGES: dict[str, str] = {
 
 def _names(stage: str) -> str:
     return ", ".join(col.split()[0] for col in STAGES[stage].split(", "))
+
+
+def _types(stage: str) -> list[str]:
+    return [{"int": "int4"}.get(t, t) for t in (col.split(" ", 1)[1] for col in STAGES[stage].split(", "))]
 
 
 INSERT_LEDGER = f"""
@@ -137,6 +143,10 @@ SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer = %s A
 
 def prepare(conn: psycopg.Connection[Any]) -> None:
     """Create this connection's staging tables (temp tables live as long as the connection)."""
+    set_json_dumps(orjson.dumps, conn)  # bodies are dicts; orjson is ~10x the json module
+    # Safe to lose the last commits in a PostgreSQL crash: each carries its own consumer offsets, so
+    # what is lost is re-read from Kafka, and not waiting for the WAL flush saves a disk sync per batch.
+    conn.execute("SET synchronous_commit = off")
     with conn.transaction():
         for name, columns in STAGES.items():
             conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns}) ON COMMIT DELETE ROWS")
@@ -149,7 +159,9 @@ def stored_offsets(conn: psycopg.Connection[Any], consumer: str, topics: list[st
 
 
 def _copy(cur: psycopg.Cursor[Any], stage: str, rows: list[tuple[Any, ...]]) -> None:
-    with cur.copy(f"COPY {stage} ({_names(stage)}) FROM STDIN") as copy:
+    # Binary COPY: no text formatting here and no parsing in the server.
+    with cur.copy(f"COPY {stage} ({_names(stage)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_types(stage))
         for row in rows:
             copy.write_row(row)
 

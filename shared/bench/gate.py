@@ -46,6 +46,7 @@ class GateOptions:
     rate_max_backlog_s: float = 10.0
     race_requests: int = 200
     race_affords: int = 20
+    idle_s: float = 3.0
     log_dir: Path = PROJECT_ROOT / ".data" / "bench"
 
 
@@ -65,11 +66,16 @@ class GateBench:
         self.offset = 0
         self.services = ServiceSet({"LEDGERGATE_KAFKA_BOOTSTRAP": self.bootstrap,
                                     "LEDGERGATE_TOPIC_PREFIX": self.prefix}, opts.log_dir / self.tag)
-        self.stack = procstats.stack_pids()
+        # The broker only: PostgreSQL plays no part in the gate, so its CPU here is someone else's.
+        self.stack = procstats.broker()
 
     def run(self) -> dict[str, Any]:
         T.apply(self.bootstrap, self.specs)
         client: GateClient | None = None
+        # The broker is shared: what it burns before our services start is someone else's (or idle).
+        before = procstats.CpuWindow(self.stack)
+        time.sleep(self.o.idle_s)
+        broker_before = before.close()
         try:
             self.services.start(SERVICES)
             client = GateClient(self.bootstrap, self.prefix, timeout_s=30)
@@ -79,8 +85,12 @@ class GateBench:
             seed_s = seed_budgets(self.bootstrap, self.prefix, limits(work))
             say(f"gate: services answered after {time.monotonic() - started:.1f} s; "
                 f"{self.o.tenants} budgets set in {seed_s:.1f} s")
-            out: dict[str, Any] = {"prefix": self.prefix, "tenants": self.o.tenants,
-                                   "workload": mix(work, 0, min(self.total, 20_000)), "logs": self.services.describe_logs()}
+            out: dict[str, Any] = {"prefix": self.prefix, "tenants": self.o.tenants, "requests_planned": self.total,
+                                   "workload": mix(work, 0, min(self.total, 20_000)),
+                                   "logs": self.services.describe_logs()}
+            out["idle"] = self._idle(self.o.idle_s)
+            out["idle"]["broker_cores_before_services"] = round(
+                broker_before["cpu_s"].get("kafka", 0.0) / broker_before["wall_s"], 3)
             out["warmup"] = self._step("warmup", *self.o.warmup, self.o.max_backlog_s)
             if self.o.steps:
                 out["max"] = self._max_search()
@@ -117,7 +127,7 @@ class GateBench:
         count = int(rate * secs)
         spec = {"bootstrap": self.bootstrap, "prefix": self.prefix, "tag": self.tag, "tenants": self.o.tenants,
                 "requests": self.total, "seed": self.o.seed, "start": self.offset, "count": count, "rate": rate,
-                "label": label, "max_backlog_s": max_backlog_s, "drain_timeout_s": 30.0, "complete": True}
+                "label": label, "max_backlog_s": max_backlog_s, "drain_timeout_s": 15.0, "complete": True}
         self.offset += count
         say(f"gate: {label} for {secs:g} s ({count} requests)")
         proc = subprocess.Popen([sys.executable, "-m", "shared.bench.loadgen", json.dumps(spec)],
@@ -133,7 +143,7 @@ class GateBench:
             raise ServiceStartError(f"load generator for {label} failed (exit {proc.returncode})")
         result: dict[str, Any] = json.loads(lines[-1])
         if window is not None:
-            cpu = window.close()
+            cpu = window.close({"loadgen": result["loadgen_cpu_s"]})
             result["cpu"] = cpu
             decided = max(1, result["decided"])
             result["cpu_us_per_decision"] = {k: round(v * 1e6 / decided) for k, v in cpu["cpu_s"].items()}
@@ -142,6 +152,16 @@ class GateBench:
             f"p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms, sustained={result['sustained']}")
         time.sleep(1.0)  # let settlements of the last completions through before the next step
         return result
+
+    def _idle(self, seconds: float) -> dict[str, Any]:
+        """CPU with the services up and no traffic: what polling alone costs (fetch.wait.max.ms, idle
+        transactions), the floor under every per-decision CPU figure."""
+        window = procstats.CpuWindow({**self._service_pids(), **self.stack})
+        time.sleep(seconds)
+        cpu = window.close()
+        cores = {k: round(v / cpu["wall_s"], 3) for k, v in cpu["cpu_s"].items()}
+        say("gate: idle cores " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
+        return {"seconds": cpu["wall_s"], "cores": cores, "foreign_cores": cpu["foreign_cores"]}
 
     # --- race ----------------------------------------------------------------------------------
 
@@ -212,7 +232,7 @@ class GateBench:
                                 f"{self.services.describe_logs()}")
 
     def _delete_topics(self) -> None:
-        admin = AdminClient(admin_config(self.bootstrap))
+        admin = AdminClient({**admin_config(self.bootstrap), "log_level": 4})  # no info lines on close
         for fut in admin.delete_topics([s.name for s in self.specs], operation_timeout=30).values():
             with contextlib.suppress(Exception):  # cleanup only: a leftover prefixed topic harms nothing
                 fut.result()

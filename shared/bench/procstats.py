@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -76,6 +76,11 @@ def stack_pids() -> dict[str, int]:
     return {k: v for k, v in found.items() if v is not None}
 
 
+def broker() -> dict[str, int]:
+    """{"kafka": pid}, or {} when the broker is not the local stack's."""
+    return {k: v for k, v in stack_pids().items() if k == "kafka"}
+
+
 def children_cpu_seconds(pid: int) -> float:
     """A process's CPU plus its live children's (PostgreSQL does its work in backend processes)."""
     total = cpu_seconds(pid) or 0.0
@@ -105,13 +110,17 @@ class CpuWindow:
     def _cpu(name: str, pid: int) -> float:
         return children_cpu_seconds(pid) if name == "postgres" else (cpu_seconds(pid) or 0.0)
 
-    def close(self, extra_ours_s: float = 0.0) -> dict[str, object]:
-        """Per-process CPU seconds over the window; `foreign_cores` is the machine's busy CPU that none
-        of them (nor `extra_ours_s`, e.g. short-lived helpers) account for, averaged over the window."""
+    def close(self, final: dict[str, float] | None = None, extra_s: float = 0.0) -> dict[str, Any]:
+        """Per-process CPU seconds over the window; `final` gives the last reading of processes that have
+        already exited (they report their own), `extra_s` CPU of ours counted elsewhere (reaped children).
+        `foreign_cores` is the machine's busy CPU that none of it accounts for, averaged over the window:
+        other people's work on a shared machine."""
         wall = max(1e-6, time.monotonic() - self.started)
-        used = {name: round(max(0.0, self._cpu(name, pid) - self.cpu0[name]), 3) for name, pid in self.pids.items()}
+        final = final or {}
+        used = {name: round(max(0.0, final.get(name, self._cpu(name, pid)) - self.cpu0[name]), 3)
+                for name, pid in self.pids.items()}
         busy = system_busy_seconds() - self.busy0
-        foreign = max(0.0, busy - sum(used.values()) - extra_ours_s) / wall
+        foreign = max(0.0, busy - sum(used.values()) - extra_s) / wall
         return {"wall_s": round(wall, 2), "cpu_s": used, "machine_busy_cores": round(busy / wall, 2),
                 "foreign_cores": round(foreign, 2)}
 
@@ -134,5 +143,18 @@ def machine() -> dict[str, object]:
             "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
-def pids_alive(pids: Iterable[int]) -> list[int]:
-    return [p for p in pids if Path(f"/proc/{p}").exists()]
+def reaped_children_cpu_seconds() -> float:
+    """CPU of this process's children that have exited and been waited for (and theirs)."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def wait_quiet(max_wait_s: float, cores: float = 0.3) -> float:
+    """Wait up to `max_wait_s` until the machine is nearly idle; returns the busy cores seen last."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        b0, t0 = system_busy_seconds(), time.monotonic()
+        time.sleep(1.0)
+        busy = (system_busy_seconds() - b0) / (time.monotonic() - t0)
+        if busy <= cores or time.monotonic() > deadline:
+            return round(busy, 2)

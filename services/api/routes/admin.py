@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, status
 from services.api import auth
 from services.api.deps import AdminPrincipal, DbConn
 from services.api.errors import NotFound
+from services.api.log import log
 from services.api.models import (
     DEFAULT_PAGE,
     ID_PATTERN,
@@ -19,10 +20,8 @@ from services.api.models import (
     TenantPublic,
 )
 from services.api.paging import Cursor, Limit, decode_cursor, encode_cursor
-from shared import logging as lg_logging
 
 router = APIRouter(prefix="/v1", tags=["admin"])
-_log = lg_logging.get("api")
 
 # Tenants with a limit, a balance or a decision (a tenant only ever denied has no balance). decisions can
 # be large, so its distinct tenants come from a loose index scan: one index probe per tenant, not a scan.
@@ -56,7 +55,7 @@ def list_tenants(_admin: AdminPrincipal, db: DbConn, limit: Limit = DEFAULT_PAGE
 def create_api_key(admin: AdminPrincipal, db: DbConn, body: ApiKeyCreate) -> ApiKeyCreated:
     key = auth.create_key(db, tenant_id=body.tenant_id, is_admin=body.admin, can_write=body.can_write,
                           name=body.name)
-    _log.info("api_key_created", key_id=key.key_id, tenant_id=key.tenant_id, admin=key.is_admin,
+    log().info("api_key_created", key_id=key.key_id, tenant_id=key.tenant_id, admin=key.is_admin,
               can_write=key.can_write, by=admin.key_id)
     return ApiKeyCreated(key_id=key.key_id, tenant_id=key.tenant_id, admin=key.is_admin, can_write=key.can_write,
                          name=key.name, created_at_ms=key.created_at_ms, key=key.token)
@@ -78,4 +77,4 @@ def revoke_api_key(admin: AdminPrincipal, db: DbConn,
                    key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]) -> None:
     if not auth.revoke_key(db, key_id):
         raise NotFound(f"no live API key {key_id!r}")
-    _log.info("api_key_revoked", key_id=key_id, by=admin.key_id)
+    log().info("api_key_revoked", key_id=key_id, by=admin.key_id)

@@ -1,0 +1,165 @@
+"""alerter: budget.alerts -> an HTTP POST of each alert to LEDGERGATE_ALERT_WEBHOOK_URL.
+
+A process of its own so a slow or dead webhook never blocks the gate: the budget-manager only appends to
+budget.alerts. Each alert is tried up to `alert_max_attempts` times with exponential backoff; after the
+last failure (or at once, for a permanent one such as a 404) it goes to the deadletter topic with the
+error. The consumer offset is committed only after the alert was delivered or dead-lettered, so a crash
+repeats an alert rather than losing it: at least once, with the alert id as the idempotency key.
+Alerts of one partition are handled in order, one at a time; the bounded retries keep them moving.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+
+from services.alerter import core
+from shared.codec import codec
+from shared.errors import CodecError, LedgergateError, MalformedMessageError
+from shared.kafka import topics as T
+from shared.kafka.config import consumer_config, producer_config
+from shared.logging import configure
+from shared.settings import AlerterSettings
+
+Post = Callable[[str, bytes, dict[str, str], float], None]
+
+
+class DeadLetterError(LedgergateError):
+    """The dead-letter record could not be written; the alert stays uncommitted and comes back."""
+
+    code = "dead_letter_failed"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # urllib would turn a redirected POST into a body-less GET and call it delivered.
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def http_post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> None:
+    """POST once; DeliveryError unless the answer is 2xx."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with _opener.open(request, timeout=timeout_s) as response:
+            response.read(65536)  # drain a little so keep-alive servers are not cut mid-answer
+            return
+    except urllib.error.HTTPError as exc:
+        raise core.DeliveryError(f"HTTP {exc.code} {exc.reason}", permanent=core.classify_status(exc.code),
+                                 retry_after_ms=core.parse_retry_after(exc.headers.get("Retry-After"))) from None
+    except (urllib.error.URLError, OSError) as exc:  # refused, reset, DNS, timeout: all worth a retry
+        reason = getattr(exc, "reason", exc)
+        raise core.DeliveryError(f"{type(reason).__name__}: {reason}") from None
+
+
+class Alerter:
+    def __init__(self, settings: AlerterSettings, post: Post = http_post) -> None:
+        self.s = settings
+        self.url = core.check_url(settings.alert_webhook_url)
+        self.secret = settings.alert_webhook_secret.get_secret_value() if settings.alert_webhook_secret else None
+        self.post = post
+        self.log = configure("alerter")
+        self.topic = settings.topic(T.ALERTS)
+        self.deadletter_topic = settings.topic(T.DEADLETTER)
+        self.stopping = threading.Event()
+        worst = core.worst_case_ms(settings.alert_max_attempts, settings.alert_backoff_initial_ms,
+                                   settings.alert_backoff_max_ms, settings.alert_timeout_s)
+        self.group_id = f"{settings.topic_prefix}ledgergate-alerter"
+        self.consumer = Consumer(consumer_config(settings.kafka_bootstrap, self.group_id, **{
+            "client.id": f"alerter-{settings.instance_id}",
+            # One alert may spend its whole retry budget between two polls: the group must not evict us.
+            "max.poll.interval.ms": max(300_000, worst + 60_000)}))
+        self.producer = Producer(producer_config(settings.kafka_bootstrap, **{"client.id": "alerter-deadletter"}))
+
+    def stop(self, *_: object) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        self.consumer.subscribe([self.topic])
+        self.log.info("alerter_started", topic=self.topic, webhook=core.redacted(self.url),
+                      max_attempts=self.s.alert_max_attempts)
+        try:
+            while not self.stopping.is_set():
+                msg = self.consumer.poll(0.5)
+                if msg is None:
+                    continue
+                if msg.error() is not None:
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        self.log.warning("consume_error", error=str(msg.error()))
+                    continue
+                if self.handle(msg):
+                    self.consumer.commit(message=msg, asynchronous=False)
+                else:
+                    # Shutting down mid-retry: the alert stays uncommitted and is tried again next start.
+                    break
+        finally:
+            self.log.info("stopping")
+            self.consumer.close()
+            self.producer.flush(10)
+
+    def handle(self, msg: Message) -> bool:
+        """Deliver or dead-letter one alert; False only when a shutdown interrupted its retries."""
+        try:
+            name, alert = codec().decode(msg.value())
+            if name != "BudgetAlert":
+                raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
+        except CodecError as exc:
+            self._dead_letter(msg, exc.code, exc.message, {})
+            return True
+        body = core.payload(alert)
+        headers = core.headers(alert, body, self.secret)
+        context = {"tenant_id": alert["tenant_id"], "alert_id": alert["alert_id"]}
+        error: core.DeliveryError | None = None
+        for attempt in range(1, self.s.alert_max_attempts + 1):
+            started = time.monotonic()
+            try:
+                self.post(self.url, body, headers, self.s.alert_timeout_s)
+                self.log.info("alert_delivered", attempt=attempt, ms=round((time.monotonic() - started) * 1000),
+                              **context)
+                return True
+            except core.DeliveryError as exc:
+                error = exc
+            self.log.warning("alert_attempt_failed", attempt=attempt, error=error.message,
+                             permanent=error.permanent, **context)
+            if error.permanent or attempt == self.s.alert_max_attempts:
+                break
+            delay_ms = core.backoff_ms(attempt, self.s.alert_backoff_initial_ms, self.s.alert_backoff_max_ms,
+                                       error.retry_after_ms)
+            if self.stopping.wait(delay_ms / 1000):
+                return False
+        assert error is not None
+        self._dead_letter(msg, error.code, f"{attempt} attempt(s) to {core.redacted(self.url)}, last: {error.message}",
+                          context)
+        return True
+
+    def _dead_letter(self, msg: Message, code: str, message: str, context: dict[str, str]) -> None:
+        self.log.error("alert_dead_lettered", partition=msg.partition(), offset=msg.offset(), error=code, **context)
+        envelope = codec().encode("DeadLetter", {
+            "original_topic": msg.topic(), "original_partition": msg.partition(), "original_offset": msg.offset(),
+            "original_key": msg.key(), "original_value": msg.value(), "error_code": code,
+            "error_message": message[:2000], "service": "alerter", "failed_at_ms": int(time.time() * 1000)})
+        # The same headers as the stream runtime's dead letters, so one tool reads both.
+        headers = [("original_topic", msg.topic().encode()), ("original_partition", str(msg.partition()).encode()),
+                   ("original_offset", str(msg.offset()).encode()), ("error_code", code.encode()),
+                   ("error", message[:500].encode())]
+        failures: list[str] = []
+        self.producer.produce(self.deadletter_topic, key=msg.key(), value=envelope, headers=headers,
+                              on_delivery=lambda err, _m: failures.append(str(err)) if err is not None else None)
+        if self.producer.flush(30) != 0 or failures:
+            raise DeadLetterError(f"dead letter for {msg.topic()}[{msg.partition()}]@{msg.offset()} not written: "
+                                  f"{failures[0] if failures else 'timed out'}")
+
+
+def run(settings: AlerterSettings | None = None) -> None:
+    Alerter(settings or AlerterSettings()).run()

@@ -1,0 +1,66 @@
+"""alerter's pure core: payload, signature, backoff schedule, retry classification, URL handling."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+import pytest
+
+from services.alerter import core
+
+ALERT = {"alert_id": "acme/2026-11/TENANT/acme/80", "tenant_id": "acme", "scope_type": "TENANT", "scope_id": "acme",
+         "period_id": "2026-11", "threshold_pct": 80, "spent_micro_usd": 812_345, "limit_micro_usd": 1_000_000,
+         "crossed_at_ms": 1_795_000_000_123}
+
+
+def test_payload_carries_the_alert_with_usd_strings_and_iso_time() -> None:
+    body = json.loads(core.payload(ALERT))
+    assert {k: body[k] for k in ALERT} == ALERT
+    assert body["type"] == "budget.threshold_crossed"
+    assert (body["spent_usd"], body["limit_usd"]) == ("0.812345", "1.000000")
+    assert body["crossed_at"].endswith(".123Z")
+
+
+def test_headers_carry_the_idempotency_key_and_an_hmac_when_a_secret_is_set() -> None:
+    body = core.payload(ALERT)
+    plain = core.headers(ALERT, body, None)
+    assert plain["Idempotency-Key"] == ALERT["alert_id"] and "X-Ledgergate-Signature" not in plain
+    signed = core.headers(ALERT, body, "s3cret")
+    expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert signed["X-Ledgergate-Signature"] == f"sha256={expected}"
+
+
+def test_backoff_doubles_up_to_the_cap_and_honours_retry_after_within_it() -> None:
+    assert [core.backoff_ms(a, 100, 1000) for a in range(1, 7)] == [100, 200, 400, 800, 1000, 1000]
+    assert core.backoff_ms(1, 100, 1000, retry_after_ms=700) == 700
+    assert core.backoff_ms(1, 100, 1000, retry_after_ms=60_000) == 1000, "a server cannot park an alert for long"
+    assert core.backoff_ms(3, 100, 1000, retry_after_ms=50) == 400
+    assert core.worst_case_ms(3, 100, 1000, 2.0) == 2000 + 6000
+
+
+@pytest.mark.parametrize(("status", "permanent"), [
+    (500, False), (502, False), (503, False), (408, False), (429, False), (425, False),
+    (400, True), (401, True), (404, True), (410, True), (301, True), (307, True)])
+def test_client_errors_and_redirects_are_permanent_server_errors_are_not(status: int, permanent: bool) -> None:
+    assert core.classify_status(status) is permanent
+
+
+def test_retry_after_seconds_only() -> None:
+    assert core.parse_retry_after("3") == 3000
+    assert core.parse_retry_after(" 0 ") == 0
+    assert core.parse_retry_after("Wed, 21 Oct 2026 07:28:00 GMT") is None
+    assert core.parse_retry_after(None) is None
+
+
+def test_webhook_url_must_be_http_and_is_never_shown_whole() -> None:
+    assert core.check_url("https://hooks.example.com/T0/B0/secret-token") == "https://hooks.example.com/T0/B0/secret-token"
+    for bad in ("", "file:///etc/passwd", "ftp://example.com/x", "https:///nohost", "hooks.example.com/x"):
+        with pytest.raises(core.AlerterConfigError):
+            core.check_url(bad)
+    shown = core.redacted("https://hooks.example.com:8443/T0/B0/secret-token?key=abc")
+    assert shown == "https://hooks.example.com:8443/..." and "secret" not in shown and "abc" not in shown
+    with pytest.raises(core.AlerterConfigError) as err:
+        core.check_url("file:///run/secret-token")
+    assert "secret-token" not in err.value.message
