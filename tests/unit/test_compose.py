@@ -16,11 +16,14 @@ from typing import Any
 import pytest
 import yaml
 
+from shared.run import SERVICES
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-APP_SERVICES = {"token-counter", "policy", "budget-manager", "router", "projector", "api"}
+# Every service `ledgergate run` knows must be in the compose file, and nothing else.
+APP_SERVICES = set(SERVICES)
 INFRA = ("kafka", "postgres")
 RUN_RE = re.compile(r"^ledgergate\s+run\s+(\S+)\s*$")
 
