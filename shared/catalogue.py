@@ -9,19 +9,11 @@ from pathlib import Path
 
 import yaml
 
-from shared.errors import LedgergateError
+from shared.errors import CatalogueError, UnknownPriceError
 
 DATA_DIR = Path(__file__).with_name("data")
 PPM = 1_000_000
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are per million tokens
-
-
-class CatalogueError(LedgergateError):
-    code = "catalogue_error"
-
-
-class UnknownPriceError(CatalogueError):
-    code = "unknown_price"
 
 
 @dataclass(frozen=True, slots=True)

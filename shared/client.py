@@ -25,7 +25,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from shared import logging as lg_logging
 from shared.codec import codec
-from shared.errors import CodecError, GateTimeoutError, LedgergateError, TopicConfigError
+from shared.errors import (
+    CodecError,
+    GateClientError,
+    GateOverloadedError,
+    GateTimeoutError,
+    TopicConfigError,
+)
 from shared.kafka import topics as T
 from shared.kafka.config import consumer_config, producer_config
 from shared.settings import KafkaSettings
@@ -36,18 +42,6 @@ COMMAND_KINDS = ("SET_LIMIT", "RAISE_LIMIT", "LOWER_LIMIT", "GRANT_CREDIT", "VOI
                  "EXPIRE_DUE")
 
 _log = lg_logging.get("client")
-
-
-class GateClientError(LedgergateError):
-    """The client could not send a message, or was closed while a request waited."""
-
-    code = "gate_client_error"
-
-
-class GateOverloadedError(GateClientError):
-    """More requests are waiting for decisions than the client's bound allows."""
-
-    code = "gate_client_overloaded"
 
 
 class DecisionFuture(Future[dict[str, Any]]):

@@ -7,17 +7,13 @@ from pathlib import Path
 
 import psycopg
 
-from shared.errors import LedgergateError
+from shared.errors import MigrationError
 from shared.settings import PROJECT_ROOT
 
 MIGRATIONS_DIR = PROJECT_ROOT / "deploy" / "migrations"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # Serialises concurrent migrators (API and projector starting together) on one advisory lock.
 _LOCK_ID = 0x1ED6E6A7E
-
-
-class MigrationError(LedgergateError):
-    code = "migration_error"
 
 
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, Path]]:

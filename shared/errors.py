@@ -83,3 +83,118 @@ class GateTimeoutError(LedgergateError):
     """The client SDK did not receive a decision within its timeout."""
 
     code = "gate_timeout"
+
+
+# --- read model and reconciliation ------------------------------------------------------------------
+
+
+class UsageTableError(LedgergateError):
+    """PostgreSQL could not be reached or queried."""
+
+    code = "usage_table_error"
+
+
+class InvoiceError(LedgergateError):
+    """The invoice file cannot be read or a row is not in the documented shape; names the line."""
+
+    code = "invoice_error"
+
+
+class MigrationError(LedgergateError):
+    code = "migration_error"
+
+
+# --- client SDK -------------------------------------------------------------------------------------
+
+
+class GateClientError(LedgergateError):
+    """The client could not send a message, or was closed while a request waited."""
+
+    code = "gate_client_error"
+
+
+class GateOverloadedError(GateClientError):
+    """More requests are waiting for decisions than the client's bound allows."""
+
+    code = "gate_client_overloaded"
+
+
+# --- topics and Kafka -------------------------------------------------------------------------------
+
+
+class ReadTimeoutError(LedgergateError):
+    code = "read_timeout"
+
+
+# --- stack ------------------------------------------------------------------------------------------
+
+
+class ServiceStartError(LedgergateError):
+    """A service process could not be started or died while starting; the message names its log."""
+
+    code = "service_start_error"
+
+
+# --- catalogues -------------------------------------------------------------------------------------
+
+
+class CatalogueError(LedgergateError):
+    code = "catalogue_error"
+
+
+class UnknownPriceError(CatalogueError):
+    code = "unknown_price"
+
+
+# --- alerter ----------------------------------------------------------------------------------------
+
+
+class AlerterConfigError(LedgergateError):
+    code = "alerter_config_error"
+
+
+class DeliveryError(LedgergateError):
+    """One failed POST. `permanent` failures go to the dead-letter topic without further attempts."""
+
+    code = "webhook_failed"
+
+    def __init__(self, message: str, permanent: bool = False, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after_ms = retry_after_ms
+
+
+class DeadLetterError(LedgergateError):
+    """The dead-letter record could not be written; the alert stays uncommitted and comes back."""
+
+    code = "dead_letter_failed"
+
+
+# --- projector --------------------------------------------------------------------------------------
+
+
+class StaleOffsetsError(LedgergateError):
+    """consumer_offsets no longer holds the offsets this instance read from: another instance took the
+    partition over (or an operator moved it). The batch is rolled back and the partitions re-read."""
+
+    code = "stale_offsets"
+
+
+class UnexpectedEventError(LedgergateError):
+    """A well-formed event of a type that does not belong on the topic it was read from."""
+
+    code = "unexpected_event"
+
+
+# --- policy -----------------------------------------------------------------------------------------
+
+
+class PolicyError(LedgergateError):
+    code = "invalid_policy"
+
+
+# --- API --------------------------------------------------------------------------------------------
+
+
+class ApiKeyError(LedgergateError):
+    code = "api_key_error"

@@ -14,18 +14,12 @@ from datetime import date
 
 import psycopg
 
-from shared.errors import LedgergateError
+from shared.errors import UsageTableError
 from shared.tables import MS_PER_DAY, utc_day
 
 SpendKey = tuple[str, str, str]  # (tenant, model, day)
 NEEDED = {"tenant_id", "model", "actual_micro_usd", "settled_at_ms", "estimated", "input_tokens",
           "cached_input_tokens", "output_tokens", "reasoning_tokens"}
-
-
-class UsageTableError(LedgergateError):
-    """PostgreSQL could not be reached or queried."""
-
-    code = "usage_table_error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,16 +15,10 @@ from datetime import date
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 
-from shared.errors import LedgergateError
+from shared.errors import InvoiceError
 
 COLUMNS = ("date", "model", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "cost_usd")
 METRICS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "cost_micro_usd")
-
-
-class InvoiceError(LedgergateError):
-    """The invoice file cannot be read or a row is not in the documented shape; names the line."""
-
-    code = "invoice_error"
 
 
 @dataclass(frozen=True, slots=True)

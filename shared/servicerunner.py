@@ -17,16 +17,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
-from shared.errors import LedgergateError
+from shared.errors import ServiceStartError
 from shared.settings import PROJECT_ROOT
 
 SERVICES = ("token-counter", "policy", "budget-manager", "router")
-
-
-class ServiceStartError(LedgergateError):
-    """A service process could not be started or died while starting; the message names its log."""
-
-    code = "service_start_error"
 
 
 class ServiceSet:

@@ -22,19 +22,13 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from services.alerter import core
 from shared.codec import codec
-from shared.errors import CodecError, LedgergateError, MalformedMessageError
+from shared.errors import CodecError, DeadLetterError, DeliveryError, MalformedMessageError
 from shared.kafka import topics as T
 from shared.kafka.config import consumer_config, producer_config
 from shared.logging import configure
 from shared.settings import AlerterSettings
 
 Post = Callable[[str, bytes, dict[str, str], float], None]
-
-
-class DeadLetterError(LedgergateError):
-    """The dead-letter record could not be written; the alert stays uncommitted and comes back."""
-
-    code = "dead_letter_failed"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -54,11 +48,11 @@ def http_post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) 
             response.read(65536)  # drain a little so keep-alive servers are not cut mid-answer
             return
     except urllib.error.HTTPError as exc:
-        raise core.DeliveryError(f"HTTP {exc.code} {exc.reason}", permanent=core.classify_status(exc.code),
+        raise DeliveryError(f"HTTP {exc.code} {exc.reason}", permanent=core.classify_status(exc.code),
                                  retry_after_ms=core.parse_retry_after(exc.headers.get("Retry-After"))) from None
     except (urllib.error.URLError, OSError) as exc:  # refused, reset, DNS, timeout: all worth a retry
         reason = getattr(exc, "reason", exc)
-        raise core.DeliveryError(f"{type(reason).__name__}: {reason}") from None
+        raise DeliveryError(f"{type(reason).__name__}: {reason}") from None
 
 
 class Alerter:
@@ -120,7 +114,7 @@ class Alerter:
         body = core.payload(alert)
         headers = core.headers(alert, body, self.secret)
         context = {"tenant_id": alert["tenant_id"], "alert_id": alert["alert_id"]}
-        error: core.DeliveryError | None = None
+        error: DeliveryError | None = None
         for attempt in range(1, self.s.alert_max_attempts + 1):
             started = time.monotonic()
             try:
@@ -128,7 +122,7 @@ class Alerter:
                 self.log.info("alert_delivered", attempt=attempt, ms=round((time.monotonic() - started) * 1000),
                               **context)
                 return True
-            except core.DeliveryError as exc:
+            except DeliveryError as exc:
                 error = exc
             self.log.warning("alert_attempt_failed", attempt=attempt, error=error.message,
                              permanent=error.permanent, **context)

@@ -9,27 +9,12 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from shared.errors import LedgergateError
+from shared.errors import AlerterConfigError
 from shared.tables import iso_ms, usd
 
 EVENT_TYPE = "budget.threshold_crossed"
 # A client error will not fix itself on retry, except these: timeout, too early, rate limited.
 RETRYABLE_4XX = frozenset({408, 425, 429})
-
-
-class AlerterConfigError(LedgergateError):
-    code = "alerter_config_error"
-
-
-class DeliveryError(LedgergateError):
-    """One failed POST. `permanent` failures go to the dead-letter topic without further attempts."""
-
-    code = "webhook_failed"
-
-    def __init__(self, message: str, permanent: bool = False, retry_after_ms: int | None = None) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-        self.retry_after_ms = retry_after_ms
 
 
 def check_url(url: str) -> str:

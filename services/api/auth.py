@@ -17,14 +17,10 @@ from dataclasses import dataclass
 import psycopg
 
 from services.api.models import ID_PATTERN
-from shared.errors import LedgergateError
+from shared.errors import ApiKeyError
 
 TOKEN_PREFIX = "lgk_"
 _TOKEN = re.compile(r"^lgk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$")
-
-
-class ApiKeyError(LedgergateError):
-    code = "api_key_error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,13 +11,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.errors import LedgergateError
+from shared.errors import PolicyError
 
 DEFAULT_PATH = Path(__file__).with_name("default_policy.yaml")
-
-
-class PolicyError(LedgergateError):
-    code = "invalid_policy"
 
 
 class TierRule(BaseModel):

@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from services.projector import core, sql
 from shared.codec import codec
 from shared.db import migrate
-from shared.errors import LedgergateError
+from shared.errors import LedgergateError, StaleOffsetsError, UnexpectedEventError
 from shared.kafka import topics as T
 from shared.kafka.config import consumer_config
 from shared.ledger.entries import ENTRY_TYPES, from_record
@@ -33,12 +33,6 @@ R = TypeVar("R")
 EXPECTED = {core.DECISIONS: "GateDecision", core.AUDIT: "AuditRecord"}
 STATS_INTERVAL_S = 10.0
 MAX_BACKOFF_S = 5.0
-
-
-class UnexpectedEventError(LedgergateError):
-    """A well-formed event of a type that does not belong on the topic it was read from."""
-
-    code = "unexpected_event"
 
 
 class Projector:
@@ -164,7 +158,7 @@ class Projector:
             return
         try:
             sql.write(self._db(), self.name, batch, self.positions)
-        except sql.StaleOffsetsError as exc:
+        except StaleOffsetsError as exc:
             self.log.warning("offsets_moved", error=exc.message)
             self._rewind()
             return

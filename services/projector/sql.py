@@ -16,15 +16,7 @@ import psycopg
 from psycopg.types.json import set_json_dumps
 
 from services.projector.core import Batch
-from shared.errors import LedgergateError
-
-
-class StaleOffsetsError(LedgergateError):
-    """consumer_offsets no longer holds the offsets this instance read from: another instance took the
-    partition over (or an operator moved it). The batch is rolled back and the partitions re-read."""
-
-    code = "stale_offsets"
-
+from shared.errors import StaleOffsetsError
 
 # name -> (columns with types); the COPY column order is the order of core.Batch's tuples.
 STAGES: dict[str, str] = {

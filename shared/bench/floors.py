@@ -187,15 +187,21 @@ def _echo(bootstrap: str, first: str, last: str, rate: float, seconds: float, wa
     return {"rate_per_s": rate, "sent": count - warm, "received": sum(1 for r in recv[warm:] if r), "latency_ms": lat}
 
 
-def echo_floors(bootstrap: str, prefix: str, partitions: int, rate: float, seconds: float) -> dict[str, Any]:
-    variants = {"1 hop": None, "4 relays, no transactions": "plain", "4 relays, transactional": "txn",
-                "4 relays, ledgergate runtime as the gate runs it": "runtime"}
+def echo_floors(bootstrap: str, prefix: str, partitions: int, rate: float, seconds: float,
+                low_rate: float | None = None) -> dict[str, Any]:
+    """Each variant at `rate`; with `low_rate`, the runtime variant again at that rate, to set beside
+    the gate's own low-load step (a hop's cost depends on how full its batches are)."""
+    variants: list[tuple[str, str | None, float]] = [
+        ("1 hop", None, rate), ("4 relays, no transactions", "plain", rate), ("4 relays, transactional", "txn", rate),
+        ("4 relays, ledgergate runtime as the gate runs it", "runtime", rate)]
+    if low_rate:
+        variants.append((f"4 relays, ledgergate runtime as the gate runs it, {low_rate:g}/s", "runtime", low_rate))
     out: dict[str, Any] = {}
-    for name, mode in variants.items():
-        key = mode or "direct"
+    for n, (name, mode, at) in enumerate(variants):
+        key = f"{mode or 'direct'}{n}"
         topics = [f"{prefix}floor.{key}.{i}" for i in range(RELAYS + 1 if mode else 1)]
         _create_topics(bootstrap, topics, partitions)
-        procs: list[subprocess.Popen[bytes]] = []
+        procs: list[subprocess.Popen[str]] = []
         try:
             for i in range(RELAYS if mode else 0):
                 spec = {"bootstrap": bootstrap, "in": topics[i], "out": topics[i + 1], "mode": mode,
@@ -203,10 +209,10 @@ def echo_floors(bootstrap: str, prefix: str, partitions: int, rate: float, secon
                 procs.append(subprocess.Popen([sys.executable, "-m", "shared.bench.floors", "relay", json.dumps(spec)],
                                               cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                               text=True))
-            print(f"floors: echo {name} at {rate:g} msg/s for {seconds:g} s", file=sys.stderr, flush=True)
+            print(f"floors: echo {name} at {at:g} msg/s for {seconds:g} s", file=sys.stderr, flush=True)
             window = procstats.CpuWindow({**{f"relay{i}": p.pid for i, p in enumerate(procs)}, **procstats.broker(),
                                           "bench": os.getpid()})
-            out[name] = _echo(bootstrap, topics[0], topics[-1], rate, seconds)
+            out[name] = _echo(bootstrap, topics[0], topics[-1], at, seconds)
             out[name]["cpu"] = window.close()
         finally:
             for proc in procs:

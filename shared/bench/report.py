@@ -76,8 +76,9 @@ def _floors(f: dict[str, Any]) -> list[str]:
     lines = ["FLOORS (same broker, same client settings, no service logic)"]
     for name, e in f.get("echo", {}).items():
         lat = e["latency_ms"]
-        lines.append(f"  echo {name:<30} at {e['rate_per_s']:.0f} msg/s: p50 {lat['p50']:7.2f}  p99 {lat['p99']:8.2f}  "
-                     f"max {lat['max']:8.2f} ms  (foreign cpu {e.get('cpu', {}).get('foreign_cores', 0):.2f} cores)")
+        label = name.rsplit(", ", 1)[0] if name.endswith("/s") else name
+        lines.append(f"  echo {label:<48} {e['rate_per_s']:>5.0f} msg/s: p50 {lat['p50']:7.2f}  p99 {lat['p99']:8.2f}  "
+                     f"max {lat['max']:8.2f} ms  (foreign cpu {e.get('cpu', {}).get('foreign_cores', 0):.2f})")
     if "tokenizer" in f:
         t = f["tokenizer"]
         ratio, per_s = t["ratio_count_request_to_raw"], t["tokens_per_s"]

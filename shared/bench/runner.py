@@ -126,7 +126,7 @@ class Bench:
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         partitions = T.load_specs(partitions=self.kafka.kafka_partitions)[0].partitions
         self.results.setdefault("floors", {})["echo"] = floors.echo_floors(
-            self.kafka.kafka_bootstrap, prefix, partitions, rate, seconds)
+            self.kafka.kafka_bootstrap, prefix, partitions, rate, seconds, low_rate=self.o.sizes["warmup"][0])
 
     def _gate(self) -> None:
         o = self.o

@@ -11,12 +11,8 @@ from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from shared.errors import LedgergateError
+from shared.errors import ReadTimeoutError
 from shared.kafka.config import consumer_config
-
-
-class ReadTimeoutError(LedgergateError):
-    code = "read_timeout"
 
 
 def _high_watermark(consumer: Consumer, topic: str, partition: int, timeout_s: float = 30.0) -> int:

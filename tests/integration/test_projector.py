@@ -24,6 +24,7 @@ from services.router.core import decision_for
 from shared.catalogue import deployments
 from shared.codec import codec
 from shared.db import migrate
+from shared.errors import StaleOffsetsError
 from shared.kafka import topics as T
 from shared.kafka.config import producer_config
 from shared.ledger.entries import BudgetLimitSet, LedgerEntry, ReservationPlaced, ReservationSettled, Usage, to_record
@@ -88,7 +89,7 @@ def test_a_batch_commits_with_its_offsets_once(fresh_db: str) -> None:
         assert once["consumer_offsets"] == [("p", "ledger", 0, 6)]
 
         # A second writer that read the partition from the beginning is refused, and changes nothing.
-        with pytest.raises(sql.StaleOffsetsError):
+        with pytest.raises(StaleOffsetsError):
             sql.write(conn, "p", batch, {})
         assert _snapshot(fresh_db) == once
 

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from services.alerter import core
+from shared.errors import AlerterConfigError
 
 ALERT = {"alert_id": "acme/2026-11/TENANT/acme/80", "tenant_id": "acme", "scope_type": "TENANT", "scope_id": "acme",
          "period_id": "2026-11", "threshold_pct": 80, "spent_micro_usd": 812_345, "limit_micro_usd": 1_000_000,
@@ -57,10 +58,10 @@ def test_retry_after_seconds_only() -> None:
 def test_webhook_url_must_be_http_and_is_never_shown_whole() -> None:
     assert core.check_url("https://hooks.example.com/T0/B0/secret-token") == "https://hooks.example.com/T0/B0/secret-token"
     for bad in ("", "file:///etc/passwd", "ftp://example.com/x", "https:///nohost", "hooks.example.com/x"):
-        with pytest.raises(core.AlerterConfigError):
+        with pytest.raises(AlerterConfigError):
             core.check_url(bad)
     shown = core.redacted("https://hooks.example.com:8443/T0/B0/secret-token?key=abc")
     assert shown == "https://hooks.example.com:8443/..." and "secret" not in shown and "abc" not in shown
-    with pytest.raises(core.AlerterConfigError) as err:
+    with pytest.raises(AlerterConfigError) as err:
         core.check_url("file:///run/secret-token")
     assert "secret-token" not in err.value.message
