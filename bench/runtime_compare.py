@@ -25,7 +25,8 @@ offsets, which Kafka commits atomically with the outputs. Every run's output is 
 The machine is shared, so each run first waits for it to be nearly idle, measures the CPU every other
 process used during the steady phase, and counts as disturbed above --disturbed-cores; a disturbed run
 is repeated (--disturbed-retries) and the medians are taken over undisturbed runs. Broker CPU per
-message is net of the broker's own CPU while nothing but this driver's polling runs.
+message is net of the broker's own CPU while nothing but this driver's polling runs (measured for
+--baseline-s right before each run, since other clients of a shared broker change it).
 
   .venv/bin/python bench/runtime_compare.py --messages 50000 [--repeats 1] [--variants A,B,B50,B50_100,B2]
 
@@ -283,7 +284,6 @@ class Bench:
         self.app_ids: list[str] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="rtc-"))
         self.broker_pid = _broker_pid()
-        self.baseline_cores: float | None = None
         self.watch = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"rtc-watch-{self.run_id}",
                                "enable.auto.commit": False})
 
@@ -344,7 +344,7 @@ class Bench:
             if busy <= self.args.quiet_cores or time.monotonic() > deadline:
                 return round(busy, 2)
 
-    def broker_baseline(self, seconds: float = 5.0) -> float | None:
+    def broker_baseline(self, seconds: float) -> float | None:
         """Broker CPU (cores) with nothing running but this driver's progress polling."""
         from confluent_kafka import Consumer, TopicPartition
 
@@ -413,6 +413,8 @@ class Bench:
             return sum(max(tp.offset, 0) for tp in probe.committed(in_tps, timeout=5))
 
         quiet = self.wait_quiet()
+        # Other clients of the shared broker change its idle load; take its baseline right before each run.
+        baseline = self.broker_baseline(self.args.baseline_s)
         log_path = self.tmp / f"{tag}.log"
         log = log_path.open("w")  # closed in the finally below
         broker0 = _cpu_seconds(self.broker_pid)
@@ -505,8 +507,9 @@ class Bench:
             result["broker_cpu_steady_s"] = round(broker_done - broker_first, 3)
             result["broker_cpu_us_per_msg"] = round((broker_done - broker_first) / steady_msgs * 1e6, 1)
             result["broker_cpu_run_s"] = round(broker1 - broker0, 3)
-            if self.baseline_cores is not None:
-                net = broker_done - broker_first - self.baseline_cores * steady_s
+            if baseline is not None:
+                result["broker_baseline_cores"] = round(baseline, 3)
+                net = broker_done - broker_first - baseline * steady_s
                 result["broker_cpu_net_us_per_msg"] = round(net / steady_msgs * 1e6, 1)
         if worker_stats:
             result["worker_batches"] = worker_stats["batches"]
@@ -610,16 +613,19 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _txn_config_shown() -> dict[str, Any]:
-    from shared.kafka.config import transactional_producer_config
+def _configs_shown() -> dict[str, Any]:
+    from shared.kafka.config import consumer_config, producer_config, transactional_producer_config
 
-    return {k: v for k, v in transactional_producer_config("<bootstrap>", "<id>").items()
-            if k not in ("bootstrap.servers", "transactional.id")}
+    def strip(config: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in config.items() if k not in ("bootstrap.servers", "transactional.id", "group.id")}
+
+    return {"consumer": strip(consumer_config("-", "-")), "producer": strip(producer_config("-")),
+            "transactional_producer": strip(transactional_producer_config("-", "-"))}
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     keys = ["startup_s", "steady_msgs_per_s", "worker_cpu_us_per_msg", "broker_cpu_us_per_msg",
-            "broker_cpu_net_us_per_msg",
+            "broker_cpu_net_us_per_msg", "broker_baseline_cores",
             "worker_cores_busy", "worker_cpu_startup_s", "wall_s", "avg_batch", "txn_commit_ms_avg",
             "other_cores_steady"]
     out: dict[str, dict[str, float]] = {}
@@ -664,7 +670,7 @@ def _table(summary: dict[str, dict[str, float]]) -> str:
                      f"{s['worker_cpu_us_per_msg'] + broker:>7.1f} {s['worker_cores_busy']:>7.2f} "
                      f"{s.get('txn_commit_ms_avg', nan):>6.1f} {s.get('other_cores_steady', nan):>7.2f} "
                      f"{s['runs_in_median']:>2.0f}/{s['runs_total']:<2.0f}")
-    lines.append("broker us/msg is net of the broker's CPU while only the driver polls (see broker_baseline_cores); "
+    lines.append("broker us/msg is net of the broker's CPU while only the driver polls (measured before each run); "
                  "txn ms = send_offsets_to_transaction + commit_transaction per batch;\n"
                  "others = CPU used by other processes on the machine meanwhile; medians over undisturbed runs "
                  "(runs used/total)")
@@ -681,6 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet-cores", type=float, default=0.3,
                    help="before each run wait until the machine is busy on at most this many cores ...")
     p.add_argument("--quiet-wait", type=float, default=120, help="... but no longer than this, seconds")
+    p.add_argument("--baseline-s", type=float, default=3.0,
+                   help="seconds of broker baseline (driver polling only) measured before each run")
     p.add_argument("--disturbed-cores", type=float, default=0.25,
                    help="a run during which other processes used more CPU than this is 'disturbed' ...")
     p.add_argument("--disturbed-retries", type=int, default=2,
@@ -710,9 +718,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.create_topic(bench.input)
         prefill_s = bench.prefill()
-        bench.wait_quiet()
-        bench.baseline_cores = bench.broker_baseline()
-        print(f"broker baseline while polling: {bench.baseline_cores or 0:.3f} cores", flush=True)
         print(f"pre-filled {bench.input} with {args.messages:,} InvocationCounted records in {prefill_s:.1f}s "
               f"(high watermark {bench.high_watermarks(bench.input):,})", flush=True)
         for rep in range(1, args.repeats + 1):
@@ -728,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {variant} run {rep}.{attempt}: startup {r['startup_s']:.2f}s, "
                           f"steady {r['steady_msgs_per_s']:,.0f} msg/s, "
                           f"worker {r['worker_cpu_us_per_msg']:.1f} us/msg, "
-                          f"broker {r.get('broker_cpu_net_us_per_msg', 0):.1f} us/msg, "
+                          f"broker {r.get('broker_cpu_net_us_per_msg', 0):.1f} us/msg "
+                          f"(baseline {r.get('broker_baseline_cores', 0):.2f} cores), "
                           f"others {r['other_cores_steady']:.2f} cores{' (disturbed)' if r['disturbed'] else ''}, "
                           f"verify {'ok' if v['ok'] else 'FAILED ' + json.dumps(v)}", flush=True)
                     if not r["disturbed"]:
@@ -746,8 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": _machine(),
         "partitions": PARTITIONS,
         "tenants": TENANTS,
-        "transactional_producer_config": _txn_config_shown(),
-        "broker_baseline_cores": bench.baseline_cores,
+        "client_configs": _configs_shown(),
         "variants": VARIANTS,
         "summary_median": summary,
         "derived": _derived(summary),

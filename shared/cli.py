@@ -68,7 +68,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise LedgergateError("`ledgergate bench rate` needs a rate, e.g. `ledgergate bench rate 1000 --duration-s 20`")
     opts = BenchOptions(mode=args.mode, smoke=args.smoke, rate=args.rate or 1000.0, duration_s=args.duration_s,
                         step_s=args.step_s, tenants=args.tenants, output=Path(args.output) if args.output else None,
-                        quiet_wait_s=args.quiet_wait_s, command="ledgergate " + " ".join(sys.argv[1:]))
+                        quiet_wait_s=args.quiet_wait_s, noisy_retries=args.noisy_retries,
+                        command="ledgergate " + " ".join(sys.argv[1:]))
     if args.rates:
         opts.rates = tuple(float(r) for r in args.rates.split(","))
     results = run_bench(opts)
@@ -248,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="", help="JSON path (default bench/results/<timestamp>.json)")
     p.add_argument("--quiet-wait-s", type=float, default=0.0,
                    help="first wait up to this long for the machine to be idle (shared machines)")
+    p.add_argument("--noisy-retries", type=int, default=0,
+                   help="run a phase again (up to N times) when other processes took > 0.3 cores during it")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("request", help="ask the gate once and print its decision as JSON")

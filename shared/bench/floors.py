@@ -14,6 +14,7 @@ counting function (services/token_counter/core.count_request) over the same requ
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -29,7 +30,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from shared.bench import procstats, stats
 from shared.bench.loadgen import CLIENT_CONSUMER, assign_at_end, now_us
+from shared.errors import ReadTimeoutError
 from shared.kafka.config import admin_config, consumer_config, producer_config, transactional_producer_config
+from shared.kafka.headers import stage_times_us, stamped
 from shared.settings import PROJECT_ROOT, ServiceSettings
 
 RELAYS = 4
@@ -44,10 +47,11 @@ KEYS = 1000
 
 
 class _Echo:
-    """A runtime handler that forwards every message unchanged: the runtime's cost and nothing else."""
+    """A runtime handler that forwards every message unchanged but for its timing stamp, as the
+    services stamp theirs: the runtime's cost and nothing else."""
 
-    def __init__(self, out_topic: str) -> None:
-        self.out_topic = out_topic
+    def __init__(self, out_topic: str, stage: str) -> None:
+        self.out_topic, self.stage = out_topic, stage
 
     def assigned(self, partitions: list[int]) -> None:
         return None
@@ -59,7 +63,7 @@ class _Echo:
         pass
 
     def handle(self, msg: Message, out: Any) -> None:
-        out.emit(self.out_topic, msg.key(), msg.value(), list(msg.headers() or []))
+        out.emit(self.out_topic, msg.key(), msg.value(), stamped(msg, self.stage))
 
 
 def relay(spec: dict[str, Any]) -> None:
@@ -72,7 +76,7 @@ def relay(spec: dict[str, Any]) -> None:
                                  group_id=spec["group"], topics=[src], deadletter_topic=dst,
                                  max_batch=s.max_batch, poll_timeout_s=s.poll_timeout_ms / 1000,
                                  exactly_once=spec["exactly_once"])
-        TransactionalRuntime(options, _Echo(dst)).run()
+        TransactionalRuntime(options, _Echo(dst, f"r{spec['id']}")).run()
         return
     running = True
 
@@ -100,7 +104,7 @@ def relay(spec: dict[str, Any]) -> None:
         if txn:
             producer.begin_transaction()
         for m in batch:
-            producer.produce(dst, value=m.value(), key=m.key(), headers=m.headers())
+            producer.produce(dst, value=m.value(), key=m.key(), headers=stamped(m, f"r{spec['id']}"))
         if txn:
             # Timed: offsets + commit is what a transactional hop adds over a plain one.
             t0 = now_us()
@@ -144,7 +148,7 @@ def _echo(bootstrap: str, first: str, last: str, rate: float, seconds: float, wa
     deadline, back = time.monotonic() + 60, False
     while not back:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no echo from {first} to {last} within 60 s")
+            raise ReadTimeoutError(f"no echo from {first} to {last} within 60 s; did the relays start?")
         producer.produce(first, value=payload, key=b"probe", headers=[("probe", b"1")])
         producer.flush(5)
         end = time.monotonic() + 0.5
@@ -153,6 +157,7 @@ def _echo(bootstrap: str, first: str, last: str, rate: float, seconds: float, wa
             back = msg is not None and msg.error() is None
     warm, count = int(rate * warm_s), int(rate * (seconds + warm_s))
     sched, recv = [0] * count, [0] * count
+    stamps: list[dict[str, int]] = [{} for _ in range(count)]
     start = now_us() + 200_000
 
     def send() -> None:
@@ -162,7 +167,8 @@ def _echo(bootstrap: str, first: str, last: str, rate: float, seconds: float, wa
             if wait > 0:
                 time.sleep(wait / 1e6)
             sched[i] = due
-            producer.produce(first, value=payload, key=f"k{i % KEYS}".encode(), headers=[("seq", str(i).encode())])
+            producer.produce(first, value=payload, key=f"k{i % KEYS}".encode(),
+                             headers=[("seq", str(i).encode()), ("lg-t-send", str(now_us()).encode())])
             producer.poll(0)
         producer.flush(10)
 
@@ -176,6 +182,7 @@ def _echo(bootstrap: str, first: str, last: str, rate: float, seconds: float, wa
             seq = dict(m.headers() or []).get("seq") if m.error() is None else None
             if seq is not None and not recv[int(seq)]:
                 recv[int(seq)] = t
+                stamps[int(seq)] = stage_times_us(m.headers())
                 got += 1
         if not sender.is_alive():
             give_up = give_up or time.monotonic() + 15
@@ -184,7 +191,14 @@ def _echo(bootstrap: str, first: str, last: str, rate: float, seconds: float, wa
     sender.join()
     consumer.close()
     lat = stats.summary_ms([r - s for s, r in zip(sched[warm:], recv[warm:], strict=True) if r])
-    return {"rate_per_s": rate, "sent": count - warm, "received": sum(1 for r in recv[warm:] if r), "latency_ms": lat}
+    # Per hop from the relays' stamps, laid out like the gate's (send -> r0 .. r3 -> recv).
+    names = ["send", *sorted({k for st in stamps for k in st if k.startswith("r")}), "recv"]
+    for i in range(warm, count):
+        stamps[i]["recv"] = recv[i]
+    hops = {f"{a}->{b}": stats.p50_p99_ms([st[b] - st[a] for st in stamps[warm:] if st.get(a) and st.get(b)])
+            for a, b in itertools.pairwise(names)}
+    return {"rate_per_s": rate, "sent": count - warm, "received": sum(1 for r in recv[warm:] if r), "latency_ms": lat,
+            "hops_ms": hops}
 
 
 def echo_floors(bootstrap: str, prefix: str, partitions: int, rate: float, seconds: float,

@@ -20,14 +20,14 @@ from shared.bench import procstats
 from shared.bench.workload import limits, mix, seed_budgets, wait_for_commands, workload
 from shared.client import GateClient
 from shared.codec import codec
-from shared.errors import GateTimeoutError
+from shared.errors import GateTimeoutError, ServiceStartError
 from shared.kafka import topics as T
 from shared.kafka.config import admin_config
 from shared.kafka.partitioning import murmur2_partition
 from shared.kafka.reader import read_to_end
 from shared.ledger.entries import from_record
 from shared.ledger.state import TENANT, TenantState, evolve
-from shared.servicerunner import SERVICES, ServiceSet, ServiceStartError
+from shared.servicerunner import SERVICES, ServiceSet
 from shared.settings import PROJECT_ROOT, KafkaSettings
 
 RACE_MODEL = "gpt-4.1-nano"  # no downgrade candidates: a request either fits the budget or is denied

@@ -29,6 +29,7 @@ from confluent_kafka import Producer
 
 from shared.bench.procstats import rss_bytes
 from shared.codec import codec
+from shared.errors import LedgergateError, StackError
 from shared.kafka.config import producer_config
 from shared.ledger.entries import (
     BudgetLimitSet,
@@ -150,7 +151,7 @@ def produce_ledger(bootstrap: str, topic: str, entries: int, tenants: int, seed:
         if count % 10_000 == 0:
             producer.poll(0)
     if producer.flush(120) != 0:
-        raise RuntimeError("the synthetic ledger was not fully delivered")
+        raise StackError("the synthetic ledger was not fully delivered to Kafka within 120 s")
     return {"entries": count, "tenants": tenants, "mean_bytes": round(size / max(1, count)), "mix": kinds,
             "produce_s": round(time.perf_counter() - started, 1)}
 
@@ -269,7 +270,7 @@ def run_child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     out = subprocess.run([sys.executable, "-m", "shared.bench.ledger", kind, json.dumps(spec)], cwd=PROJECT_ROOT,
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"ledger {kind} failed: {out.stderr[-2000:]}")
+        raise LedgergateError(f"ledger {kind} process failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

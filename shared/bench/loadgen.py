@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from shared.bench import stats
 from shared.bench.workload import index_of, prompt_tokens, request_record, workload
 from shared.codec import codec
+from shared.errors import TopicConfigError
 from shared.kafka import topics as T
 from shared.kafka.config import consumer_config, producer_config
 from shared.kafka.headers import stage_times_us
@@ -57,7 +58,7 @@ def assign_at_end(consumer: Consumer, topic: str, timeout_s: float = 30.0) -> No
         except KafkaException:
             pass  # a topic just created may have no leader yet
         if time.monotonic() > deadline:
-            raise RuntimeError(f"cannot position a consumer at the end of {topic}")
+            raise TopicConfigError(f"cannot position a consumer at the end of {topic}; does it exist?")
         time.sleep(0.1)
 
 

@@ -16,8 +16,9 @@ from typing import Any
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """utime + stime of a live process, or None when it is gone."""
+def cpu_seconds(pid: int | None, reaped_children: bool = False) -> float | None:
+    """utime + stime of a live process (plus cutime + cstime, its exited and waited-for children, when
+    asked), or None when it is gone."""
     if pid is None:
         return None
     try:
@@ -25,7 +26,8 @@ def cpu_seconds(pid: int | None) -> float | None:
     except OSError:
         return None
     fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) "; field 3 (state) is index 0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped_children else 0)
+    return ticks / CLK_TCK
 
 
 def status_kb(pid: int | None, key: str) -> int | None:
@@ -82,8 +84,9 @@ def broker() -> dict[str, int]:
 
 
 def children_cpu_seconds(pid: int) -> float:
-    """A process's CPU plus its live children's (PostgreSQL does its work in backend processes)."""
-    total = cpu_seconds(pid) or 0.0
+    """A process's CPU plus all its children's, live or exited: PostgreSQL does its work in one backend
+    process per connection, and the postmaster reaps each when its connection closes."""
+    total = cpu_seconds(pid, reaped_children=True) or 0.0
     for child in Path("/proc").glob("[0-9]*"):
         try:
             ppid = int(child.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])

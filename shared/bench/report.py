@@ -66,7 +66,9 @@ def _gate(g: dict[str, Any]) -> list[str]:
                                                                           for p in PROCESSES if p in idle)
                      + f"; broker before the services started {g['idle'].get('broker_cores_before_services', 0):.2f}")
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(focus["outcomes"].items()))
-    lines.append(f"  outcomes ({focus['label']}): {outcomes}; completions sent {focus['completions_sent']}")
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(focus["not_allowed_reasons"].items())) or "none"
+    lines.append(f"  outcomes ({focus['label']}): {outcomes}; not allowed because: {reasons}; "
+                 f"completions sent {focus['completions_sent']}")
     lines.append("  per service over the whole run: " + ", ".join(
         f"{name} {p['cpu_s']:.1f} CPU-s / {p['peak_rss_mb']} MB peak" for name, p in g.get("processes", {}).items()))
     return lines
@@ -79,6 +81,12 @@ def _floors(f: dict[str, Any]) -> list[str]:
         label = name.rsplit(", ", 1)[0] if name.endswith("/s") else name
         lines.append(f"  echo {label:<48} {e['rate_per_s']:>5.0f} msg/s: p50 {lat['p50']:7.2f}  p99 {lat['p99']:8.2f}  "
                      f"max {lat['max']:8.2f} ms  (foreign cpu {e.get('cpu', {}).get('foreign_cores', 0):.2f})")
+        if len(e.get("hops_ms", {})) > 1:  # relays stamp as the services do: the same hop split
+            lines.append("      per hop p50/p99: " + ", ".join(f"{hop} {v['p50']:.1f}/{v['p99']:.1f}"
+                                                               for hop, v in e["hops_ms"].items()))
+        commits = [r["commit_ms"]["p50"] for r in e.get("relays", []) if r.get("commit_ms")]
+        if commits:
+            lines.append("      transaction commit p50 per relay (ms): " + ", ".join(f"{c:.1f}" for c in commits))
     if "tokenizer" in f:
         t = f["tokenizer"]
         ratio, per_s = t["ratio_count_request_to_raw"], t["tokens_per_s"]

@@ -8,13 +8,13 @@ shared 2-core machine); a phase above NOISY_CORES marks the whole run as pollute
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import json
 import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ class BenchOptions:
     seed: int = 7
     output: Path | None = None
     quiet_wait_s: float = 0.0
+    noisy_retries: int = 0
     command: str = "ledgergate bench"
     sizes: dict[str, Any] = field(default_factory=dict)
 
@@ -67,15 +68,26 @@ class Bench:
         self.results: dict[str, Any] = {"run": self.run_id, "mode": opts.mode, "smoke": opts.smoke,
                                         "command": opts.command, "machine": procstats.machine(), "phases": {}}
 
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        # PostgreSQL counts as ours only where we use it; elsewhere its CPU is other people's tests.
-        stack = procstats.stack_pids() if name == "baseline" else procstats.broker()
-        pids = {**stack, "bench": os.getpid()}
-        children0 = procstats.reaped_children_cpu_seconds()
-        window = procstats.CpuWindow(pids)
-        yield
-        self.results["phases"][name] = window.close(extra_s=procstats.reaped_children_cpu_seconds() - children0)
+    def phase(self, name: str, job: Callable[[], None]) -> None:
+        """Run one phase; while other people's CPU use during it exceeds NOISY_CORES, run it again (up
+        to --noisy-retries times) and keep the cleanest attempt."""
+        best: dict[str, Any] | None = None
+        for attempt in range(1, self.o.noisy_retries + 2):
+            # PostgreSQL counts as ours only where we use it; elsewhere its CPU is other people's tests.
+            stack = procstats.stack_pids() if name == "baseline" else procstats.broker()
+            children0 = procstats.reaped_children_cpu_seconds()
+            window = procstats.CpuWindow({**stack, "bench": os.getpid()})
+            job()
+            cpu = window.close(extra_s=procstats.reaped_children_cpu_seconds() - children0)
+            self.results["phases"][name] = {**cpu, "attempts": attempt}
+            if best is None or cpu["foreign_cores"] < best["phases"][name]["foreign_cores"]:
+                best = copy.deepcopy(self.results)
+            if cpu["foreign_cores"] <= NOISY_CORES or attempt > self.o.noisy_retries:
+                break
+            say(f"bench: {name} shared the machine with {cpu['foreign_cores']:.2f} cores of other work; again")
+        assert best is not None
+        best["phases"][name]["attempts"] = self.results["phases"][name]["attempts"]
+        self.results = best
 
     def run(self) -> dict[str, Any]:
         mode, o = self.o.mode, self.o
@@ -84,23 +96,17 @@ class Bench:
             self.results["busy_cores_before_start"] = procstats.wait_quiet(o.quiet_wait_s, NOISY_CORES)
         started = time.monotonic()
         if mode in ("all", "floors"):
-            with self.phase("tokenizer"):
-                self._floors_tokenizer()
+            self.phase("tokenizer", self._floors_tokenizer)
         if mode in ("all", "ledger"):
-            with self.phase("memory"):
-                self._memory()
+            self.phase("memory", self._memory)
         if mode in ("all", "floors"):
-            with self.phase("echo"):
-                self._echo()
+            self.phase("echo", self._echo)
         if mode in ("all", "max", "rate"):
-            with self.phase("gate"):
-                self._gate()
+            self.phase("gate", self._gate)
         if mode in ("all", "baseline"):
-            with self.phase("baseline"):
-                self._baseline()
+            self.phase("baseline", self._baseline)
         if mode in ("all", "ledger"):
-            with self.phase("rebuild"):
-                self._rebuild()
+            self.phase("rebuild", self._rebuild)
         self.results["total_s"] = round(time.monotonic() - started, 1)
         self.results["noisy"] = any(p["foreign_cores"] > NOISY_CORES for p in self.results["phases"].values())
         return self.results

@@ -18,23 +18,19 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from shared import catalogue
 from shared.codec import codec
 from shared.demo import CHAT_OVERHEAD_TOKENS, Workload, build_workload, demand
-from shared.errors import LedgergateError
+from shared.errors import ServiceStartError, StackError
 from shared.kafka import topics as T
 from shared.kafka.config import consumer_config, producer_config
 
 AGENTS_PER_TENANT = 3
 BUDGET_SHARE = 3.0  # limit as a multiple of a tenant's expected demand: most requests are allowed
-TIGHT_EVERY = 20  # every 20th tenant gets TIGHT_SHARE instead, so downgrades and denials run too
-TIGHT_SHARE = 0.5
-MIN_LIMIT_MICRO_USD = 1_000_000
+TIGHT_EVERY = 20  # every 20th tenant gets TIGHT_SHARE instead, so downgrade and denial paths run too
+TIGHT_SHARE = 0.1  # runs out within the first part of a run: denials and downgrades appear early
+MIN_LIMIT_MICRO_USD = 10_000  # a floor against a zero limit, low enough not to undo TIGHT_SHARE
 # Names in request ids and labels: short, so they cost the pipeline what a real id would.
 RID_PREFIX = "b"
 
 __all__ = ["CHAT_OVERHEAD_TOKENS", "Workload"]
-
-
-class BenchSetupError(LedgergateError):
-    code = "bench_setup_error"
 
 
 def tenant_names(count: int, tag: str) -> list[str]:
@@ -125,10 +121,10 @@ def seed_budgets(bootstrap: str, prefix: str, tenant_limits: dict[str, int], tim
         producer.produce(prefix + T.COMMANDS, value=value, key=tenant.encode())
         producer.poll(0)
     if producer.flush(timeout_s) != 0:
-        raise BenchSetupError("budget commands were not delivered")
+        raise StackError("budget commands were not delivered to Kafka")
     missing = wait_for_commands(bootstrap, prefix + T.LEDGER, ids, timeout_s)
     if missing:
-        raise BenchSetupError(f"{len(missing)} of {len(ids)} budget commands never reached the ledger; "
+        raise ServiceStartError(f"{len(missing)} of {len(ids)} budget commands never reached the ledger; "
                               "is the budget-manager running?")
     return time.monotonic() - started
 

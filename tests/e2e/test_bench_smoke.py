@@ -1,0 +1,70 @@
+"""`ledgergate bench --smoke`: the harness works end to end on the real stack. It checks that every
+request is answered and every figure is present and positive, never how fast anything is (the
+machine is shared; speed is for BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared import cli
+from shared.settings import StackSettings
+
+pytestmark = pytest.mark.e2e
+
+
+def _positive(figures: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        assert figures[key] > 0, f"{key} = {figures[key]!r}"
+
+
+def test_bench_smoke_answers_every_request_and_reports_every_figure(stack: StackSettings, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--smoke", "--output", str(out)]) == 0
+    r = json.loads(out.read_text())
+
+    gate = r["gate"]
+    steps = [gate["warmup"], *gate["max"]["steps"], gate["rate"]]
+    for step in steps:
+        assert step["sent"] == step["planned"] > 0 or step["aborted"], step["label"]
+        assert step["missing"] == 0 and step["duplicates"] == 0, step["label"]
+        assert step["decided"] == step["sent"] == sum(step["outcomes"].values()), step["label"]
+        _positive(step, "decisions_per_s")
+        _positive(step["latency_ms"], "p50", "p90", "p99", "p99_9", "max")
+        assert step["completions_sent"] == step["outcomes"].get("ALLOW", 0) + step["outcomes"].get("DOWNGRADE", 0)
+        for hop, figures in step["hops_ms"].items():
+            assert figures["n"] == step["decided"], hop
+            _positive(figures, "max")
+        _positive(step["cpu"]["cpu_s"], "token-counter", "policy", "budget-manager", "router", "loadgen")
+    for name in ("token-counter", "policy", "budget-manager", "router"):
+        _positive(gate["processes"][name], "cpu_s", "peak_rss_mb")
+    race = gate["race"]
+    assert race["answered"] == race["requests"] and race["allowed"] == race["affordable"]
+    assert race["overspend_micro_usd"] == 0  # invariant 1, read from the ledger
+
+    floors = r["floors"]
+    for name, echo in floors["echo"].items():
+        assert echo["received"] == echo["sent"] > 0, name
+        _positive(echo["latency_ms"], "p50", "p99")
+    _positive(floors["tokenizer"]["tokens_per_s"], "raw", "count_chat", "count_request")
+    _positive(floors["tokenizer"], "ratio_count_request_to_raw")
+
+    led = r["ledger"]
+    assert led["rebuild"]["entries"] == led["rebuild"]["generated"]["entries"] > 0
+    _positive(led["rebuild"], "entries_per_s", "read_only_entries_per_s")
+    _positive(led["rebuild"]["us_per_entry"], "kafka_read", "avro_decode", "from_record", "evolve")
+    _positive(led["memory"], "bytes_per_tenant", "projected_1m_tenants_mb")
+    _positive(led["memory_traced"], "bytes_per_tenant")
+
+    base = r["baseline"]
+    for run in (base["capacity"], base["rate"]):
+        assert run["decided"] == run["sent"] > 0
+        _positive(run, "decisions_per_s")
+        _positive(run["latency_ms"], "p50", "p99")
+    assert base["race"]["SELECT ... FOR UPDATE"]["overspend_micro_usd"] == 0
+    for phase in ("tokenizer", "memory", "echo", "gate", "baseline", "rebuild"):
+        assert r["phases"][phase]["wall_s"] > 0
+    _positive(r["machine"], "nproc", "memory_gb")
