@@ -8,7 +8,9 @@ entries always gives the same state (invariant 3), which tests check against the
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from shared.ledger.entries import (
     BudgetLimitSet,
@@ -31,6 +33,42 @@ CONFLICT_REASON = "idempotency_conflict"
 RATE_LIMITED_REASON = "rate_limited"
 
 ScopeKey = tuple[str, str]  # (scope_type, scope_id)
+RESERVATION_SUFFIX = "/reservation"
+
+# Most tenants never fill most of their maps; an empty dict or set costs 64-216 bytes, times a million
+# tenants. They share these read-only empties until `_writable` gives them their own.
+class _SharedEmpty(dict):  # type: ignore[type-arg]
+    """The read-only empty dict every tenant starts with; `_writable` swaps in a real one."""
+
+    __slots__ = ()
+
+    def _refuse(self, *_: object, **__: object) -> None:
+        raise TypeError("shared empty container: write through _writable()")
+
+    __setitem__ = __delitem__ = pop = popitem = setdefault = update = clear = _refuse  # type: ignore[assignment]
+
+    def __deepcopy__(self, memo: object) -> _SharedEmpty:
+        return self
+
+    def __copy__(self) -> _SharedEmpty:
+        return self
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_shared_empty, ())
+
+
+def _shared_empty() -> _SharedEmpty:
+    return _EMPTY
+
+
+_EMPTY: Any = _SharedEmpty()
+_NONE: Any = frozenset()
+_intern = sys.intern
+
+
+def reservation_entry_id(request_id: str) -> str:
+    """The id of a request's first outcome (placed or denied): derived, so the state need not keep it."""
+    return request_id + RESERVATION_SUFFIX
 
 
 @dataclass(slots=True)
@@ -46,7 +84,6 @@ class Balance:
 class Hold:
     """A live reservation: what settle/void/expire must release, and from which scopes."""
 
-    entry_id: str
     period_id: str
     workflow_id: str
     model: str
@@ -59,19 +96,19 @@ class Hold:
 class TenantState:
     tenant_id: str
     period_id: str = ""
-    limits: dict[ScopeKey, int] = field(default_factory=dict)
-    balances: dict[tuple[str, str, str], Balance] = field(default_factory=dict)  # (period, type, id)
-    holds: dict[str, Hold] = field(default_factory=dict)
-    # request id -> (entry id, request sha256) of its first outcome, this period and the last one:
-    # the idempotency window. Older ids are forgotten so memory stays bounded.
-    outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)
-    previous_outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)
-    settled: set[str] = field(default_factory=set)
-    previous_settled: set[str] = field(default_factory=set)
+    limits: dict[ScopeKey, int] = field(default_factory=lambda: _EMPTY)
+    balances: dict[tuple[str, str, str], Balance] = field(default_factory=lambda: _EMPTY)  # (period, type, id)
+    holds: dict[str, Hold] = field(default_factory=lambda: _EMPTY)
+    # request id -> request sha256 of its first outcome (whose entry id is `reservation_entry_id`), this
+    # period and the last one: the idempotency window. Older ids are forgotten so memory stays bounded.
+    outcomes: dict[str, str] = field(default_factory=lambda: _EMPTY)
+    previous_outcomes: dict[str, str] = field(default_factory=lambda: _EMPTY)
+    settled: set[str] = field(default_factory=lambda: _NONE)
+    previous_settled: set[str] = field(default_factory=lambda: _NONE)
     # Holds that expired this period or the last: a late completion is still charged.
-    expired: dict[str, Hold] = field(default_factory=dict)
-    thresholds: set[tuple[str, str, str, int]] = field(default_factory=set)
-    commands: set[str] = field(default_factory=set)
+    expired: dict[str, Hold] = field(default_factory=lambda: _EMPTY)
+    thresholds: set[tuple[str, str, str, int]] = field(default_factory=lambda: _NONE)
+    commands: set[str] = field(default_factory=lambda: _NONE)
     policy_version: int = 0
     policy_json: str = ""
     entries: int = 0
@@ -80,7 +117,8 @@ class TenantState:
         key = (period_id, scope[0], scope[1])
         found = self.balances.get(key)
         if found is None:
-            found = self.balances[key] = Balance()
+            key = (_intern(period_id), _intern(scope[0]), _intern(scope[1]))
+            found = _writable(self, "balances")[key] = Balance()
         return found
 
     def peek(self, period_id: str, scope: ScopeKey) -> Balance:
@@ -95,7 +133,11 @@ class TenantState:
         return limit + b.credit_micro_usd - b.posted_micro_usd - b.pending_micro_usd
 
     def outcome(self, request_id: str) -> tuple[str, str] | None:
-        return self.outcomes.get(request_id) or self.previous_outcomes.get(request_id)
+        """(entry id, request sha256) of the request's first outcome within the window, if any."""
+        sha = self.outcomes.get(request_id)
+        if sha is None:
+            sha = self.previous_outcomes.get(request_id)
+        return None if sha is None else (reservation_entry_id(request_id), sha)
 
     def was_settled(self, request_id: str) -> bool:
         return request_id in self.settled or request_id in self.previous_settled
@@ -107,6 +149,23 @@ class TenantState:
         return scopes
 
 
+def _writable(state: TenantState, name: str) -> Any:
+    """The tenant's own container `name`, replacing the shared read-only empty on first write."""
+    value = getattr(state, name)
+    if value is _EMPTY:
+        value = {}
+        setattr(state, name, value)
+    elif value is _NONE:
+        value = set()
+        setattr(state, name, value)
+    return value
+
+
+def _first_outcome(state: TenantState, entry: ReservationPlaced | ReservationDenied) -> None:
+    assert entry.entry_id == reservation_entry_id(entry.request_id), entry.entry_id
+    _writable(state, "outcomes")[entry.request_id] = entry.request_sha256
+
+
 def evolve(state: TenantState, entry: LedgerEntry) -> TenantState:
     """Apply one ledger entry. The only code that changes balances."""
     state.entries += 1
@@ -114,50 +173,53 @@ def evolve(state: TenantState, entry: LedgerEntry) -> TenantState:
         case ReservationPlaced():
             for scope in state.scopes_of(entry.workflow_id):
                 state.balance(entry.period_id, scope).pending_micro_usd += entry.amount_micro_usd
-            state.holds[entry.request_id] = Hold(entry.entry_id, entry.period_id, entry.workflow_id, entry.model,
-                                                 entry.amount_micro_usd, entry.price_version, entry.expires_at_ms)
-            state.outcomes[entry.request_id] = (entry.entry_id, entry.request_sha256)
+            _writable(state, "holds")[entry.request_id] = Hold(
+                _intern(entry.period_id), _intern(entry.workflow_id), _intern(entry.model), entry.amount_micro_usd,
+                _intern(entry.price_version), entry.expires_at_ms)
+            _first_outcome(state, entry)
         case ReservationDenied():
             # A conflict is not this request's outcome, and a throttle is not final: the client is told
             # to come back after retry_after_ms, with the same request id.
             if entry.reason not in (CONFLICT_REASON, RATE_LIMITED_REASON):
-                state.outcomes[entry.request_id] = (entry.entry_id, entry.request_sha256)
+                _first_outcome(state, entry)
         case ReservationSettled():
-            hold = state.holds.pop(entry.request_id, None) or state.expired.pop(entry.request_id, None)
+            hold = _writable(state, "holds").pop(entry.request_id, None) or _writable(state, "expired").pop(
+                entry.request_id, None)
             period = hold.period_id if hold is not None else entry.period_id
             for scope in state.scopes_of(entry.workflow_id):
                 b = state.balance(period, scope)
                 b.pending_micro_usd -= entry.reserved_micro_usd
                 b.posted_micro_usd += entry.actual_micro_usd
-            state.settled.add(entry.request_id)
+            _writable(state, "settled").add(entry.request_id)
         case ReservationVoided() | ReservationExpired():
-            hold = state.holds.pop(entry.request_id)
+            hold = _writable(state, "holds").pop(entry.request_id)
             for scope in state.scopes_of(entry.workflow_id):
                 state.balance(hold.period_id, scope).pending_micro_usd -= entry.released_micro_usd
             if isinstance(entry, ReservationExpired):
-                state.expired[entry.request_id] = hold
+                _writable(state, "expired")[entry.request_id] = hold
         case BudgetLimitSet():
-            state.limits[(entry.scope_type, entry.scope_id)] = entry.limit_micro_usd
-            state.commands.add(entry.command_id)
+            _writable(state, "limits")[(_intern(entry.scope_type), _intern(entry.scope_id))] = entry.limit_micro_usd
+            _writable(state, "commands").add(entry.command_id)
         case CreditGranted():
             credited = state.balance(entry.period_id, (entry.scope_type, entry.scope_id))
             credited.credit_micro_usd += entry.amount_micro_usd
-            state.commands.add(entry.command_id)
+            _writable(state, "commands").add(entry.command_id)
         case PolicyChanged():
             state.policy_version = entry.policy_version
             state.policy_json = entry.policy_json
-            state.commands.add(entry.command_id)
+            _writable(state, "commands").add(entry.command_id)
         case PeriodOpened():
             # Keep one period of history (the idempotency window), drop anything older.
             closing = state.period_id
             state.previous_outcomes = state.outcomes
-            state.outcomes = {}
-            state.expired = {rid: h for rid, h in state.expired.items() if h.period_id in (closing, entry.period_id)}
+            state.outcomes = _EMPTY
+            kept = {rid: h for rid, h in state.expired.items() if h.period_id in (closing, entry.period_id)}
+            state.expired = kept or _EMPTY
             state.previous_settled = state.settled
-            state.settled = set()
-            state.period_id = entry.period_id
+            state.settled = _NONE
+            state.period_id = _intern(entry.period_id)
         case ThresholdCrossed():
-            state.thresholds.add((entry.period_id, entry.scope_type, entry.scope_id, entry.threshold_pct))
+            _writable(state, "thresholds").add((entry.period_id, entry.scope_type, entry.scope_id, entry.threshold_pct))
         case ReservationRepeated():
             pass
         case _:

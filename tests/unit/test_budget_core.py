@@ -227,14 +227,14 @@ def test_same_request_same_sha_is_repeated() -> None:
 def test_same_request_other_sha_is_conflict_and_keeps_the_original_outcome() -> None:
     state = with_limit(1_000_000)
     apply(state, decide_reserve(state, reserve("r1", cand("gpt-4o", 10_000), sha="sha-A"), T0, TTL, "0:1"))
-    original = state.outcomes["r1"]
+    original = state.outcome("r1")
     assert original == ("r1/reservation", "sha-A")
     entries = apply(state, decide_reserve(state, reserve("r1", cand("gpt-4o", 10_000), sha="sha-B"), T0, TTL, "0:2"))
     denied = only(entries, ReservationDenied)
     assert denied.reason == "idempotency_conflict"
     assert denied.entry_id == "r1/conflict@0:2"
     assert denied.binding_scope == "conflict"
-    assert state.outcomes["r1"] == original
+    assert state.outcome("r1") == original
     # a retry with the original content is still recognised as a repeat of the original placement
     again = only(decide_reserve(state, reserve("r1", cand("gpt-4o", 10_000), sha="sha-A"), T0, TTL, "0:3"),
                  ReservationRepeated)
