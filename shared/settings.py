@@ -67,7 +67,10 @@ class ServiceSettings(KafkaSettings):
     # predecessor. Run two instances of one service with two different ids.
     instance_id: str = Field(default="0", max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     max_batch: int = Field(default=500, ge=1, le=10000)
-    poll_timeout_ms: int = Field(default=2, ge=0, le=1000)
+    # poll() returns on the first message, so a longer wait costs no latency, only idle wake-ups.
+    poll_timeout_ms: int = Field(default=20, ge=0, le=1000)
+    # Transactional services only: wait this long for a batch to fill (see RuntimeOptions.batch_linger_s).
+    batch_linger_ms: int = Field(default=2, ge=0, le=100)
 
 
 class BudgetManagerSettings(ServiceSettings):

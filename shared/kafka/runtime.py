@@ -78,10 +78,16 @@ class RuntimeOptions:
     # are produced and acknowledged, then offsets committed (at least once), about 4 ms less per hop
     # measured here; only for services whose every output is idempotent downstream.
     exactly_once: bool = True
+    # How long to wait for a batch to fill once the input is drained. 0 hands the first message to the
+    # handler at once (lowest latency); a transactional service gathers for a moment instead, because
+    # each transaction costs ~1.4 ms of CPU and batches amortise it (measured: see 0003).
+    batch_linger_s: float = 0.0
 
 
 def options_for(service: str, settings: ServiceSettings, input_topics: list[str], **overrides: Any) -> RuntimeOptions:
     """The runtime options every service derives the same way from its settings."""
+    if overrides.get("exactly_once", True):
+        overrides.setdefault("batch_linger_s", settings.batch_linger_ms / 1000)
     return RuntimeOptions(
         service=service, instance_id=settings.instance_id, bootstrap=settings.kafka_bootstrap,
         group_id=f"{settings.topic_prefix}ledgergate-{service}", topics=input_topics,
@@ -158,7 +164,7 @@ class TransactionalRuntime:
         deadline = time.monotonic() + max_seconds if max_seconds else None
         try:
             while self.running and (deadline is None or time.monotonic() < deadline):
-                msgs = self.consumer.consume(self.o.max_batch, self.o.poll_timeout_s)
+                msgs = self._next_batch()
                 now_ms = int(time.time() * 1000)
                 idle_due = now_ms >= next_idle_ms and bool(self._assigned)
                 if not msgs and not idle_due:
@@ -170,6 +176,20 @@ class TransactionalRuntime:
             self._log("stopping")
             self.consumer.close()
             self.producer.flush(10)
+
+    def _next_batch(self) -> list[Message]:
+        """What is waiting, at once; else the first message to arrive, plus whatever came with it.
+        consume(n, timeout) alone would wait out its whole timeout unless n messages arrived, adding
+        that timeout to every request's latency at low rates."""
+        msgs = self.consumer.consume(self.o.max_batch, 0)
+        if msgs:
+            return msgs
+        if self.o.batch_linger_s > 0:
+            return self.consumer.consume(self.o.max_batch, self.o.batch_linger_s)
+        first = self.consumer.poll(self.o.poll_timeout_s)
+        if first is None:
+            return []
+        return [first, *self.consumer.consume(self.o.max_batch - 1, 0)] if self.o.max_batch > 1 else [first]
 
     def _transact(self, msgs: list[Message], idle_now_ms: int | None) -> None:
         out = Outbox()
