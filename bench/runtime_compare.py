@@ -351,7 +351,7 @@ class Bench:
         if self.broker_pid is None:
             return None
         probe = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"rtc-watch-{self.run_id}",
-                          "enable.auto.commit": False})
+                          "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
         tps = [TopicPartition(self.input, p) for p in range(PARTITIONS)]
         b0, t0 = _cpu_seconds(self.broker_pid), time.monotonic()
         while time.monotonic() - t0 < seconds:
@@ -403,7 +403,11 @@ class Bench:
             for key, value in spec.get("overrides", {}).items():
                 cmd += ["--producer-override", f"{key}={value}"]
         transactional = spec.get("txn", False)
-        probe = (Consumer({"bootstrap.servers": self.bootstrap, "group.id": group, "enable.auto.commit": False})
+        # read_uncommitted: OffsetFetch without require_stable, so a pending transaction's offsets are not
+        # waited for (librdkafka retries UNSTABLE_OFFSET_COMMIT for a read_committed client); the answer is
+        # the last committed, i.e. stable, offsets either way.
+        probe = (Consumer({"bootstrap.servers": self.bootstrap, "group.id": group, "enable.auto.commit": False,
+                           "isolation.level": "read_uncommitted"})
                  if transactional else None)
         in_tps = [TopicPartition(self.input, p) for p in range(PARTITIONS)]
 
@@ -427,21 +431,24 @@ class Bench:
         hw = 0
         samples: list[tuple[float, int]] = []
         deadline = t0 + self.args.timeout
+        max_poll_s = 0.0
         try:
             while True:
-                now = time.monotonic()
                 if proc.poll() is not None:
                     raise RuntimeError(f"{variant} worker exited with {proc.returncode}; see {log_path}")
-                if now > deadline:
+                if time.monotonic() > deadline:
                     raise RuntimeError(f"{variant} did not finish within {self.args.timeout}s; see {log_path}")
+                p0 = time.monotonic()
                 hw = self.high_watermarks(out)
+                done = progress(hw) if hw > 0 else 0
+                # Timestamps and CPU snapshots are taken right after the readings they belong to.
+                now = time.monotonic()
+                max_poll_s = max(max_poll_s, now - p0)
                 if t_first is None and hw > 0:
                     cpu_first, broker_first = _cpu_seconds(proc.pid), _cpu_seconds(self.broker_pid)
                     sys_first, me_first = _system_busy_seconds(), time.process_time()
-                    t_first = now
-                    done_first = progress(hw)
+                    t_first, done_first = now, done
                 if t_first is not None:
-                    done = progress(hw)
                     samples.append((round(now - t0, 3), done))
                     if done >= self.n:
                         cpu_done, broker_done = _cpu_seconds(proc.pid), _cpu_seconds(self.broker_pid)
@@ -494,6 +501,7 @@ class Bench:
             "worker_cores_busy": round(steady_cpu / steady_s, 2),
             "output_high_watermark": hw,
             "driver_cpu_s": round(me1 - me0, 3),
+            "driver_max_poll_s": round(max_poll_s, 3),
             "machine_idle_cores_before": quiet,
         }
         # Everything else the machine did during the steady phase (other processes, other broker
@@ -502,7 +510,8 @@ class Bench:
         if broker_first is not None and broker_done is not None:
             others -= broker_done - broker_first
         result["other_cores_steady"] = round(others / steady_s, 2)
-        result["disturbed"] = result["other_cores_steady"] > self.args.disturbed_cores
+        # A progress poll that took long leaves the steady window's ends imprecise: also disturbed.
+        result["disturbed"] = result["other_cores_steady"] > self.args.disturbed_cores or max_poll_s > 0.5
         if broker_first is not None and broker_done is not None:
             result["broker_cpu_steady_s"] = round(broker_done - broker_first, 3)
             result["broker_cpu_us_per_msg"] = round((broker_done - broker_first) / steady_msgs * 1e6, 1)
