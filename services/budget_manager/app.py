@@ -151,11 +151,8 @@ class BudgetManager:
         while self.expiry_heap and self.expiry_heap[0][0] <= now_ms:
             _, partition, tenant_id, request_id = heapq.heappop(self.expiry_heap)
             state = self.tenants.get(partition, {}).get(tenant_id)
-            hold = state.holds.get(request_id) if state else None
-            if state is None or hold is None or hold.expires_at_ms > now_ms:
-                continue  # settled or voided already
-            expired = [e for e in core.decide_expiry(state, now_ms) if e.request_id == request_id]
-            self._append(partition, expired, out, stamped(None, "budget"))
+            if state is not None:  # the heap may name holds since settled or voided: decide_expire says []
+                self._append(partition, core.decide_expire(state, request_id, now_ms), out, stamped(None, "budget"))
         if self.dirty and self.s.state_dump_path is not None:
             self.dump_state()
             self.dirty = False

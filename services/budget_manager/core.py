@@ -275,8 +275,16 @@ def decide_command(state: TenantState, cmd: Command, now_ms: int) -> list[Ledger
             return Rejected("unknown_command", f"command kind {cmd.kind!r} is not handled here")
 
 
+def decide_expire(state: TenantState, request_id: str, now_ms: int) -> list[LedgerEntry]:
+    """Release one hold if its TTL passed, so a crashed agent never leaks budget; [] when the hold is
+    gone (settled or voided) or not yet due."""
+    hold = state.holds.get(request_id)
+    if hold is None or hold.expires_at_ms > now_ms:
+        return []
+    return [ReservationExpired(f"{request_id}/expiry", state.tenant_id, hold.period_id, now_ms, request_id,
+                               hold.workflow_id, hold.amount_micro_usd)]
+
+
 def decide_expiry(state: TenantState, now_ms: int) -> list[LedgerEntry]:
-    """Release every hold whose TTL passed, so a crashed agent never leaks budget."""
-    return [ReservationExpired(f"{rid}/expiry", state.tenant_id, hold.period_id, now_ms, rid, hold.workflow_id,
-                               hold.amount_micro_usd)
-            for rid, hold in state.holds.items() if hold.expires_at_ms <= now_ms]
+    """Release every hold of the tenant whose TTL passed."""
+    return [e for rid in list(state.holds) for e in decide_expire(state, rid, now_ms)]

@@ -43,9 +43,8 @@ class PolicyService:
 
     def assigned(self, partitions: list[int]) -> dict[tuple[str, int], int]:
         ends = end_offsets(self.s.kafka_bootstrap, self.topic_ledger, partitions)
-        for msg in read_to_end(self.s.kafka_bootstrap, self.topic_ledger, partitions):
-            if msg.offset() < ends[msg.partition()]:
-                self._fold(msg)
+        for msg in read_to_end(self.s.kafka_bootstrap, self.topic_ledger, partitions, end=ends):
+            self._fold(msg)
         self.log.info("policy_state_rebuilt", partitions=partitions, tenants=len(self.tenants))
         return {(self.topic_ledger, p): ends[p] for p in partitions}
 

@@ -50,7 +50,7 @@ class Router:
         # Refill the memory of recent decisions, so a repeated request id is answered identically.
         ends = end_offsets(self.s.kafka_bootstrap, self.topic_ledger, partitions)
         starts = {p: max(0, ends[p] - self.s.rebuild_window) for p in partitions}
-        for msg in read_to_end(self.s.kafka_bootstrap, self.topic_ledger, partitions, starts):
+        for msg in read_to_end(self.s.kafka_bootstrap, self.topic_ledger, partitions, starts, end=ends):
             name, rec = codec().decode(msg.value())
             if name in ("ReservationPlaced", "ReservationDenied"):
                 entry = from_record(name, rec)
@@ -93,7 +93,7 @@ class Router:
             if decision is None:
                 self.log.warning("repeat_of_forgotten_decision", tenant_id=entry.tenant_id,
                                  request_id=entry.request_id)
-                decision = {**_forgotten(entry)}
+                decision = _forgotten(entry)
         if decision is None:
             return
         encoded = codec().encode("GateDecision", decision)

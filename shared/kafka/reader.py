@@ -37,9 +37,11 @@ def end_offsets(bootstrap: str, topic: str, partitions: list[int], timeout_s: fl
 
 
 def read_to_end(bootstrap: str, topic: str, partitions: list[int], start: dict[int, int] | None = None,
-                stall_timeout_s: float = 60.0, batch: int = 5000) -> Iterator[Message]:
-    """Yield every committed message of `partitions` from `start` (default: the beginning) to the end
-    as it was when the call began. Raises ReadTimeoutError if no progress is made for stall_timeout_s
+                stall_timeout_s: float = 60.0, batch: int = 5000,
+                end: dict[int, int] | None = None) -> Iterator[Message]:
+    """Yield every committed message of `partitions` from `start` (default: the beginning) to `end`
+    (default: the end as it was when the call began; pass the offsets a caller already fetched, so a
+    fold and the position it resumes from agree). Raises ReadTimeoutError if no progress is made for stall_timeout_s
     (for example an open transaction of a predecessor that nobody aborts)."""
     if not partitions:
         return
@@ -47,7 +49,7 @@ def read_to_end(bootstrap: str, topic: str, partitions: list[int], start: dict[i
         "enable.auto.commit": False, "fetch.wait.max.ms": 50, "fetch.min.bytes": 1,
         "queued.max.messages.kbytes": 262144, "fetch.max.bytes": 52428800}))
     try:
-        ends = {p: _high_watermark(consumer, topic, p) for p in partitions}
+        ends = dict(end) if end is not None else {p: _high_watermark(consumer, topic, p) for p in partitions}
         begin = {p: (start or {}).get(p, OFFSET_BEGINNING) for p in partitions}
         todo = {p for p in partitions if ends[p] > max(0, begin[p] if begin[p] >= 0 else 0)}
         if not todo:

@@ -27,10 +27,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from shared.codec import codec
 from shared.errors import LedgergateError
 from shared.kafka.config import consumer_config, producer_config, transactional_producer_config
+from shared.kafka.headers import Headers
 from shared.kafka.topics import DEADLETTER
 from shared.settings import ServiceSettings
-
-Headers = list[tuple[str, bytes]]
 
 
 @dataclass

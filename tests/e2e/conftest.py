@@ -31,10 +31,13 @@ class Gate:
     client: GateClient
     state_dump: Path
 
-    def ledger(self) -> list[tuple[int, str, dict[str, Any]]]:
-        """Every committed ledger entry, from offset 0: (partition, type, record)."""
+    def _read(self, logical_topic: str) -> list[tuple[int, str, dict[str, Any]]]:
+        """Every committed record of a topic, from offset 0: (partition, type, record)."""
         return [(m.partition(), *codec().decode(m.value()))
-                for m in read_to_end(self.kafka.kafka_bootstrap, self.kafka.topic(T.LEDGER), list(range(6)))]
+                for m in read_to_end(self.kafka.kafka_bootstrap, self.kafka.topic(logical_topic), list(range(6)))]
+
+    def ledger(self) -> list[tuple[int, str, dict[str, Any]]]:
+        return self._read(T.LEDGER)
 
     def fold(self) -> dict[str, dict[str, dict[str, int]]]:
         """Invariant 3: balances from folding budget.ledger from offset 0."""
@@ -61,12 +64,10 @@ class Gate:
         raise AssertionError(f"service balances never matched the ledger fold:\nfold={fold}\nservice={reported}")
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        topic = self.kafka.topic(T.DEADLETTER)
-        return [codec().decode(m.value())[1] for m in read_to_end(self.kafka.kafka_bootstrap, topic, list(range(6)))]
+        return [rec for _, _, rec in self._read(T.DEADLETTER)]
 
     def decisions(self) -> list[dict[str, Any]]:
-        topic = self.kafka.topic(T.DECISIONS)
-        return [codec().decode(m.value())[1] for m in read_to_end(self.kafka.kafka_bootstrap, topic, list(range(6)))]
+        return [rec for _, _, rec in self._read(T.DECISIONS)]
 
 
 def wait_ready(client: GateClient, timeout_s: float = 120.0) -> None:
