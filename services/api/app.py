@@ -17,7 +17,7 @@ from psycopg_pool import ConnectionPool
 
 from services.api import errors
 from services.api.commands import CommandPublisher
-from services.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from services.api.middleware import BodyLimitMiddleware, RequestContextMiddleware, UnhandledErrorMiddleware
 from services.api.routes import admin, alerts, balances, budgets, decisions, health, ledger, policies, reports
 from shared import db
 from shared.logging import configure
@@ -75,8 +75,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     errors.install(app)
     for module in (health, budgets, policies, balances, ledger, decisions, reports, alerts, admin):
         app.include_router(module.router)
-    # Added last = outermost: the request id exists before the body limit can answer 413.
+    # Added last = outermost: the request id exists before the body limit can answer 413, and before an
+    # unexpected exception becomes a JSON 500.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(RequestContextMiddleware)
     return app
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from services.api.models import ID_PATTERN
 from shared.errors import ApiKeyError
+from shared.ids import id_problem, name_problem
 
 TOKEN_PREFIX = "lgk_"
 _TOKEN = re.compile(r"^lgk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$")
@@ -65,10 +65,10 @@ def create_key(conn: psycopg.Connection, *, tenant_id: str | None, is_admin: boo
     if is_admin == (tenant_id is not None):
         raise ApiKeyError("a key is either an admin key or belongs to exactly one tenant")
     # The API's routes accept only such ids, so a key for any other id could never be used.
-    if tenant_id is not None and not (len(tenant_id) <= 128 and re.match(ID_PATTERN, tenant_id)):
-        raise ApiKeyError(f"tenant id {tenant_id!r} must be 1..128 characters of {ID_PATTERN}")
-    if len(name) > 128:
-        raise ApiKeyError("a key's name is at most 128 characters")
+    if tenant_id is not None and (problem := id_problem("tenant id", tenant_id)):
+        raise ApiKeyError(problem)
+    if problem := name_problem("a key's name", name, required=False):
+        raise ApiKeyError(problem)
     if is_admin:
         can_write = True
     key_id, token = new_token()
@@ -80,7 +80,7 @@ def create_key(conn: psycopg.Connection, *, tenant_id: str | None, is_admin: boo
 
 
 def looks_like_token(token: str) -> bool:
-    return _TOKEN.match(token) is not None
+    return _TOKEN.fullmatch(token) is not None  # fullmatch: `$` alone would let a trailing newline through
 
 
 def lookup(conn: psycopg.Connection, token: str) -> Principal | None:

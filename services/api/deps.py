@@ -17,7 +17,7 @@ from psycopg_pool import ConnectionPool
 from services.api import auth
 from services.api.commands import CommandPublisher
 from services.api.errors import Forbidden, Unauthorized
-from services.api.models import ID_PATTERN
+from shared.ids import ID_PATTERN, MAX_ID_CHARS
 from shared.settings import ApiSettings
 
 # auto_error=False: a missing key must be our 401 JSON, not FastAPI's 403 "Not authenticated".
@@ -70,7 +70,7 @@ def get_principal(request: Request, token: Annotated[str, Depends(api_token)], d
 
 CurrentPrincipal = Annotated[auth.Principal, Depends(get_principal)]
 
-TenantPath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="tenant id")]
+TenantPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN, description="tenant id")]
 
 
 def _bind_tenant(request: Request, tenant_id: str) -> None:

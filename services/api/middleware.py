@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids and access logs, and the request body size limit.
+"""Pure ASGI middleware: request ids and access logs, the JSON 500 backstop, and the request body size limit.
 
 Pure ASGI rather than BaseHTTPMiddleware: the body limit has to wrap `receive` so a chunked upload
 without Content-Length is cut off at the limit instead of being read whole first.
@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.api.errors import error_body
+from services.api.errors import INTERNAL_ERROR_MESSAGE, error_body, log_unhandled
 from services.api.log import log
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -87,6 +87,37 @@ class BodyLimitMiddleware:
                 await _send_json(send, 413, _body(scope, "payload_too_large", message))
 
 
+class UnhandledErrorMiddleware:
+    """An exception no handler claimed becomes a JSON 500 `internal_error` instead of Starlette's plain text.
+
+    It sits just inside RequestContextMiddleware, so the answer carries the X-Request-ID header, the access
+    log records the 500, and the log line of the exception has the request id bound. The exception is not
+    re-raised: it has been answered and logged (by type and location, never its message).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log_unhandled(exc, scope.get("method"), scope.get("path"))
+            if not started:  # once a response has begun, the server can only cut the connection
+                await _send_json(send, 500, _body(scope, "internal_error", INTERNAL_ERROR_MESSAGE))
+
+
 class RequestContextMiddleware:
     """Gives every request an id (the caller's X-Request-ID when it is a sane id), binds it to structlog's
     context for every log line of the request, returns it as a header and writes one access log line."""
@@ -126,7 +157,7 @@ def _incoming_request_id(scope: Scope) -> str | None:
     for name, value in scope.get("headers", []):
         if name == REQUEST_ID_HEADER.encode():
             text = value.decode("latin-1")
-            return text if _SAFE_REQUEST_ID.match(text) else None
+            return text if _SAFE_REQUEST_ID.fullmatch(text) else None
     return None
 
 

@@ -5,22 +5,40 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from shared.ids import ID_PATTERN, MAX_ID_CHARS, MAX_NAME_CHARS, name_problem
 
 # The budget-manager rejects anything above this too (services/budget_manager/core.py): a billion dollars
 # is a typo, not a budget.
 MAX_AMOUNT_MICRO_USD = 10**15
 MAX_PAGE = 500
 DEFAULT_PAGE = 100
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+MAX_REASON_CHARS = 256
 
-Id = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
+
+def printable(max_chars: int = MAX_NAME_CHARS, *, required: bool = True) -> AfterValidator:
+    """shared.ids' name rule as a pydantic validator: printable text (no NUL, control, format or surrogate
+    character) of at most `max_chars`. The error is the rule's own sentence; pydantic's loc names the field."""
+    def check(value: str | None) -> str | None:
+        if value is not None and (problem := name_problem("value", value, required=required, max_chars=max_chars)):
+            raise PydanticCustomError("invalid_text", problem)
+        return value
+    return AfterValidator(check)
+
+
+# Ids (tenant, workflow, request, agent): shared.ids' one rule. pydantic's pattern engine anchors `$` at the
+# very end, so a trailing newline is refused too.
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
 # strict: money is a JSON integer; "100" or 1.0 is a client bug to report, not a value to coerce.
 Amount = Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT_MICRO_USD,
                               description="integer micro-USD (1 USD = 10^6)")]
 PositiveAmount = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT_MICRO_USD,
                                       description="integer micro-USD (1 USD = 10^6)")]
-Reason = Annotated[str, Field(max_length=256)]
+# Free text that reaches the ledger (a command's reason): printable, may be empty. PostgreSQL jsonb cannot
+# hold NUL, so one NUL here would stop the projector on that entry.
+Reason = Annotated[str, Field(max_length=MAX_REASON_CHARS), printable(MAX_REASON_CHARS, required=False)]
 Scope = Literal["TENANT", "WORKFLOW"]
 Outcome = Literal["ALLOW", "DOWNGRADE", "DENY", "THROTTLE", "CACHE_HIT"]
 
@@ -180,7 +198,7 @@ class ApiKeyCreate(_Input):
     tenant_id: Id | None = None
     admin: bool = False
     can_write: bool = Field(default=False, description="tenant keys only: may send budget and policy commands")
-    name: Annotated[str, Field(max_length=128)] = ""
+    name: Annotated[str, Field(max_length=MAX_NAME_CHARS), printable(required=False)] = ""
 
     @model_validator(mode="after")
     def _one_kind(self) -> ApiKeyCreate:

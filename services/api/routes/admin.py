@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, status
 
 from services.api import auth
 from services.api.deps import AdminPrincipal, DbConn
@@ -12,14 +12,13 @@ from services.api.errors import NotFound
 from services.api.log import log
 from services.api.models import (
     DEFAULT_PAGE,
-    ID_PATTERN,
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyPublic,
     Page,
     TenantPublic,
 )
-from services.api.paging import Cursor, Limit, decode_cursor, encode_cursor
+from services.api.paging import Cursor, FilterId, Limit, decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
@@ -63,7 +62,7 @@ def create_api_key(admin: AdminPrincipal, db: DbConn, body: ApiKeyCreate) -> Api
 
 @router.get("/api-keys", response_model=list[ApiKeyPublic], summary="Live API keys, without secrets (admin)")
 def list_api_keys(_admin: AdminPrincipal, db: DbConn,
-                  tenant_id: Annotated[str | None, Query(min_length=1, max_length=128, pattern=ID_PATTERN)] = None,
+                  tenant_id: FilterId = None,
                   limit: Limit = DEFAULT_PAGE) -> list[ApiKeyPublic]:
     rows = db.execute("SELECT key_id, tenant_id, is_admin, can_write, name, created_at_ms FROM api_keys "
                       "WHERE revoked_at_ms IS NULL AND (%(t)s::text IS NULL OR tenant_id = %(t)s) "

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from services.api.deps import DbConn, ReadableTenant
 from services.api.models import DEFAULT_PAGE, AlertPublic, Page
-from services.api.paging import Cursor, Limit, Offset, Order, encode_cursor, keyset
+from services.api.paging import Cursor, Limit, Offset, Order, Period, encode_cursor, keyset
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["alerts"])
 
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["alerts"])
 @router.get("/alerts", response_model=Page[AlertPublic], summary="Budget thresholds crossed, newest first")
 def list_alerts(tenant_id: ReadableTenant, db: DbConn, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None,
                 offset: Offset = None, order: Order = "desc",
-                period: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$", description="YYYY-MM")] = None,
+                period: Period = None,
                 min_pct: Annotated[int, Query(ge=0, le=1000, description="only thresholds >= this")] = 0
                 ) -> Page[AlertPublic]:
     where: list[str] = ["threshold_pct >= %s"]

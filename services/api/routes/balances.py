@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from services.api.deps import DbConn, ReadableTenant
 from services.api.errors import Unprocessable
 from services.api.models import BalancePublic, BalancesPublic
+from services.api.paging import Period
 from shared.ledger.periods import period_of
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["balances"])
@@ -43,9 +43,8 @@ def days_elapsed(period_id: str, now_ms: int) -> int:
 
 
 @router.get("/balances", response_model=BalancesPublic, summary="Balances per scope for a period")
-def get_balances(tenant_id: ReadableTenant, db: DbConn,
-                 period: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$", description="YYYY-MM, default now")]
-                 = None) -> BalancesPublic:
+def get_balances(tenant_id: ReadableTenant, db: DbConn, period: Period = None) -> BalancesPublic:
+    """`period` defaults to the current month."""
     now_ms = time.time_ns() // 1_000_000
     period_id = period or period_of(now_ms)[0]
     days = days_elapsed(period_id, now_ms)

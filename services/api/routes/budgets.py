@@ -7,13 +7,12 @@ reservation that is not live) happens there, and a rejected command is dead-lett
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, status
 
 from services.api.commands import Command
 from services.api.deps import CurrentPrincipal, Publisher, WritableTenant
-from services.api.models import ID_PATTERN, BudgetCreate, BudgetUpdate, CommandAccepted, CreditCreate, VoidCreate
+from services.api.models import BudgetCreate, BudgetUpdate, CommandAccepted, CreditCreate, VoidCreate
+from services.api.paging import IdPath
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["budgets"])
 ACCEPTED = {"status_code": status.HTTP_202_ACCEPTED, "response_model": CommandAccepted}
@@ -53,9 +52,7 @@ def grant_credit(tenant_id: WritableTenant, body: CreditCreate, publisher: Publi
 
 
 @router.post("/reservations/{request_id}/void", summary="Release a live reservation", **ACCEPTED)
-def void_reservation(tenant_id: WritableTenant,
-                     request_id: Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)],
-                     publisher: Publisher, principal: CurrentPrincipal,
+def void_reservation(tenant_id: WritableTenant, request_id: IdPath, publisher: Publisher, principal: CurrentPrincipal,
                      body: VoidCreate | None = None) -> CommandAccepted:
     return accept(publisher, principal, Command(tenant_id, "VOID_RESERVATION", request_id=request_id,
                                                 reason=body.reason if body else ""))

@@ -9,12 +9,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
 from services.api.deps import CurrentPrincipal, DbConn, ReadableTenant
 from services.api.errors import NotFound, Unprocessable
-from services.api.models import DEFAULT_PAGE, ID_PATTERN, DecisionPublic, Outcome, Page
-from services.api.paging import Cursor, FilterId, FromMs, Limit, Offset, Order, ToMs, encode_cursor, keyset
+from services.api.models import DEFAULT_PAGE, DecisionPublic, Outcome, Page
+from services.api.paging import (
+    Cursor,
+    FilterId,
+    FromMs,
+    IdPath,
+    Limit,
+    Offset,
+    Order,
+    ToMs,
+    encode_cursor,
+    keyset,
+)
 from services.api.routes.ledger import time_filters
 
 router = APIRouter(tags=["decisions"])
@@ -24,7 +35,6 @@ _COLUMNS = ("request_id, ledger_entry_id, tenant_id, workflow_id, agent_id, outc
             "decided_at_ms, body")
 # The request's own decision first: conflicts last, then oldest.
 _OWN_FIRST = "ORDER BY ('idempotency_conflict' = ANY(reason_codes)), decided_at_ms, ledger_entry_id"
-RequestId = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)]
 
 
 def _public(r: tuple[Any, ...]) -> DecisionPublic:
@@ -60,7 +70,7 @@ def list_decisions(tenant_id: ReadableTenant, db: DbConn, limit: Limit = DEFAULT
 
 @router.get("/v1/tenants/{tenant_id}/decisions/{request_id}", response_model=DecisionPublic,
             summary="One request's decision, within a tenant")
-def get_tenant_decision(tenant_id: ReadableTenant, request_id: RequestId, db: DbConn) -> DecisionPublic:
+def get_tenant_decision(tenant_id: ReadableTenant, request_id: IdPath, db: DbConn) -> DecisionPublic:
     row = db.execute(f"SELECT {_COLUMNS} FROM decisions WHERE tenant_id = %s AND request_id = %s {_OWN_FIRST} "
                      "LIMIT 1", (tenant_id, request_id)).fetchone()
     if row is None:
@@ -73,8 +83,7 @@ def get_tenant_decision(tenant_id: ReadableTenant, request_id: RequestId, db: Db
             description="A tenant key sees only its own tenant's decisions: another tenant's request id is a 404, "
                         "exactly like an unknown one. Request ids are unique per tenant only, so an admin key may "
                         "have to name the tenant (`tenant_id`) or use the tenant route.")
-def get_decision(request_id: RequestId, db: DbConn, principal: CurrentPrincipal,
-                 tenant_id: Annotated[str | None, Query(min_length=1, max_length=128, pattern=ID_PATTERN)] = None
+def get_decision(request_id: IdPath, db: DbConn, principal: CurrentPrincipal, tenant_id: FilterId = None
                  ) -> DecisionPublic:
     not_found = NotFound(f"no decision for request {request_id!r}")
     if not principal.is_admin:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from services.api.deps import DbConn, ReadableTenant
 from services.api.models import DEFAULT_PAGE, LedgerEntryPublic, Page
-from services.api.paging import Cursor, FilterId, FromMs, Limit, Offset, Order, ToMs, encode_cursor, keyset
+from services.api.paging import (
+    Cursor,
+    FilterId,
+    FilterName,
+    FromMs,
+    Limit,
+    Offset,
+    Order,
+    ToMs,
+    encode_cursor,
+    keyset,
+)
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["ledger"])
 
@@ -30,9 +41,8 @@ def time_filters(column: str, from_ms: int | None, to_ms: int | None) -> tuple[l
 @router.get("/ledger", response_model=Page[LedgerEntryPublic], summary="Ledger entries, paged")
 def get_ledger(tenant_id: ReadableTenant, db: DbConn, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None,
                offset: Offset = None, order: Order = "asc", from_ms: FromMs = None, to_ms: ToMs = None,
-               workflow: FilterId = None, model: FilterId = None,
-               entry_type: Annotated[str | None, Query(max_length=64, description="e.g. ReservationSettled")]
-               = None) -> Page[LedgerEntryPublic]:
+               workflow: FilterId = None, model: FilterName = None,
+               entry_type: FilterName = None) -> Page[LedgerEntryPublic]:
     where, params = time_filters("recorded_at_ms", from_ms, to_ms)
     for column, value in (("workflow_id", workflow), ("model", model), ("entry_type", entry_type)):
         if value is not None:

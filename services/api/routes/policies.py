@@ -14,8 +14,11 @@ from services.api.errors import Unprocessable
 from services.api.models import CommandAccepted, PolicyPublic
 from services.api.routes.budgets import accept
 from services.policy.document import PolicyError, default_policy, parse_policy
+from shared.ids import name_problem
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["policies"])
+MAX_DOCUMENT_DEPTH = 8  # the policy schema nests three levels (tier_rules: list of objects); leave headroom
+_BIGINT = (-(2**63), 2**63 - 1)
 
 _EXAMPLE = {"allowed_models": ["gpt-4o-mini", "gpt-4o"], "max_output_tokens": 2048, "rate_limit_per_s": 50}
 
@@ -25,6 +28,8 @@ _EXAMPLE = {"allowed_models": ["gpt-4o-mini", "gpt-4o"], "max_output_tokens": 20
             description="The document overrides the default policy field by field; unknown keys are errors.")
 def put_policy(tenant_id: WritableTenant, document: Annotated[dict[str, Any], Body(examples=[_EXAMPLE])],
                publisher: Publisher, principal: CurrentPrincipal) -> CommandAccepted:
+    if problem := document_problem(document):
+        raise Unprocessable(f"policy document: {problem}")
     # Canonical form: the same document always produces the same bytes on the ledger.
     policy_json = json.dumps(document, sort_keys=True, separators=(",", ":"))
     try:
@@ -33,6 +38,28 @@ def put_policy(tenant_id: WritableTenant, document: Annotated[dict[str, Any], Bo
         raise Unprocessable(exc.message[:2000]) from None
     return accept(publisher, principal, Command(tenant_id, "SET_POLICY", policy_json=policy_json,
                                                 reason="api"))
+
+
+def document_problem(document: dict[str, Any]) -> str | None:
+    """Every key and string in a document is a name (a model, a tier, a priority): shared.ids' name rule;
+    every integer fits a bigint. Iterative and bounded in depth: a deep document is refused, not recursed."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list) and depth > MAX_DOCUMENT_DEPTH:
+            return f"nested deeper than {MAX_DOCUMENT_DEPTH} levels"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if problem := name_problem("a key", key):
+                    return problem
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str) and (problem := name_problem("a string", value)):
+            return problem
+        elif isinstance(value, int) and not _BIGINT[0] <= value <= _BIGINT[1]:
+            return "a number is outside the 64-bit integer range"
+    return None
 
 
 @router.get("/policy", response_model=PolicyPublic, summary="The tenant's current policy (from the ledger)")

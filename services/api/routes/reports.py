@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from services.api.deps import DbConn, ReadableTenant
 from services.api.errors import Unprocessable
 from services.api.models import SpendReport, SpendRow
-from services.api.paging import FromMs, ToMs
+from services.api.paging import FromMs, Period, ToMs
 from shared.ledger.periods import period_of
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}/reports", tags=["reports"])
@@ -68,7 +68,7 @@ def to_csv(report: SpendReport) -> str:
             responses={200: {"content": {"text/csv": {}}}})
 def spend_report(tenant_id: ReadableTenant, db: DbConn,
                  group_by: Annotated[Literal["model", "tier", "workflow", "day"], Query()] = "model",
-                 period: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$", description="YYYY-MM")] = None,
+                 period: Period = None,
                  from_ms: FromMs = None, to_ms: ToMs = None,
                  format: Annotated[Literal["json", "csv"], Query()] = "json") -> SpendReport | Response:
     lo, hi = report_range(period, from_ms, to_ms, time.time_ns() // 1_000_000)

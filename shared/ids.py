@@ -1,0 +1,58 @@
+"""The one rule for the strings clients choose: ids, names and labels. Every edge checks it (the
+token-counter, the API, the SDK), so nothing past the edge has to cope with what it forbids.
+
+Why these limits: PostgreSQL `text` and `jsonb` cannot hold NUL, so one NUL in a request id once froze
+the read model for every tenant; control characters forge log lines and break CSV exports; and an
+unbounded id costs memory in every service and index space in every table.
+
+- ids (tenant_id, request_id, workflow_id, agent_id, command ids): 1..128 characters of
+  `A-Z a-z 0-9 . _ : @ -`, starting with a letter or digit (UUIDs, slugs, `team:agent@host`).
+- names (model, region, label keys): 1..128 printable characters (`str.isprintable`: no control,
+  format, surrogate, private-use or unassigned code point, no separator but the ASCII space).
+- label values: 0..256 printable characters; at most 32 labels.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+MAX_ID_CHARS = 128
+MAX_NAME_CHARS = 128
+MAX_LABELS = 32
+MAX_LABEL_VALUE_CHARS = 256
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+_ID = re.compile(ID_PATTERN)
+
+
+def id_problem(field: str, value: str, *, required: bool = True) -> str | None:
+    """Why `value` is not a valid id, or None. An optional id may be empty."""
+    if not value:
+        return f"{field} is empty" if required else None
+    if len(value) > MAX_ID_CHARS:
+        return f"{field} is longer than {MAX_ID_CHARS} characters"
+    if _ID.fullmatch(value) is None:
+        return f"{field} may hold only letters, digits and . _ : @ - (and must start with a letter or digit)"
+    return None
+
+
+def name_problem(field: str, value: str, *, required: bool = True, max_chars: int = MAX_NAME_CHARS) -> str | None:
+    """Why `value` is not a valid name (or label value), or None."""
+    if not value:
+        return f"{field} is empty" if required else None
+    if len(value) > max_chars:
+        return f"{field} is longer than {max_chars} characters"
+    if not value.isprintable():
+        return f"{field} holds a control or non-printable character"
+    return None
+
+
+def labels_problem(labels: Mapping[str, str]) -> str | None:
+    if len(labels) > MAX_LABELS:
+        return f"more than {MAX_LABELS} labels"
+    for key, value in labels.items():
+        problem = name_problem("label key", key) or name_problem(
+            f"label {key!r}", value, required=False, max_chars=MAX_LABEL_VALUE_CHARS)
+        if problem is not None:
+            return problem
+    return None
