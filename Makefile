@@ -45,5 +45,6 @@ demo: up
 bench: up
 	$(BIN)/ledgergate bench
 
-clean: down
-	rm -rf .data
+# Stops the stack and deletes the data directory it uses (LEDGERGATE_DATA_DIR, default .data).
+clean: install
+	$(BIN)/ledgergate stack clean

@@ -25,6 +25,16 @@ def _stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kafka_tool(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from shared.devstack import kafka
+    from shared.settings import KafkaSettings, StackSettings
+
+    cmd = kafka.tool_command(StackSettings(), args.tool, args.args, KafkaSettings().kafka_bootstrap)
+    return subprocess.run(cmd, check=False).returncode
+
+
 def _topics(args: argparse.Namespace) -> int:
     from shared.kafka import topics
     from shared.settings import KafkaSettings
@@ -216,9 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("service")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("stack", help="start, stop or report the local Kafka + PostgreSQL stack")
-    p.add_argument("action", choices=["up", "down", "status"])
+    p = sub.add_parser("stack", help="start, stop or report the local Kafka + PostgreSQL stack; clean = stop and "
+                                     "delete its data directory (LEDGERGATE_DATA_DIR)")
+    p.add_argument("action", choices=["up", "down", "status", "clean"])
     p.set_defaults(func=_stack)
+
+    p = sub.add_parser("kafka-tool", help="run one of Kafka's command-line tools from .cache/kafka-libs, e.g. "
+                                          "`ledgergate kafka-tool topics --list` (--bootstrap-server defaults to "
+                                          "LEDGERGATE_KAFKA_BOOTSTRAP)")
+    p.add_argument("tool", choices=["console-consumer", "console-producer", "consumer-groups", "topics",
+                                    "get-offsets"])
+    p.add_argument("args", nargs=argparse.REMAINDER, help="passed to the tool unchanged")
+    p.set_defaults(func=_kafka_tool)
 
     p = sub.add_parser("topics", help="create/align topics from schemas/topics.yaml, or list them")
     p.add_argument("action", choices=["apply", "list"])

@@ -64,9 +64,13 @@ def _now_ms() -> int:
 
 
 class GateClient:
-    def __init__(self, bootstrap: str, topic_prefix: str = "", timeout_s: float = 10.0,
+    def __init__(self, bootstrap: str | None = None, topic_prefix: str | None = None, timeout_s: float = 10.0,
                  max_outstanding: int = MAX_OUTSTANDING) -> None:
-        self._topics = KafkaSettings(kafka_bootstrap=bootstrap, topic_prefix=topic_prefix)
+        """`bootstrap` and `topic_prefix` default (None) to LEDGERGATE_KAFKA_BOOTSTRAP and
+        LEDGERGATE_TOPIC_PREFIX (KafkaSettings: 127.0.0.1:9092 and no prefix); an argument wins."""
+        given = {"kafka_bootstrap": bootstrap, "topic_prefix": topic_prefix}
+        self._topics = KafkaSettings(**{k: v for k, v in given.items() if v is not None})
+        bootstrap = self._topics.kafka_bootstrap
         self.timeout_s = timeout_s
         self.max_outstanding = max_outstanding
         self._requests_topic = self._topics.topic(T.REQUESTS)

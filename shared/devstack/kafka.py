@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from shared.devstack.proc import (
@@ -45,9 +46,27 @@ def running_pid(s: StackSettings) -> int | None:
     return pid if pid_alive(pid) else None
 
 
+# The broker jar, and the command-line tools jar (not a dependency of the broker); a cache that lacks
+# either is topped up. `[0-9]` keeps kafka-tools-api-*.jar, which the broker does bring, from matching.
+REQUIRED_JARS = ("kafka_2.13-[0-9]*.jar", "kafka-tools-[0-9]*.jar")
+
+# `ledgergate kafka-tool NAME`: the main classes behind the official tarball's bin/ scripts (Kafka 4.x).
+TOOLS = {
+    "console-consumer": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    "console-producer": "org.apache.kafka.tools.ConsoleProducer",
+    "consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    "topics": "org.apache.kafka.tools.TopicCommand",
+    "get-offsets": "org.apache.kafka.tools.GetOffsetShell",
+}
+
+
+def _jars_present(s: StackSettings) -> bool:
+    return all(any(s.kafka_libs_dir.glob(pattern)) for pattern in REQUIRED_JARS)
+
+
 def ensure_jars(s: StackSettings) -> None:
-    """Copy the broker jars into the git-ignored cache with Maven (a no-op once they are there)."""
-    if any(s.kafka_libs_dir.glob("kafka_2.13-*.jar")):
+    """Copy the broker and tools jars into the git-ignored cache with Maven (a no-op once they are there)."""
+    if _jars_present(s):
         return
     mvn = require_tool("mvn", "install Maven (`apt-get install maven`) so the Kafka jars can be fetched")
     s.kafka_libs_dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +75,7 @@ def ensure_jars(s: StackSettings) -> None:
          f"-DoutputDirectory={s.kafka_libs_dir}"],
         capture_output=True, text=True, timeout=900, check=False,
     )
-    if result.returncode != 0 or not any(s.kafka_libs_dir.glob("kafka_2.13-*.jar")):
+    if result.returncode != 0 or not _jars_present(s):
         raise StackError(f"Maven could not fetch the Kafka jars:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
 
 
@@ -82,6 +101,18 @@ def _java_cmd(s: StackSettings, java: str, main: str, *args: str) -> list[str]:
         f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'log4j2.yaml'}",
         "-cp", f"{s.kafka_libs_dir}/*", main, *args,
     ]
+
+
+def tool_command(s: StackSettings, name: str, args: Sequence[str], bootstrap: str) -> list[str]:
+    """The java command line for a Kafka command-line tool; `--bootstrap-server bootstrap` is added
+    unless `args` names one."""
+    main = TOOLS.get(name)
+    if main is None:
+        raise StackError(f"unknown Kafka tool {name!r}; one of {', '.join(TOOLS)}")
+    java = require_tool("java", "install a Java 17+ runtime (`apt-get install openjdk-17-jre-headless`)")
+    ensure_jars(s)
+    given = any(a == "--bootstrap-server" or a.startswith("--bootstrap-server=") for a in args)
+    return _java_cmd(s, java, main, *([] if given else ["--bootstrap-server", bootstrap]), *args)
 
 
 def _format_storage(s: StackSettings, java: str, config: Path) -> None:

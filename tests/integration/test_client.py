@@ -173,3 +173,20 @@ def test_send_command_lands_on_commands_and_decodes(client: GateClient, kafka: K
     assert got[wf_id]["scope_type"] == "WORKFLOW" and got[wf_id]["scope_id"] == "wf-1"
     assert got[policy_id]["kind"] == "SET_POLICY" and got[policy_id]["policy_json"] == '{"rate_limit_per_s": 50}'
     assert all(r["issued_by"] == "cli" and r["tenant_id"] == "acme" for r in got.values())
+
+
+def test_bootstrap_and_prefix_default_from_the_environment(kafka: KafkaSettings, responder: Responder,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEDGERGATE_KAFKA_BOOTSTRAP", kafka.kafka_bootstrap)
+    monkeypatch.setenv("LEDGERGATE_TOPIC_PREFIX", kafka.topic_prefix)
+    with GateClient(timeout_s=15.0) as from_env:
+        assert from_env.request("acme", MESSAGES, "gpt-4o", 16)["outcome"] == "ALLOW"
+
+
+def test_explicit_bootstrap_and_prefix_win_over_the_environment(kafka: KafkaSettings, responder: Responder,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # Neither exists: a client that read them would fail to find its topics or its broker.
+    monkeypatch.setenv("LEDGERGATE_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("LEDGERGATE_TOPIC_PREFIX", f"absent{uuid.uuid4().hex[:8]}.")
+    with GateClient(kafka.kafka_bootstrap, kafka.topic_prefix, timeout_s=15.0) as explicit:
+        assert explicit.request("acme", MESSAGES, "gpt-4o", 16)["outcome"] == "ALLOW"

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from shared.devstack import kafka, postgres
+from shared.devstack import stack as devstack
 from shared.errors import StackError
-from shared.settings import StackSettings
+from shared.settings import PROJECT_ROOT, StackSettings
 
 
 @pytest.fixture
@@ -51,3 +52,23 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_clean_stops_nothing_running_and_deletes_the_data_dir(tmp_path: Path) -> None:
+    s = _settings(tmp_path)
+    (s.data_dir / "kafka" / "logs").mkdir(parents=True)
+    (s.data_dir / "kafka" / "logs" / "meta.properties").write_text("x")
+    lines = devstack.clean(s)
+    assert lines[:2] == ["kafka not running", "postgres not running"]
+    assert lines[-1] == f"deleted {s.data_dir}"
+    assert not s.data_dir.exists()
+    assert devstack.clean(s)[-1].endswith("does not exist; nothing to delete")
+
+
+@pytest.mark.parametrize("where", ["/", "home", "project", "project parent"])
+def test_clean_refuses_root_home_and_the_project(where: str) -> None:
+    data_dir = {"/": Path("/"), "home": Path("~"), "project": PROJECT_ROOT,
+                "project parent": PROJECT_ROOT.parent}[where]
+    with pytest.raises(StackError, match="refusing to delete"):
+        devstack.clean(StackSettings(data_dir=data_dir))
+    assert PROJECT_ROOT.is_dir() and Path.home().is_dir()
