@@ -198,3 +198,21 @@ class PolicyError(LedgergateError):
 
 class ApiKeyError(LedgergateError):
     code = "api_key_error"
+
+
+# --- process lifecycle -------------------------------------------------------------------------
+
+
+class FatalClientError(LedgergateError):
+    """A Kafka client reported a fatal error (fenced producer, fenced static member, ...), or a
+    transaction could not be committed or aborted within its deadline. The process exits non-zero so
+    its supervisor starts a fresh one, which fences what is left of this one and rebuilds its state."""
+
+    code = "fatal_client_error"
+
+
+class UnstorableValueError(LedgergateError):
+    """A decoded event holds a value the read model cannot store (PostgreSQL `text` and `jsonb`
+    refuse NUL); the projector records it in projection_errors and moves on."""
+
+    code = "unstorable_value"

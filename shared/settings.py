@@ -32,10 +32,19 @@ class KafkaSettings(BaseSettings):
     kafka_partitions: int | None = Field(default=None, ge=1, le=256)
 
 
+def _stack_dsn() -> str:
+    """The local stack's database, from the same LEDGERGATE_PG_PORT/_USER/_PASSWORD/_DATABASE that
+    `ledgergate stack up` starts it with (the DSN format lives in shared/devstack/postgres.py)."""
+    from shared.devstack.postgres import dsn  # here, not at the top: that module imports this one
+
+    return dsn(StackSettings())
+
+
 class PostgresSettings(BaseSettings):
     model_config = _config()
 
-    pg_dsn: str = "postgresql://ledgergate:ledgergate@127.0.0.1:5433/ledgergate"
+    # LEDGERGATE_PG_DSN when set; else the local stack's database.
+    pg_dsn: str = Field(default_factory=_stack_dsn)
 
 
 class StackSettings(BaseSettings):
@@ -71,6 +80,14 @@ class ServiceSettings(KafkaSettings):
     poll_timeout_ms: int = Field(default=20, ge=0, le=1000)
     # Transactional services only: wait this long for a batch to fill (see RuntimeOptions.batch_linger_s).
     batch_linger_ms: int = Field(default=2, ge=0, le=100)
+    # /healthz and /readyz (shared/health.py) on this port; 0 serves none.
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(default=0, ge=0, le=65535)
+    # Not ready once the loop has not turned, or waiting input has not moved, for this long.
+    stall_after_ms: int = Field(default=15_000, ge=100, le=600_000)
+    # SIGTERM ends the process within this long, even if a client call does not return. Below the
+    # service runner's 30 s and Kubernetes' default 30 s grace period, so the process ends itself.
+    shutdown_timeout_ms: int = Field(default=20_000, ge=100, le=600_000)
 
 
 class BudgetManagerSettings(ServiceSettings):

@@ -10,7 +10,6 @@ Alerts of one partition are handled in order, one at a time; the bounded retries
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 import urllib.error
@@ -18,17 +17,19 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from services.alerter import core
 from shared.codec import codec
-from shared.errors import CodecError, DeadLetterError, DeliveryError, MalformedMessageError
+from shared.errors import CodecError, DeadLetterError, DeliveryError, FatalClientError, MalformedMessageError
+from shared.health import Health, on_stop_signal
 from shared.kafka import topics as T
 from shared.kafka.config import consumer_config, producer_config
 from shared.logging import configure
 from shared.settings import AlerterSettings
 
 Post = Callable[[str, bytes, dict[str, str], float], None]
+COMMIT_DEADLINE_S = 90.0
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -68,32 +69,73 @@ class Alerter:
         worst = core.worst_case_ms(settings.alert_max_attempts, settings.alert_backoff_initial_ms,
                                    settings.alert_backoff_max_ms, settings.alert_timeout_s)
         self.group_id = f"{settings.topic_prefix}ledgergate-alerter"
+        self.health = Health("alerter", settings.stall_after_ms)
+        self._fatal: KafkaError | None = None
+        on_stop_signal(self.stop, settings.shutdown_timeout_ms, self.log)  # before the clients' threads
         self.consumer = Consumer(consumer_config(settings.kafka_bootstrap, self.group_id, **{
-            "client.id": f"alerter-{settings.instance_id}",
+            "client.id": f"alerter-{settings.instance_id}", "error_cb": self._on_client_error,
             # One alert may spend its whole retry budget between two polls: the group must not evict us.
             "max.poll.interval.ms": max(300_000, worst + 60_000)}))
-        self.producer = Producer(producer_config(settings.kafka_bootstrap, **{"client.id": "alerter-deadletter"}))
+        self.producer = Producer(producer_config(settings.kafka_bootstrap, **{
+            "client.id": "alerter-deadletter", "error_cb": self._on_client_error}))
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err
+            self.health.failed(str(err))
+            self.log.error("kafka_fatal_error", error=str(err))
+        else:
+            self.log.warning("kafka_error", error=str(err))
 
     def stop(self, *_: object) -> None:
         self.stopping.set()
 
+    def _commit(self, msg: Message) -> None:
+        """Commit past a handled alert. While the broker is away the commit is retried (up to
+        COMMIT_DEADLINE_S, then the process exits for its supervisor); if the group moved the
+        partition meanwhile, its new owner may send the alert again (at least once, by alert id)."""
+        deadline = time.monotonic() + COMMIT_DEADLINE_S
+        while True:
+            try:
+                self.consumer.commit(message=msg, asynchronous=False)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() in (KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
+                                  KafkaError.REBALANCE_IN_PROGRESS):
+                    self.log.warning("commit_skipped_after_rebalance", error=str(err))
+                    return
+                if err.fatal() or time.monotonic() > deadline:
+                    raise FatalClientError(f"alerter: cannot commit past offset {msg.offset()}: {err}") from exc
+                self.health.turned()
+                self.log.warning("commit_retry", error=str(err))
+                if self.stopping.wait(0.5):
+                    return
+
     def run(self) -> None:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        self.health.start_watchdog(self.log)
+        if self.s.health_port:
+            self.health.serve(self.s.health_host, self.s.health_port)
         self.consumer.subscribe([self.topic])
         self.log.info("alerter_started", topic=self.topic, webhook=core.redacted(self.url),
                       max_attempts=self.s.alert_max_attempts)
         try:
             while not self.stopping.is_set():
+                if self._fatal is not None:
+                    raise FatalClientError(f"alerter: fatal Kafka client error: {self._fatal}")
                 msg = self.consumer.poll(0.5)
+                self.health.turned()
                 if msg is None:
                     continue
                 if msg.error() is not None:
+                    if msg.error().fatal():
+                        raise FatalClientError(f"alerter: fatal Kafka client error: {msg.error()}")
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         self.log.warning("consume_error", error=str(msg.error()))
                     continue
                 if self.handle(msg):
-                    self.consumer.commit(message=msg, asynchronous=False)
+                    self._commit(msg)
+                    self.health.progressed()
                 else:
                     # Shutting down mid-retry: the alert stays uncommitted and is tried again next start.
                     break

@@ -5,13 +5,17 @@ consumer_offsets in the same PostgreSQL transaction as the rows its messages pro
 assignment the consumer seeks to those stored offsets. Kafka's committed offsets are written too,
 after the fact and only so that lag tools show something; nothing reads them back.
 
-A message that cannot be decoded is recorded in projection_errors and skipped (never a stuck
-partition). A PostgreSQL outage rolls the batch back, reconnects and re-reads from the stored offsets.
+No input stops it (fault 9): a message that cannot be decoded, or holds a value PostgreSQL cannot
+store (a NUL in a string: `text` and `jsonb` refuse it), is recorded in projection_errors with its
+topic, partition, offset and error and skipped; if the database still refuses a batch, the batch is
+written again one message at a time and the message it refuses is recorded the same way. A PostgreSQL
+outage rolls the batch back, reconnects and re-reads from the stored offsets. A fatal Kafka client
+error ends the process non-zero for its supervisor; /readyz reports a projector whose input waits
+while nothing is written (shared/health.py).
 """
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,7 +26,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from services.projector import core, sql
 from shared.codec import codec
 from shared.db import migrate
-from shared.errors import LedgergateError, StaleOffsetsError, UnexpectedEventError
+from shared.errors import FatalClientError, LedgergateError, StaleOffsetsError, UnexpectedEventError
+from shared.health import Health, on_stop_signal
 from shared.kafka import topics as T
 from shared.kafka.config import consumer_config
 from shared.ledger.entries import ENTRY_TYPES, from_record
@@ -47,13 +52,23 @@ class Projector:
         self.positions: dict[tuple[str, int], int] = {}
         self.running = True
         self.conn: psycopg.Connection[Any] | None = None
+        self.health = Health("projector", settings.stall_after_ms)
+        self._fatal: KafkaError | None = None
+        on_stop_signal(self.stop, settings.shutdown_timeout_ms, self.log)  # before the consumer's threads
+        # Dynamic membership, like the stream runtime (see shared/kafka/runtime.py for why not static).
         self.consumer = Consumer(consumer_config(
             settings.kafka_bootstrap, f"{settings.topic_prefix}ledgergate-projector", **{
-                # Static membership: a restarted projector takes its partitions back at once instead of
-                # waiting out the dead member's session.
-                "group.instance.id": f"projector-{settings.instance_id}",
+                "client.id": f"projector-{settings.instance_id}", "error_cb": self._on_client_error,
                 "enable.partition.eof": False, "fetch.max.bytes": 52428800}))
         self.totals = {"messages": 0, "rows": 0, "batches": 0, "errors": 0}
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err
+            self.health.failed(str(err))
+            self.log.error("kafka_fatal_error", error=str(err))
+        else:
+            self.log.warning("kafka_error", error=str(err))
 
     # --- PostgreSQL ------------------------------------------------------------------------------
 
@@ -69,6 +84,7 @@ class Projector:
                 self.log.warning("postgres_unavailable", action=what, error=str(exc).strip()[:300],
                                  retry_in_s=backoff)
                 self._close_db()
+                self.health.turned()  # waiting on the database, not wedged; no progress is reported
                 time.sleep(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
 
@@ -124,8 +140,9 @@ class Projector:
         self.running = False
 
     def run(self, max_seconds: float | None = None) -> None:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        self.health.start_watchdog(self.log)
+        if self.s.health_port:
+            self.health.serve(self.s.health_host, self.s.health_port)
         applied = self._retry("migrate", lambda: migrate(self.s.pg_dsn))
         self.log.info("projector_starting", migrations_applied=applied, topics=list(self.kinds),
                       batch=self.s.projector_batch)
@@ -133,13 +150,21 @@ class Projector:
                                 on_lost=self._on_revoke)
         deadline = time.monotonic() + max_seconds if max_seconds else None
         last_stats, since = time.monotonic(), dict(self.totals)
+        next_check = 0.0
         try:
             while self.running and (deadline is None or time.monotonic() < deadline):
+                if self._fatal is not None:
+                    raise FatalClientError(f"projector: fatal Kafka client error: {self._fatal}")
                 first = self.consumer.poll(0.1)
                 if first is not None:
                     # Whatever is already fetched joins the batch; nothing waits for more to arrive.
                     self._project([first, *self.consumer.consume(self.s.projector_batch - 1, 0)])
                 now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + 1.0
+                    self._check_backlog()
+                else:
+                    self.health.turned()
                 if now - last_stats >= STATS_INTERVAL_S:
                     elapsed = now - last_stats
                     done = {k: v - since[k] for k, v in self.totals.items()}
@@ -147,26 +172,70 @@ class Projector:
                         self.log.info("projected", **done, messages_per_s=round(done["messages"] / elapsed),
                                       rows_per_s=round(done["rows"] / elapsed))
                     last_stats, since = now, dict(self.totals)
+        except KafkaException as exc:
+            self.health.failed(str(exc.args[0]))
+            raise FatalClientError(f"projector: Kafka client error: {exc.args[0]}") from exc
         finally:
             self.log.info("stopping", **self.totals)
-            self.consumer.close()
+            try:
+                with self.health.call("consumer_close", 30_000):
+                    self.consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                self.log.warning("consumer_close_failed", error=str(exc))
             self._close_db()
+
+    def _check_backlog(self) -> None:
+        """Readiness: input waiting on an owned partition, from the watermarks fetches brought."""
+        try:
+            waiting = any(self.consumer.get_watermark_offsets(tp, cached=True)[1] > tp.offset >= 0
+                          for tp in self.consumer.position(self.consumer.assignment()))
+        except KafkaException:
+            waiting = True
+        self.health.backlog_is(waiting)
 
     def _project(self, msgs: list[Message]) -> None:
         batch = self._build(msgs)
         if not batch.offsets:
             return
         try:
+            self._write(batch)
+        except psycopg.Error as exc:  # not an outage (_write handles those): a value it will not store
+            # Something got past _build's checks: find it one message at a time, so only that message
+            # is skipped (and recorded), never its neighbours. Stop at the first rewind: the messages
+            # after it are read again from the stored offsets.
+            self.log.warning("batch_refused", error=str(exc).strip()[:300], messages=batch.messages)
+            for msg in msgs:
+                if not self._project_one(msg):
+                    return
+
+    def _project_one(self, msg: Message) -> bool:
+        batch = self._build([msg])
+        if not batch.offsets:
+            return True
+        try:
+            return self._write(batch)
+        except psycopg.Error as exc:
+            refused = core.Batch()
+            refused.consumed(msg.topic(), msg.partition(), msg.offset())
+            self._skip(refused, msg.topic(), msg.partition(), msg.offset(), "unstorable",
+                       f"{type(exc).__name__}: {str(exc).strip()}")
+            return self._write(refused)
+
+    def _write(self, batch: core.Batch) -> bool:
+        """One PostgreSQL transaction. False after an outage or a moved offset: nothing was written
+        and every owned partition was rewound to its stored offset."""
+        try:
             sql.write(self._db(), self.name, batch, self.positions)
         except StaleOffsetsError as exc:
             self.log.warning("offsets_moved", error=exc.message)
             self._rewind()
-            return
+            return False
         except psycopg.OperationalError as exc:
             self.log.warning("batch_rolled_back", error=str(exc).strip()[:300], messages=batch.messages)
             self._close_db()
             self._rewind()
-            return
+            return False
+        self.health.progressed()
         self.positions.update(batch.offsets)
         self.totals["messages"] += batch.messages
         self.totals["rows"] += batch.rows
@@ -177,6 +246,7 @@ class Projector:
                                  asynchronous=True)
         except KafkaException as exc:
             self.log.debug("informational_commit_failed", error=str(exc))
+        return True
 
     def _build(self, msgs: list[Message]) -> core.Batch:
         batch = core.Batch()
@@ -184,7 +254,7 @@ class Projector:
             err = msg.error()
             if err is not None:
                 if err.fatal():
-                    raise KafkaException(err)
+                    raise FatalClientError(f"projector: fatal Kafka client error: {err}")
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.log.warning("consume_error", error=str(err))
                 continue
@@ -203,6 +273,7 @@ class Projector:
     @staticmethod
     def _add(batch: core.Batch, kind: str, value: bytes, partition: int, offset: int) -> None:
         name, record = codec().decode(value)
+        core.check_storable(record)
         if kind == core.LEDGER:
             if name not in ENTRY_TYPES:
                 raise UnexpectedEventError(f"{name} is not a ledger entry")

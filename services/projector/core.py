@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.errors import UnstorableValueError
 from shared.ledger.entries import (
     BudgetLimitSet,
     CreditGranted,
@@ -23,6 +24,28 @@ from shared.ledger.entries import (
 from shared.ledger.state import TENANT, WORKFLOW
 
 LEDGER, DECISIONS, AUDIT = "ledger", "decisions", "audit"
+
+
+def check_storable(value: Any, path: str = "") -> None:
+    """Raise UnstorableValueError naming the first string that PostgreSQL cannot hold (a NUL, in
+    text and jsonb alike). The edges refuse such values now; this keeps records written before
+    that, or by another producer, from stopping the sink for every tenant."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise UnstorableValueError(f"{path or 'value'} holds a NUL character")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{_printable(key)}" if path else _printable(key)
+            check_storable(key, where)
+            check_storable(item, where)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_storable(item, f"{path}[{i}]")
+
+
+def _printable(text: str) -> str:
+    """Error messages are stored too: never let them carry the NUL they report."""
+    return text.replace("\x00", "\\x00")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,4 +175,4 @@ class Batch:
                            r["summary_json"]))
 
     def add_error(self, consumer: str, topic: str, partition: int, offset: int, code: str, message: str) -> None:
-        self.errors.append((consumer, topic, partition, offset, code, message[:2000]))
+        self.errors.append((consumer, topic, partition, offset, code, _printable(message)[:2000]))

@@ -11,12 +11,23 @@ Error policy, explicit:
 - an unexpected exception in the handler is dead-lettered too (code `internal_error`), so one poison
   message cannot stop a tenant partition;
 - a Kafka transaction error that is abortable aborts, asks the handler to rebuild its state for the
-  assigned partitions, and rewinds to the committed offsets; a fatal one (fenced) stops the process.
+  assigned partitions, and rewinds to the committed offsets; a retriable one (the broker is away) is
+  retried until `commit_deadline_ms`;
+- a fatal client error (fenced producer, any error librdkafka calls fatal) or a commit that cannot
+  finish by its deadline is never swallowed: the loop stops and the process exits non-zero
+  (FatalClientError), so its supervisor starts a fresh instance that fences this one's transactional
+  id, aborts what it left open and rebuilds its state from the topics.
+
+Group membership is dynamic. Static membership (group.instance.id) was tried so that a restarted
+instance took its partitions straight back, but after a broker restart librdkafka rejoined with the
+same instance id and a new member id and the coordinator fenced it as its own duplicate: FATAL
+"Static consumer fenced by other consumer with same group.instance.id" and a gate that stopped
+deciding (tests/e2e/test_broker_bounce.py reproduced it 1 of 1 on the router). A clean SIGTERM leaves
+the group at once anyway; only after `kill -9` does the group wait out session.timeout.ms (10 s).
 """
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,11 +36,27 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from shared.codec import codec
-from shared.errors import LedgergateError
+from shared.errors import FatalClientError, LedgergateError
+from shared.health import Health, on_stop_signal
 from shared.kafka.config import consumer_config, producer_config, transactional_producer_config
 from shared.kafka.headers import Headers
 from shared.kafka.topics import DEADLETTER
 from shared.settings import ServiceSettings
+
+# Each blocking transaction call waits at most CALL_TIMEOUT_S and is retried while the broker is
+# away. A call still blocked CALL_GRACE_MS past its timeout (seen after a broker restart: a
+# commit_transaction(10) that never returned) ends the process for a fresh instance (shared/health.py).
+CALL_TIMEOUT_S = 10.0
+CALL_GRACE_MS = 10_000
+
+
+class _Silent:
+    """The log of a runtime given none (benchmark relays)."""
+
+    def info(self, *_a: object, **_k: object) -> None:
+        pass
+
+    warning = error = info
 
 
 @dataclass
@@ -81,6 +108,13 @@ class RuntimeOptions:
     # handler at once (lowest latency); a transactional service gathers for a moment instead, because
     # each transaction costs ~1.4 ms of CPU and batches amortise it (measured: see 0003).
     batch_linger_s: float = 0.0
+    # A commit or abort that the broker cannot take for this long (an outage past the transaction
+    # timeout) ends the process: a fresh instance recovers faster than a client in an unknown state.
+    commit_deadline_ms: int = 90_000
+    stall_after_ms: int = 15_000
+    shutdown_timeout_ms: int = 20_000
+    health_host: str = "127.0.0.1"
+    health_port: int = 0
 
 
 def options_for(service: str, settings: ServiceSettings, input_topics: list[str], **overrides: Any) -> RuntimeOptions:
@@ -91,27 +125,31 @@ def options_for(service: str, settings: ServiceSettings, input_topics: list[str]
         service=service, instance_id=settings.instance_id, bootstrap=settings.kafka_bootstrap,
         group_id=f"{settings.topic_prefix}ledgergate-{service}", topics=input_topics,
         deadletter_topic=settings.topic(DEADLETTER), max_batch=settings.max_batch,
-        poll_timeout_s=settings.poll_timeout_ms / 1000, **overrides)
+        poll_timeout_s=settings.poll_timeout_ms / 1000, stall_after_ms=settings.stall_after_ms,
+        shutdown_timeout_ms=settings.shutdown_timeout_ms, health_host=settings.health_host,
+        health_port=settings.health_port, **overrides)
 
 
 def run_service(service: str, settings: ServiceSettings, handler: Handler, input_topics: list[str],
                 log: Any, **overrides: Any) -> None:
     options = options_for(service, settings, input_topics, **overrides)
-    TransactionalRuntime(options, handler, lambda event, **kw: log.info(event, **kw)).run()
+    TransactionalRuntime(options, handler, log).run()
 
 
 class TransactionalRuntime:
-    def __init__(self, options: RuntimeOptions, handler: Handler, log: Callable[..., None] | None = None) -> None:
+    def __init__(self, options: RuntimeOptions, handler: Handler, log: Any = None) -> None:
         self.o = options
         self.handler = handler
-        self._log = log or (lambda *a, **k: None)
+        self.log = log if log is not None else _Silent()
         self.running = True
+        self.health = Health(options.service, options.stall_after_ms)
+        # Before the clients exist: their threads must inherit the blocked stop signals.
+        on_stop_signal(self.stop, options.shutdown_timeout_ms, self.log)
+        # Set from librdkafka's error callback (its own threads); the loop raises it.
+        self._fatal: KafkaError | None = None
         self.consumer = Consumer(consumer_config(options.bootstrap, options.group_id, **{
             "partition.assignment.strategy": options.assignment_strategy,
-            "client.id": f"{options.service}-{options.instance_id}",
-            # Static membership: an instance restarted after a crash takes its partitions straight
-            # back instead of waiting out the session timeout of its dead predecessor.
-            "group.instance.id": f"{options.service}-{options.instance_id}"}))
+            "client.id": f"{options.service}-{options.instance_id}", "error_cb": self._on_client_error}))
         # A stable transactional id per instance: a restarted instance fences its zombie predecessor
         # and aborts whatever it left open.
         # Prefixed by the group (which carries the topic prefix): two deployments on one broker, say
@@ -119,12 +157,29 @@ class TransactionalRuntime:
         if options.exactly_once:
             self.producer = Producer(transactional_producer_config(
                 options.bootstrap, f"{options.group_id}-{options.instance_id}",
-                **{"client.id": f"{options.service}-{options.instance_id}-tx"}))
+                **{"client.id": f"{options.service}-{options.instance_id}-tx", "error_cb": self._on_client_error}))
         else:
             self.producer = Producer(producer_config(
-                options.bootstrap, **{"client.id": f"{options.service}-{options.instance_id}"}))
+                options.bootstrap, **{"client.id": f"{options.service}-{options.instance_id}",
+                                      "error_cb": self._on_client_error}))
         self._assigned: list[int] = []
         self._delivery_failed = False
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback. Transport errors while the broker is away are expected and
+        retried by the client itself; a fatal one ends the loop."""
+        if err.fatal():
+            self._fatal = err
+            self.health.failed(str(err))
+            self.log.error("kafka_fatal_error", error=str(err))
+        elif err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+            self.log.warning("kafka_unreachable", error=str(err))
+        else:
+            self.log.warning("kafka_error", error=str(err))
+
+    def _raise_if_fatal(self) -> None:
+        if self._fatal is not None:
+            raise FatalClientError(f"{self.o.service}: fatal Kafka client error: {self._fatal}")
 
     # --- rebalance -----------------------------------------------------------------------------
 
@@ -132,7 +187,7 @@ class TransactionalRuntime:
         # Cooperative assignment hands over increments; eager hands over the whole set after a revoke.
         numbers = sorted({p.partition for p in partitions})
         self._assigned = sorted(set(self._assigned) | set(numbers))
-        self._log("partitions_assigned", partitions=numbers)
+        self.log.info("partitions_assigned", partitions=numbers)
         starts = self.handler.assigned(numbers) or {}
         for tp in partitions:
             if (tp.topic, tp.partition) in starts:
@@ -144,7 +199,7 @@ class TransactionalRuntime:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({p.partition for p in partitions})
-        self._log("partitions_revoked", partitions=numbers)
+        self.log.info("partitions_revoked", partitions=numbers)
         self.handler.revoked(numbers)
         self._assigned = [p for p in self._assigned if p not in numbers]
 
@@ -154,27 +209,72 @@ class TransactionalRuntime:
         self.running = False
 
     def run(self, max_seconds: float | None = None) -> None:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        self.health.start_watchdog(self.log)
+        if self.o.health_port:
+            self.health.serve(self.o.health_host, self.o.health_port)
         if self.o.exactly_once:
-            self.producer.init_transactions(30)
-        self.consumer.subscribe(self.o.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+            try:
+                with self.health.call("init_transactions", 30_000 + CALL_GRACE_MS):
+                    self.producer.init_transactions(30)
+            except KafkaException as exc:  # no broker within 30 s: let the supervisor try again
+                raise FatalClientError(f"{self.o.service}: cannot initialise transactions: {exc.args[0]}") from exc
+        self.consumer.subscribe(self.o.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
         next_idle_ms = 0
         deadline = time.monotonic() + max_seconds if max_seconds else None
         try:
             while self.running and (deadline is None or time.monotonic() < deadline):
+                self._raise_if_fatal()
                 msgs = self._next_batch()
                 now_ms = int(time.time() * 1000)
-                idle_due = now_ms >= next_idle_ms and bool(self._assigned)
-                if not msgs and not idle_due:
-                    continue
+                idle_due = now_ms >= next_idle_ms
                 if idle_due:
                     next_idle_ms = now_ms + self.o.idle_interval_ms
-                self._transact(msgs, now_ms if idle_due else None)
+                    self._check_backlog()
+                else:
+                    self.health.turned()
+                if not msgs and not (idle_due and self._assigned):
+                    continue
+                self._transact(msgs, now_ms if idle_due and self._assigned else None)
+        except KafkaException as exc:  # a client call failed in a way nothing above handles
+            self.health.failed(str(exc.args[0]))
+            self.log.error("exiting_for_restart", error=str(exc.args[0]))
+            raise FatalClientError(f"{self.o.service}: Kafka client error: {exc.args[0]}") from exc
+        except FatalClientError as exc:
+            self.health.failed(exc.message)
+            self.log.error("exiting_for_restart", error=exc.message)
+            raise
         finally:
-            self._log("stopping")
-            self.consumer.close()
-            self.producer.flush(10)
+            self.log.info("stopping")
+            self._close()
+
+    def _close(self) -> None:
+        """Leave the group (partitions move at once) and flush; after a fatal error either may fail."""
+        try:
+            with self.health.call("consumer_close", 30_000):
+                self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            self.log.warning("consumer_close_failed", error=str(exc))
+        if self.o.exactly_once and self._fatal is None:
+            return  # nothing outside a transaction is queued; an open one is aborted by the next instance
+        self.producer.flush(5)
+
+    def _check_backlog(self) -> None:
+        """Readiness: is input waiting on an owned partition? Uses the watermarks the last fetches
+        brought (no broker round trip)."""
+        try:
+            assignment = self.consumer.assignment()
+            positions = self.consumer.position(assignment) if assignment else []
+            waiting = False
+            for tp in positions:
+                high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+                if tp.offset >= 0 and high > tp.offset:
+                    waiting = True
+                    break
+        except KafkaException:
+            waiting = True  # cannot tell: a stall is then reported once stall_after_ms passes
+        self.health.backlog_is(waiting)
+        self.health.detail = {"partitions": list(self._assigned)}
 
     def _next_batch(self) -> list[Message]:
         """What is waiting, at once; else the first message to arrive, plus whatever came with it.
@@ -196,8 +296,11 @@ class TransactionalRuntime:
         for msg in msgs:
             err = msg.error()
             if err is not None:
+                if err.fatal():
+                    self._fatal = err
+                    self._raise_if_fatal()
                 if err.code() != KafkaError._PARTITION_EOF:
-                    self._log("consume_error", error=str(err))
+                    self.log.warning("consume_error", error=str(err))
                 continue
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
             try:
@@ -209,27 +312,53 @@ class TransactionalRuntime:
         if idle_now_ms is not None:
             self.handler.idle(idle_now_ms, out)
         if not offsets and not out.records:
+            self.health.turned()
             return
         if not self.o.exactly_once:
             self._produce_then_commit(out, offsets)
-            return
+        else:
+            self._commit_transaction(out, offsets)
+        if offsets:
+            self.health.progressed()
+
+    def _commit_transaction(self, out: Outbox, offsets: dict[tuple[str, int], int]) -> None:
+        """One transaction for the batch's outputs and input offsets. While the broker is away the
+        calls time out with retriable errors: each is retried (librdkafka allows retrying the same
+        call) until the deadline; an abortable error aborts and rewinds; anything else is fatal."""
+        deadline_ms = _mono_ms() + self.o.commit_deadline_ms
         try:
             self.producer.begin_transaction()
             for topic, key, value, headers, partition in out.records:
                 self._produce(topic, key, value, headers, partition)
             if offsets:
-                self.producer.send_offsets_to_transaction(
-                    [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                    self.consumer.consumer_group_metadata(), 30)
-            self.producer.commit_transaction(30)
+                tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                group = self.consumer.consumer_group_metadata()
+                self._retrying("send_offsets", deadline_ms,
+                               lambda: self.producer.send_offsets_to_transaction(tps, group, CALL_TIMEOUT_S))
+            self._retrying("commit", deadline_ms, lambda: self.producer.commit_transaction(CALL_TIMEOUT_S))
         except KafkaException as exc:
             kerr = exc.args[0]
-            if kerr.txn_requires_abort():
-                self._log("transaction_aborted", error=str(kerr))
-                self.producer.abort_transaction(30)
-                self._rewind()
+            if not kerr.txn_requires_abort() or kerr.fatal():
+                raise FatalClientError(f"{self.o.service}: transaction failed: {kerr}") from exc
+            self.log.warning("transaction_aborted", error=str(kerr))
+            self._retrying("abort", deadline_ms, lambda: self.producer.abort_transaction(CALL_TIMEOUT_S))
+            self._rewind()
+
+    def _retrying(self, what: str, deadline_ms: int, call: Callable[[], None]) -> None:
+        while True:
+            try:
+                with self.health.call(what, int(CALL_TIMEOUT_S * 1000) + CALL_GRACE_MS):
+                    call()
                 return
-            raise
+            except KafkaException as exc:
+                kerr = exc.args[0]
+                if not kerr.retriable() or kerr.fatal() or kerr.txn_requires_abort():
+                    raise
+                if _mono_ms() >= deadline_ms:
+                    raise FatalClientError(f"{self.o.service}: {what} not done within "
+                                           f"{self.o.commit_deadline_ms} ms: {kerr}") from exc
+                self.health.turned()  # waiting on the broker, not wedged
+                self.log.warning("transaction_retry", step=what, error=str(kerr))
 
     def _produce_then_commit(self, out: Outbox, offsets: dict[tuple[str, int], int]) -> None:
         """At least once: offsets are committed only after every output is acknowledged, so a crash
@@ -237,18 +366,28 @@ class TransactionalRuntime:
         loses it."""
         for topic, key, value, headers, partition in out.records:
             self._produce(topic, key, value, headers, partition)
-        undelivered = self.producer.flush(30)
+        # While the broker is away deliveries wait (message.timeout.ms); keep the loop visibly alive.
+        deadline_ms = _mono_ms() + self.o.commit_deadline_ms
+        undelivered = self.producer.flush(1)
+        while undelivered and not self._delivery_failed and _mono_ms() < deadline_ms and self._fatal is None:
+            self.health.turned()
+            undelivered = self.producer.flush(1)
+        self._raise_if_fatal()
         if undelivered or self._delivery_failed:
-            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT,
-                                            f"{undelivered} outputs not acknowledged; not committing offsets"))
+            # Offsets stay where they were; a fresh instance re-reads the batch (at least once).
+            raise FatalClientError(f"{self.o.service}: {undelivered} outputs not acknowledged "
+                                   f"(delivery failed: {self._delivery_failed}); not committing offsets")
         if offsets:
-            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                                 asynchronous=True)
+            try:
+                self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                     asynchronous=True)
+            except KafkaException as exc:  # no coordinator right now: the next batch's commit covers it
+                self.log.warning("offset_commit_failed", error=str(exc.args[0]))
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
             self._delivery_failed = True
-            self._log("delivery_failed", error=str(err))
+            self.log.info("delivery_failed", error=str(err))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, headers: Headers | None,
                  partition: int | None) -> None:
@@ -262,6 +401,8 @@ class TransactionalRuntime:
                                           on_delivery=self._on_delivery)
                 return
             except BufferError:
+                self._raise_if_fatal()
+                self.health.turned()
                 self.producer.poll(0.05)  # local queue full: let deliveries drain, then retry
 
     def _rewind(self) -> None:
@@ -274,7 +415,7 @@ class TransactionalRuntime:
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     def _dead_letter(self, msg: Message, code: str, message: str, out: Outbox) -> None:
-        self._log("dead_lettered", topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), error=code)
+        self.log.info("dead_lettered", topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), error=code)
         envelope = codec().encode("DeadLetter", {
             "original_topic": msg.topic(), "original_partition": msg.partition(), "original_offset": msg.offset(),
             "original_key": msg.key(), "original_value": msg.value(), "error_code": code,
@@ -283,3 +424,7 @@ class TransactionalRuntime:
                    ("original_offset", str(msg.offset()).encode()), ("error_code", code.encode()),
                    ("error", message[:500].encode())]
         out.emit(self.o.deadletter_topic, msg.key(), envelope, headers)
+
+
+def _mono_ms() -> int:
+    return time.monotonic_ns() // 1_000_000

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from shared.client import GateClient
@@ -18,10 +23,36 @@ from shared.kafka.reader import read_to_end
 from shared.ledger.entries import from_record
 from shared.ledger.state import TenantState, balances_view, evolve
 from shared.servicerunner import ServiceSet
-from shared.settings import KafkaSettings
+from shared.settings import KafkaSettings, PostgresSettings
 
 GATE_SERVICES = ["token-counter", "policy", "budget-manager", "router"]
 RESERVATION_TTL_MS = 4000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_set(env: dict[str, str], log_dir: Path, names: list[str]) -> tuple[ServiceSet, dict[str, int]]:
+    """The services as the dev stack runs them: supervised (a child that exits on its own is started
+    again) and each serving /healthz and /readyz on a port of its own."""
+    ports = {name: free_port() for name in names}
+    services = ServiceSet(env, log_dir, supervise=True,
+                          env_for={name: {"LEDGERGATE_HEALTH_PORT": str(port)} for name, port in ports.items()})
+    return services, ports
+
+
+def probe(port: int, path: str = "/readyz") -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body) of a health endpoint; (0, {}) when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+    except OSError:
+        return 0, {}
 
 
 @dataclass
@@ -30,6 +61,18 @@ class Gate:
     services: ServiceSet
     client: GateClient
     state_dump: Path
+    health_ports: dict[str, int]
+
+    def wait_ready(self, names: list[str], timeout_s: float = 60.0) -> dict[str, dict[str, Any]]:
+        """Every named process answers /readyz 200; their reports."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            reports = {name: probe(self.health_ports[name]) for name in names}
+            if all(status == 200 for status, _ in reports.values()):
+                return {name: body for name, (_, body) in reports.items()}
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not ready after {timeout_s:.0f} s: {reports}")
+            time.sleep(0.5)
 
     def _read(self, logical_topic: str) -> list[tuple[int, str, dict[str, Any]]]:
         """Every committed record of a topic, from offset 0: (partition, type, record)."""
@@ -88,12 +131,45 @@ def gate(kafka: KafkaSettings, tmp_path: Path) -> Iterator[Gate]:
     env = {"LEDGERGATE_KAFKA_BOOTSTRAP": kafka.kafka_bootstrap, "LEDGERGATE_TOPIC_PREFIX": kafka.topic_prefix,
            "LEDGERGATE_RESERVATION_TTL_MS": str(RESERVATION_TTL_MS), "LEDGERGATE_EXPIRY_INTERVAL_MS": "200",
            "LEDGERGATE_STATE_DUMP_PATH": str(dump)}
-    services = ServiceSet(env, tmp_path / "logs")
+    services, ports = service_set(env, tmp_path / "logs", GATE_SERVICES)
     services.start(GATE_SERVICES)
     client = GateClient(kafka.kafka_bootstrap, topic_prefix=kafka.topic_prefix, timeout_s=30)
     try:
         wait_ready(client)
-        yield Gate(kafka, services, client, dump)
+        yield Gate(kafka, services, client, dump, ports)
     finally:
         client.close()
-        services.stop_all()
+        services.close()
+
+
+@dataclass
+class Projected:
+    gate: Gate
+    dsn: str
+
+
+@pytest.fixture
+def projected(kafka: KafkaSettings, postgres: PostgresSettings, tmp_path: Path) -> Iterator[Projected]:
+    """The four gate services and the projector, writing into a fresh PostgreSQL database."""
+    name = f"lg_proj_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres.pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = f"{postgres.pg_dsn.rpartition('/')[0]}/{name}"
+    dump = tmp_path / "budget-state.json"
+    env = {"LEDGERGATE_KAFKA_BOOTSTRAP": kafka.kafka_bootstrap, "LEDGERGATE_TOPIC_PREFIX": kafka.topic_prefix,
+           "LEDGERGATE_RESERVATION_TTL_MS": str(RESERVATION_TTL_MS), "LEDGERGATE_EXPIRY_INTERVAL_MS": "200",
+           "LEDGERGATE_STATE_DUMP_PATH": str(dump), "LEDGERGATE_PG_DSN": dsn}
+    names = [*GATE_SERVICES, "projector"]
+    services, ports = service_set(env, tmp_path / "logs", names)
+    client: GateClient | None = None
+    try:
+        services.start(names)
+        client = GateClient(kafka.kafka_bootstrap, topic_prefix=kafka.topic_prefix, timeout_s=30)
+        wait_ready(client)
+        yield Projected(Gate(kafka, services, client, dump, ports), dsn)
+    finally:
+        if client is not None:
+            client.close()
+        services.close()
+        with psycopg.connect(postgres.pg_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
