@@ -20,6 +20,7 @@ from services.budget_manager import core
 from shared.catalogue import prices
 from shared.codec import codec
 from shared.errors import MalformedMessageError
+from shared.ids import id_problem, name_problem
 from shared.kafka import topics as T
 from shared.kafka.headers import stamped
 from shared.kafka.reader import read_to_end
@@ -51,7 +52,20 @@ def settle_from_usage(rec: dict[str, Any]) -> core.Settle:
                        rec["status"] == "CANCELLED")
 
 
+def command_problem(rec: dict[str, Any]) -> str | None:
+    """The edge rule (shared/ids.py) for an operator command that did not come through the API
+    (which checks the same rule): its strings end up in ledger entries and the read model."""
+    return (id_problem("command_id", rec["command_id"]) or id_problem("tenant_id", rec["tenant_id"])
+            or id_problem("scope_id", rec["scope_id"], required=False)
+            or id_problem("request_id", rec["request_id"] or "", required=False)
+            or name_problem("reason", rec["reason"], required=False, max_chars=256)
+            or ("policy_json holds a NUL character" if "\x00" in (rec["policy_json"] or "") else None))
+
+
 def command_from_record(rec: dict[str, Any]) -> core.Command:
+    problem = command_problem(rec)
+    if problem is not None:
+        raise MalformedMessageError(f"command refused: {problem}")
     return core.Command(rec["command_id"], rec["tenant_id"], rec["kind"], rec["scope_type"], rec["scope_id"],
                         rec["amount_micro_usd"], rec["request_id"], rec["policy_json"], rec["reason"])
 

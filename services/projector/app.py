@@ -26,7 +26,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from services.projector import core, sql
 from shared.codec import codec
 from shared.db import migrate
-from shared.errors import FatalClientError, LedgergateError, StaleOffsetsError, UnexpectedEventError
+from shared.errors import (
+    FatalClientError,
+    LedgergateError,
+    StaleOffsetsError,
+    UnexpectedEventError,
+    UnstorableValueError,
+)
 from shared.health import Health, on_stop_signal
 from shared.kafka import topics as T
 from shared.kafka.config import consumer_config
@@ -217,7 +223,7 @@ class Projector:
         except psycopg.Error as exc:
             refused = core.Batch()
             refused.consumed(msg.topic(), msg.partition(), msg.offset())
-            self._skip(refused, msg.topic(), msg.partition(), msg.offset(), "unstorable",
+            self._skip(refused, msg.topic(), msg.partition(), msg.offset(), UnstorableValueError.code,
                        f"{type(exc).__name__}: {str(exc).strip()}")
             return self._write(refused)
 

@@ -12,6 +12,7 @@ from confluent_kafka import Message
 from services.token_counter import core
 from shared.codec import codec
 from shared.errors import CodecError, LedgergateError, MalformedMessageError, TokenizerError
+from shared.ids import id_problem, name_problem
 from shared.kafka import topics as T
 from shared.kafka.headers import stamped
 from shared.kafka.runtime import Outbox, run_service
@@ -25,6 +26,11 @@ def _header(msg: Message, name: str) -> str | None:
         if key == name and value:
             return value.decode(errors="replace")
     return None
+
+
+def _printable(text: str) -> str:
+    """Reasons quote what was wrong; never the control characters themselves."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 class TokenCounter:
@@ -69,20 +75,27 @@ class TokenCounter:
         except CodecError as exc:
             # Unreadable body: answer DENY invalid_request if the key and header still say who asked.
             request_id = _header(msg, "request_id")
-            if not key_tenant or not request_id:
+            if core.addressable(request_id, key_tenant) is not None:
                 raise
+            assert request_id is not None and key_tenant is not None
             out.emit(self.topic_counted, msg.key(), self._invalid(request_id, key_tenant, exc.message),
                      stamped(msg, "count"))
             return
-        reason = core.validate(rec, key_tenant, self.s.max_messages, self.s.max_output_tokens)
+        reason = core.validate(rec, key_tenant, self.s.max_messages)
         counted = None
         if reason is None:
             try:
-                counted = core.count_request(rec, self.encoding_for)
+                counted = core.count_request(rec, self.encoding_for, self.s.max_output_tokens)
             except TokenizerError as exc:
                 reason = exc.message
-        tenant = rec["tenant_id"] or key_tenant or ""
         if reason is not None:
+            # The body's tenant, else the key's; if neither is a valid id (or the request id is not),
+            # nobody can be answered: dead-letter it, naming why.
+            tenant = rec["tenant_id"] if core.addressable(rec["request_id"], rec["tenant_id"]) is None else key_tenant
+            unaddressable = core.addressable(rec["request_id"], tenant)
+            if unaddressable is not None:
+                raise MalformedMessageError(f"{unaddressable}; {reason}")
+            assert tenant is not None
             self.log.info("invalid_request", tenant_id=tenant, request_id=rec["request_id"], reason=reason)
             out.emit(self.topic_counted, tenant.encode(),
                      self._invalid(rec["request_id"], tenant, reason, rec), stamped(msg, "count"))
@@ -100,15 +113,20 @@ class TokenCounter:
                  stamped(msg, "count"))
 
     def _invalid(self, request_id: str, tenant_id: str, reason: str, rec: dict[str, Any] | None = None) -> bytes:
+        """A DENY-to-be. Only fields that pass the edge rule are carried on: the reason may be that
+        one of them holds a NUL, and the decision and the read model must not."""
         rec = rec or {}
+        workflow, agent, model = rec.get("workflow_id", ""), rec.get("agent_id", ""), rec.get("requested_model", "")
         return codec().encode("InvocationCounted", {
-            "request_id": request_id[: core.MAX_ID_CHARS] or "unknown", "tenant_id": tenant_id,
-            "workflow_id": rec.get("workflow_id", ""), "agent_id": rec.get("agent_id", ""),
-            "requested_model": rec.get("requested_model", ""), "max_output_tokens": 0,
+            "request_id": request_id, "tenant_id": tenant_id,
+            "workflow_id": workflow if id_problem("workflow_id", workflow, required=False) is None else "",
+            "agent_id": agent if id_problem("agent_id", agent, required=False) is None else "",
+            "requested_model": model if name_problem("model", model, required=False) is None else "",
+            "max_output_tokens": 0,
             "priority": rec.get("priority", "NORMAL"), "region": None, "max_cost_micro_usd": None, "labels": {},
             "requested_at_ms": rec.get("requested_at_ms", int(time.time() * 1000)), "trace_context": {},
             "input_tokens": 0, "accounting_input_tokens": 0, "encoding": "", "estimated_output_tokens": 0,
-            "request_sha256": "", "invalid_reason": reason[:500], "counted_at_ms": int(time.time() * 1000)})
+            "request_sha256": "", "invalid_reason": _printable(reason)[:500], "counted_at_ms": int(time.time() * 1000)})
 
     def _remember(self, request_id: str, input_tokens: int) -> None:
         if self.s.remembered_requests == 0:
@@ -121,6 +139,14 @@ class TokenCounter:
         name, rec = codec().decode(msg.value())
         if name != "InvocationCompleted":
             raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
+        # A completion settles money: one with an invalid id or model, or sent under another tenant's
+        # key, is dead-lettered with the reason, never metered.
+        problem = core.addressable(rec["request_id"], rec["tenant_id"]) or name_problem("model", rec["model"])
+        key_tenant = msg.key().decode(errors="replace") if msg.key() else None
+        if problem is None and key_tenant != rec["tenant_id"]:
+            problem = "the message key must be the tenant_id"
+        if problem is not None:
+            raise MalformedMessageError(f"completion refused: {problem}")
         try:
             encoding = self.encoding_for(rec["model"])
         except TokenizerError as exc:

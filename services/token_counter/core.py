@@ -12,9 +12,11 @@ from typing import Any
 import orjson
 import tiktoken
 
+from shared.ids import MAX_ID_CHARS, id_problem, labels_problem, name_problem
 from shared.tokenizers import ACCOUNTING_ENCODING, count_chat, count_text, get_encoding
 
-MAX_ID_CHARS = 128
+__all__ = ["MAX_ID_CHARS", "Counted", "Drift", "Metered", "addressable", "count_request", "meter", "request_sha256",
+           "validate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,22 +39,38 @@ def request_sha256(rec: Mapping[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def validate(rec: Mapping[str, Any], key_tenant: str | None, max_messages: int, max_output_tokens: int) -> str | None:
-    """A reason the request is malformed, or None. Reasons become DENY invalid_request details."""
-    if not rec["request_id"] or len(rec["request_id"]) > MAX_ID_CHARS:
-        return f"request_id must be 1..{MAX_ID_CHARS} characters"
-    if not rec["tenant_id"] or len(rec["tenant_id"]) > MAX_ID_CHARS:
-        return f"tenant_id must be 1..{MAX_ID_CHARS} characters"
-    if key_tenant is not None and key_tenant != rec["tenant_id"]:
+def addressable(request_id: str | None, tenant_id: str | None) -> str | None:
+    """Why a request cannot even be answered with a DENY, or None: its decision must carry a valid
+    request id and tenant id (they key the ledger, the decision and the read model). Such input is
+    dead-lettered instead, with this reason."""
+    return id_problem("request_id", request_id or "") or id_problem("tenant_id", tenant_id or "")
+
+
+def validate(rec: Mapping[str, Any], key_tenant: str | None, max_messages: int) -> str | None:
+    """A reason the request is malformed, or None. Reasons become DENY invalid_request details.
+    Every client-chosen id and name is checked here, at the edge (shared/ids.py), so nothing
+    downstream (ledger, read model, logs) ever holds a NUL, a control character or an unbounded id."""
+    problem = (id_problem("request_id", rec["request_id"]) or id_problem("tenant_id", rec["tenant_id"])
+               or id_problem("workflow_id", rec["workflow_id"], required=False)
+               or id_problem("agent_id", rec["agent_id"], required=False)
+               or name_problem("requested_model", rec["requested_model"])
+               or name_problem("region", rec["region"] or "", required=False)
+               or labels_problem(rec["labels"]))
+    if problem is not None:
+        return problem
+    if key_tenant != rec["tenant_id"]:
         return "the message key must be the tenant_id"
-    if not rec["requested_model"]:
-        return "requested_model is empty"
     if not rec["messages"]:
         return "messages is empty"
     if len(rec["messages"]) > max_messages:
         return f"more than {max_messages} messages"
-    if not 1 <= rec["max_output_tokens"] <= max_output_tokens:
-        return f"max_output_tokens must be 1..{max_output_tokens}"
+    for i, message in enumerate(rec["messages"]):
+        problem = name_problem(f"messages[{i}].role", message["role"]) or name_problem(
+            f"messages[{i}].name", message["name"] or "", required=False)
+        if problem is not None:
+            return problem
+    if rec["max_output_tokens"] < 1:
+        return "max_output_tokens must be at least 1"
     if rec["max_cost_micro_usd"] is not None and rec["max_cost_micro_usd"] < 0:
         return "max_cost_micro_usd must not be negative"
     if rec["tools_json"] is not None:
@@ -65,7 +83,10 @@ def validate(rec: Mapping[str, Any], key_tenant: str | None, max_messages: int, 
     return None
 
 
-def count_request(rec: Mapping[str, Any], encoding_for: Callable[[str], tiktoken.Encoding]) -> Counted:
+def count_request(rec: Mapping[str, Any], encoding_for: Callable[[str], tiktoken.Encoding],
+                  max_output_tokens: int) -> Counted:
+    """The counts; an output request above `max_output_tokens` is capped to it (the policy then
+    grants at most its own, smaller limit), not refused: clients send 2^31-1 to mean "no limit"."""
     model = rec["requested_model"]
     encoding = encoding_for(model)
     tools = json.loads(rec["tools_json"]) if rec["tools_json"] else None
@@ -75,7 +96,8 @@ def count_request(rec: Mapping[str, Any], encoding_for: Callable[[str], tiktoken
         accounting = input_tokens
     else:
         accounting = count_chat(messages, model, tools=tools, encoding=get_encoding(ACCOUNTING_ENCODING))
-    return Counted(input_tokens, accounting, encoding.name, rec["max_output_tokens"], request_sha256(rec))
+    return Counted(input_tokens, accounting, encoding.name, min(rec["max_output_tokens"], max_output_tokens),
+                   request_sha256(rec))
 
 
 @dataclass(frozen=True, slots=True)

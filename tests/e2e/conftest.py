@@ -109,6 +109,9 @@ class Gate:
     def dead_letters(self) -> list[dict[str, Any]]:
         return [rec for _, _, rec in self._read(T.DEADLETTER)]
 
+    def audit(self) -> list[dict[str, Any]]:
+        return [rec for _, _, rec in self._read(T.AUDIT)]
+
     def decisions(self) -> list[dict[str, Any]]:
         return [rec for _, _, rec in self._read(T.DECISIONS)]
 
