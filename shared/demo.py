@@ -190,7 +190,8 @@ def run_demo(settings: KafkaSettings, agents: int = 300, tenants: int = 5, durat
     services = None
     if start_services:
         services = ServiceSet({"LEDGERGATE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-                               "LEDGERGATE_TOPIC_PREFIX": settings.topic_prefix}, StackSettings().data_dir / "demo")
+                               "LEDGERGATE_TOPIC_PREFIX": settings.topic_prefix}, StackSettings().data_dir / "demo",
+                              supervise=True)
         services.start(SERVICES)
     try:
         with GateClient(settings.kafka_bootstrap, settings.topic_prefix, timeout_s=timeout_s) as client:
@@ -201,7 +202,7 @@ def run_demo(settings: KafkaSettings, agents: int = 300, tenants: int = 5, durat
             return _fleet(client, work, budgets, run, rate_per_s, seed, settle_s)
     finally:
         if services is not None:
-            services.stop_all()
+            services.close()
 
 
 def _seed(client: GateClient, settings: KafkaSettings, work: Workload, names: list[str],

@@ -25,6 +25,7 @@ from shared.errors import CodecError, DeadLetterError, DeliveryError, FatalClien
 from shared.health import Health, on_stop_signal
 from shared.kafka import topics as T
 from shared.kafka.config import consumer_config, producer_config
+from shared.kafka.fatal import ClientErrors
 from shared.logging import configure
 from shared.settings import AlerterSettings
 
@@ -70,22 +71,14 @@ class Alerter:
                                    settings.alert_backoff_max_ms, settings.alert_timeout_s)
         self.group_id = f"{settings.topic_prefix}ledgergate-alerter"
         self.health = Health("alerter", settings.stall_after_ms)
-        self._fatal: KafkaError | None = None
+        self.errors = ClientErrors("alerter", self.health, self.log)
         on_stop_signal(self.stop, settings.shutdown_timeout_ms, self.log)  # before the clients' threads
         self.consumer = Consumer(consumer_config(settings.kafka_bootstrap, self.group_id, **{
-            "client.id": f"alerter-{settings.instance_id}", "error_cb": self._on_client_error,
+            "client.id": f"alerter-{settings.instance_id}", "error_cb": self.errors.on_error,
             # One alert may spend its whole retry budget between two polls: the group must not evict us.
             "max.poll.interval.ms": max(300_000, worst + 60_000)}))
         self.producer = Producer(producer_config(settings.kafka_bootstrap, **{
-            "client.id": "alerter-deadletter", "error_cb": self._on_client_error}))
-
-    def _on_client_error(self, err: KafkaError) -> None:
-        if err.fatal():
-            self._fatal = err
-            self.health.failed(str(err))
-            self.log.error("kafka_fatal_error", error=str(err))
-        else:
-            self.log.warning("kafka_error", error=str(err))
+            "client.id": "alerter-deadletter", "error_cb": self.errors.on_error}))
 
     def stop(self, *_: object) -> None:
         self.stopping.set()
@@ -121,15 +114,15 @@ class Alerter:
                       max_attempts=self.s.alert_max_attempts)
         try:
             while not self.stopping.is_set():
-                if self._fatal is not None:
-                    raise FatalClientError(f"alerter: fatal Kafka client error: {self._fatal}")
+                self.errors.check()
                 msg = self.consumer.poll(0.5)
                 self.health.turned()
                 if msg is None:
                     continue
                 if msg.error() is not None:
                     if msg.error().fatal():
-                        raise FatalClientError(f"alerter: fatal Kafka client error: {msg.error()}")
+                        self.errors.record(msg.error())
+                        self.errors.check()
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         self.log.warning("consume_error", error=str(msg.error()))
                     continue

@@ -36,6 +36,7 @@ from shared.errors import (
 from shared.health import Health, on_stop_signal
 from shared.kafka import topics as T
 from shared.kafka.config import consumer_config
+from shared.kafka.fatal import ClientErrors
 from shared.ledger.entries import ENTRY_TYPES, from_record
 from shared.logging import configure
 from shared.settings import ProjectorSettings
@@ -59,22 +60,14 @@ class Projector:
         self.running = True
         self.conn: psycopg.Connection[Any] | None = None
         self.health = Health("projector", settings.stall_after_ms)
-        self._fatal: KafkaError | None = None
+        self.errors = ClientErrors("projector", self.health, self.log)
         on_stop_signal(self.stop, settings.shutdown_timeout_ms, self.log)  # before the consumer's threads
         # Dynamic membership, like the stream runtime (see shared/kafka/runtime.py for why not static).
         self.consumer = Consumer(consumer_config(
             settings.kafka_bootstrap, f"{settings.topic_prefix}ledgergate-projector", **{
-                "client.id": f"projector-{settings.instance_id}", "error_cb": self._on_client_error,
+                "client.id": f"projector-{settings.instance_id}", "error_cb": self.errors.on_error,
                 "enable.partition.eof": False, "fetch.max.bytes": 52428800}))
         self.totals = {"messages": 0, "rows": 0, "batches": 0, "errors": 0}
-
-    def _on_client_error(self, err: KafkaError) -> None:
-        if err.fatal():
-            self._fatal = err
-            self.health.failed(str(err))
-            self.log.error("kafka_fatal_error", error=str(err))
-        else:
-            self.log.warning("kafka_error", error=str(err))
 
     # --- PostgreSQL ------------------------------------------------------------------------------
 
@@ -90,8 +83,13 @@ class Projector:
                 self.log.warning("postgres_unavailable", action=what, error=str(exc).strip()[:300],
                                  retry_in_s=backoff)
                 self._close_db()
-                self.health.turned()  # waiting on the database, not wedged; no progress is reported
-                time.sleep(backoff)
+                # Waiting on the database, not wedged: the loop turns, but input waits unwritten, which
+                # readiness reports once it has lasted stall_after_ms.
+                waited_until = time.monotonic() + backoff
+                while self.running and time.monotonic() < waited_until:
+                    self.health.turned()
+                    self.health.backlog = True
+                    time.sleep(min(0.2, backoff))
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
 
     def _db(self) -> psycopg.Connection[Any]:
@@ -159,8 +157,7 @@ class Projector:
         next_check = 0.0
         try:
             while self.running and (deadline is None or time.monotonic() < deadline):
-                if self._fatal is not None:
-                    raise FatalClientError(f"projector: fatal Kafka client error: {self._fatal}")
+                self.errors.check()
                 first = self.consumer.poll(0.1)
                 if first is not None:
                     # Whatever is already fetched joins the batch; nothing waits for more to arrive.
@@ -260,7 +257,8 @@ class Projector:
             err = msg.error()
             if err is not None:
                 if err.fatal():
-                    raise FatalClientError(f"projector: fatal Kafka client error: {err}")
+                    self.errors.record(err)
+                    self.errors.check()
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.log.warning("consume_error", error=str(err))
                 continue

@@ -39,6 +39,7 @@ from shared.codec import codec
 from shared.errors import FatalClientError, LedgergateError
 from shared.health import Health, on_stop_signal
 from shared.kafka.config import consumer_config, producer_config, transactional_producer_config
+from shared.kafka.fatal import ClientErrors
 from shared.kafka.headers import Headers
 from shared.kafka.topics import DEADLETTER
 from shared.settings import ServiceSettings
@@ -48,6 +49,11 @@ from shared.settings import ServiceSettings
 # commit_transaction(10) that never returned) ends the process for a fresh instance (shared/health.py).
 CALL_TIMEOUT_S = 10.0
 CALL_GRACE_MS = 10_000
+
+
+class _Stopping(Exception):
+    """SIGTERM arrived while a transaction call was waiting for an absent broker: leave the
+    transaction open (the next instance's init_transactions aborts it) and end cleanly."""
 
 
 class _Silent:
@@ -145,11 +151,10 @@ class TransactionalRuntime:
         self.health = Health(options.service, options.stall_after_ms)
         # Before the clients exist: their threads must inherit the blocked stop signals.
         on_stop_signal(self.stop, options.shutdown_timeout_ms, self.log)
-        # Set from librdkafka's error callback (its own threads); the loop raises it.
-        self._fatal: KafkaError | None = None
+        self.errors = ClientErrors(options.service, self.health, self.log)
         self.consumer = Consumer(consumer_config(options.bootstrap, options.group_id, **{
             "partition.assignment.strategy": options.assignment_strategy,
-            "client.id": f"{options.service}-{options.instance_id}", "error_cb": self._on_client_error}))
+            "client.id": f"{options.service}-{options.instance_id}", "error_cb": self.errors.on_error}))
         # A stable transactional id per instance: a restarted instance fences its zombie predecessor
         # and aborts whatever it left open.
         # Prefixed by the group (which carries the topic prefix): two deployments on one broker, say
@@ -157,29 +162,16 @@ class TransactionalRuntime:
         if options.exactly_once:
             self.producer = Producer(transactional_producer_config(
                 options.bootstrap, f"{options.group_id}-{options.instance_id}",
-                **{"client.id": f"{options.service}-{options.instance_id}-tx", "error_cb": self._on_client_error}))
+                **{"client.id": f"{options.service}-{options.instance_id}-tx", "error_cb": self.errors.on_error}))
         else:
             self.producer = Producer(producer_config(
                 options.bootstrap, **{"client.id": f"{options.service}-{options.instance_id}",
-                                      "error_cb": self._on_client_error}))
+                                      "error_cb": self.errors.on_error}))
         self._assigned: list[int] = []
         self._delivery_failed = False
 
-    def _on_client_error(self, err: KafkaError) -> None:
-        """librdkafka's error callback. Transport errors while the broker is away are expected and
-        retried by the client itself; a fatal one ends the loop."""
-        if err.fatal():
-            self._fatal = err
-            self.health.failed(str(err))
-            self.log.error("kafka_fatal_error", error=str(err))
-        elif err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
-            self.log.warning("kafka_unreachable", error=str(err))
-        else:
-            self.log.warning("kafka_error", error=str(err))
-
     def _raise_if_fatal(self) -> None:
-        if self._fatal is not None:
-            raise FatalClientError(f"{self.o.service}: fatal Kafka client error: {self._fatal}")
+        self.errors.check()
 
     # --- rebalance -----------------------------------------------------------------------------
 
@@ -236,6 +228,9 @@ class TransactionalRuntime:
                 if not msgs and not (idle_due and self._assigned):
                     continue
                 self._transact(msgs, now_ms if idle_due and self._assigned else None)
+        except _Stopping as exc:
+            self.log.warning("stopped_mid_transaction", step=str(exc),
+                             note="the next instance aborts the open transaction; its input is read again")
         except KafkaException as exc:  # a client call failed in a way nothing above handles
             self.health.failed(str(exc.args[0]))
             self.log.error("exiting_for_restart", error=str(exc.args[0]))
@@ -255,7 +250,7 @@ class TransactionalRuntime:
                 self.consumer.close()
         except (KafkaException, RuntimeError) as exc:
             self.log.warning("consumer_close_failed", error=str(exc))
-        if self.o.exactly_once and self._fatal is None:
+        if self.o.exactly_once and self.errors.fatal is None:
             return  # nothing outside a transaction is queued; an open one is aborted by the next instance
         self.producer.flush(5)
 
@@ -297,7 +292,7 @@ class TransactionalRuntime:
             err = msg.error()
             if err is not None:
                 if err.fatal():
-                    self._fatal = err
+                    self.errors.record(err)
                     self._raise_if_fatal()
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.log.warning("consume_error", error=str(err))
@@ -354,6 +349,8 @@ class TransactionalRuntime:
                 kerr = exc.args[0]
                 if not kerr.retriable() or kerr.fatal() or kerr.txn_requires_abort():
                     raise
+                if not self.running:
+                    raise _Stopping(what) from exc
                 if _mono_ms() >= deadline_ms:
                     raise FatalClientError(f"{self.o.service}: {what} not done within "
                                            f"{self.o.commit_deadline_ms} ms: {kerr}") from exc
@@ -369,7 +366,9 @@ class TransactionalRuntime:
         # While the broker is away deliveries wait (message.timeout.ms); keep the loop visibly alive.
         deadline_ms = _mono_ms() + self.o.commit_deadline_ms
         undelivered = self.producer.flush(1)
-        while undelivered and not self._delivery_failed and _mono_ms() < deadline_ms and self._fatal is None:
+        while undelivered and not self._delivery_failed and _mono_ms() < deadline_ms and self.errors.fatal is None:
+            if not self.running:
+                raise _Stopping("flush")  # offsets stay uncommitted: the batch is read again (at least once)
             self.health.turned()
             undelivered = self.producer.flush(1)
         self._raise_if_fatal()

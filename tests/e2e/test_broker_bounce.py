@@ -4,19 +4,23 @@ While the SDK sends a steady stream of requests, the broker gets SIGTERM, stays 
 started again. No process is restarted by the test (the service runner, as supervisor, restarts one that
 exits on its own): afterwards every request has its decision, each decided once (budget-manager and
 router are exactly once), at most one reservation per request id, the budget-manager's balances equal
-the fold of the ledger, the read model equals the topics, and every process reports ready again. The
-recovery time is printed.
+the fold of the ledger, the read model equals the topics, and every process reports ready again; the
+API answers ready again and the alerter delivers an alert crossed after the restart. The recovery time
+is printed.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 
 from shared.devstack import kafka as broker
 from shared.settings import StackSettings
-from tests.e2e.conftest import GATE_SERVICES, Gate, Projected
+from tests.e2e.conftest import GATE_SERVICES, Gate, Projected, free_port, probe, service_set
 from tests.e2e.readmodel import wait_projection_matches
+from tests.webhook import webhook
 
 PROCESSES = [*GATE_SERVICES, "projector"]
 
@@ -40,8 +44,43 @@ def _send_for(gate: Gate, seconds: float, tenants: list[str], futures: list, sen
         time.sleep(max(0.0, started + i / RATE_PER_S - time.monotonic()))
 
 
-def test_broker_restart_is_survived_without_a_hand(projected: Projected, stack: StackSettings) -> None:
+def _eventually(what: str, check: Callable[[], bool], timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"{what} within {timeout_s:.0f} s"
+        time.sleep(0.5)
+
+
+def test_broker_restart_is_survived_without_a_hand(projected: Projected, stack: StackSettings,
+                                                   tmp_path: Path) -> None:
     gate = projected.gate
+    with webhook(lambda n: 200) as hook:
+        api_port = free_port()
+        env = {"LEDGERGATE_KAFKA_BOOTSTRAP": gate.kafka.kafka_bootstrap,
+               "LEDGERGATE_TOPIC_PREFIX": gate.kafka.topic_prefix, "LEDGERGATE_PG_DSN": projected.dsn,
+               "LEDGERGATE_ALERT_WEBHOOK_URL": hook.url, "LEDGERGATE_API_PORT": str(api_port)}
+        edge, edge_ports = service_set(env, tmp_path / "edge-logs", ["alerter", "api"])
+        edge.start(["alerter", "api"])
+        try:
+            _eventually("the API ready", lambda: probe(api_port)[0] == 200)
+            _bounce(gate, projected, stack)
+            _eventually("the API ready after the restart", lambda: probe(api_port)[0] == 200)
+            _eventually("the alerter ready after the restart", lambda: probe(edge_ports["alerter"])[0] == 200)
+            # An alert crossed after the restart still reaches the webhook: the alerter resumed.
+            gate.client.send_command("bounce-alert", "SET_LIMIT", 1 * USD)
+            d = gate.client.request("bounce-alert", MESSAGES, "gpt-4o", 100, priority="HIGH", timeout_s=60)
+            gate.client.complete("bounce-alert", d["request_id"], d["deployment"]["model"],
+                                 {"input_tokens": 0, "cached_input_tokens": 0, "output_tokens": 55_000,
+                                  "reasoning_tokens": 0})
+            _eventually("the 50 % alert at the webhook",
+                        lambda: any(b["tenant_id"] == "bounce-alert" for b in hook.bodies()))
+            assert all(edge.alive(n) for n in ("alerter", "api")), edge.describe_logs()
+            print(f"API and alerter resumed; restarts by the supervisor: {edge.restarts()}")
+        finally:
+            edge.close()
+
+
+def _bounce(gate: Gate, projected: Projected, stack: StackSettings) -> None:
     gate.wait_ready(PROCESSES)
     tenants = [f"bounce-{i}" for i in range(8)]
     for tenant in tenants:

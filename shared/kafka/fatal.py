@@ -1,0 +1,39 @@
+"""librdkafka's error callback, one for every long-running process: transport errors while the broker
+is away are logged and left to the client's own retries; the first fatal error is kept, and the loop
+raises it as FatalClientError so the process exits for its supervisor (docs/decisions/0004)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import KafkaError
+
+from shared.errors import FatalClientError
+from shared.health import Health
+
+
+class ClientErrors:
+    def __init__(self, service: str, health: Health, log: Any) -> None:
+        self.service = service
+        self.health = health
+        self.log = log
+        self.fatal: KafkaError | None = None
+
+    def on_error(self, err: KafkaError) -> None:
+        """The `error_cb` of every client of the process (runs on librdkafka's threads)."""
+        if err.fatal():
+            self.record(err)
+        elif err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+            self.log.warning("kafka_unreachable", error=str(err))
+        else:
+            self.log.warning("kafka_error", error=str(err))
+
+    def record(self, err: KafkaError) -> None:
+        if self.fatal is None:
+            self.fatal = err
+            self.health.failed(str(err))
+            self.log.error("kafka_fatal_error", error=str(err))
+
+    def check(self) -> None:
+        if self.fatal is not None:
+            raise FatalClientError(f"{self.service}: fatal Kafka client error: {self.fatal}")
