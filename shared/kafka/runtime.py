@@ -170,9 +170,6 @@ class TransactionalRuntime:
         self._assigned: list[int] = []
         self._delivery_failed = False
 
-    def _raise_if_fatal(self) -> None:
-        self.errors.check()
-
     # --- rebalance -----------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -216,7 +213,7 @@ class TransactionalRuntime:
         deadline = time.monotonic() + max_seconds if max_seconds else None
         try:
             while self.running and (deadline is None or time.monotonic() < deadline):
-                self._raise_if_fatal()
+                self.errors.check()
                 msgs = self._next_batch()
                 now_ms = int(time.time() * 1000)
                 idle_due = now_ms >= next_idle_ms
@@ -293,7 +290,7 @@ class TransactionalRuntime:
             if err is not None:
                 if err.fatal():
                     self.errors.record(err)
-                    self._raise_if_fatal()
+                    self.errors.check()
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.log.warning("consume_error", error=str(err))
                 continue
@@ -371,7 +368,7 @@ class TransactionalRuntime:
                 raise _Stopping("flush")  # offsets stay uncommitted: the batch is read again (at least once)
             self.health.turned()
             undelivered = self.producer.flush(1)
-        self._raise_if_fatal()
+        self.errors.check()
         if undelivered or self._delivery_failed:
             # Offsets stay where they were; a fresh instance re-reads the batch (at least once).
             raise FatalClientError(f"{self.o.service}: {undelivered} outputs not acknowledged "
@@ -400,7 +397,7 @@ class TransactionalRuntime:
                                           on_delivery=self._on_delivery)
                 return
             except BufferError:
-                self._raise_if_fatal()
+                self.errors.check()
                 self.health.turned()
                 self.producer.poll(0.05)  # local queue full: let deliveries drain, then retry
 
