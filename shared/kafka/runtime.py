@@ -46,9 +46,9 @@ from shared.settings import ServiceSettings
 
 # Each blocking transaction call waits at most CALL_TIMEOUT_S and is retried while the broker is
 # away. A call still blocked CALL_GRACE_MS past its timeout (seen after a broker restart: a
-# commit_transaction(10) that never returned) ends the process for a fresh instance (shared/health.py).
-CALL_TIMEOUT_S = 10.0
-CALL_GRACE_MS = 10_000
+# commit_transaction that never returned) ends the process for a fresh instance (shared/health.py).
+CALL_TIMEOUT_S = 5.0
+CALL_GRACE_MS = 5_000
 
 
 class _Stopping(Exception):
