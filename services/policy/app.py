@@ -37,32 +37,42 @@ class PolicyService:
         self.topic_counted = settings.topic(T.COUNTED)
         self.topic_ledger = settings.topic(T.LEDGER)
         self.topic_planned = settings.topic(T.PLANNED)
-        self.tenants: dict[str, TenantState] = {}
+        # partition -> tenant -> the fold of that partition's ledger. Per partition, so that a partition
+        # assigned again (after a rebalance moved it away and back) is folded from scratch: folding it
+        # on top of the states already held counted every entry twice.
+        self.tenants: dict[int, dict[str, TenantState]] = {}
         self.policies: dict[str, tuple[int, Policy]] = {}  # tenant -> (version, parsed)
         self.buckets: dict[str, core.Bucket] = {}
 
     def assigned(self, partitions: list[int]) -> dict[tuple[str, int], int]:
+        for p in partitions:
+            self.tenants[p] = {}
         ends = end_offsets(self.s.kafka_bootstrap, self.topic_ledger, partitions)
         for msg in read_to_end(self.s.kafka_bootstrap, self.topic_ledger, partitions, end=ends):
             self._fold(msg)
-        self.log.info("policy_state_rebuilt", partitions=partitions, tenants=len(self.tenants))
+        self.log.info("policy_state_rebuilt", partitions=partitions,
+                      tenants=sum(len(self.tenants[p]) for p in partitions))
         return {(self.topic_ledger, p): ends[p] for p in partitions}
 
     def revoked(self, partitions: list[int]) -> None:
-        pass  # tenants of revoked partitions are simply no longer asked about
+        for p in partitions:
+            self.tenants.pop(p, None)
 
     def idle(self, now_ms: int, out: Outbox) -> None:
         pass
 
     def _fold(self, msg: Message) -> None:
         name, rec = codec().decode(msg.value())
-        state = self.tenants.get(rec["tenant_id"])
+        tenants = self.tenants.setdefault(msg.partition(), {})
+        state = tenants.get(rec["tenant_id"])
         if state is None:
-            state = self.tenants[rec["tenant_id"]] = TenantState(rec["tenant_id"])
+            state = tenants[rec["tenant_id"]] = TenantState(rec["tenant_id"])
         evolve(state, from_record(name, rec))
 
-    def policy_for(self, tenant_id: str) -> Policy:
-        state = self.tenants.get(tenant_id)
+    def _state(self, partition: int, tenant_id: str) -> TenantState | None:
+        return self.tenants.get(partition, {}).get(tenant_id)
+
+    def policy_for(self, tenant_id: str, state: TenantState | None) -> Policy:
         if state is None or not state.policy_json:
             return self.base
         cached = self.policies.get(tenant_id)
@@ -77,8 +87,8 @@ class PolicyService:
             cached = self.policies[tenant_id] = (state.policy_version, parsed)
         return cached[1]
 
-    def burn(self, tenant_id: str, now_ms: int) -> core.Burn:
-        state = self.tenants.get(tenant_id)
+    @staticmethod
+    def burn(tenant_id: str, state: TenantState | None, now_ms: int) -> core.Burn:
         if state is None:
             return core.Burn(0, None)
         period = period_of(now_ms)[0]
@@ -97,9 +107,10 @@ class PolicyService:
             raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
         now_ms = int(time.time() * 1000)
         tenant_id = rec["tenant_id"]
-        policy = self.policy_for(tenant_id)
-        state = self.tenants.get(tenant_id)
-        candidates, rejection = core.plan(rec, policy, self.burn(tenant_id, now_ms), self.prices, now_ms)
+        # Co-partitioned: the tenant's ledger entries are on the same partition number as this message.
+        state = self._state(msg.partition(), tenant_id)
+        policy = self.policy_for(tenant_id, state)
+        candidates, rejection = core.plan(rec, policy, self.burn(tenant_id, state, now_ms), self.prices, now_ms)
         if rejection is None:
             bucket = self.buckets.setdefault(tenant_id, core.Bucket(policy.rate_burst * 1000, now_ms))
             wait_ms = core.take_rate(bucket, policy, now_ms)
