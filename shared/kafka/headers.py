@@ -1,5 +1,5 @@
 """Per-hop timing headers: every service stamps when it handled a request, so `make bench` can show
-which stage is slow. Values are milliseconds since the epoch, ASCII."""
+which stage is slow. Values are microseconds since the epoch, ASCII digits."""
 
 from __future__ import annotations
 
