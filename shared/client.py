@@ -32,7 +32,7 @@ from shared.errors import (
     GateTimeoutError,
     TopicConfigError,
 )
-from shared.ids import id_problem, labels_problem, name_problem
+from shared.ids import request_problem
 from shared.kafka import topics as T
 from shared.kafka.config import consumer_config, producer_config
 from shared.settings import KafkaSettings
@@ -162,14 +162,6 @@ class GateClient:
         if self._closed:
             raise GateClientError("client is closed")
         request_id = request_id or str(uuid.uuid4())
-        # The gate's edge rule, checked before publishing: a caller's typo is an exception here, not
-        # a DENY invalid_request (or a dead letter) a round trip later.
-        problem = (id_problem("request_id", request_id) or id_problem("tenant_id", tenant_id)
-                   or id_problem("workflow_id", workflow_id, required=False)
-                   or id_problem("agent_id", agent_id, required=False) or name_problem("model", model)
-                   or labels_problem(labels or {}))
-        if problem is not None:
-            raise GateClientError(f"invalid request: {problem}")
         record = {
             "request_id": request_id, "tenant_id": tenant_id, "workflow_id": workflow_id, "agent_id": agent_id,
             "requested_model": model,
@@ -178,6 +170,11 @@ class GateClient:
             "region": region, "max_cost_micro_usd": max_cost_micro_usd, "labels": dict(labels or {}),
             "requested_at_ms": _now_ms(), "trace_context": {},
         }
+        # The gate's edge rule, checked before publishing: a caller's typo is an exception here, not
+        # a DENY invalid_request (or a dead letter) a round trip later.
+        problem = request_problem(record)
+        if problem is not None:
+            raise GateClientError(f"invalid request: {problem}")
         value = codec().encode("InvocationRequested", record)  # CodecError before anything is registered
         fut = DecisionFuture(request_id)
         fut.set_running_or_notify_cancel()

@@ -35,6 +35,7 @@ from typing import Any
 
 EXIT_SHUTDOWN_TIMEOUT = 3
 EXIT_WEDGED = 4
+EXIT_STALLED = 5
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
@@ -77,7 +78,14 @@ class Health:
             return call[0]
         return None
 
-    def start_watchdog(self, log: Any, interval_s: float = 1.0) -> None:
+    def stalled_ms(self) -> int:
+        """How long input has waited with nothing consumed (0 when none waits)."""
+        return self._clock_ms() - self.progress_ms if self.backlog else 0
+
+    def start_watchdog(self, log: Any, stalled_exit_ms: int | None = None, interval_s: float = 1.0) -> None:
+        """Exit for a fresh instance on a wedged call; with `stalled_exit_ms`, also when input has
+        waited that long with nothing consumed while the loop turns. Measured after broker restarts:
+        a consumer that rejoined its group, was assigned and then never fetched again, silently."""
         if self._watchdog is not None:
             return
 
@@ -89,6 +97,11 @@ class Health:
                     log.error("client_call_wedged", call=name, action="exiting for a fresh instance")
                     sys.stderr.flush()
                     os._exit(EXIT_WEDGED)
+                stalled = self.stalled_ms()
+                if stalled_exit_ms is not None and stalled > stalled_exit_ms:
+                    log.error("input_stalled", stalled_ms=stalled, action="exiting for a fresh instance")
+                    sys.stderr.flush()
+                    os._exit(EXIT_STALLED)
 
         self._watchdog = threading.Thread(target=watch, name=f"{self.service}-watchdog", daemon=True)
         self._watchdog.start()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 MAX_ID_CHARS = 128
 MAX_NAME_CHARS = 128
@@ -44,6 +45,33 @@ def name_problem(field: str, value: str, *, required: bool = True, max_chars: in
         return f"{field} is longer than {max_chars} characters"
     if not value.isprintable():
         return f"{field} holds a control or non-printable character"
+    return None
+
+
+def printable(text: str) -> str:
+    """`text` with every non-printable character escaped (`\\x00`): error messages quote what was
+    wrong and are stored and logged too, so they must never carry it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def request_problem(rec: Mapping[str, Any]) -> str | None:
+    """The rule over every client-chosen string of an InvocationRequested record (the token-counter
+    answers a violation DENY invalid_request; the SDK raises before publishing)."""
+    problem = (id_problem("request_id", rec["request_id"]) or id_problem("tenant_id", rec["tenant_id"])
+               or id_problem("workflow_id", rec["workflow_id"], required=False)
+               or id_problem("agent_id", rec["agent_id"], required=False)
+               or name_problem("requested_model", rec["requested_model"])
+               or name_problem("region", rec["region"] or "", required=False)
+               or labels_problem(rec["labels"]))
+    if problem is not None:
+        return problem
+    for i, message in enumerate(rec["messages"]):
+        problem = name_problem(f"messages[{i}].role", message["role"]) or name_problem(
+            f"messages[{i}].name", message["name"] or "", required=False)
+        if problem is not None:
+            return problem
     return None
 
 

@@ -121,8 +121,7 @@ class Alerter:
                     continue
                 if msg.error() is not None:
                     if msg.error().fatal():
-                        self.errors.record(msg.error())
-                        self.errors.check()
+                        self.errors.fail(msg.error())
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         self.log.warning("consume_error", error=str(msg.error()))
                     continue

@@ -36,7 +36,7 @@ from shared.errors import (
 from shared.health import Health, on_stop_signal
 from shared.kafka import topics as T
 from shared.kafka.config import consumer_config
-from shared.kafka.fatal import ClientErrors
+from shared.kafka.fatal import ClientErrors, input_waiting
 from shared.ledger.entries import ENTRY_TYPES, from_record
 from shared.logging import configure
 from shared.settings import ProjectorSettings
@@ -87,8 +87,7 @@ class Projector:
                 # readiness reports once it has lasted stall_after_ms.
                 waited_until = time.monotonic() + backoff
                 while self.running and time.monotonic() < waited_until:
-                    self.health.turned()
-                    self.health.backlog = True
+                    self.health.backlog_is(True)
                     time.sleep(min(0.2, backoff))
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
 
@@ -165,7 +164,7 @@ class Projector:
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + 1.0
-                    self._check_backlog()
+                    self.health.backlog_is(input_waiting(self.consumer))
                 else:
                     self.health.turned()
                 if now - last_stats >= STATS_INTERVAL_S:
@@ -186,15 +185,6 @@ class Projector:
             except (KafkaException, RuntimeError) as exc:
                 self.log.warning("consumer_close_failed", error=str(exc))
             self._close_db()
-
-    def _check_backlog(self) -> None:
-        """Readiness: input waiting on an owned partition, from the watermarks fetches brought."""
-        try:
-            waiting = any(self.consumer.get_watermark_offsets(tp, cached=True)[1] > tp.offset >= 0
-                          for tp in self.consumer.position(self.consumer.assignment()))
-        except KafkaException:
-            waiting = True
-        self.health.backlog_is(waiting)
 
     def _project(self, msgs: list[Message]) -> None:
         batch = self._build(msgs)
@@ -257,8 +247,7 @@ class Projector:
             err = msg.error()
             if err is not None:
                 if err.fatal():
-                    self.errors.record(err)
-                    self.errors.check()
+                    self.errors.fail(err)
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.log.warning("consume_error", error=str(err))
                 continue

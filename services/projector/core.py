@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.errors import UnstorableValueError
+from shared.ids import printable
 from shared.ledger.entries import (
     BudgetLimitSet,
     CreditGranted,
@@ -35,17 +36,12 @@ def check_storable(value: Any, path: str = "") -> None:
             raise UnstorableValueError(f"{path or 'value'} holds a NUL character")
     elif isinstance(value, dict):
         for key, item in value.items():
-            where = f"{path}.{_printable(key)}" if path else _printable(key)
+            where = f"{path}.{printable(key)}" if path else printable(key)
             check_storable(key, where)
             check_storable(item, where)
     elif isinstance(value, list):
         for i, item in enumerate(value):
             check_storable(item, f"{path}[{i}]")
-
-
-def _printable(text: str) -> str:
-    """Error messages are stored too: never let them carry the NUL they report."""
-    return text.replace("\x00", "\\x00")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,4 +171,4 @@ class Batch:
                            r["summary_json"]))
 
     def add_error(self, consumer: str, topic: str, partition: int, offset: int, code: str, message: str) -> None:
-        self.errors.append((consumer, topic, partition, offset, code, _printable(message)[:2000]))
+        self.errors.append((consumer, topic, partition, offset, code, printable(message)[:2000]))

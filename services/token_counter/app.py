@@ -12,7 +12,7 @@ from confluent_kafka import Message
 from services.token_counter import core
 from shared.codec import codec
 from shared.errors import CodecError, LedgergateError, MalformedMessageError, TokenizerError
-from shared.ids import id_problem, name_problem
+from shared.ids import id_problem, name_problem, printable
 from shared.kafka import topics as T
 from shared.kafka.headers import stamped
 from shared.kafka.runtime import Outbox, run_service
@@ -26,11 +26,6 @@ def _header(msg: Message, name: str) -> str | None:
         if key == name and value:
             return value.decode(errors="replace")
     return None
-
-
-def _printable(text: str) -> str:
-    """Reasons quote what was wrong; never the control characters themselves."""
-    return text if text.isprintable() else "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 class TokenCounter:
@@ -126,7 +121,7 @@ class TokenCounter:
             "priority": rec.get("priority", "NORMAL"), "region": None, "max_cost_micro_usd": None, "labels": {},
             "requested_at_ms": rec.get("requested_at_ms", int(time.time() * 1000)), "trace_context": {},
             "input_tokens": 0, "accounting_input_tokens": 0, "encoding": "", "estimated_output_tokens": 0,
-            "request_sha256": "", "invalid_reason": _printable(reason)[:500], "counted_at_ms": int(time.time() * 1000)})
+            "request_sha256": "", "invalid_reason": printable(reason)[:500], "counted_at_ms": int(time.time() * 1000)})
 
     def _remember(self, request_id: str, input_tokens: int) -> None:
         if self.s.remembered_requests == 0:

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import tiktoken
 
-from shared.ids import MAX_ID_CHARS, id_problem, labels_problem, name_problem
+from shared.ids import MAX_ID_CHARS, id_problem, request_problem
 from shared.tokenizers import ACCOUNTING_ENCODING, count_chat, count_text, get_encoding
 
 __all__ = ["MAX_ID_CHARS", "Counted", "Drift", "Metered", "addressable", "count_request", "meter", "request_sha256",
@@ -50,25 +50,15 @@ def validate(rec: Mapping[str, Any], key_tenant: str | None, max_messages: int) 
     """A reason the request is malformed, or None. Reasons become DENY invalid_request details.
     Every client-chosen id and name is checked here, at the edge (shared/ids.py), so nothing
     downstream (ledger, read model, logs) ever holds a NUL, a control character or an unbounded id."""
-    problem = (id_problem("request_id", rec["request_id"]) or id_problem("tenant_id", rec["tenant_id"])
-               or id_problem("workflow_id", rec["workflow_id"], required=False)
-               or id_problem("agent_id", rec["agent_id"], required=False)
-               or name_problem("requested_model", rec["requested_model"])
-               or name_problem("region", rec["region"] or "", required=False)
-               or labels_problem(rec["labels"]))
-    if problem is not None:
-        return problem
-    if key_tenant != rec["tenant_id"]:
-        return "the message key must be the tenant_id"
     if not rec["messages"]:
         return "messages is empty"
     if len(rec["messages"]) > max_messages:
         return f"more than {max_messages} messages"
-    for i, message in enumerate(rec["messages"]):
-        problem = name_problem(f"messages[{i}].role", message["role"]) or name_problem(
-            f"messages[{i}].name", message["name"] or "", required=False)
-        if problem is not None:
-            return problem
+    problem = request_problem(rec)
+    if problem is not None:
+        return problem
+    if key_tenant != rec["tenant_id"]:
+        return "the message key must be the tenant_id"
     if rec["max_output_tokens"] < 1:
         return "max_output_tokens must be at least 1"
     if rec["max_cost_micro_usd"] is not None and rec["max_cost_micro_usd"] < 0:

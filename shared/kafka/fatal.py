@@ -1,12 +1,13 @@
 """librdkafka's error callback, one for every long-running process: transport errors while the broker
 is away are logged and left to the client's own retries; the first fatal error is kept, and the loop
-raises it as FatalClientError so the process exits for its supervisor (docs/decisions/0004)."""
+raises it as FatalClientError so the process exits for its supervisor (docs/decisions/0004). Also the
+readiness probe's question every consumer loop asks: is input waiting on an owned partition?"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import KafkaError
+from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from shared.errors import FatalClientError
 from shared.health import Health
@@ -37,3 +38,20 @@ class ClientErrors:
     def check(self) -> None:
         if self.fatal is not None:
             raise FatalClientError(f"{self.service}: fatal Kafka client error: {self.fatal}")
+
+    def fail(self, err: KafkaError) -> None:
+        """A fatal error a consume call returned: keep it and raise it."""
+        self.record(err)
+        self.check()
+
+
+def input_waiting(consumer: Consumer) -> bool:
+    """Does an owned partition have records past the consumer's position? From the watermarks the
+    last fetches brought, so no broker round trip; True when it cannot tell (a stall is then reported
+    once it has lasted stall_after_ms)."""
+    try:
+        assignment = consumer.assignment()
+        positions = consumer.position(assignment) if assignment else []
+        return any(consumer.get_watermark_offsets(tp, cached=True)[1] > tp.offset >= 0 for tp in positions)
+    except KafkaException:
+        return True

@@ -39,7 +39,7 @@ from shared.codec import codec
 from shared.errors import FatalClientError, LedgergateError
 from shared.health import Health, on_stop_signal
 from shared.kafka.config import consumer_config, producer_config, transactional_producer_config
-from shared.kafka.fatal import ClientErrors
+from shared.kafka.fatal import ClientErrors, input_waiting
 from shared.kafka.headers import Headers
 from shared.kafka.topics import DEADLETTER
 from shared.settings import ServiceSettings
@@ -48,6 +48,9 @@ from shared.settings import ServiceSettings
 # away. A call still blocked CALL_GRACE_MS past its timeout (seen after a broker restart: a
 # commit_transaction that never returned) ends the process for a fresh instance (shared/health.py).
 CALL_TIMEOUT_S = 5.0
+# A commit is never retried in place (see _commit_transaction), so it may wait longer: an outage
+# shorter than this costs no restart.
+COMMIT_TIMEOUT_S = 15.0
 CALL_GRACE_MS = 5_000
 
 
@@ -198,7 +201,10 @@ class TransactionalRuntime:
         self.running = False
 
     def run(self, max_seconds: float | None = None) -> None:
-        self.health.start_watchdog(self.log)
+        # A stream service consumes whatever is consumable at once; input that waits twice the
+        # readiness window is a stuck consumer (or an upstream transaction left open), and a fresh
+        # instance fetches again (docs/decisions/0004).
+        self.health.start_watchdog(self.log, stalled_exit_ms=2 * self.o.stall_after_ms)
         if self.o.health_port:
             self.health.serve(self.o.health_host, self.o.health_port)
         if self.o.exactly_once:
@@ -252,20 +258,7 @@ class TransactionalRuntime:
         self.producer.flush(5)
 
     def _check_backlog(self) -> None:
-        """Readiness: is input waiting on an owned partition? Uses the watermarks the last fetches
-        brought (no broker round trip)."""
-        try:
-            assignment = self.consumer.assignment()
-            positions = self.consumer.position(assignment) if assignment else []
-            waiting = False
-            for tp in positions:
-                high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
-                if tp.offset >= 0 and high > tp.offset:
-                    waiting = True
-                    break
-        except KafkaException:
-            waiting = True  # cannot tell: a stall is then reported once stall_after_ms passes
-        self.health.backlog_is(waiting)
+        self.health.backlog_is(input_waiting(self.consumer))
         self.health.detail = {"partitions": list(self._assigned)}
 
     def _next_batch(self) -> list[Message]:
@@ -289,8 +282,7 @@ class TransactionalRuntime:
             err = msg.error()
             if err is not None:
                 if err.fatal():
-                    self.errors.record(err)
-                    self.errors.check()
+                    self.errors.fail(err)
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.log.warning("consume_error", error=str(err))
                 continue
@@ -314,9 +306,13 @@ class TransactionalRuntime:
             self.health.progressed()
 
     def _commit_transaction(self, out: Outbox, offsets: dict[tuple[str, int], int]) -> None:
-        """One transaction for the batch's outputs and input offsets. While the broker is away the
-        calls time out with retriable errors: each is retried (librdkafka allows retrying the same
-        call) until the deadline; an abortable error aborts and rewinds; anything else is fatal."""
+        """One transaction for the batch's outputs and input offsets. While the broker is away
+        send_offsets and abort time out with retriable errors and are retried until the deadline. A
+        commit is not: once it has timed out its outcome is the broker's to settle, so the process
+        exits and a fresh instance's init_transactions completes or aborts it, then rebuilds from
+        what was really committed (measured: one broker bounce in eight left requests undecided
+        while a timed-out commit was retried in place). An abortable error aborts and rewinds;
+        anything else is fatal."""
         deadline_ms = _mono_ms() + self.o.commit_deadline_ms
         try:
             self.producer.begin_transaction()
@@ -327,7 +323,8 @@ class TransactionalRuntime:
                 group = self.consumer.consumer_group_metadata()
                 self._retrying("send_offsets", deadline_ms,
                                lambda: self.producer.send_offsets_to_transaction(tps, group, CALL_TIMEOUT_S))
-            self._retrying("commit", deadline_ms, lambda: self.producer.commit_transaction(CALL_TIMEOUT_S))
+            self._retrying("commit", deadline_ms, lambda: self.producer.commit_transaction(COMMIT_TIMEOUT_S),
+                           retry=False)
         except KafkaException as exc:
             kerr = exc.args[0]
             if not kerr.txn_requires_abort() or kerr.fatal():
@@ -336,10 +333,11 @@ class TransactionalRuntime:
             self._retrying("abort", deadline_ms, lambda: self.producer.abort_transaction(CALL_TIMEOUT_S))
             self._rewind()
 
-    def _retrying(self, what: str, deadline_ms: int, call: Callable[[], None]) -> None:
+    def _retrying(self, what: str, deadline_ms: int, call: Callable[[], None], retry: bool = True) -> None:
+        timeout_s = CALL_TIMEOUT_S if retry else COMMIT_TIMEOUT_S
         while True:
             try:
-                with self.health.call(what, int(CALL_TIMEOUT_S * 1000) + CALL_GRACE_MS):
+                with self.health.call(what, int(timeout_s * 1000) + CALL_GRACE_MS):
                     call()
                 return
             except KafkaException as exc:
@@ -348,6 +346,9 @@ class TransactionalRuntime:
                     raise
                 if not self.running:
                     raise _Stopping(what) from exc
+                if not retry:
+                    raise FatalClientError(f"{self.o.service}: {what} timed out, its outcome is left to the "
+                                           f"next instance: {kerr}") from exc
                 if _mono_ms() >= deadline_ms:
                     raise FatalClientError(f"{self.o.service}: {what} not done within "
                                            f"{self.o.commit_deadline_ms} ms: {kerr}") from exc

@@ -74,13 +74,13 @@ class Gate:
                 raise AssertionError(f"not ready after {timeout_s:.0f} s: {reports}")
             time.sleep(0.5)
 
-    def _read(self, logical_topic: str) -> list[tuple[int, str, dict[str, Any]]]:
+    def read(self, logical_topic: str) -> list[tuple[int, str, dict[str, Any]]]:
         """Every committed record of a topic, from offset 0: (partition, type, record)."""
         return [(m.partition(), *codec().decode(m.value()))
                 for m in read_to_end(self.kafka.kafka_bootstrap, self.kafka.topic(logical_topic), list(range(6)))]
 
     def ledger(self) -> list[tuple[int, str, dict[str, Any]]]:
-        return self._read(T.LEDGER)
+        return self.read(T.LEDGER)
 
     def fold(self) -> dict[str, dict[str, dict[str, int]]]:
         """Invariant 3: balances from folding budget.ledger from offset 0."""
@@ -107,13 +107,13 @@ class Gate:
         raise AssertionError(f"service balances never matched the ledger fold:\nfold={fold}\nservice={reported}")
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        return [rec for _, _, rec in self._read(T.DEADLETTER)]
+        return [rec for _, _, rec in self.read(T.DEADLETTER)]
 
     def audit(self) -> list[dict[str, Any]]:
-        return [rec for _, _, rec in self._read(T.AUDIT)]
+        return [rec for _, _, rec in self.read(T.AUDIT)]
 
     def decisions(self) -> list[dict[str, Any]]:
-        return [rec for _, _, rec in self._read(T.DECISIONS)]
+        return [rec for _, _, rec in self.read(T.DECISIONS)]
 
 
 def wait_ready(client: GateClient, timeout_s: float = 120.0) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.devstack import kafka as broker
+from shared.kafka import topics as T
 from shared.settings import StackSettings
 from tests.e2e.conftest import GATE_SERVICES, Gate, Projected, free_port, probe, service_set
 from tests.e2e.readmodel import wait_projection_matches
@@ -82,6 +83,14 @@ def test_broker_restart_is_survived_without_a_hand(projected: Projected, stack: 
             edge.close()
 
 
+def _trace(gate: Gate, request_ids: set[str]) -> dict[str, list[str]]:
+    """The last topic on the request's way that holds it: which hop lost it (at most 5 shown)."""
+    hops = [(T.COUNTED, "counted"), (T.PLANNED, "planned"), (T.LEDGER, "ledger"), (T.DECISIONS, "decided")]
+    seen = {label: {rec["request_id"] for _, _, rec in gate.read(topic) if "request_id" in rec}
+            for topic, label in hops}
+    return {rid: [label for _, label in hops if rid in seen[label]] for rid in sorted(request_ids)[:5]}
+
+
 def _bounce(gate: Gate, projected: Projected, stack: StackSettings) -> None:
     gate.wait_ready(PROCESSES)
     tenants = [f"bounce-{i}" for i in range(8)]
@@ -97,7 +106,11 @@ def _bounce(gate: Gate, projected: Projected, stack: StackSettings) -> None:
     back_at = time.monotonic()
     _send_for(gate, AFTER_S, tenants, futures, sent_at)
 
-    decisions = [fut.result(timeout=DECISION_TIMEOUT_S + 10) for fut in futures]
+    for fut in futures:  # wait out every deadline; an undecided request is reported below, by hop
+        fut.exception(timeout=DECISION_TIMEOUT_S + 10)
+    undecided = {fut.request_id for fut in futures if fut.exception() is not None}
+    assert not undecided, f"{len(undecided)} requests undecided; where each got to: {_trace(gate, undecided)}"
+    decisions = [fut.result() for fut in futures]
     last_decided = max(fut.received_at for fut in futures)
     # received_at is perf_counter-based; measure recovery on the same clock.
     recovery_s = last_decided - (time.perf_counter() - (time.monotonic() - back_at))

@@ -67,3 +67,17 @@ def test_a_call_past_its_limit_is_overdue() -> None:
         clock.ms += 2_000
         assert h.overdue_call() == "commit"
     assert h.overdue_call() is None
+
+
+def test_stalled_time_counts_only_while_input_waits() -> None:
+    clock = Clock()
+    h = Health("svc", stall_after_ms=1_000, clock_ms=clock)
+    clock.ms += 5_000
+    h.backlog_is(False)  # the loop checks often: idle time is no stall
+    assert h.stalled_ms() == 0
+    h.backlog_is(True)
+    clock.ms += 3_000
+    h.turned()
+    assert h.stalled_ms() == 3_000
+    h.progressed()
+    assert h.stalled_ms() == 0
