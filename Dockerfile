@@ -2,26 +2,26 @@
 # with its command (`ledgergate run <service>`, `ledgergate topics apply`).
 FROM python:3.11-slim
 
-# PYTHONPATH: shared/settings.py locates schemas/ and deploy/ relative to the
-# imported package (PROJECT_ROOT). Importing from the copied tree in /app,
-# rather than from the copy pip puts in site-packages, keeps that lookup
-# pointing at the directory where they actually are.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONPATH=/app
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
 
 COPY pyproject.toml README.md ./
+COPY client/ client/
 COPY shared/ shared/
 COPY services/ services/
+COPY tools/ tools/
 COPY schemas/ schemas/
 COPY deploy/ deploy/
 
-# Installing the project gives the `ledgergate` entry point and the pinned
+# Installed in place (editable): the folders map onto the one import name
+# `ledgergate` (docs/decisions/0005-one-import-name.md), and
+# ledgergate.shared.settings finds deploy/ (migrations, broker config) beside
+# them in /app. It gives the `ledgergate` entry point and the pinned
 # dependencies; the in-tree build leftovers are not needed afterwards.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir -e . \
     && rm -rf build ./*.egg-info
 
 # Nothing needs root at run time. A fixed uid keeps file ownership

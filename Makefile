@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up down status topics test test-unit lint demo bench clean
+.PHONY: install up down status topics test test-unit lint typecheck demo bench client-wheel clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ topics: install
 lint: install
 	$(BIN)/ruff check .
 
+typecheck: install
+	$(BIN)/python -m ledgergate.tools.typecheck
+
 test-unit: install
 	$(BIN)/pytest tests/unit -q
 
@@ -44,6 +47,12 @@ demo: up
 
 bench: up
 	$(BIN)/ledgergate bench
+
+# The public package alone (`pip install dist/ledgergate-*.whl` in an agent app): confluent-kafka and fastavro.
+client-wheel: install
+	rm -rf client/build client/*.egg-info
+	$(BIN)/pip wheel -q --no-deps -w dist ./client
+	rm -rf client/build client/*.egg-info
 
 # Stops the stack and deletes the data directory it uses (LEDGERGATE_DATA_DIR, default .data).
 clean: install

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from shared.errors import CatalogueError, UnknownPriceError
+from ledgergate.shared.errors import CatalogueError, UnknownPriceError
 
 DATA_DIR = Path(__file__).with_name("data")
 PPM = 1_000_000

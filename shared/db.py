@@ -7,8 +7,8 @@ from pathlib import Path
 
 import psycopg
 
-from shared.errors import MigrationError
-from shared.settings import PROJECT_ROOT
+from ledgergate.shared.errors import MigrationError
+from ledgergate.shared.settings import PROJECT_ROOT
 
 MIGRATIONS_DIR = PROJECT_ROOT / "deploy" / "migrations"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")

@@ -1,21 +1,11 @@
-"""Every exception ledgergate raises on purpose lives here, so callers can catch by family.
-
-Each error carries a short machine-readable `code` (used as a DENY reason or a dead-letter header)
-beside its human message.
+"""Every exception the server side raises on purpose (services, library, tools) lives here, so callers can
+catch by family. The public package's errors (codec, SDK, ids) live in ledgergate.errors, with the common
+base `LedgergateError`.
 """
 
 from __future__ import annotations
 
-
-class LedgergateError(Exception):
-    """Base of every deliberate ledgergate error."""
-
-    code: str = "error"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
+from ledgergate.errors import LedgergateError
 
 # --- stack (local Kafka + PostgreSQL) ---------------------------------------------------------
 
@@ -24,33 +14,6 @@ class StackError(LedgergateError):
     """The local stack cannot be started, stopped or reached; the message names what is missing."""
 
     code = "stack_error"
-
-
-# --- encoding ----------------------------------------------------------------------------------
-
-
-class CodecError(LedgergateError):
-    """Bytes that cannot be decoded into an event, or an event that cannot be encoded."""
-
-    code = "codec_error"
-
-
-class UnknownFingerprintError(CodecError):
-    code = "unknown_schema_fingerprint"
-
-
-class TruncatedMessageError(CodecError):
-    code = "truncated_message"
-
-
-class MalformedMessageError(CodecError):
-    code = "malformed_message"
-
-
-class SchemaError(LedgergateError):
-    """A schema file in schemas/ is missing, invalid or incompatible with its previous version."""
-
-    code = "schema_error"
 
 
 # --- tokenizers --------------------------------------------------------------------------------
@@ -72,19 +35,6 @@ class UnknownModelError(TokenizerError):
     code = "unknown_model"
 
 
-# --- topics and Kafka ----------------------------------------------------------------------------
-
-
-class TopicConfigError(LedgergateError):
-    code = "topic_config_error"
-
-
-class GateTimeoutError(LedgergateError):
-    """The client SDK did not receive a decision within its timeout."""
-
-    code = "gate_timeout"
-
-
 # --- read model and reconciliation ------------------------------------------------------------------
 
 
@@ -102,21 +52,6 @@ class InvoiceError(LedgergateError):
 
 class MigrationError(LedgergateError):
     code = "migration_error"
-
-
-# --- client SDK -------------------------------------------------------------------------------------
-
-
-class GateClientError(LedgergateError):
-    """The client could not send a message, or was closed while a request waited."""
-
-    code = "gate_client_error"
-
-
-class GateOverloadedError(GateClientError):
-    """More requests are waiting for decisions than the client's bound allows."""
-
-    code = "gate_client_overloaded"
 
 
 # --- topics and Kafka -------------------------------------------------------------------------------

@@ -7,11 +7,14 @@ import os
 import sys
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 _configured = False
 
 
-def configure(service: str, level: str | None = None) -> structlog.stdlib.BoundLogger:
+# Loggers are FilteringBoundLoggers: the wrapper class configured below (and structlog's default before
+# configure() runs), not structlog.stdlib.BoundLogger, which only a stdlib wrapper_class would give.
+def configure(service: str, level: str | None = None) -> FilteringBoundLogger:
     global _configured
     if not _configured:
         logging.basicConfig(stream=sys.stderr, level=(level or os.environ.get("LEDGERGATE_LOG_LEVEL", "INFO")).upper(),
@@ -29,8 +32,9 @@ def configure(service: str, level: str | None = None) -> structlog.stdlib.BoundL
             cache_logger_on_first_use=True,
         )
         _configured = True
-    return structlog.get_logger().bind(service=service)
+    return get(service)
 
 
-def get(service: str) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger().bind(service=service)
+def get(service: str) -> FilteringBoundLogger:
+    logger: FilteringBoundLogger = structlog.get_logger()  # typed Any by structlog: it returns a lazy proxy
+    return logger.bind(service=service)

@@ -2,7 +2,7 @@
 
 The ledger is kept forever and replayed from offset 0, so every version of an event schema that ever
 wrote a message stays a *writer* schema, and the current file in schemas/avro/ is the *reader*. Two
-things must hold, and `check_all` checks both (CI and `python -m shared.schema_compat check`):
+things must hold, and `check_all` checks both (CI and `python -m ledgergate.shared.schema_compat check`):
 
 * every earlier version can be read by the current one (Avro backward compatibility), and
 * every earlier version is kept under schemas/avro/history/<Name>/<fingerprint>.avsc, because the codec
@@ -30,9 +30,9 @@ from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibi
 from avro.errors import AvroException
 from fastavro.schema import SchemaParseException
 
-from shared.codec import schema_fingerprint
-from shared.errors import SchemaError
-from shared.settings import PROJECT_ROOT
+from ledgergate.codec import schema_fingerprint
+from ledgergate.errors import SchemaError
+from ledgergate.shared.settings import PROJECT_ROOT
 
 
 def check_backward(reader_json: dict[str, Any], writer_json: dict[str, Any]) -> list[str]:
@@ -138,10 +138,10 @@ def check_all(root: Path) -> list[str]:
         versions = _committed_versions(root, path)
         if versions is None:
             return problems
-        current_fp, rel = schema_fingerprint(raw), path.relative_to(root).as_posix()
+        current_fp, git_rel = schema_fingerprint(raw), path.relative_to(root).as_posix()
         seen: set[bytes] = set()
         for commit, text in versions:
-            where = f"{rel} at {commit[:12]}"
+            where = f"{git_rel} at {commit[:12]}"
             try:
                 old = json.loads(text)
                 fp = schema_fingerprint(old)
@@ -156,7 +156,7 @@ def check_all(root: Path) -> list[str]:
             if not target.exists():
                 hist = target.relative_to(root).as_posix()
                 q = shlex.quote
-                fix = f"mkdir -p {q(str(Path(hist).parent))} && git show {q(f'{commit}:./{rel}')} > {q(hist)}"
+                fix = f"mkdir -p {q(str(Path(hist).parent))} && git show {q(f'{commit}:./{git_rel}')} > {q(hist)}"
                 problems.append(
                     f"{where}: this committed version (fingerprint {fp.hex()}) is not in history/, so its "
                     f"messages would become undecodable; fix with: {fix}")
@@ -179,7 +179,7 @@ def freeze(root: Path, name: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m shared.schema_compat check` or `... freeze Name [Name ...]`, from the project root."""
+    """`python -m ledgergate.shared.schema_compat check` or `... freeze Name [Name ...]`, from the project root."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["freeze"] and len(args) > 1:
         for name in args[1:]:
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in problems:
             print(problem, file=sys.stderr)
         return 1 if problems else 0
-    print("usage: python -m shared.schema_compat [check | freeze NAME...]", file=sys.stderr)
+    print("usage: python -m ledgergate.shared.schema_compat [check | freeze NAME...]", file=sys.stderr)
     return 2
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledgergate.settings import DEFAULT_BOOTSTRAP, TOPIC_PREFIX_MAX_CHARS, TOPIC_PREFIX_PATTERN
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,10 +23,10 @@ def _config(prefix: str = "LEDGERGATE_") -> SettingsConfigDict:
 class KafkaSettings(BaseSettings):
     model_config = _config()
 
-    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_bootstrap: str = DEFAULT_BOOTSTRAP
     # Prepended to every topic name, so tests and demos can run side by side on one broker
-    # without reading each other's ledgers.
-    topic_prefix: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
+    # without reading each other's ledgers. The public package's ClientSettings applies the same rule.
+    topic_prefix: str = Field(default="", max_length=TOPIC_PREFIX_MAX_CHARS, pattern=TOPIC_PREFIX_PATTERN)
 
     def topic(self, logical_name: str) -> str:
         return self.topic_prefix + logical_name
@@ -34,10 +36,8 @@ class KafkaSettings(BaseSettings):
 
 def _stack_dsn() -> str:
     """The local stack's database, from the same LEDGERGATE_PG_PORT/_USER/_PASSWORD/_DATABASE that
-    `ledgergate stack up` starts it with (the DSN format lives in shared/devstack/postgres.py)."""
-    from shared.devstack.postgres import dsn  # here, not at the top: that module imports this one
-
-    return dsn(StackSettings())
+    `ledgergate stack up` starts it with."""
+    return StackSettings().dsn()
 
 
 class PostgresSettings(BaseSettings):
@@ -65,6 +65,9 @@ class StackSettings(BaseSettings):
     start_timeout_s: float = Field(default=90.0, gt=0, le=600)
     # Below this much free disk the broker would start and then fail on its first segment roll.
     min_free_disk_mb: int = Field(default=1024, ge=0)
+
+    def dsn(self, database: str | None = None) -> str:
+        return f"postgresql://{self.pg_user}:{self.pg_password}@127.0.0.1:{self.pg_port}/{database or self.pg_database}"
 
 
 class ServiceSettings(KafkaSettings):

@@ -24,7 +24,7 @@ from typing import Any, Final
 import tiktoken
 from tiktoken import model as tiktoken_model
 
-from shared.errors import TokenizerError, TokenizerIntegrityError, UnknownModelError
+from ledgergate.shared.errors import TokenizerError, TokenizerIntegrityError, UnknownModelError
 
 # Budgets are always charged in one encoding, whatever the model, so that figures from different
 # models stay comparable; model-specific counts are for estimating what the provider will bill.

@@ -19,15 +19,17 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
-from services.alerter import core
-from shared.codec import codec
-from shared.errors import CodecError, DeadLetterError, DeliveryError, FatalClientError, MalformedMessageError
-from shared.health import Health, on_stop_signal
-from shared.kafka import topics as T
-from shared.kafka.config import consumer_config, producer_config
-from shared.kafka.fatal import ClientErrors
-from shared.logging import configure
-from shared.settings import AlerterSettings
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.errors import CodecError, MalformedMessageError
+from ledgergate.kafka_config import consumer_config, producer_config
+from ledgergate.services.alerter import core
+from ledgergate.shared.errors import DeadLetterError, DeliveryError, FatalClientError
+from ledgergate.shared.health import Health, on_stop_signal
+from ledgergate.shared.kafka.deadletter import dead_letter
+from ledgergate.shared.kafka.fatal import ClientErrors
+from ledgergate.shared.logging import configure
+from ledgergate.shared.settings import AlerterSettings
 
 Post = Callable[[str, bytes, dict[str, str], float], None]
 COMMIT_DEADLINE_S = 90.0
@@ -59,13 +61,13 @@ def http_post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) 
 
 class Alerter:
     def __init__(self, settings: AlerterSettings, post: Post = http_post) -> None:
-        self.s = settings
+        self.settings = settings
         self.url = core.check_url(settings.alert_webhook_url)
         self.secret = settings.alert_webhook_secret.get_secret_value() if settings.alert_webhook_secret else None
         self.post = post
         self.log = configure("alerter")
-        self.topic = settings.topic(T.ALERTS)
-        self.deadletter_topic = settings.topic(T.DEADLETTER)
+        self.topic = settings.topic(topics.ALERTS)
+        self.deadletter_topic = settings.topic(topics.DEADLETTER)
         self.stopping = threading.Event()
         worst = core.worst_case_ms(settings.alert_max_attempts, settings.alert_backoff_initial_ms,
                                    settings.alert_backoff_max_ms, settings.alert_timeout_s)
@@ -107,11 +109,11 @@ class Alerter:
 
     def run(self) -> None:
         self.health.start_watchdog(self.log)
-        if self.s.health_port:
-            self.health.serve(self.s.health_host, self.s.health_port)
+        if self.settings.health_port:
+            self.health.serve(self.settings.health_host, self.settings.health_port)
         self.consumer.subscribe([self.topic])
         self.log.info("alerter_started", topic=self.topic, webhook=core.redacted(self.url),
-                      max_attempts=self.s.alert_max_attempts)
+                      max_attempts=self.settings.alert_max_attempts)
         try:
             while not self.stopping.is_set():
                 self.errors.check()
@@ -149,10 +151,10 @@ class Alerter:
         headers = core.headers(alert, body, self.secret)
         context = {"tenant_id": alert["tenant_id"], "alert_id": alert["alert_id"]}
         error: DeliveryError | None = None
-        for attempt in range(1, self.s.alert_max_attempts + 1):
+        for attempt in range(1, self.settings.alert_max_attempts + 1):
             started = time.monotonic()
             try:
-                self.post(self.url, body, headers, self.s.alert_timeout_s)
+                self.post(self.url, body, headers, self.settings.alert_timeout_s)
                 self.log.info("alert_delivered", attempt=attempt, ms=round((time.monotonic() - started) * 1000),
                               **context)
                 return True
@@ -160,10 +162,10 @@ class Alerter:
                 error = exc
             self.log.warning("alert_attempt_failed", attempt=attempt, error=error.message,
                              permanent=error.permanent, **context)
-            if error.permanent or attempt == self.s.alert_max_attempts:
+            if error.permanent or attempt == self.settings.alert_max_attempts:
                 break
-            delay_ms = core.backoff_ms(attempt, self.s.alert_backoff_initial_ms, self.s.alert_backoff_max_ms,
-                                       error.retry_after_ms)
+            delay_ms = core.backoff_ms(attempt, self.settings.alert_backoff_initial_ms,
+                                       self.settings.alert_backoff_max_ms, error.retry_after_ms)
             if self.stopping.wait(delay_ms / 1000):
                 return False
         assert error is not None
@@ -173,14 +175,7 @@ class Alerter:
 
     def _dead_letter(self, msg: Message, code: str, message: str, context: dict[str, str]) -> None:
         self.log.error("alert_dead_lettered", partition=msg.partition(), offset=msg.offset(), error=code, **context)
-        envelope = codec().encode("DeadLetter", {
-            "original_topic": msg.topic(), "original_partition": msg.partition(), "original_offset": msg.offset(),
-            "original_key": msg.key(), "original_value": msg.value(), "error_code": code,
-            "error_message": message[:2000], "service": "alerter", "failed_at_ms": int(time.time() * 1000)})
-        # The same headers as the stream runtime's dead letters, so one tool reads both.
-        headers = [("original_topic", msg.topic().encode()), ("original_partition", str(msg.partition()).encode()),
-                   ("original_offset", str(msg.offset()).encode()), ("error_code", code.encode()),
-                   ("error", message[:500].encode())]
+        envelope, headers = dead_letter(msg, "alerter", code, message)
         failures: list[str] = []
         self.producer.produce(self.deadletter_topic, key=msg.key(), value=envelope, headers=headers,
                               on_delivery=lambda err, _m: failures.append(str(err)) if err is not None else None)

@@ -9,8 +9,8 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from shared.errors import AlerterConfigError
-from shared.tables import iso_ms, usd
+from ledgergate.shared.errors import AlerterConfigError
+from ledgergate.shared.units import iso_ms, usd
 
 EVENT_TYPE = "budget.threshold_crossed"
 # A client error will not fix itself on retry, except these: timeout, too early, rate limited.

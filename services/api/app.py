@@ -15,13 +15,23 @@ import uvicorn
 from fastapi import FastAPI
 from psycopg_pool import ConnectionPool
 
-from services.api import errors
-from services.api.commands import CommandPublisher
-from services.api.middleware import BodyLimitMiddleware, RequestContextMiddleware, UnhandledErrorMiddleware
-from services.api.routes import admin, alerts, balances, budgets, decisions, health, ledger, policies, reports
-from shared import db
-from shared.logging import configure
-from shared.settings import ApiSettings
+from ledgergate.services.api import errors
+from ledgergate.services.api.commands import CommandPublisher
+from ledgergate.services.api.middleware import BodyLimitMiddleware, RequestContextMiddleware, UnhandledErrorMiddleware
+from ledgergate.services.api.routes import (
+    admin,
+    alerts,
+    balances,
+    budgets,
+    decisions,
+    health,
+    ledger,
+    policies,
+    reports,
+)
+from ledgergate.shared import db
+from ledgergate.shared.logging import configure
+from ledgergate.shared.settings import ApiSettings
 
 DESCRIPTION = """\
 Budgets, policies, balances, ledger, decisions and spend reports of ledgergate tenants.
@@ -85,6 +95,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
 def run(settings: ApiSettings | None = None) -> None:
     settings = settings or ApiSettings()
-    # log_config=None keeps shared.logging's JSON setup; the middleware writes the access log.
+    # log_config=None keeps ledgergate.shared.logging's JSON setup; the middleware writes the access log.
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None,
                 access_log=False, proxy_headers=False, timeout_graceful_shutdown=10)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from shared.errors import ApiKeyError
-from shared.ids import id_problem, name_problem
+from ledgergate.ids import id_problem, name_problem
+from ledgergate.shared.errors import ApiKeyError
 
 TOKEN_PREFIX = "lgk_"
 _TOKEN = re.compile(r"^lgk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$")

@@ -19,18 +19,18 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from services.api.errors import Unavailable
-from services.api.log import log
-from shared.codec import codec
-from shared.kafka import topics as T
-from shared.kafka.config import producer_config
-from shared.settings import KafkaSettings
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.kafka_config import producer_config
+from ledgergate.services.api.errors import Unavailable
+from ledgergate.services.api.log import log
+from ledgergate.shared.settings import KafkaSettings
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
     tenant_id: str
-    kind: str  # one of shared.client.COMMAND_KINDS
+    kind: str  # one of ledgergate.client.COMMAND_KINDS
     scope_type: str = "TENANT"
     scope_id: str = ""
     amount_micro_usd: int = 0
@@ -41,7 +41,7 @@ class Command:
 
 class CommandPublisher:
     def __init__(self, settings: KafkaSettings, timeout_s: float) -> None:
-        self.topic = settings.topic(T.COMMANDS)
+        self.topic = settings.topic(topics.COMMANDS)
         self.timeout_s = timeout_s
         # librdkafka gives up on a message when the request does, instead of retrying it for its default
         # five minutes: a command answered 503 should not quietly apply long afterwards.

@@ -14,11 +14,11 @@ from fastapi import Depends, Path, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import ConnectionPool
 
-from services.api import auth
-from services.api.commands import CommandPublisher
-from services.api.errors import Forbidden, Unauthorized
-from shared.ids import ID_PATTERN, MAX_ID_CHARS
-from shared.settings import ApiSettings
+from ledgergate.ids import ID_PATTERN, MAX_ID_CHARS
+from ledgergate.services.api import auth
+from ledgergate.services.api.commands import CommandPublisher
+from ledgergate.services.api.errors import Forbidden, Unauthorized
+from ledgergate.shared.settings import ApiSettings
 
 # auto_error=False: a missing key must be our 401 JSON, not FastAPI's 403 "Not authenticated".
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <api key>`")

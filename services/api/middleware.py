@@ -15,8 +15,8 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.api.errors import INTERNAL_ERROR_MESSAGE, error_body, log_unhandled
-from services.api.log import log
+from ledgergate.services.api.errors import INTERNAL_ERROR_MESSAGE, error_body, log_unhandled
+from ledgergate.services.api.log import log
 
 REQUEST_ID_HEADER = "x-request-id"
 # A caller's request id is echoed into logs and headers only when it looks like an id, never arbitrary text.

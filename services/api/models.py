@@ -8,7 +8,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from shared.ids import ID_PATTERN, MAX_ID_CHARS, MAX_NAME_CHARS, name_problem
+from ledgergate.ids import ID_PATTERN, MAX_ID_CHARS, MAX_NAME_CHARS, name_problem
 
 # The budget-manager rejects anything above this too (services/budget_manager/core.py): a billion dollars
 # is a typo, not a budget.
@@ -19,7 +19,7 @@ MAX_REASON_CHARS = 256
 
 
 def printable(max_chars: int = MAX_NAME_CHARS, *, required: bool = True) -> AfterValidator:
-    """shared.ids' name rule as a pydantic validator: printable text (no NUL, control, format or surrogate
+    """ledgergate.ids' name rule as a pydantic validator: printable text (no NUL, control, format or surrogate
     character) of at most `max_chars`. The error is the rule's own sentence; pydantic's loc names the field."""
     def check(value: str | None) -> str | None:
         if value is not None and (problem := name_problem("value", value, required=required, max_chars=max_chars)):
@@ -28,7 +28,7 @@ def printable(max_chars: int = MAX_NAME_CHARS, *, required: bool = True) -> Afte
     return AfterValidator(check)
 
 
-# Ids (tenant, workflow, request, agent): shared.ids' one rule. pydantic's pattern engine anchors `$` at the
+# Ids (tenant, workflow, request, agent): ledgergate.ids' one rule. pydantic's pattern engine anchors `$` at the
 # very end, so a trailing newline is refused too.
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
 # strict: money is a JSON integer; "100" or 1.0 is a client bug to report, not a value to coerce.

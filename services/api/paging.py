@@ -1,7 +1,7 @@
 """Keyset paging: an opaque cursor holds the sort key of the last row served, so a page costs an index
 seek however deep it is and rows appended meanwhile never shift a page (unlike OFFSET).
 
-Also the query and path parameter types every route reuses, each bounded by shared.ids' one rule, so no
+Also the query and path parameter types every route reuses, each bounded by ledgergate.ids' one rule, so no
 parameter reaches PostgreSQL with a NUL, a control character or an unbounded length.
 """
 
@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
 
-from services.api.errors import Unprocessable
-from services.api.models import DEFAULT_PAGE, MAX_PAGE, printable
-from shared.ids import ID_PATTERN, MAX_ID_CHARS, MAX_NAME_CHARS
+from ledgergate.ids import ID_PATTERN, MAX_ID_CHARS, MAX_NAME_CHARS
+from ledgergate.services.api.errors import Unprocessable
+from ledgergate.services.api.models import DEFAULT_PAGE, MAX_PAGE, printable
 
 # A UTC month, YYYY-MM. [0-9], not \d (which also matches other scripts' digits); years 1970..2999, so
 # the month after it always exists.
@@ -29,9 +29,9 @@ Offset = Annotated[int | None, Query(ge=0, le=1_000_000, description="rows to sk
 Order = Annotated[Literal["asc", "desc"], Query(description="by time, then id")]
 FromMs = Annotated[int | None, Query(ge=0, le=2**62, description="inclusive lower bound, epoch ms")]
 ToMs = Annotated[int | None, Query(ge=0, le=2**62, description="exclusive upper bound, epoch ms")]
-# An id filter (workflow, tenant): shared.ids' id rule.
+# An id filter (workflow, tenant): ledgergate.ids' id rule.
 FilterId = Annotated[str | None, Query(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
-# A name filter (model, entry type): shared.ids' name rule, printable and 1..128 characters.
+# A name filter (model, entry type): ledgergate.ids' name rule, printable and 1..128 characters.
 FilterName = Annotated[str | None, Query(min_length=1, max_length=MAX_NAME_CHARS), printable()]
 # An id in the path (request id).
 IdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]

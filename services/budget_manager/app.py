@@ -16,19 +16,19 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from services.budget_manager import core
-from shared.catalogue import prices
-from shared.codec import codec
-from shared.errors import MalformedMessageError
-from shared.ids import id_problem, name_problem
-from shared.kafka import topics as T
-from shared.kafka.headers import stamped
-from shared.kafka.reader import read_to_end
-from shared.kafka.runtime import Outbox, run_service
-from shared.ledger.entries import LedgerEntry, ThresholdCrossed, Usage, from_record, to_record
-from shared.ledger.state import TenantState, balances_view, evolve
-from shared.logging import configure
-from shared.settings import BudgetManagerSettings
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.errors import MalformedMessageError
+from ledgergate.ids import id_problem, name_problem
+from ledgergate.services.budget_manager import core
+from ledgergate.shared.catalogue import prices
+from ledgergate.shared.kafka.headers import stamped
+from ledgergate.shared.kafka.reader import read_to_end
+from ledgergate.shared.kafka.runtime import Outbox, run_service
+from ledgergate.shared.ledger.entries import LedgerEntry, ThresholdCrossed, Usage, from_record, to_record
+from ledgergate.shared.ledger.state import TenantState, balances_view, evolve
+from ledgergate.shared.logging import configure
+from ledgergate.shared.settings import BudgetManagerSettings
 
 
 def reserve_from_plan(rec: dict[str, Any]) -> core.Reserve:
@@ -53,7 +53,7 @@ def settle_from_usage(rec: dict[str, Any]) -> core.Settle:
 
 
 def command_problem(rec: dict[str, Any]) -> str | None:
-    """The edge rule (shared/ids.py) for an operator command that did not come through the API
+    """The edge rule (client/ledgergate/ids.py) for an operator command that did not come through the API
     (which checks the same rule): its strings end up in ledger entries and the read model."""
     return (id_problem("command_id", rec["command_id"]) or id_problem("tenant_id", rec["tenant_id"])
             or id_problem("scope_id", rec["scope_id"], required=False)
@@ -72,14 +72,14 @@ def command_from_record(rec: dict[str, Any]) -> core.Command:
 
 class BudgetManager:
     def __init__(self, settings: BudgetManagerSettings) -> None:
-        self.s = settings
+        self.settings = settings
         self.log = configure("budget-manager")
         self.prices = prices()
-        self.topic_planned = settings.topic(T.PLANNED)
-        self.topic_metered = settings.topic(T.METERED)
-        self.topic_commands = settings.topic(T.COMMANDS)
-        self.topic_ledger = settings.topic(T.LEDGER)
-        self.topic_alerts = settings.topic(T.ALERTS)
+        self.topic_planned = settings.topic(topics.PLANNED)
+        self.topic_metered = settings.topic(topics.METERED)
+        self.topic_commands = settings.topic(topics.COMMANDS)
+        self.topic_ledger = settings.topic(topics.LEDGER)
+        self.topic_alerts = settings.topic(topics.ALERTS)
         self.tenants: dict[int, dict[str, TenantState]] = {}
         self.expiry_heap: list[tuple[int, int, str, str]] = []  # (expires_at_ms, partition, tenant, request)
         self.dirty = False
@@ -92,7 +92,7 @@ class BudgetManager:
         for p in partitions:
             self.tenants[p] = {}
         count = 0
-        for msg in read_to_end(self.s.kafka_bootstrap, self.topic_ledger, partitions):
+        for msg in read_to_end(self.settings.kafka_bootstrap, self.topic_ledger, partitions):
             name, rec = codec().decode(msg.value())
             entry = from_record(name, rec)
             self._apply(msg.partition(), entry)
@@ -132,7 +132,8 @@ class BudgetManager:
         state = self._state(msg.partition(), rec["tenant_id"])
         if name == "InvocationPlanned":
             entries: list[LedgerEntry] | core.Rejected = core.decide_reserve(
-                state, reserve_from_plan(rec), now_ms, self.s.reservation_ttl_ms, f"{msg.partition()}:{msg.offset()}")
+                state, reserve_from_plan(rec), now_ms, self.settings.reservation_ttl_ms,
+                f"{msg.partition()}:{msg.offset()}")
         elif name == "UsageMetered":
             entries = core.decide_settle(state, settle_from_usage(rec), now_ms, self.prices)
             if not entries:
@@ -167,14 +168,14 @@ class BudgetManager:
             state = self.tenants.get(partition, {}).get(tenant_id)
             if state is not None:  # the heap may name holds since settled or voided: decide_expire says []
                 self._append(partition, core.decide_expire(state, request_id, now_ms), out, stamped(None, "budget"))
-        if self.dirty and self.s.state_dump_path is not None:
+        if self.dirty and self.settings.state_dump_path is not None:
             self.dump_state()
             self.dirty = False
 
     def dump_state(self) -> None:
         view = {tenant: balances_view(state) for tenants in self.tenants.values()
                 for tenant, state in tenants.items()}
-        path = self.s.state_dump_path
+        path = self.settings.state_dump_path
         assert path is not None
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(view, sort_keys=True))

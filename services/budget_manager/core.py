@@ -1,6 +1,6 @@
 """budget-manager's pure decision core: `decide_*(state, command, now_ms) -> entries`.
 
-No I/O and no mutation here: the adapter folds the returned entries with `shared.ledger.state.evolve`.
+No I/O and no mutation here: the adapter folds the returned entries with `ledgergate.shared.ledger.state.evolve`.
 Reserve-then-settle follows TigerBeetle's two-phase transfers: a reservation is a pending hold on every
 ancestor scope, later posted (settled), voided or expired. The request id is the reservation id and the
 idempotency key.
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.catalogue import PriceCatalogue, UnknownPriceError
-from shared.ledger.entries import (
+from ledgergate.shared.catalogue import PriceCatalogue, UnknownPriceError
+from ledgergate.shared.ledger.entries import (
     BudgetLimitSet,
     CreditGranted,
     LedgerEntry,
@@ -26,8 +26,8 @@ from shared.ledger.entries import (
     ThresholdCrossed,
     Usage,
 )
-from shared.ledger.periods import period_of
-from shared.ledger.state import CONFLICT_REASON, RATE_LIMITED_REASON, TENANT, WORKFLOW, ScopeKey, TenantState
+from ledgergate.shared.ledger.periods import period_of
+from ledgergate.shared.ledger.state import CONFLICT_REASON, RATE_LIMITED_REASON, TENANT, WORKFLOW, ScopeKey, TenantState
 
 THRESHOLDS_PCT = (50, 80, 100)
 MAX_CANDIDATES = 8
@@ -271,6 +271,10 @@ def decide_command(state: TenantState, cmd: Command, now_ms: int) -> list[Ledger
                 return Rejected("invalid_policy", "SET_POLICY needs policy_json")
             return [*entries, PolicyChanged(entry_id, cmd.tenant_id, period, now_ms, state.policy_version + 1,
                                             cmd.policy_json, cmd.command_id)]
+        case "EXPIRE_DUE":
+            # An operator's "now" for the expiry the service also runs on its own every expiry interval;
+            # a redelivered one finds nothing due, so it applies once like every other command.
+            return [*entries, *decide_expiry(state, now_ms)]
         case _:
             return Rejected("unknown_command", f"command kind {cmd.kind!r} is not handled here")
 

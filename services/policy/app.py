@@ -12,31 +12,31 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from services.policy import core
-from services.policy.document import Policy, PolicyError, default_policy, parse_policy
-from shared.catalogue import prices
-from shared.codec import codec
-from shared.errors import MalformedMessageError
-from shared.kafka import topics as T
-from shared.kafka.headers import stamped
-from shared.kafka.reader import end_offsets, read_to_end
-from shared.kafka.runtime import Outbox, run_service
-from shared.ledger.entries import from_record
-from shared.ledger.periods import period_of
-from shared.ledger.state import TENANT, TenantState, evolve
-from shared.logging import configure
-from shared.settings import PolicySettings
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.errors import MalformedMessageError
+from ledgergate.services.policy import core
+from ledgergate.shared.catalogue import prices
+from ledgergate.shared.kafka.headers import stamped
+from ledgergate.shared.kafka.reader import end_offsets, read_to_end
+from ledgergate.shared.kafka.runtime import Outbox, run_service
+from ledgergate.shared.ledger.entries import from_record
+from ledgergate.shared.ledger.periods import period_of
+from ledgergate.shared.ledger.state import TENANT, TenantState, evolve
+from ledgergate.shared.logging import configure
+from ledgergate.shared.policy import Policy, PolicyError, default_policy, parse_policy
+from ledgergate.shared.settings import PolicySettings
 
 
 class PolicyService:
     def __init__(self, settings: PolicySettings) -> None:
-        self.s = settings
+        self.settings = settings
         self.log = configure("policy")
         self.prices = prices()
         self.base = default_policy(settings.default_policy_path) if settings.default_policy_path else default_policy()
-        self.topic_counted = settings.topic(T.COUNTED)
-        self.topic_ledger = settings.topic(T.LEDGER)
-        self.topic_planned = settings.topic(T.PLANNED)
+        self.topic_counted = settings.topic(topics.COUNTED)
+        self.topic_ledger = settings.topic(topics.LEDGER)
+        self.topic_planned = settings.topic(topics.PLANNED)
         # partition -> tenant -> the fold of that partition's ledger. Per partition, so that a partition
         # assigned again (after a rebalance moved it away and back) is folded from scratch: folding it
         # on top of the states already held counted every entry twice.
@@ -47,8 +47,8 @@ class PolicyService:
     def assigned(self, partitions: list[int]) -> dict[tuple[str, int], int]:
         for p in partitions:
             self.tenants[p] = {}
-        ends = end_offsets(self.s.kafka_bootstrap, self.topic_ledger, partitions)
-        for msg in read_to_end(self.s.kafka_bootstrap, self.topic_ledger, partitions, end=ends):
+        ends = end_offsets(self.settings.kafka_bootstrap, self.topic_ledger, partitions)
+        for msg in read_to_end(self.settings.kafka_bootstrap, self.topic_ledger, partitions, end=ends):
             self._fold(msg)
         self.log.info("policy_state_rebuilt", partitions=partitions,
                       tenants=sum(len(self.tenants[p]) for p in partitions))

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.policy.document import Policy
-from shared.catalogue import PriceCatalogue
+from ledgergate.shared.catalogue import PriceCatalogue
+from ledgergate.shared.policy import Policy
 
 
 @dataclass(frozen=True, slots=True)

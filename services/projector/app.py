@@ -23,23 +23,18 @@ from typing import Any, TypeVar
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from services.projector import core, sql
-from shared.codec import codec
-from shared.db import migrate
-from shared.errors import (
-    FatalClientError,
-    LedgergateError,
-    StaleOffsetsError,
-    UnexpectedEventError,
-    UnstorableValueError,
-)
-from shared.health import Health, on_stop_signal
-from shared.kafka import topics as T
-from shared.kafka.config import consumer_config
-from shared.kafka.fatal import ClientErrors, input_waiting
-from shared.ledger.entries import ENTRY_TYPES, from_record
-from shared.logging import configure
-from shared.settings import ProjectorSettings
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.errors import LedgergateError
+from ledgergate.kafka_config import consumer_config
+from ledgergate.services.projector import core, sql
+from ledgergate.shared.db import migrate
+from ledgergate.shared.errors import FatalClientError, StaleOffsetsError, UnexpectedEventError, UnstorableValueError
+from ledgergate.shared.health import Health, on_stop_signal
+from ledgergate.shared.kafka.fatal import ClientErrors, input_waiting
+from ledgergate.shared.ledger.entries import ENTRY_TYPES, from_record
+from ledgergate.shared.logging import configure
+from ledgergate.shared.settings import ProjectorSettings
 
 R = TypeVar("R")
 EXPECTED = {core.DECISIONS: "GateDecision", core.AUDIT: "AuditRecord"}
@@ -49,11 +44,11 @@ MAX_BACKOFF_S = 5.0
 
 class Projector:
     def __init__(self, settings: ProjectorSettings) -> None:
-        self.s = settings
+        self.settings = settings
         self.log = configure("projector")
         self.name = settings.projector_consumer
-        self.kinds = {settings.topic(T.LEDGER): core.LEDGER, settings.topic(T.DECISIONS): core.DECISIONS,
-                      settings.topic(T.AUDIT): core.AUDIT}
+        self.kinds = {settings.topic(topics.LEDGER): core.LEDGER, settings.topic(topics.DECISIONS): core.DECISIONS,
+                      settings.topic(topics.AUDIT): core.AUDIT}
         # (topic, partition) -> next offset as stored in consumer_offsets (-1: no row yet), for every
         # partition this instance owns. The compare-and-set in sql.write checks against it.
         self.positions: dict[tuple[str, int], int] = {}
@@ -95,7 +90,7 @@ class Projector:
         if self.conn is None or self.conn.closed:
             # autocommit: every statement runs inside an explicit conn.transaction() block (sql.py), so
             # no implicit transaction is ever left open between batches.
-            self.conn = psycopg.connect(self.s.pg_dsn, connect_timeout=10, autocommit=True)
+            self.conn = psycopg.connect(self.settings.pg_dsn, connect_timeout=10, autocommit=True)
             sql.prepare(self.conn)
         return self.conn
 
@@ -144,11 +139,11 @@ class Projector:
 
     def run(self, max_seconds: float | None = None) -> None:
         self.health.start_watchdog(self.log)
-        if self.s.health_port:
-            self.health.serve(self.s.health_host, self.s.health_port)
-        applied = self._retry("migrate", lambda: migrate(self.s.pg_dsn))
+        if self.settings.health_port:
+            self.health.serve(self.settings.health_host, self.settings.health_port)
+        applied = self._retry("migrate", lambda: migrate(self.settings.pg_dsn))
         self.log.info("projector_starting", migrations_applied=applied, topics=list(self.kinds),
-                      batch=self.s.projector_batch)
+                      batch=self.settings.projector_batch)
         self.consumer.subscribe(list(self.kinds), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
         deadline = time.monotonic() + max_seconds if max_seconds else None
@@ -160,7 +155,7 @@ class Projector:
                 first = self.consumer.poll(0.1)
                 if first is not None:
                     # Whatever is already fetched joins the batch; nothing waits for more to arrive.
-                    self._project([first, *self.consumer.consume(self.s.projector_batch - 1, 0)])
+                    self._project([first, *self.consumer.consume(self.settings.projector_batch - 1, 0)])
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + 1.0

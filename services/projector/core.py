@@ -1,6 +1,6 @@
 """projector's pure core: decoded events become read-model rows; no I/O.
 
-`balance_deltas` is the projector's copy of the balance arithmetic in shared.ledger.state.evolve, as
+`balance_deltas` is the projector's copy of the balance arithmetic in ledgergate.shared.ledger.state.evolve, as
 additive deltas per (tenant, scope, period), so a batch can be applied with one set-based upsert and
 summed in any order. tests/unit/test_projector_core.py folds random ledgers both ways and compares.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import UnstorableValueError
-from shared.ids import printable
-from shared.ledger.entries import (
+from ledgergate.ids import printable
+from ledgergate.shared.errors import UnstorableValueError
+from ledgergate.shared.ledger.entries import (
     BudgetLimitSet,
     CreditGranted,
     LedgerEntry,
@@ -22,7 +22,7 @@ from shared.ledger.entries import (
     ReservationVoided,
     ThresholdCrossed,
 )
-from shared.ledger.state import TENANT, WORKFLOW
+from ledgergate.shared.ledger.state import TENANT, WORKFLOW
 
 LEDGER, DECISIONS, AUDIT = "ledger", "decisions", "audit"
 
@@ -105,7 +105,7 @@ def _workflow(entry: LedgerEntry) -> str | None:
 
 @dataclass(slots=True)
 class Batch:
-    """Rows for one PostgreSQL transaction, as tuples in the column order of services.projector.sql."""
+    """Rows for one PostgreSQL transaction, as tuples in the column order of ledgergate.services.projector.sql."""
 
     ledger: list[tuple[Any, ...]] = field(default_factory=list)
     deltas: list[tuple[Any, ...]] = field(default_factory=list)

@@ -15,8 +15,8 @@ import orjson
 import psycopg
 from psycopg.types.json import set_json_dumps
 
-from services.projector.core import Batch
-from shared.errors import StaleOffsetsError
+from ledgergate.services.projector.core import Batch
+from ledgergate.shared.errors import StaleOffsetsError
 
 # name -> (columns with types); the COPY column order is the order of core.Batch's tuples.
 STAGES: dict[str, str] = {

@@ -14,43 +14,43 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from services.router import core
-from shared.catalogue import deployments
-from shared.codec import codec
-from shared.kafka import topics as T
-from shared.kafka.headers import stamped
-from shared.kafka.reader import end_offsets, last_message, read_to_end
-from shared.kafka.runtime import Outbox, run_service
-from shared.ledger.entries import ReservationDenied, ReservationPlaced, ReservationRepeated, from_record
-from shared.logging import configure
-from shared.settings import RouterSettings
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.services.router import core
+from ledgergate.shared.catalogue import deployments
+from ledgergate.shared.kafka.headers import stamped
+from ledgergate.shared.kafka.reader import end_offsets, last_message, read_to_end
+from ledgergate.shared.kafka.runtime import Outbox, run_service
+from ledgergate.shared.ledger.entries import ReservationDenied, ReservationPlaced, ReservationRepeated, from_record
+from ledgergate.shared.logging import configure
+from ledgergate.shared.settings import RouterSettings
 
 DECIDING = (ReservationPlaced, ReservationDenied)
 
 
 class Router:
     def __init__(self, settings: RouterSettings) -> None:
-        self.s = settings
+        self.settings = settings
         self.log = configure("router")
         self.deployments = deployments()
-        self.topic_ledger = settings.topic(T.LEDGER)
-        self.topic_decisions = settings.topic(T.DECISIONS)
-        self.topic_audit = settings.topic(T.AUDIT)
+        self.topic_ledger = settings.topic(topics.LEDGER)
+        self.topic_decisions = settings.topic(topics.DECISIONS)
+        self.topic_audit = settings.topic(topics.AUDIT)
         self.chains: dict[int, core.Chain] = {}
         self.decisions: OrderedDict[str, dict[str, Any]] = OrderedDict()  # entry id -> decision, bounded
 
     def assigned(self, partitions: list[int]) -> None:
         for p in partitions:
             chain = core.Chain(p)
-            last = last_message(self.s.kafka_bootstrap, self.topic_audit, p)
+            last = last_message(self.settings.kafka_bootstrap, self.topic_audit, p)
             if last is not None:
                 _, rec = codec().decode(last.value())
                 chain.next_sequence, chain.last_hash = rec["chain_sequence"] + 1, rec["hash"]
             self.chains[p] = chain
         # Refill the memory of recent decisions, so a repeated request id is answered identically.
-        ends = end_offsets(self.s.kafka_bootstrap, self.topic_ledger, partitions)
-        starts = {p: max(0, ends[p] - self.s.rebuild_window) for p in partitions}
-        for msg in read_to_end(self.s.kafka_bootstrap, self.topic_ledger, partitions, starts, end=ends):
+        ends = end_offsets(self.settings.kafka_bootstrap, self.topic_ledger, partitions)
+        starts = {p: max(0, ends[p] - self.settings.rebuild_window) for p in partitions}
+        for msg in read_to_end(self.settings.kafka_bootstrap, self.topic_ledger, partitions, starts, end=ends):
             name, rec = codec().decode(msg.value())
             if name in ("ReservationPlaced", "ReservationDenied"):
                 entry = from_record(name, rec)
@@ -66,10 +66,10 @@ class Router:
         pass
 
     def _remember(self, entry_id: str, decision: dict[str, Any]) -> None:
-        if self.s.remembered_decisions == 0:
+        if self.settings.remembered_decisions == 0:
             return
         self.decisions[entry_id] = decision
-        if len(self.decisions) > self.s.remembered_decisions:
+        if len(self.decisions) > self.settings.remembered_decisions:
             self.decisions.popitem(last=False)
 
     def handle(self, msg: Message, out: Outbox) -> None:

@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from shared.audit import GENESIS_HASH, record_hash
-from shared.catalogue import DeploymentCatalogue
-from shared.ledger.entries import LedgerEntry, ReservationDenied, ReservationPlaced
+from ledgergate.shared.audit import GENESIS_HASH, record_hash
+from ledgergate.shared.catalogue import DeploymentCatalogue
+from ledgergate.shared.ledger.entries import LedgerEntry, ReservationDenied, ReservationPlaced
 
 THROTTLE_REASONS = frozenset({"rate_limited"})
 

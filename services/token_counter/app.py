@@ -9,16 +9,17 @@ from typing import Any
 import tiktoken
 from confluent_kafka import Message
 
-from services.token_counter import core
-from shared.codec import codec
-from shared.errors import CodecError, LedgergateError, MalformedMessageError, TokenizerError
-from shared.ids import id_problem, name_problem, printable
-from shared.kafka import topics as T
-from shared.kafka.headers import stamped
-from shared.kafka.runtime import Outbox, run_service
-from shared.logging import configure
-from shared.settings import TokenCounterSettings
-from shared.tokenizers import encoding_for_model
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.errors import CodecError, LedgergateError, MalformedMessageError
+from ledgergate.ids import id_problem, name_problem, printable
+from ledgergate.services.token_counter import core
+from ledgergate.shared.errors import TokenizerError
+from ledgergate.shared.kafka.headers import stamped
+from ledgergate.shared.kafka.runtime import Outbox, run_service
+from ledgergate.shared.logging import configure
+from ledgergate.shared.settings import TokenCounterSettings
+from ledgergate.shared.tokenizers import encoding_for_model
 
 
 def _header(msg: Message, name: str) -> str | None:
@@ -30,12 +31,12 @@ def _header(msg: Message, name: str) -> str | None:
 
 class TokenCounter:
     def __init__(self, settings: TokenCounterSettings) -> None:
-        self.s = settings
+        self.settings = settings
         self.log = configure("token-counter")
-        self.topic_requests = settings.topic(T.REQUESTS)
-        self.topic_completions = settings.topic(T.COMPLETIONS)
-        self.topic_counted = settings.topic(T.COUNTED)
-        self.topic_metered = settings.topic(T.METERED)
+        self.topic_requests = settings.topic(topics.REQUESTS)
+        self.topic_completions = settings.topic(topics.COMPLETIONS)
+        self.topic_counted = settings.topic(topics.COUNTED)
+        self.topic_metered = settings.topic(topics.METERED)
         self.encodings: dict[str, tiktoken.Encoding] = {}
         self.input_tokens: OrderedDict[str, int] = OrderedDict()  # request id -> input tokens, bounded
         self.drift: dict[str, core.Drift] = {}
@@ -52,7 +53,7 @@ class TokenCounter:
     def encoding_for(self, model: str) -> tiktoken.Encoding:
         enc = self.encodings.get(model)
         if enc is None:
-            enc = self.encodings[model] = encoding_for_model(model, self.s.tokenizer_fallback)
+            enc = self.encodings[model] = encoding_for_model(model, self.settings.tokenizer_fallback)
         return enc
 
     def handle(self, msg: Message, out: Outbox) -> None:
@@ -76,11 +77,11 @@ class TokenCounter:
             out.emit(self.topic_counted, msg.key(), self._invalid(request_id, key_tenant, exc.message),
                      stamped(msg, "count"))
             return
-        reason = core.validate(rec, key_tenant, self.s.max_messages)
+        reason = core.validate(rec, key_tenant, self.settings.max_messages)
         counted = None
         if reason is None:
             try:
-                counted = core.count_request(rec, self.encoding_for, self.s.max_output_tokens)
+                counted = core.count_request(rec, self.encoding_for, self.settings.max_output_tokens)
             except TokenizerError as exc:
                 reason = exc.message
         if reason is not None:
@@ -124,10 +125,10 @@ class TokenCounter:
             "request_sha256": "", "invalid_reason": printable(reason)[:500], "counted_at_ms": int(time.time() * 1000)})
 
     def _remember(self, request_id: str, input_tokens: int) -> None:
-        if self.s.remembered_requests == 0:
+        if self.settings.remembered_requests == 0:
             return
         self.input_tokens[request_id] = input_tokens
-        if len(self.input_tokens) > self.s.remembered_requests:
+        if len(self.input_tokens) > self.settings.remembered_requests:
             self.input_tokens.popitem(last=False)
 
     def _meter(self, msg: Message, out: Outbox) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import tiktoken
 
-from shared.ids import MAX_ID_CHARS, id_problem, request_problem
-from shared.tokenizers import ACCOUNTING_ENCODING, count_chat, count_text, get_encoding
+from ledgergate.ids import MAX_ID_CHARS, id_problem, request_problem
+from ledgergate.shared.tokenizers import ACCOUNTING_ENCODING, count_chat, count_text, get_encoding
 
 __all__ = ["MAX_ID_CHARS", "Counted", "Drift", "Metered", "addressable", "count_request", "meter", "request_sha256",
            "validate"]
@@ -48,7 +48,7 @@ def addressable(request_id: str | None, tenant_id: str | None) -> str | None:
 
 def validate(rec: Mapping[str, Any], key_tenant: str | None, max_messages: int) -> str | None:
     """A reason the request is malformed, or None. Reasons become DENY invalid_request details.
-    Every client-chosen id and name is checked here, at the edge (shared/ids.py), so nothing
+    Every client-chosen id and name is checked here, at the edge (client/ledgergate/ids.py), so nothing
     downstream (ledger, read model, logs) ever holds a NUL, a control character or an unbounded id."""
     if not rec["messages"]:
         return "messages is empty"

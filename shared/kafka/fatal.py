@@ -9,8 +9,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
 
-from shared.errors import FatalClientError
-from shared.health import Health
+from ledgergate.shared.errors import FatalClientError
+from ledgergate.shared.health import Health
 
 
 class ClientErrors:

@@ -7,13 +7,26 @@ import time
 
 from confluent_kafka import Message
 
-Headers = list[tuple[str, bytes]]
+# The list form of confluent-kafka's header type, element for element: Producer.produce() takes it as is
+# (lists are invariant, so a list[tuple[str, bytes]] would not do), and a header can arrive with no value.
+Headers = list[tuple[str, str | bytes | None]]
 PREFIX = "lg-t-"
 MAX_HEADERS = 16  # a bound on what we carry forward, whatever arrives
 
 
+def received(msg: Message) -> Headers:
+    """A consumed message's headers. librdkafka hands them over as a list; the stub also allows the dict
+    that produce() accepts, which a consumed message never has."""
+    headers = msg.headers()
+    if headers is None:
+        return []
+    if not isinstance(headers, list):
+        raise TypeError(f"headers of a consumed message should be a list, not {type(headers).__name__}")
+    return headers
+
+
 def stamped(msg: Message | None, stage: str) -> Headers:
-    carried: Headers = [(k, v) for k, v in (msg.headers() or [])[:MAX_HEADERS]] if msg is not None else []
+    carried: Headers = received(msg)[:MAX_HEADERS] if msg is not None else []
     carried.append((PREFIX + stage, str(time.time_ns() // 1000).encode()))  # microseconds
     return carried
 

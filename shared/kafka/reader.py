@@ -11,8 +11,34 @@ from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from shared.errors import ReadTimeoutError
-from shared.kafka.config import consumer_config
+from ledgergate.kafka_config import consumer_config
+from ledgergate.shared.errors import ReadTimeoutError
+
+
+# confluent-kafka types a message's topic, partition and offset as Optional: they are None only on a
+# Message built by hand or on some error events. Every message a consumer hands over with error() None
+# has all three, so these narrow the types and fail loudly should that ever not hold.
+
+
+def topic_of(msg: Message) -> str:
+    topic = msg.topic()
+    if topic is None:
+        raise ValueError(f"message without a topic (error: {msg.error()})")
+    return topic
+
+
+def partition_of(msg: Message) -> int:
+    partition = msg.partition()
+    if partition is None:
+        raise ValueError(f"message of {msg.topic()} without a partition (error: {msg.error()})")
+    return partition
+
+
+def offset_of(msg: Message) -> int:
+    offset = msg.offset()
+    if offset is None:
+        raise ValueError(f"message of {msg.topic()}[{msg.partition()}] without an offset (error: {msg.error()})")
+    return offset
 
 
 def _high_watermark(consumer: Consumer, topic: str, partition: int, timeout_s: float = 30.0) -> int:
@@ -59,11 +85,12 @@ def read_to_end(bootstrap: str, topic: str, partitions: list[int], start: dict[i
         while todo:
             msgs = consumer.consume(batch, 0.1)
             for msg in msgs:
-                if msg.error() is not None:
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        raise ReadTimeoutError(f"reading {topic}: {msg.error()}")
+                error = msg.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        raise ReadTimeoutError(f"reading {topic}: {error}")
                     continue
-                if msg.offset() < ends[msg.partition()]:
+                if offset_of(msg) < ends[partition_of(msg)]:
                     yield msg
             # Positions move past transaction markers too, so compare positions, not message offsets.
             for tp in consumer.position([TopicPartition(topic, p) for p in list(todo)]):

@@ -35,14 +35,15 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from shared.codec import codec
-from shared.errors import FatalClientError, LedgergateError
-from shared.health import Health, on_stop_signal
-from shared.kafka.config import consumer_config, producer_config, transactional_producer_config
-from shared.kafka.fatal import ClientErrors, input_waiting
-from shared.kafka.headers import Headers
-from shared.kafka.topics import DEADLETTER
-from shared.settings import ServiceSettings
+from ledgergate.errors import LedgergateError
+from ledgergate.kafka_config import consumer_config, producer_config, transactional_producer_config
+from ledgergate.shared.errors import FatalClientError
+from ledgergate.shared.health import Health, on_stop_signal
+from ledgergate.shared.kafka.deadletter import dead_letter
+from ledgergate.shared.kafka.fatal import ClientErrors, input_waiting
+from ledgergate.shared.kafka.headers import Headers
+from ledgergate.shared.settings import ServiceSettings
+from ledgergate.topics import DEADLETTER
 
 # Each blocking transaction call waits at most CALL_TIMEOUT_S and is retried while the broker is
 # away. A call still blocked CALL_GRACE_MS past its timeout (seen after a broker restart: a
@@ -147,7 +148,7 @@ def run_service(service: str, settings: ServiceSettings, handler: Handler, input
 
 class TransactionalRuntime:
     def __init__(self, options: RuntimeOptions, handler: Handler, log: Any = None) -> None:
-        self.o = options
+        self.options = options
         self.handler = handler
         self.log = log if log is not None else _Silent()
         self.running = True
@@ -184,7 +185,7 @@ class TransactionalRuntime:
         for tp in partitions:
             if (tp.topic, tp.partition) in starts:
                 tp.offset = starts[(tp.topic, tp.partition)]
-        if self.o.assignment_strategy == "cooperative-sticky":
+        if self.options.assignment_strategy == "cooperative-sticky":
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
@@ -204,16 +205,17 @@ class TransactionalRuntime:
         # A stream service consumes whatever is consumable at once; input that waits twice the
         # readiness window is a stuck consumer (or an upstream transaction left open), and a fresh
         # instance fetches again (docs/decisions/0004).
-        self.health.start_watchdog(self.log, stalled_exit_ms=2 * self.o.stall_after_ms)
-        if self.o.health_port:
-            self.health.serve(self.o.health_host, self.o.health_port)
-        if self.o.exactly_once:
+        self.health.start_watchdog(self.log, stalled_exit_ms=2 * self.options.stall_after_ms)
+        if self.options.health_port:
+            self.health.serve(self.options.health_host, self.options.health_port)
+        if self.options.exactly_once:
             try:
                 with self.health.call("init_transactions", 30_000 + CALL_GRACE_MS):
                     self.producer.init_transactions(30)
             except KafkaException as exc:  # no broker within 30 s: let the supervisor try again
-                raise FatalClientError(f"{self.o.service}: cannot initialise transactions: {exc.args[0]}") from exc
-        self.consumer.subscribe(self.o.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                raise FatalClientError(
+                    f"{self.options.service}: cannot initialise transactions: {exc.args[0]}") from exc
+        self.consumer.subscribe(self.options.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
         next_idle_ms = 0
         deadline = time.monotonic() + max_seconds if max_seconds else None
@@ -224,7 +226,7 @@ class TransactionalRuntime:
                 now_ms = int(time.time() * 1000)
                 idle_due = now_ms >= next_idle_ms
                 if idle_due:
-                    next_idle_ms = now_ms + self.o.idle_interval_ms
+                    next_idle_ms = now_ms + self.options.idle_interval_ms
                     self._check_backlog()
                 else:
                     self.health.turned()
@@ -237,7 +239,7 @@ class TransactionalRuntime:
         except KafkaException as exc:  # a client call failed in a way nothing above handles
             self.health.failed(str(exc.args[0]))
             self.log.error("exiting_for_restart", error=str(exc.args[0]))
-            raise FatalClientError(f"{self.o.service}: Kafka client error: {exc.args[0]}") from exc
+            raise FatalClientError(f"{self.options.service}: Kafka client error: {exc.args[0]}") from exc
         except FatalClientError as exc:
             self.health.failed(exc.message)
             self.log.error("exiting_for_restart", error=exc.message)
@@ -253,7 +255,7 @@ class TransactionalRuntime:
                 self.consumer.close()
         except (KafkaException, RuntimeError) as exc:
             self.log.warning("consumer_close_failed", error=str(exc))
-        if self.o.exactly_once and self.errors.fatal is None:
+        if self.options.exactly_once and self.errors.fatal is None:
             return  # nothing outside a transaction is queued; an open one is aborted by the next instance
         self.producer.flush(5)
 
@@ -265,15 +267,15 @@ class TransactionalRuntime:
         """What is waiting, at once; else the first message to arrive, plus whatever came with it.
         consume(n, timeout) alone would wait out its whole timeout unless n messages arrived, adding
         that timeout to every request's latency at low rates."""
-        msgs = self.consumer.consume(self.o.max_batch, 0)
+        msgs = self.consumer.consume(self.options.max_batch, 0)
         if msgs:
             return msgs
-        if self.o.batch_linger_s > 0:
-            return self.consumer.consume(self.o.max_batch, self.o.batch_linger_s)
-        first = self.consumer.poll(self.o.poll_timeout_s)
+        if self.options.batch_linger_s > 0:
+            return self.consumer.consume(self.options.max_batch, self.options.batch_linger_s)
+        first = self.consumer.poll(self.options.poll_timeout_s)
         if first is None:
             return []
-        return [first, *self.consumer.consume(self.o.max_batch - 1, 0)] if self.o.max_batch > 1 else [first]
+        return [first, *self.consumer.consume(self.options.max_batch - 1, 0)] if self.options.max_batch > 1 else [first]
 
     def _transact(self, msgs: list[Message], idle_now_ms: int | None) -> None:
         out = Outbox()
@@ -298,7 +300,7 @@ class TransactionalRuntime:
         if not offsets and not out.records:
             self.health.turned()
             return
-        if not self.o.exactly_once:
+        if not self.options.exactly_once:
             self._produce_then_commit(out, offsets)
         else:
             self._commit_transaction(out, offsets)
@@ -313,7 +315,7 @@ class TransactionalRuntime:
         what was really committed (measured: one broker bounce in eight left requests undecided
         while a timed-out commit was retried in place). An abortable error aborts and rewinds;
         anything else is fatal."""
-        deadline_ms = _mono_ms() + self.o.commit_deadline_ms
+        deadline_ms = _mono_ms() + self.options.commit_deadline_ms
         try:
             self.producer.begin_transaction()
             for topic, key, value, headers, partition in out.records:
@@ -328,7 +330,7 @@ class TransactionalRuntime:
         except KafkaException as exc:
             kerr = exc.args[0]
             if not kerr.txn_requires_abort() or kerr.fatal():
-                raise FatalClientError(f"{self.o.service}: transaction failed: {kerr}") from exc
+                raise FatalClientError(f"{self.options.service}: transaction failed: {kerr}") from exc
             self.log.warning("transaction_aborted", error=str(kerr))
             self._retrying("abort", deadline_ms, lambda: self.producer.abort_transaction(CALL_TIMEOUT_S))
             self._rewind()
@@ -347,11 +349,11 @@ class TransactionalRuntime:
                 if not self.running:
                     raise _Stopping(what) from exc
                 if not retry:
-                    raise FatalClientError(f"{self.o.service}: {what} timed out, its outcome is left to the "
+                    raise FatalClientError(f"{self.options.service}: {what} timed out, its outcome is left to the "
                                            f"next instance: {kerr}") from exc
                 if _mono_ms() >= deadline_ms:
-                    raise FatalClientError(f"{self.o.service}: {what} not done within "
-                                           f"{self.o.commit_deadline_ms} ms: {kerr}") from exc
+                    raise FatalClientError(f"{self.options.service}: {what} not done within "
+                                           f"{self.options.commit_deadline_ms} ms: {kerr}") from exc
                 self.health.turned()  # waiting on the broker, not wedged
                 self.log.warning("transaction_retry", step=what, error=str(kerr))
 
@@ -362,7 +364,7 @@ class TransactionalRuntime:
         for topic, key, value, headers, partition in out.records:
             self._produce(topic, key, value, headers, partition)
         # While the broker is away deliveries wait (message.timeout.ms); keep the loop visibly alive.
-        deadline_ms = _mono_ms() + self.o.commit_deadline_ms
+        deadline_ms = _mono_ms() + self.options.commit_deadline_ms
         undelivered = self.producer.flush(1)
         while undelivered and not self._delivery_failed and _mono_ms() < deadline_ms and self.errors.fatal is None:
             if not self.running:
@@ -372,7 +374,7 @@ class TransactionalRuntime:
         self.errors.check()
         if undelivered or self._delivery_failed:
             # Offsets stay where they were; a fresh instance re-reads the batch (at least once).
-            raise FatalClientError(f"{self.o.service}: {undelivered} outputs not acknowledged "
+            raise FatalClientError(f"{self.options.service}: {undelivered} outputs not acknowledged "
                                    f"(delivery failed: {self._delivery_failed}); not committing offsets")
         if offsets:
             try:
@@ -413,14 +415,8 @@ class TransactionalRuntime:
 
     def _dead_letter(self, msg: Message, code: str, message: str, out: Outbox) -> None:
         self.log.info("dead_lettered", topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), error=code)
-        envelope = codec().encode("DeadLetter", {
-            "original_topic": msg.topic(), "original_partition": msg.partition(), "original_offset": msg.offset(),
-            "original_key": msg.key(), "original_value": msg.value(), "error_code": code,
-            "error_message": message[:2000], "service": self.o.service, "failed_at_ms": int(time.time() * 1000)})
-        headers = [("original_topic", msg.topic().encode()), ("original_partition", str(msg.partition()).encode()),
-                   ("original_offset", str(msg.offset()).encode()), ("error_code", code.encode()),
-                   ("error", message[:500].encode())]
-        out.emit(self.o.deadletter_topic, msg.key(), envelope, headers)
+        envelope, headers = dead_letter(msg, self.options.service, code, message)
+        out.emit(self.options.deadletter_topic, msg.key(), envelope, headers)
 
 
 def _mono_ms() -> int:

@@ -10,9 +10,9 @@ import time
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from shared.errors import TopicConfigError
-from shared.kafka.config import admin_config, consumer_config
-from shared.kafka.reader import end_offsets
+from ledgergate.errors import TopicConfigError
+from ledgergate.kafka_config import admin_config, consumer_config
+from ledgergate.shared.kafka.reader import end_offsets
 
 
 def partition_count(bootstrap: str, topic: str, timeout_s: float = 10.0) -> int:

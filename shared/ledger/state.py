@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.ledger.entries import (
+from ledgergate.shared.ledger.entries import (
     BudgetLimitSet,
     CreditGranted,
     LedgerEntry,

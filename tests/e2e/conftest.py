@@ -16,14 +16,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared.client import GateClient
-from shared.codec import codec
-from shared.kafka import topics as T
-from shared.kafka.reader import read_to_end
-from shared.ledger.entries import from_record
-from shared.ledger.state import TenantState, balances_view, evolve
-from shared.servicerunner import ServiceSet
-from shared.settings import KafkaSettings, PostgresSettings
+from ledgergate import topics
+from ledgergate.client import GateClient
+from ledgergate.codec import codec
+from ledgergate.shared.kafka.reader import read_to_end
+from ledgergate.shared.ledger.entries import from_record
+from ledgergate.shared.ledger.state import TenantState, balances_view, evolve
+from ledgergate.shared.settings import KafkaSettings, PostgresSettings
+from ledgergate.tools.servicerunner import ServiceSet
 
 GATE_SERVICES = ["token-counter", "policy", "budget-manager", "router"]
 RESERVATION_TTL_MS = 4000
@@ -80,7 +80,7 @@ class Gate:
                 for m in read_to_end(self.kafka.kafka_bootstrap, self.kafka.topic(logical_topic), list(range(6)))]
 
     def ledger(self) -> list[tuple[int, str, dict[str, Any]]]:
-        return self.read(T.LEDGER)
+        return self.read(topics.LEDGER)
 
     def fold(self) -> dict[str, dict[str, dict[str, int]]]:
         """Invariant 3: balances from folding budget.ledger from offset 0."""
@@ -107,13 +107,13 @@ class Gate:
         raise AssertionError(f"service balances never matched the ledger fold:\nfold={fold}\nservice={reported}")
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        return [rec for _, _, rec in self.read(T.DEADLETTER)]
+        return [rec for _, _, rec in self.read(topics.DEADLETTER)]
 
     def audit(self) -> list[dict[str, Any]]:
-        return [rec for _, _, rec in self.read(T.AUDIT)]
+        return [rec for _, _, rec in self.read(topics.AUDIT)]
 
     def decisions(self) -> list[dict[str, Any]]:
-        return [rec for _, _, rec in self.read(T.DECISIONS)]
+        return [rec for _, _, rec in self.read(topics.DECISIONS)]
 
 
 def wait_ready(client: GateClient, timeout_s: float = 120.0) -> None:

@@ -9,13 +9,13 @@ from typing import Any
 
 import psycopg
 
-from shared.audit import verify_chain
-from shared.codec import codec
-from shared.kafka import topics as T
-from shared.kafka.reader import read_to_end
-from shared.ledger.entries import from_record
-from shared.ledger.state import TenantState, balances_view, evolve
-from shared.settings import KafkaSettings
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.shared.audit import verify_chain
+from ledgergate.shared.kafka.reader import read_to_end
+from ledgergate.shared.ledger.entries import from_record
+from ledgergate.shared.ledger.state import TenantState, balances_view, evolve
+from ledgergate.shared.settings import KafkaSettings
 from tests.e2e.conftest import Projected
 
 PARTITIONS = list(range(6))
@@ -37,21 +37,21 @@ def _unstorable(rec: dict[str, Any]) -> bool:
 def expected(kafka: KafkaSettings) -> dict[str, Any]:
     """The read model as a fold of budget.ledger, gate.decisions and audit.log from offset 0. A record
     PostgreSQL cannot store is not in the tables but in projection_errors, with its coordinates."""
-    read = {topic: _read(kafka, topic) for topic in (T.LEDGER, T.DECISIONS, T.AUDIT)}
+    read = {topic: _read(kafka, topic) for topic in (topics.LEDGER, topics.DECISIONS, topics.AUDIT)}
     errors = sorted((kafka.topic(topic), p, o, "unstorable_value") for topic, rows in read.items()
                     for p, o, _, r in rows if _unstorable(r))
     read = {topic: [row for row in rows if not _unstorable(row[3])] for topic, rows in read.items()}
-    ledger = read[T.LEDGER]
+    ledger = read[topics.LEDGER]
     states: dict[str, TenantState] = {}
     for _, _, name, rec in ledger:
         evolve(states.setdefault(rec["tenant_id"], TenantState(rec["tenant_id"])), from_record(name, rec))
     placed_tier = {(r["tenant_id"], r["request_id"]): r["tier"] for _, _, n, r in ledger if n == "ReservationPlaced"}
-    audit = read[T.AUDIT]
+    audit = read[topics.AUDIT]
     return {
         "balances": {t: balances_view(s) for t, s in states.items() if s.balances},
         "limits": {(t, st, sid): v for t, s in states.items() for (st, sid), v in s.limits.items()},
         "ledger": sorted((r["tenant_id"], r["entry_id"], n, p, o) for p, o, n, r in ledger),
-        "decisions": sorted({(d["tenant_id"], d["ledger_entry_id"]): d for _, _, _, d in read[T.DECISIONS]}
+        "decisions": sorted({(d["tenant_id"], d["ledger_entry_id"]): d for _, _, _, d in read[topics.DECISIONS]}
                             .items()),
         "usage": sorted(((r["tenant_id"], r["request_id"]), (
             r["entry_id"], r["workflow_id"], r["model"], *r["usage"].values(), r["usage_estimated"],
@@ -109,7 +109,7 @@ def wait_ledger_quiet(p: Projected, timeout_s: float = 60.0) -> None:
     """Every hold settled, voided or expired, so no entry is still on its way."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        ledger = _read(p.gate.kafka, T.LEDGER)
+        ledger = _read(p.gate.kafka, topics.LEDGER)
         placed = {(r["tenant_id"], r["request_id"]) for _, _, n, r in ledger if n == "ReservationPlaced"}
         closed = {(r["tenant_id"], r["request_id"]) for _, _, n, r in ledger
                   if n in ("ReservationSettled", "ReservationVoided", "ReservationExpired")}

@@ -15,15 +15,15 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from shared import db
-from shared.cli import main
-from shared.codec import codec
-from shared.kafka import topics as T
-from shared.kafka.config import admin_config, producer_config
-from shared.kafka.partitioning import murmur2_partition
-from shared.replay import AuditReplay, ReplayOptions
-from shared.reports import render_replay
-from shared.settings import PostgresSettings
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.kafka_config import admin_config, producer_config
+from ledgergate.shared import db
+from ledgergate.shared.kafka.partitioning import murmur2_partition
+from ledgergate.shared.settings import PostgresSettings
+from ledgergate.tools.cli import main
+from ledgergate.tools.replay import AuditReplay, ReplayOptions
+from ledgergate.tools.reports import render_replay
 from tests.e2e.conftest import Gate
 from tests.e2e.traffic import audit_records, drive, settlements
 from tests.fresh_db import fresh_database, insert_usage
@@ -31,13 +31,13 @@ from tests.fresh_db import fresh_database, insert_usage
 
 def _replay(gate: Gate, topic: str | None = None, **kw: Any) -> tuple[dict[str, Any], list[str]]:
     lines: list[str] = []
-    report = AuditReplay(ReplayOptions(gate.kafka.kafka_bootstrap, topic or gate.kafka.topic(T.AUDIT),
-                                       gate.kafka.topic(T.LEDGER), progress=lines.append, **kw)).run()
+    report = AuditReplay(ReplayOptions(gate.kafka.kafka_bootstrap, topic or gate.kafka.topic(topics.AUDIT),
+                                       gate.kafka.topic(topics.LEDGER), progress=lines.append, **kw)).run()
     return report, lines
 
 
 def _sum_by_key(rows: list[dict[str, Any]], tenant: str | None = None, from_ms: int = 0) -> dict[tuple, list[int]]:
-    from shared.tables import utc_day
+    from ledgergate.shared.units import utc_day
 
     out: dict[tuple, list[int]] = {}
     for s in rows:

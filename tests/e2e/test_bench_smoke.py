@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from shared import cli
-from shared.settings import StackSettings
+from ledgergate.shared.settings import StackSettings
+from ledgergate.tools import cli
 
 pytestmark = pytest.mark.e2e
 

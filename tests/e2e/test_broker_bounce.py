@@ -17,9 +17,9 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.devstack import kafka as broker
-from shared.kafka import topics as T
-from shared.settings import StackSettings
+from ledgergate import topics
+from ledgergate.shared.settings import StackSettings
+from ledgergate.tools.devstack import kafka as broker
 from tests.e2e.conftest import GATE_SERVICES, Gate, Projected, free_port, probe, service_set
 from tests.e2e.readmodel import wait_projection_matches
 from tests.webhook import webhook
@@ -85,7 +85,8 @@ def test_broker_restart_is_survived_without_a_hand(projected: Projected, stack: 
 
 def _trace(gate: Gate, request_ids: set[str]) -> dict[str, list[str]]:
     """The last topic on the request's way that holds it: which hop lost it (at most 5 shown)."""
-    hops = [(T.COUNTED, "counted"), (T.PLANNED, "planned"), (T.LEDGER, "ledger"), (T.DECISIONS, "decided")]
+    hops = [(topics.COUNTED, "counted"), (topics.PLANNED, "planned"), (topics.LEDGER, "ledger"),
+            (topics.DECISIONS, "decided")]
     seen = {label: {rec["request_id"] for _, _, rec in gate.read(topic) if "request_id" in rec}
             for topic, label in hops}
     return {rid: [label for _, label in hops if rid in seen[label]] for rid in sorted(request_ids)[:5]}

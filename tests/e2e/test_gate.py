@@ -8,8 +8,8 @@ from collections import Counter
 
 from confluent_kafka import Producer
 
-from shared.kafka import topics as T
-from shared.kafka.config import producer_config
+from ledgergate import topics
+from ledgergate.kafka_config import producer_config
 from tests.e2e.conftest import RESERVATION_TTL_MS, Gate
 
 USD = 1_000_000
@@ -113,9 +113,9 @@ def test_repeats_are_identical_and_malformed_input_is_denied(gate: Gate) -> None
     # Garbage bytes with a readable key and request id header: DENY invalid_request, not a crash.
     bad_id = f"bad-{uuid.uuid4().hex[:8]}"
     producer = Producer(producer_config(gate.kafka.kafka_bootstrap))
-    producer.produce(gate.kafka.topic(T.REQUESTS), key=b"retry", value=b"\xc3\x01garbage-not-avro",
+    producer.produce(gate.kafka.topic(topics.REQUESTS), key=b"retry", value=b"\xc3\x01garbage-not-avro",
                      headers=[("request_id", bad_id.encode())])
-    producer.produce(gate.kafka.topic(T.REQUESTS), key=None, value=b"\x00nothing readable")
+    producer.produce(gate.kafka.topic(topics.REQUESTS), key=None, value=b"\x00nothing readable")
     assert producer.flush(10) == 0
     decision = _wait(lambda: next((d for d in gate.decisions() if d["request_id"] == bad_id), None),
                      what="invalid_request decision")
@@ -123,7 +123,7 @@ def test_repeats_are_identical_and_malformed_input_is_denied(gate: Gate) -> None
     # Nothing readable at all: a dead-letter record that names the error and where the input was.
     dead = _wait(lambda: gate.dead_letters(), what="dead letter")
     assert len(dead) == 1
-    assert dead[0]["original_topic"] == gate.kafka.topic(T.REQUESTS)
+    assert dead[0]["original_topic"] == gate.kafka.topic(topics.REQUESTS)
     assert dead[0]["error_code"] == "malformed_message" and dead[0]["original_value"] == b"\x00nothing readable"
 
 

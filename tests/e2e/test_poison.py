@@ -13,9 +13,9 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from shared.codec import codec
-from shared.kafka import topics as T
-from shared.kafka.config import producer_config
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.kafka_config import producer_config
 from tests.e2e.conftest import GATE_SERVICES, Projected
 from tests.e2e.readmodel import wait_projection_matches
 
@@ -77,10 +77,10 @@ def test_hostile_strings_are_denied_dead_lettered_or_recorded_and_nothing_stops(
             label, rid = f"{field}/{name}", f"poison-{uuid.uuid4().hex[:12]}"
             rec = _request(rid)
             _spoil(rec, field, value)
-            raw.send(label, kafka.topic(T.REQUESTS), codec().encode("InvocationRequested", rec), TENANT.encode(),
+            raw.send(label, kafka.topic(topics.REQUESTS), codec().encode("InvocationRequested", rec), TENANT.encode(),
                      request_id=rec["request_id"])
             if field == "request_id":
-                dead[label] = T.REQUESTS  # no valid id to answer under
+                dead[label] = topics.REQUESTS  # no valid id to answer under
             else:
                 deny[label] = rid  # the tenant comes from the key when the body's is bad
 
@@ -89,13 +89,13 @@ def test_hostile_strings_are_denied_dead_lettered_or_recorded_and_nothing_stops(
     rec = _request(rid)
     rec["workflow_id"] = "WFWFWFWF"
     body = codec().encode("InvocationRequested", rec).replace(b"WFWFWFWF", b"\xff\xfe\xed\xa0\x80\xc3\x28\xff")
-    raw.send("invalid_utf8", kafka.topic(T.REQUESTS), body, TENANT.encode(), request_id=rid)
+    raw.send("invalid_utf8", kafka.topic(topics.REQUESTS), body, TENANT.encode(), request_id=rid)
     deny["invalid_utf8"] = rid
-    raw.send("invalid_utf8_no_header", kafka.topic(T.REQUESTS), body, TENANT.encode())
-    dead["invalid_utf8_no_header"] = T.REQUESTS
+    raw.send("invalid_utf8_no_header", kafka.topic(topics.REQUESTS), body, TENANT.encode())
+    dead["invalid_utf8_no_header"] = topics.REQUESTS
     # No key at all: treated like a key that differs from the body's tenant.
     rid = f"poison-{uuid.uuid4().hex[:12]}"
-    raw.send("no_key", kafka.topic(T.REQUESTS), codec().encode("InvocationRequested", _request(rid)), None,
+    raw.send("no_key", kafka.topic(topics.REQUESTS), codec().encode("InvocationRequested", _request(rid)), None,
              request_id=rid)
     deny["no_key"] = rid
 
@@ -106,25 +106,25 @@ def test_hostile_strings_are_denied_dead_lettered_or_recorded_and_nothing_stops(
                     "usage": {"input_tokens": 1, "cached_input_tokens": 0, "output_tokens": 1, "reasoning_tokens": 0},
                     "completion_text": None, "completed_at_ms": int(time.time() * 1000), "trace_context": {},
                     field: value}
-            raw.send(f"completion/{field}/{name}", kafka.topic(T.COMPLETIONS),
+            raw.send(f"completion/{field}/{name}", kafka.topic(topics.COMPLETIONS),
                      codec().encode("InvocationCompleted", done), TENANT.encode())
-            dead[f"completion/{field}/{name}"] = T.COMPLETIONS
+            dead[f"completion/{field}/{name}"] = topics.COMPLETIONS
         for field in ("reason", "scope_id"):
             command = {"command_id": str(uuid.uuid4()), "tenant_id": TENANT, "kind": "GRANT_CREDIT",
                        "scope_type": "TENANT", "scope_id": TENANT, "amount_micro_usd": 1, "request_id": None,
                        "policy_json": None, "reason": "", "issued_by": "poison", "issued_at_ms": 0, field: value}
-            raw.send(f"command/{field}/{name}", kafka.topic(T.COMMANDS), codec().encode("BudgetCommand", command),
+            raw.send(f"command/{field}/{name}", kafka.topic(topics.COMMANDS), codec().encode("BudgetCommand", command),
                      TENANT.encode())
-            dead[f"command/{field}/{name}"] = T.COMMANDS
+            dead[f"command/{field}/{name}"] = topics.COMMANDS
     raw.flush()
 
     # Records a sink cannot store, written past the gate straight onto the projector's input topics.
     valid = gate.client.request(TENANT, [{"role": "user", "content": "ok"}], "gpt-4o-mini", 16, timeout_s=60)
     assert valid["outcome"] in ("ALLOW", "DOWNGRADE")
     rogue = {**valid, "request_id": "rogue-decision", "ledger_entry_id": "rogue\x00entry", "workflow_id": "\x00"}
-    raw.send("rogue_decision", kafka.topic(T.DECISIONS), codec().encode("GateDecision", rogue), TENANT.encode())
+    raw.send("rogue_decision", kafka.topic(topics.DECISIONS), codec().encode("GateDecision", rogue), TENANT.encode())
     audit = next(r for r in gate.audit() if r["tenant_id"] == TENANT)
-    raw.send("rogue_audit", kafka.topic(T.AUDIT), codec().encode("AuditRecord", {
+    raw.send("rogue_audit", kafka.topic(topics.AUDIT), codec().encode("AuditRecord", {
         **audit, "subject_id": "a\x00b", "chain_sequence": audit["chain_sequence"] + 1_000_000}), TENANT.encode())
     raw.flush()
 

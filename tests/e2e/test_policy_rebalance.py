@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from shared.servicerunner import ServiceSet
+from ledgergate.tools.servicerunner import ServiceSet
 from tests.e2e.conftest import Gate
 
 USD = 1_000_000

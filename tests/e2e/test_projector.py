@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from shared.settings import StackSettings
+from ledgergate.shared.settings import StackSettings
 from tests.e2e.conftest import RESERVATION_TTL_MS, Projected
 from tests.e2e.readmodel import audit_chains_verify, wait_ledger_quiet, wait_projection_matches
 

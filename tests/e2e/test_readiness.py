@@ -13,8 +13,8 @@ import uuid
 
 import psycopg
 
-from shared.devstack import kafka as broker
-from shared.settings import KafkaSettings, PostgresSettings, StackSettings
+from ledgergate.shared.settings import KafkaSettings, PostgresSettings, StackSettings
+from ledgergate.tools.devstack import kafka as broker
 from tests.e2e.conftest import GATE_SERVICES, Gate, probe, service_set
 
 PROMPT = [{"role": "user", "content": "One line, please."}]

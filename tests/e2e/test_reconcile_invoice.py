@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from shared.catalogue import prices
-from shared.cli import main
-from shared.reconcile import COLUMNS
-from shared.settings import PostgresSettings
-from shared.tables import usd, utc_day
+from ledgergate.shared.catalogue import prices
+from ledgergate.shared.settings import PostgresSettings
+from ledgergate.shared.units import usd, utc_day
+from ledgergate.tools.cli import main
+from ledgergate.tools.reconcile import COLUMNS
 from tests.e2e.conftest import Gate
 from tests.e2e.traffic import drive, metered
 from tests.fresh_db import fresh_database

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.codec import codec
-from shared.kafka import topics as T
-from shared.kafka.reader import read_to_end
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.shared.kafka.reader import read_to_end
 from tests.e2e.conftest import Gate
 
 USD = 1_000_000
@@ -66,8 +66,8 @@ def wait_quiet(gate: Gate, settlements: int, timeout_s: float = 60.0) -> None:
     """Every completion settled and every ledger entry audited (the router writes after the ledger)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        ledger = _records(gate, T.LEDGER)
-        audited = sum(1 for *_, name, rec in _records(gate, T.AUDIT) if rec["kind"] == "LEDGER")
+        ledger = _records(gate, topics.LEDGER)
+        audited = sum(1 for *_, name, rec in _records(gate, topics.AUDIT) if rec["kind"] == "LEDGER")
         settled = sum(1 for *_, name, _ in ledger if name == "ReservationSettled")
         if settled >= settlements and audited == len(ledger):
             return
@@ -78,12 +78,12 @@ def wait_quiet(gate: Gate, settlements: int, timeout_s: float = 60.0) -> None:
 
 def audit_records(gate: Gate) -> list[tuple[int, int, dict[str, Any]]]:
     """(partition, offset, record) of every audit record."""
-    return [(p, o, rec) for p, o, _, rec in _records(gate, T.AUDIT)]
+    return [(p, o, rec) for p, o, _, rec in _records(gate, topics.AUDIT)]
 
 
 def settlements(gate: Gate) -> list[dict[str, Any]]:
-    return [rec for *_, name, rec in _records(gate, T.LEDGER) if name == "ReservationSettled"]
+    return [rec for *_, name, rec in _records(gate, topics.LEDGER) if name == "ReservationSettled"]
 
 
 def metered(gate: Gate) -> list[dict[str, Any]]:
-    return [rec for *_, name, rec in _records(gate, T.METERED) if name == "UsageMetered"]
+    return [rec for *_, name, rec in _records(gate, topics.METERED) if name == "UsageMetered"]

@@ -19,11 +19,11 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from services.api import auth
-from services.api.app import create_app
-from shared.db import migrate
-from shared.ledger.periods import period_of
-from shared.settings import ApiSettings, KafkaSettings, PostgresSettings
+from ledgergate.services.api import auth
+from ledgergate.services.api.app import create_app
+from ledgergate.shared.db import migrate
+from ledgergate.shared.ledger.periods import period_of
+from ledgergate.shared.settings import ApiSettings, KafkaSettings, PostgresSettings
 
 A, B = "acme", "globex"
 HOUR = 3_600_000

@@ -11,13 +11,13 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from shared.codec import codec
-from shared.kafka import topics as T
-from shared.kafka.config import consumer_config, producer_config
-from shared.kafka.partitioning import murmur2_partition
-from shared.kafka.reader import read_to_end
-from shared.servicerunner import ServiceSet
-from shared.settings import KafkaSettings
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.kafka_config import consumer_config, producer_config
+from ledgergate.shared.kafka.partitioning import murmur2_partition
+from ledgergate.shared.kafka.reader import read_to_end
+from ledgergate.shared.settings import KafkaSettings
+from ledgergate.tools.servicerunner import ServiceSet
 from tests.webhook import webhook
 
 
@@ -30,7 +30,8 @@ def _alert(tenant: str, pct: int) -> dict[str, Any]:
 def _publish(kafka: KafkaSettings, *alerts: dict[str, Any]) -> None:
     producer = Producer(producer_config(kafka.kafka_bootstrap))
     for a in alerts:
-        producer.produce(kafka.topic(T.ALERTS), key=a["tenant_id"].encode(), value=codec().encode("BudgetAlert", a))
+        producer.produce(kafka.topic(topics.ALERTS), key=a["tenant_id"].encode(),
+                         value=codec().encode("BudgetAlert", a))
     assert producer.flush(10) == 0
 
 
@@ -47,7 +48,7 @@ def _wait(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
 def _committed(kafka: KafkaSettings, partition: int) -> int:
     consumer = Consumer(consumer_config(kafka.kafka_bootstrap, f"{kafka.topic_prefix}ledgergate-alerter"))
     try:
-        return consumer.committed([TopicPartition(kafka.topic(T.ALERTS), partition)], timeout=10)[0].offset
+        return consumer.committed([TopicPartition(kafka.topic(topics.ALERTS), partition)], timeout=10)[0].offset
     finally:
         consumer.close()
 
@@ -99,10 +100,10 @@ def test_dead_webhook_dead_letters_the_alert_with_the_error(kafka: KafkaSettings
         services = _alerter(kafka, hook.url, tmp_path / "logs", attempts=3)
         try:
             dead = _wait(lambda: [codec().decode(m.value())[1] for m in read_to_end(
-                kafka.kafka_bootstrap, kafka.topic(T.DEADLETTER), list(range(6)))], 60, "dead letter")
+                kafka.kafka_bootstrap, kafka.topic(topics.DEADLETTER), list(range(6)))], 60, "dead letter")
             assert len(hook.received) == 3, "bounded: max_attempts POSTs, then the dead letter"
             (letter,) = dead
-            assert letter["original_topic"] == kafka.topic(T.ALERTS) and letter["service"] == "alerter"
+            assert letter["original_topic"] == kafka.topic(topics.ALERTS) and letter["service"] == "alerter"
             assert letter["error_code"] == "webhook_failed" and "HTTP 500" in letter["error_message"]
             assert "3 attempt(s)" in letter["error_message"] and "not-logged" not in letter["error_message"]
             assert codec().decode(letter["original_value"])[1] == failing
@@ -110,7 +111,7 @@ def test_dead_webhook_dead_letters_the_alert_with_the_error(kafka: KafkaSettings
             _wait(lambda: _committed(kafka, p) == letter["original_offset"] + 1, 10, "offset committed")
             # A permanent failure (404) is not retried: one POST, straight to the dead letters.
             _publish(kafka, gone)
-            _wait(lambda: len(list(read_to_end(kafka.kafka_bootstrap, kafka.topic(T.DEADLETTER),
+            _wait(lambda: len(list(read_to_end(kafka.kafka_bootstrap, kafka.topic(topics.DEADLETTER),
                                                list(range(6))))) == 2, 30, "second dead letter")
             assert len(hook.received) == 4
         finally:

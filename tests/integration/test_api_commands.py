@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.codec import codec
-from shared.kafka import topics as T
-from shared.kafka.partitioning import murmur2_partition
-from shared.kafka.reader import read_to_end
-from shared.settings import PROJECT_ROOT, KafkaSettings
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.shared.kafka.partitioning import murmur2_partition
+from ledgergate.shared.kafka.reader import read_to_end
+from ledgergate.shared.settings import PROJECT_ROOT, KafkaSettings
 from tests.integration.apiharness import (  # noqa: F401  (fixtures)
     A,
     Keys,
@@ -32,7 +32,7 @@ H = Keys.h
 def _commands(kafka: KafkaSettings) -> dict[str, tuple[int, bytes, dict[str, Any]]]:
     """command id -> (partition, key, record)"""
     out = {}
-    for m in read_to_end(kafka.kafka_bootstrap, kafka.topic(T.COMMANDS), list(range(6))):
+    for m in read_to_end(kafka.kafka_bootstrap, kafka.topic(topics.COMMANDS), list(range(6))):
         name, rec = codec().decode(m.value())
         assert name == "BudgetCommand"
         out[rec["command_id"]] = (m.partition(), m.key(), rec)
@@ -79,7 +79,7 @@ def test_each_write_publishes_one_command(api: TestClient, keys: Keys, kafka: Ka
 
 
 def test_commands_fail_with_503_when_kafka_has_no_topic(api_db: str, keys: Keys, kafka: KafkaSettings) -> None:
-    from services.api.app import create_app
+    from ledgergate.services.api.app import create_app
 
     missing = KafkaSettings(kafka_bootstrap=kafka.kafka_bootstrap, topic_prefix="no-such-prefix.")
     settings = api_settings(missing, api_db, api_command_timeout_s=2.0)
@@ -94,7 +94,8 @@ def test_commands_fail_with_503_when_kafka_has_no_topic(api_db: str, keys: Keys,
 
 def test_cli_creates_a_key_shown_once(api: TestClient, api_db: str) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "shared.cli", "apikey", "create", *args], cwd=PROJECT_ROOT,
+        return subprocess.run([sys.executable, "-m", "ledgergate.tools.cli", "apikey", "create", *args],
+                              cwd=PROJECT_ROOT,
                               env={"LEDGERGATE_PG_DSN": api_db, "PATH": "/usr/bin:/bin"}, capture_output=True,
                               text=True, timeout=60, check=False)
 

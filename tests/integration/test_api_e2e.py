@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.codec import codec
-from shared.kafka import topics as T
-from shared.kafka.reader import read_to_end
-from shared.servicerunner import ServiceSet
-from shared.settings import KafkaSettings
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.shared.kafka.reader import read_to_end
+from ledgergate.shared.settings import KafkaSettings
+from ledgergate.tools.servicerunner import ServiceSet
 from tests.integration.apiharness import A, Keys, api_db_fixture, api_fixture, keys_fixture  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -51,7 +51,7 @@ def services_fixture(kafka: KafkaSettings, api_db: str, tmp_path: Path) -> Itera
 
 def _ledger(kafka: KafkaSettings) -> dict[str, dict[str, Any]]:
     out = {}
-    for m in read_to_end(kafka.kafka_bootstrap, kafka.topic(T.LEDGER), list(range(6))):
+    for m in read_to_end(kafka.kafka_bootstrap, kafka.topic(topics.LEDGER), list(range(6))):
         name, rec = codec().decode(m.value())
         out[rec["entry_id"]] = {"type": name, **rec}
     return out

@@ -24,11 +24,11 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
-from services.api.app import create_app
-from services.api.deps import DbConn
-from services.api.paging import encode_cursor
-from services.policy.document import Policy
-from shared.settings import KafkaSettings
+from ledgergate.services.api.app import create_app
+from ledgergate.services.api.deps import DbConn
+from ledgergate.services.api.paging import encode_cursor
+from ledgergate.shared.policy import Policy
+from ledgergate.shared.settings import KafkaSettings
 from tests.integration.apiharness import (  # noqa: F401  (fixtures)
     A,
     Keys,

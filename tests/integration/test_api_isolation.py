@@ -10,10 +10,10 @@ import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
-from shared.codec import codec
-from shared.kafka import topics as T
-from shared.kafka.reader import read_to_end
-from shared.settings import KafkaSettings
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.shared.kafka.reader import read_to_end
+from ledgergate.shared.settings import KafkaSettings
 from tests.integration.apiharness import (  # noqa: F401  (fixtures)
     A,
     B,
@@ -57,7 +57,7 @@ def _body(path: str) -> Any:
 
 def _commands(kafka: KafkaSettings) -> list[dict[str, Any]]:
     return [codec().decode(m.value())[1]
-            for m in read_to_end(kafka.kafka_bootstrap, kafka.topic(T.COMMANDS), list(range(6)))]
+            for m in read_to_end(kafka.kafka_bootstrap, kafka.topic(topics.COMMANDS), list(range(6)))]
 
 
 def test_every_route_is_classified(api: TestClient) -> None:

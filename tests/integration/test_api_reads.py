@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from services.api.routes.balances import days_elapsed
+from ledgergate.services.api.routes.balances import days_elapsed
 from tests.integration.apiharness import (  # noqa: F401  (fixtures)
     A_LEDGER,
     NOW_MS,

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from shared.client import GateClient, GateOverloadedError
-from shared.codec import codec
-from shared.errors import GateTimeoutError
-from shared.kafka.config import consumer_config, producer_config
-from shared.kafka.topics import COMMANDS, COMPLETIONS, DECISIONS, REQUESTS
-from shared.settings import KafkaSettings
+from ledgergate.client import GateClient, GateOverloadedError
+from ledgergate.codec import codec
+from ledgergate.errors import GateTimeoutError
+from ledgergate.kafka_config import consumer_config, producer_config
+from ledgergate.shared.settings import KafkaSettings
+from ledgergate.topics import COMMANDS, COMPLETIONS, DECISIONS, REQUESTS
 
 pytestmark = pytest.mark.integration
 SILENT_TENANT = "tenant-nobody-answers"

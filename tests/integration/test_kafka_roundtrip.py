@@ -10,10 +10,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 
-from shared.codec import codec
-from shared.kafka.config import consumer_config, producer_config
-from shared.kafka.topics import DECISIONS, REQUESTS
-from shared.settings import KafkaSettings
+from ledgergate.codec import codec
+from ledgergate.kafka_config import consumer_config, producer_config
+from ledgergate.shared.settings import KafkaSettings
+from ledgergate.topics import DECISIONS, REQUESTS
 
 TENANTS = [f"tenant-{i:03d}" for i in range(40)]
 

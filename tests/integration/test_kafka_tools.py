@@ -8,11 +8,11 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from shared import cli
-from shared.devstack import kafka as devkafka
-from shared.kafka.config import consumer_config
-from shared.kafka.topics import LEDGER
-from shared.settings import KafkaSettings
+from ledgergate.kafka_config import consumer_config
+from ledgergate.shared.settings import KafkaSettings
+from ledgergate.tools import cli
+from ledgergate.tools.devstack import kafka as devkafka
+from ledgergate.topics import LEDGER
 
 pytestmark = pytest.mark.integration
 

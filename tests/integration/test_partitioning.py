@@ -1,15 +1,15 @@
 """Our murmur2_partition agrees with where a real confluent-kafka producer (partitioner murmur2_random,
-from shared.kafka.config) put each key on the real broker."""
+from ledgergate.kafka_config) put each key on the real broker."""
 
 from __future__ import annotations
 
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
-from shared.kafka.config import producer_config
-from shared.kafka.partitioning import murmur2_partition
-from shared.kafka.topics import LEDGER
-from shared.settings import KafkaSettings
+from ledgergate.kafka_config import producer_config
+from ledgergate.shared.kafka.partitioning import murmur2_partition
+from ledgergate.shared.settings import KafkaSettings
+from ledgergate.topics import LEDGER
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from shared.db import current_version, migrate, migration_files
-from shared.settings import PostgresSettings
+from ledgergate.shared.db import current_version, migrate, migration_files
+from ledgergate.shared.settings import PostgresSettings
 
 
 @pytest.fixture

@@ -18,18 +18,25 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 
-from services.projector import sql
-from services.projector.core import Batch
-from services.router.core import decision_for
-from shared.catalogue import deployments
-from shared.codec import codec
-from shared.db import migrate
-from shared.errors import StaleOffsetsError
-from shared.kafka import topics as T
-from shared.kafka.config import producer_config
-from shared.ledger.entries import BudgetLimitSet, LedgerEntry, ReservationPlaced, ReservationSettled, Usage, to_record
-from shared.servicerunner import ServiceSet
-from shared.settings import KafkaSettings, PostgresSettings
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.kafka_config import producer_config
+from ledgergate.services.projector import sql
+from ledgergate.services.projector.core import Batch
+from ledgergate.services.router.core import decision_for
+from ledgergate.shared.catalogue import deployments
+from ledgergate.shared.db import migrate
+from ledgergate.shared.errors import StaleOffsetsError
+from ledgergate.shared.ledger.entries import (
+    BudgetLimitSet,
+    LedgerEntry,
+    ReservationPlaced,
+    ReservationSettled,
+    Usage,
+    to_record,
+)
+from ledgergate.shared.settings import KafkaSettings, PostgresSettings
+from ledgergate.tools.servicerunner import ServiceSet
 
 NOW = 1_795_824_000_000  # 2026-11-28
 PERIOD = "2026-11"
@@ -135,10 +142,10 @@ def _produce(kafka: KafkaSettings, topic: str, key: bytes, values: list[bytes]) 
 def test_undecodable_messages_are_recorded_and_skipped(kafka: KafkaSettings, fresh_db: str, tmp_path: Path) -> None:
     good = [codec().encode(*to_record(e)) for e in _entries("acme", "r1")]
     decision = decision_for(_entries("acme", "r1")[1], deployments())  # type: ignore[arg-type]
-    _produce(kafka, T.LEDGER, b"acme", [good[0], b"\xc3\x01not-avro-at-all", good[1], good[2]])
+    _produce(kafka, topics.LEDGER, b"acme", [good[0], b"\xc3\x01not-avro-at-all", good[1], good[2]])
     # A decision on the audit topic is well-formed Avro but does not belong there.
-    _produce(kafka, T.AUDIT, b"acme", [codec().encode("GateDecision", decision)])
-    _produce(kafka, T.DECISIONS, b"acme", [codec().encode("GateDecision", decision)])
+    _produce(kafka, topics.AUDIT, b"acme", [codec().encode("GateDecision", decision)])
+    _produce(kafka, topics.DECISIONS, b"acme", [codec().encode("GateDecision", decision)])
     env = {"LEDGERGATE_KAFKA_BOOTSTRAP": kafka.kafka_bootstrap, "LEDGERGATE_TOPIC_PREFIX": kafka.topic_prefix,
            "LEDGERGATE_PG_DSN": fresh_db}
     with ServiceSet(env, tmp_path / "logs") as services, psycopg.connect(fresh_db, autocommit=True) as conn:
@@ -152,8 +159,8 @@ def test_undecodable_messages_are_recorded_and_skipped(kafka: KafkaSettings, fre
                 break
             time.sleep(0.3)
         assert counts == (3, 1, 1), services.tail("projector")
-        assert errors == [(kafka.topic(T.AUDIT), 0, "unexpected_event"),
-                          (kafka.topic(T.LEDGER), 1, "unknown_schema_fingerprint")]
+        assert errors == [(kafka.topic(topics.AUDIT), 0, "unexpected_event"),
+                          (kafka.topic(topics.LEDGER), 1, "unknown_schema_fingerprint")]
 
 
 def _wait_rows(conn: psycopg.Connection[Any], table: str, count: int, services: ServiceSet) -> None:
@@ -170,24 +177,24 @@ def test_moved_offsets_and_a_lost_connection_neither_lose_nor_double(kafka: Kafk
     encoded = lambda rid: [codec().encode(*to_record(e)) for e in _entries("acme", rid)][1:]  # noqa: E731
     limit = codec().encode(*to_record(_entries("acme", "r0")[0]))
     with ServiceSet(env, tmp_path / "logs") as services, psycopg.connect(fresh_db, autocommit=True) as conn:
-        _produce(kafka, T.LEDGER, b"acme", [limit, *encoded("r1")])
+        _produce(kafka, topics.LEDGER, b"acme", [limit, *encoded("r1")])
         services.start(["projector"])
         _wait_rows(conn, "ledger_entries", 3, services)
         # An operator rewinds the partition: the projector's next commit fails its compare-and-set, it
         # re-reads from offset 0, and the replayed entries change no balance.
-        conn.execute("UPDATE consumer_offsets SET next_offset = 0 WHERE topic = %s", (kafka.topic(T.LEDGER),))
-        _produce(kafka, T.LEDGER, b"acme", encoded("r2"))
+        conn.execute("UPDATE consumer_offsets SET next_offset = 0 WHERE topic = %s", (kafka.topic(topics.LEDGER),))
+        _produce(kafka, topics.LEDGER, b"acme", encoded("r2"))
         _wait_rows(conn, "ledger_entries", 5, services)
         # The database drops the projector's connection: the batch in flight is rolled back and re-read.
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                      "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        _produce(kafka, T.LEDGER, b"acme", encoded("r3"))
+        _produce(kafka, topics.LEDGER, b"acme", encoded("r3"))
         _wait_rows(conn, "ledger_entries", 7, services)
         balances = conn.execute("SELECT scope_type, posted_micro_usd, pending_micro_usd FROM balances "
                                 "ORDER BY 1").fetchall()
         assert balances == [("TENANT", 12_000, 0), ("WORKFLOW", 12_000, 0)]
         assert conn.execute("SELECT next_offset FROM consumer_offsets WHERE topic = %s",
-                            (kafka.topic(T.LEDGER),)).fetchone() == (7,)
+                            (kafka.topic(topics.LEDGER),)).fetchone() == (7,)
         log = services.log_path("projector").read_text()
         assert '"offsets_moved"' in log and '"batch_rolled_back"' in log
         assert services.alive("projector")

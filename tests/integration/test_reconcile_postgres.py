@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from shared import db
-from shared.cli import main
-from shared.settings import PostgresSettings
-from shared.tables import day_start_ms
+from ledgergate.shared import db
+from ledgergate.shared.settings import PostgresSettings
+from ledgergate.shared.units import day_start_ms
+from ledgergate.tools.cli import main
 from tests.fresh_db import fresh_database, insert_usage
 
 MIDNIGHT = day_start_ms(date(2026, 11, 29))

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.devstack import kafka, postgres
-from shared.devstack import stack as devstack
-from shared.errors import StackError
-from shared.settings import PROJECT_ROOT, StackSettings
+from ledgergate.shared.errors import StackError
+from ledgergate.shared.settings import PROJECT_ROOT, StackSettings
+from ledgergate.tools.devstack import kafka, postgres
+from ledgergate.tools.devstack import stack as devstack
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from services.alerter import core
-from shared.errors import AlerterConfigError
+from ledgergate.services.alerter import core
+from ledgergate.shared.errors import AlerterConfigError
 
 ALERT = {"alert_id": "acme/2026-11/TENANT/acme/80", "tenant_id": "acme", "scope_type": "TENANT", "scope_id": "acme",
          "period_id": "2026-11", "threshold_pct": 80, "spent_micro_usd": 812_345, "limit_micro_usd": 1_000_000,

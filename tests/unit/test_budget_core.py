@@ -9,7 +9,7 @@ import copy
 
 import pytest
 
-from services.budget_manager.core import (
+from ledgergate.services.budget_manager.core import (
     Candidate,
     Command,
     Rejected,
@@ -20,8 +20,8 @@ from services.budget_manager.core import (
     decide_reserve,
     decide_settle,
 )
-from shared.catalogue import prices
-from shared.ledger.entries import (
+from ledgergate.shared.catalogue import prices
+from ledgergate.shared.ledger.entries import (
     BudgetLimitSet,
     CreditGranted,
     LedgerEntry,
@@ -36,7 +36,7 @@ from shared.ledger.entries import (
     ThresholdCrossed,
     Usage,
 )
-from shared.ledger.state import TENANT, WORKFLOW, TenantState, balances_view, evolve
+from ledgergate.shared.ledger.state import TENANT, WORKFLOW, TenantState, balances_view, evolve
 
 TENANT_ID = "acme"
 PV = "2026-11-01"
@@ -560,6 +560,14 @@ def test_invalid_commands_are_rejected(cmd: Command, code: str) -> None:
     result = decide_command(TenantState(TENANT_ID), cmd, T0)
     assert isinstance(result, Rejected)
     assert result.code == code
+
+
+def test_expire_due_command_releases_every_due_hold_once() -> None:
+    state = placed_state()
+    assert decide_command(state, command("EXPIRE_DUE", cid="e0"), T0 + TTL - 1) == []
+    expired = only(apply(state, decide_command(state, command("EXPIRE_DUE", cid="e1"), T0 + TTL)), ReservationExpired)
+    assert expired.request_id == "r1" and state.holds == {}
+    assert decide_command(state, command("EXPIRE_DUE", cid="e1"), T0 + TTL) == []  # redelivered: nothing due
 
 
 def test_workflow_limit_is_keyed_by_workflow() -> None:

@@ -21,14 +21,9 @@ import avro.schema
 import pytest
 from fastavro import parse_schema, schemaless_writer
 
-from shared.codec import HEADER_LEN, MAGIC, Codec, schema_fingerprint
-from shared.errors import (
-    CodecError,
-    MalformedMessageError,
-    TruncatedMessageError,
-    UnknownFingerprintError,
-)
-from shared.settings import PROJECT_ROOT
+from ledgergate.codec import HEADER_LEN, MAGIC, Codec, schema_fingerprint
+from ledgergate.errors import CodecError, MalformedMessageError, TruncatedMessageError, UnknownFingerprintError
+from ledgergate.shared.settings import PROJECT_ROOT
 
 SCHEMAS = PROJECT_ROOT / "schemas"
 SCHEMA_FILES = sorted((SCHEMAS / "avro").glob("*.avsc"))

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.run import SERVICES
+from ledgergate.tools.run import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

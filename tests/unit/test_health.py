@@ -3,7 +3,7 @@ real processes in tests/e2e/test_readiness.py)."""
 
 from __future__ import annotations
 
-from shared.health import Health
+from ledgergate.shared.health import Health
 
 
 class Clock:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from shared.codec import codec
-from shared.ledger.entries import (
+from ledgergate.codec import codec
+from ledgergate.shared.ledger.entries import (
     ENTRY_TYPES,
     BudgetLimitSet,
     CreditGranted,
@@ -28,7 +28,7 @@ from shared.ledger.entries import (
     from_record,
     to_record,
 )
-from shared.settings import PROJECT_ROOT
+from ledgergate.shared.settings import PROJECT_ROOT
 
 AVRO_DIR = PROJECT_ROOT / "schemas" / "avro"
 T0 = 1_794_000_000_000  # 2026-11-06, inside the first price version

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.budget_manager.core import (
+from ledgergate.codec import codec
+from ledgergate.services.budget_manager.core import (
     MAX_CANDIDATES,
     Candidate,
     Command,
@@ -25,9 +26,8 @@ from services.budget_manager.core import (
     decide_reserve,
     decide_settle,
 )
-from shared.catalogue import prices
-from shared.codec import codec
-from shared.ledger.entries import (
+from ledgergate.shared.catalogue import prices
+from ledgergate.shared.ledger.entries import (
     BudgetLimitSet,
     LedgerEntry,
     PeriodOpened,
@@ -42,7 +42,7 @@ from shared.ledger.entries import (
     from_record,
     to_record,
 )
-from shared.ledger.state import (
+from ledgergate.shared.ledger.state import (
     CONFLICT_REASON,
     RATE_LIMITED_REASON,
     TENANT,

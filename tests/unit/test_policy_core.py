@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from services.policy.core import Bucket, Burn, Rejection, max_tier_for, plan, take_rate
-from services.policy.document import Policy, PolicyError, default_policy, parse_policy
-from shared.catalogue import prices
+from ledgergate.services.policy.core import Bucket, Burn, Rejection, max_tier_for, plan, take_rate
+from ledgergate.shared.catalogue import prices
+from ledgergate.shared.policy import Policy, PolicyError, default_policy, parse_policy
 
 T0 = 1_794_000_000_000  # 2026-11-06, price version 2026-11-01
 PV = "2026-11-01"

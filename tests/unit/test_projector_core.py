@@ -1,4 +1,4 @@
-"""The projector's balance arithmetic equals shared.ledger.state.evolve on random ledgers.
+"""The projector's balance arithmetic equals ledgergate.shared.ledger.state.evolve on random ledgers.
 
 The ledgers come from the property harness of test_ledger_properties (random operations through the
 budget-manager's decide_* functions), so they contain every entry type in realistic orders.
@@ -10,9 +10,9 @@ from collections import defaultdict
 
 from hypothesis import HealthCheck, given, settings
 
-from services.projector.core import Batch, balance_deltas
-from shared.ledger.entries import BudgetLimitSet, LedgerEntry, ReservationSettled, Usage, to_record
-from shared.ledger.state import balances_view
+from ledgergate.services.projector.core import Batch, balance_deltas
+from ledgergate.shared.ledger.entries import BudgetLimitSet, LedgerEntry, ReservationSettled, Usage, to_record
+from ledgergate.shared.ledger.state import balances_view
 from tests.unit.test_ledger_properties import _run, operations
 
 

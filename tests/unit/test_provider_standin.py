@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from shared.provider_standin import (
+from ledgergate.tools.provider_standin import (
     CACHE_MIN_TOKENS,
     CACHE_STEP_TOKENS,
     CANCELLED,

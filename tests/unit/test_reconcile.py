@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from shared.reconcile import COLUMNS, Amounts, InvoiceError, Metered, compare, parse_invoice, parse_invoice_rows
+from ledgergate.tools.reconcile import (
+    COLUMNS,
+    Amounts,
+    InvoiceError,
+    Metered,
+    compare,
+    parse_invoice,
+    parse_invoice_rows,
+)
 
 HEADER = ",".join(COLUMNS)
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from services.router.core import Chain, audit_record
-from shared.codec import codec
-from shared.replay import AuditReplay, PartitionCheck, ReplayOptions, diff_totals
-from shared.tables import day_start_ms, iso_ms, parse_instant_ms, usd, utc_day
+from ledgergate.codec import codec
+from ledgergate.services.router.core import Chain, audit_record
+from ledgergate.shared.units import day_start_ms, iso_ms, parse_instant_ms, usd, utc_day
+from ledgergate.tools.replay import AuditReplay, PartitionCheck, ReplayOptions, diff_totals
 
 T0 = 1_795_000_000_000  # 2026-11-18T..Z
 LEDGER = "p.budget.ledger"
@@ -142,7 +142,7 @@ def test_time_and_money_helpers_are_exact() -> None:
 
 
 def test_unaudited_ledger_tail_is_lag_when_recent_and_a_gap_when_old() -> None:
-    from shared.ledger.entries import PeriodOpened, to_record
+    from ledgergate.shared.ledger.entries import PeriodOpened, to_record
 
     r = replay([])
     now = r._started_ms

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from services.router.core import Chain, audit_record, decision_for, summary_of
-from shared.audit import GENESIS_HASH, record_hash, verify_chain
-from shared.catalogue import deployments
-from shared.codec import codec
-from shared.ledger.entries import ReservationDenied, ReservationPlaced, ReservationSettled, Usage
+from ledgergate.codec import codec
+from ledgergate.services.router.core import Chain, audit_record, decision_for, summary_of
+from ledgergate.shared.audit import GENESIS_HASH, record_hash, verify_chain
+from ledgergate.shared.catalogue import deployments
+from ledgergate.shared.ledger.entries import ReservationDenied, ReservationPlaced, ReservationSettled, Usage
 
 T0 = 1_794_000_000_000
 SHA = "ab" * 32

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from shared.codec import schema_fingerprint
-from shared.errors import SchemaError
-from shared.schema_compat import check_all, check_backward, freeze
-from shared.settings import PROJECT_ROOT
+from ledgergate.codec import schema_fingerprint
+from ledgergate.errors import SchemaError
+from ledgergate.shared.schema_compat import check_all, check_backward, freeze
+from ledgergate.shared.settings import PROJECT_ROOT
 
 SCHEMA_FILES = sorted((PROJECT_ROOT / "schemas" / "avro").glob("*.avsc"))
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.devstack import postgres
-from shared.settings import ApiSettings, PostgresSettings, ProjectorSettings, StackSettings
+from ledgergate.shared.settings import ApiSettings, PostgresSettings, ProjectorSettings, StackSettings
 
 STACK_VARS = ("LEDGERGATE_PG_DSN", "LEDGERGATE_PG_PORT", "LEDGERGATE_PG_USER", "LEDGERGATE_PG_PASSWORD",
               "LEDGERGATE_PG_DATABASE")
@@ -29,7 +28,7 @@ def test_default_dsn_follows_the_stack_port_user_password_and_database(monkeypat
     expected = "postgresql://alice:s3cret@127.0.0.1:25999/books"
     assert PostgresSettings().pg_dsn == expected
     # The same string the stack launcher connects with, and the services that compose PostgresSettings.
-    assert postgres.dsn(StackSettings()) == expected
+    assert StackSettings().dsn() == expected
     assert ApiSettings().pg_dsn == expected
     assert ProjectorSettings().pg_dsn == expected
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import tiktoken
 
-from services.token_counter.core import (
+from ledgergate.codec import codec
+from ledgergate.services.token_counter.core import (
     MAX_ID_CHARS,
     Drift,
     Metered,
@@ -18,8 +19,7 @@ from services.token_counter.core import (
     request_sha256,
     validate,
 )
-from shared.codec import codec
-from shared.tokenizers import count_chat, count_text, encoding_for_model, get_encoding
+from ledgergate.shared.tokenizers import count_chat, count_text, encoding_for_model, get_encoding
 
 T0 = 1_794_000_000_000
 MAX_MESSAGES, MAX_OUTPUT = 64, 16_384

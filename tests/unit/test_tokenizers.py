@@ -1,4 +1,4 @@
-"""shared.tokenizers: offline loading, integrity, model mapping and the counts budgets are charged with.
+"""ledgergate.shared.tokenizers: offline loading, integrity, model mapping and the counts budgets are charged with.
 
 The reference throughout is tiktoken itself: its own `openai_public` constructors and its own
 `load_tiktoken_bpe` (hash check included), pointed at local copies of the rank files instead of the
@@ -23,9 +23,9 @@ import tiktoken
 from tiktoken import model as tiktoken_model
 from tiktoken_ext import openai_public
 
-from shared import tokenizers
-from shared.errors import TokenizerError, TokenizerIntegrityError, UnknownModelError
-from shared.tokenizers import (
+from ledgergate.shared import tokenizers
+from ledgergate.shared.errors import TokenizerError, TokenizerIntegrityError, UnknownModelError
+from ledgergate.shared.tokenizers import (
     ACCOUNTING_ENCODING,
     EXPECTED_SHA256,
     REPLY_PRIMING_TOKENS,
@@ -431,7 +431,7 @@ socket.socket.connect_ex = refuse
 socket.create_connection = refuse
 socket.getaddrinfo = refuse
 
-from shared import tokenizers
+from ledgergate.shared import tokenizers
 
 counts = {
     name: tokenizers.count_text("offline <|endoftext|> 日本語 🎉", tokenizers.get_encoding(name))

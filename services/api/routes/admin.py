@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, status
 
-from services.api import auth
-from services.api.deps import AdminPrincipal, DbConn
-from services.api.errors import NotFound
-from services.api.log import log
-from services.api.models import (
+from ledgergate.services.api import auth
+from ledgergate.services.api.deps import AdminPrincipal, DbConn
+from ledgergate.services.api.errors import NotFound
+from ledgergate.services.api.log import log
+from ledgergate.services.api.models import (
     DEFAULT_PAGE,
     ApiKeyCreate,
     ApiKeyCreated,
@@ -18,7 +18,7 @@ from services.api.models import (
     Page,
     TenantPublic,
 )
-from services.api.paging import Cursor, FilterId, Limit, decode_cursor, encode_cursor
+from ledgergate.services.api.paging import Cursor, FilterId, Limit, decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from services.api.deps import DbConn, ReadableTenant
-from services.api.models import DEFAULT_PAGE, AlertPublic, Page
-from services.api.paging import Cursor, Limit, Offset, Order, Period, encode_cursor, keyset
+from ledgergate.services.api.deps import DbConn, ReadableTenant
+from ledgergate.services.api.models import DEFAULT_PAGE, AlertPublic, Page
+from ledgergate.services.api.paging import Cursor, Limit, Offset, Order, Period, encode_cursor, keyset
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["alerts"])
 

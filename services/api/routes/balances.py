@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 from fastapi import APIRouter
 
-from services.api.deps import DbConn, ReadableTenant
-from services.api.errors import Unprocessable
-from services.api.models import BalancePublic, BalancesPublic
-from services.api.paging import Period
-from shared.ledger.periods import period_of
+from ledgergate.services.api.deps import DbConn, ReadableTenant
+from ledgergate.services.api.errors import Unprocessable
+from ledgergate.services.api.models import BalancePublic, BalancesPublic
+from ledgergate.services.api.paging import Period
+from ledgergate.shared.ledger.periods import period_bounds, period_of
+from ledgergate.shared.units import MS_PER_DAY
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["balances"])
-MS_PER_DAY = 86_400_000
 
 # limits holds a scope's limit for every period (0002); a FULL JOIN also lists scopes that have a limit
 # but no spend yet this period, and spend on scopes without a limit (a workflow bounded only by its tenant).
@@ -33,10 +32,9 @@ ORDER BY 1, 2  -- TENANT before WORKFLOW
 def days_elapsed(period_id: str, now_ms: int) -> int:
     """Days of the period begun by now_ms: 1 on its first day, the whole month once it is over, 0 before."""
     try:
-        start = datetime.strptime(period_id, "%Y-%m").replace(tzinfo=UTC)
-    except ValueError:
-        raise Unprocessable(f"period: {period_id!r} is not YYYY-MM") from None
-    _, start_ms, end_ms = period_of(int(start.timestamp() * 1000))
+        start_ms, end_ms = period_bounds(period_id)
+    except ValueError as exc:
+        raise Unprocessable(f"period: {exc}") from None
     if now_ms < start_ms:
         return 0
     return -(-(min(now_ms, end_ms) - start_ms) // MS_PER_DAY) or 1  # ceiling division, integers only

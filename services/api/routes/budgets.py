@@ -7,15 +7,22 @@ reservation that is not live) happens there, and a rejected command is dead-lett
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from collections.abc import Callable
 
-from services.api.commands import Command
-from services.api.deps import CurrentPrincipal, Publisher, WritableTenant
-from services.api.models import BudgetCreate, BudgetUpdate, CommandAccepted, CreditCreate, VoidCreate
-from services.api.paging import IdPath
+from fastapi import APIRouter, status
+from fastapi.types import DecoratedCallable
+
+from ledgergate.services.api.commands import Command
+from ledgergate.services.api.deps import CurrentPrincipal, Publisher, WritableTenant
+from ledgergate.services.api.models import BudgetCreate, BudgetUpdate, CommandAccepted, CreditCreate, VoidCreate
+from ledgergate.services.api.paging import IdPath
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["budgets"])
-ACCEPTED = {"status_code": status.HTTP_202_ACCEPTED, "response_model": CommandAccepted}
+
+
+def accepted(path: str, summary: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    # One place for what every command route shares: it only publishes, so it answers 202 with the command's id.
+    return router.post(path, summary=summary, status_code=status.HTTP_202_ACCEPTED, response_model=CommandAccepted)
 
 
 def accept(publisher: Publisher, principal: CurrentPrincipal, cmd: Command) -> CommandAccepted:
@@ -23,35 +30,35 @@ def accept(publisher: Publisher, principal: CurrentPrincipal, cmd: Command) -> C
     return CommandAccepted(command_id=command_id, tenant_id=cmd.tenant_id, kind=cmd.kind)
 
 
-@router.post("/budgets", summary="Set a tenant or workflow limit", **ACCEPTED)
+@accepted("/budgets", "Set a tenant or workflow limit")
 def set_budget(tenant_id: WritableTenant, body: BudgetCreate, publisher: Publisher,
                principal: CurrentPrincipal) -> CommandAccepted:
     return accept(publisher, principal, Command(tenant_id, "SET_LIMIT", body.scope, body.scope_id(tenant_id),
                                                 body.limit_micro_usd, reason=body.reason))
 
 
-@router.post("/budgets/raise", summary="Raise a limit by an amount", **ACCEPTED)
+@accepted("/budgets/raise", "Raise a limit by an amount")
 def raise_budget(tenant_id: WritableTenant, body: BudgetUpdate, publisher: Publisher,
                  principal: CurrentPrincipal) -> CommandAccepted:
     return accept(publisher, principal, Command(tenant_id, "RAISE_LIMIT", body.scope, body.scope_id(tenant_id),
                                                 body.amount_micro_usd, reason=body.reason))
 
 
-@router.post("/budgets/lower", summary="Lower a limit by an amount", **ACCEPTED)
+@accepted("/budgets/lower", "Lower a limit by an amount")
 def lower_budget(tenant_id: WritableTenant, body: BudgetUpdate, publisher: Publisher,
                  principal: CurrentPrincipal) -> CommandAccepted:
     return accept(publisher, principal, Command(tenant_id, "LOWER_LIMIT", body.scope, body.scope_id(tenant_id),
                                                 body.amount_micro_usd, reason=body.reason))
 
 
-@router.post("/credits", summary="Grant credit for the current period", **ACCEPTED)
+@accepted("/credits", "Grant credit for the current period")
 def grant_credit(tenant_id: WritableTenant, body: CreditCreate, publisher: Publisher,
                  principal: CurrentPrincipal) -> CommandAccepted:
     return accept(publisher, principal, Command(tenant_id, "GRANT_CREDIT", body.scope, body.scope_id(tenant_id),
                                                 body.amount_micro_usd, reason=body.reason))
 
 
-@router.post("/reservations/{request_id}/void", summary="Release a live reservation", **ACCEPTED)
+@accepted("/reservations/{request_id}/void", "Release a live reservation")
 def void_reservation(tenant_id: WritableTenant, request_id: IdPath, publisher: Publisher, principal: CurrentPrincipal,
                      body: VoidCreate | None = None) -> CommandAccepted:
     return accept(publisher, principal, Command(tenant_id, "VOID_RESERVATION", request_id=request_id,

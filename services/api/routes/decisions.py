@@ -11,10 +11,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from services.api.deps import CurrentPrincipal, DbConn, ReadableTenant
-from services.api.errors import NotFound, Unprocessable
-from services.api.models import DEFAULT_PAGE, DecisionPublic, Outcome, Page
-from services.api.paging import (
+from ledgergate.services.api.deps import CurrentPrincipal, DbConn, ReadableTenant
+from ledgergate.services.api.errors import NotFound, Unprocessable
+from ledgergate.services.api.models import DEFAULT_PAGE, DecisionPublic, Outcome, Page
+from ledgergate.services.api.paging import (
     Cursor,
     FilterId,
     FromMs,
@@ -26,7 +26,7 @@ from services.api.paging import (
     encode_cursor,
     keyset,
 )
-from services.api.routes.ledger import time_filters
+from ledgergate.services.api.routes.ledger import time_filters
 
 router = APIRouter(tags=["decisions"])
 

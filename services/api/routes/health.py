@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from psycopg_pool import ConnectionPool
 
-from services.api.commands import CommandPublisher
-from services.api.models import Health
+from ledgergate.services.api.commands import CommandPublisher
+from ledgergate.services.api.models import Health
 
 router = APIRouter(tags=["health"])
 _PROBE_TIMEOUT_S = 2.0

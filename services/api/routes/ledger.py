@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from services.api.deps import DbConn, ReadableTenant
-from services.api.models import DEFAULT_PAGE, LedgerEntryPublic, Page
-from services.api.paging import (
+from ledgergate.services.api.deps import DbConn, ReadableTenant
+from ledgergate.services.api.models import DEFAULT_PAGE, LedgerEntryPublic, Page
+from ledgergate.services.api.paging import (
     Cursor,
     FilterId,
     FilterName,

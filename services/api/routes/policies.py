@@ -8,13 +8,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, status
 
-from services.api.commands import Command
-from services.api.deps import CurrentPrincipal, DbConn, Publisher, ReadableTenant, WritableTenant
-from services.api.errors import Unprocessable
-from services.api.models import CommandAccepted, PolicyPublic
-from services.api.routes.budgets import accept
-from services.policy.document import PolicyError, default_policy, parse_policy
-from shared.ids import name_problem
+from ledgergate.ids import name_problem
+from ledgergate.services.api.commands import Command
+from ledgergate.services.api.deps import CurrentPrincipal, DbConn, Publisher, ReadableTenant, WritableTenant
+from ledgergate.services.api.errors import Unprocessable
+from ledgergate.services.api.models import CommandAccepted, PolicyPublic
+from ledgergate.services.api.routes.budgets import accept
+from ledgergate.shared.policy import PolicyError, default_policy, parse_policy
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["policies"])
 MAX_DOCUMENT_DEPTH = 8  # the policy schema nests three levels (tier_rules: list of objects); leave headroom
@@ -41,7 +41,7 @@ def put_policy(tenant_id: WritableTenant, document: Annotated[dict[str, Any], Bo
 
 
 def document_problem(document: dict[str, Any]) -> str | None:
-    """Every key and string in a document is a name (a model, a tier, a priority): shared.ids' name rule;
+    """Every key and string in a document is a name (a model, a tier, a priority): ledgergate.ids' name rule;
     every integer fits a bigint. Iterative and bounded in depth: a deep document is refused, not recursed."""
     stack: list[tuple[Any, int]] = [(document, 1)]
     while stack:

@@ -6,17 +6,17 @@ from __future__ import annotations
 import csv
 import io
 import time
-from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from services.api.deps import DbConn, ReadableTenant
-from services.api.errors import Unprocessable
-from services.api.models import SpendReport, SpendRow
-from services.api.paging import FromMs, Period, ToMs
-from shared.ledger.periods import period_of
+from ledgergate.services.api.deps import DbConn, ReadableTenant
+from ledgergate.services.api.errors import Unprocessable
+from ledgergate.services.api.models import SpendReport, SpendRow
+from ledgergate.services.api.paging import FromMs, Period, ToMs
+from ledgergate.shared.ledger.periods import period_bounds, period_of
+from ledgergate.shared.units import MS_PER_DAY
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}/reports", tags=["reports"])
 
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/v1/tenants/{tenant_id}/reports", tags=["reports"])
 _GROUP_KEYS = {"model": "model", "tier": "coalesce(tier, '')", "workflow": "workflow_id",
                "day": "to_char(day, 'YYYY-MM-DD')"}
 _FIELDS = list(SpendRow.model_fields)
-MAX_RANGE_MS = 400 * 86_400_000  # about 13 months: a report is a period or a few, never the whole history
+MAX_RANGE_MS = 400 * MS_PER_DAY  # about 13 months: a report is a period or a few, never the whole history
 
 
 def report_range(period: str | None, from_ms: int | None, to_ms: int | None, now_ms: int) -> tuple[int, int]:
@@ -32,18 +32,16 @@ def report_range(period: str | None, from_ms: int | None, to_ms: int | None, now
         if from_ms is not None or to_ms is not None:
             raise Unprocessable("give either period or from_ms/to_ms, not both")
         try:
-            start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
-        except ValueError:
-            raise Unprocessable(f"period: {period!r} is not YYYY-MM") from None
-        _, lo, hi = period_of(int(start.timestamp() * 1000))
-        return lo, hi
+            return period_bounds(period)
+        except ValueError as exc:
+            raise Unprocessable(f"period: {exc}") from None
     _, period_start, period_end = period_of(now_ms)
     lo = period_start if from_ms is None else from_ms
     hi = period_end if to_ms is None else to_ms
     if hi <= lo:
         raise Unprocessable("to_ms must be after from_ms")
     if hi - lo > MAX_RANGE_MS:
-        raise Unprocessable(f"a report covers at most {MAX_RANGE_MS // 86_400_000} days")
+        raise Unprocessable(f"a report covers at most {MAX_RANGE_MS // MS_PER_DAY} days")
     return lo, hi
 
 

@@ -1,0 +1,333 @@
+"""The client SDK: publish an invocation request, wait for its gate decision; report completions;
+send operator budget commands.
+
+One Producer and one Consumer per client. The consumer reads gate.decisions outside any consumer
+group, from the end as it was when the constructor returned (see `_assign_at_end`). A background
+thread resolves waiting futures by request id, expires them at their deadlines (GateTimeoutError)
+and serves the producer's delivery callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from ledgergate import topics
+from ledgergate.codec import codec
+from ledgergate.commands import BudgetCommand
+from ledgergate.errors import CodecError, GateClientError, GateOverloadedError, GateTimeoutError, TopicConfigError
+from ledgergate.ids import request_problem
+from ledgergate.kafka_config import consumer_config, producer_config
+from ledgergate.settings import ClientSettings
+
+MAX_OUTSTANDING = 100_000
+REQUEST_ID_HEADER = "request_id"
+
+# stdlib logging: a library must not configure the application's logging; structured fields go in `extra`.
+_log = logging.getLogger("ledgergate.client")
+
+
+class DecisionFuture(Future[dict[str, Any]]):
+    """A pending gate decision. `sent_at`/`received_at` are time.perf_counter() readings taken just
+    before the request was handed to the producer and when its decision was read, for latency."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__()
+        self.request_id = request_id
+        self.sent_at = 0.0
+        self.received_at: float | None = None
+
+    @property
+    def latency_s(self) -> float | None:
+        return None if self.received_at is None else self.received_at - self.sent_at
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class GateClient:
+    def __init__(self, bootstrap: str | None = None, topic_prefix: str | None = None, timeout_s: float = 10.0,
+                 max_outstanding: int = MAX_OUTSTANDING) -> None:
+        """`bootstrap` and `topic_prefix` default (None) to LEDGERGATE_KAFKA_BOOTSTRAP and
+        LEDGERGATE_TOPIC_PREFIX (ClientSettings: 127.0.0.1:9092 and no prefix); an argument wins."""
+        self._topics = ClientSettings.from_env(bootstrap, topic_prefix)
+        bootstrap = self._topics.kafka_bootstrap
+        self.timeout_s = timeout_s
+        self.max_outstanding = max_outstanding
+        self._requests_topic = self._topics.topic(topics.REQUESTS)
+        self._decisions_topic = self._topics.topic(topics.DECISIONS)
+        self._waiters: dict[str, DecisionFuture] = {}
+        # (deadline, tie-breaker, request id, future, timeout it was given)
+        self._deadlines: list[tuple[float, int, str, DecisionFuture, float]] = []
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._closed = False
+        self.delivery_errors = 0
+        self._producer = Producer(producer_config(bootstrap))
+        self._consumer = Consumer(consumer_config(bootstrap, f"ledgergate-client-{uuid.uuid4().hex}", **{
+            "enable.auto.commit": False, "isolation.level": "read_committed", "fetch.wait.max.ms": 5,
+            "enable.partition.eof": False, "auto.offset.reset": "latest"}))
+        try:
+            self._assign_at_end(timeout_s=max(timeout_s, 10.0))
+        except BaseException:
+            self._consumer.close()
+            raise
+        self._thread = threading.Thread(target=self._run, name="gate-client-decisions", daemon=True)
+        self._thread.start()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def _assign_at_end(self, timeout_s: float) -> None:
+        """Assign every partition of gate.decisions at its current end, as explicit offsets: every decision
+        written after this returns has an offset >= them, whenever the first fetch happens. (OFFSET_END
+        is resolved lazily at that first fetch, and position() stays unset until a message arrives, so
+        neither can prove the assignment live before the first request is published.)"""
+        topic = self._decisions_topic
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                meta = self._consumer.list_topics(topic, timeout=left).topics.get(topic)
+                if meta is None or meta.error is not None or not meta.partitions:
+                    problem = f"topic {topic} does not exist ({meta.error if meta is not None else 'no metadata'})"
+                else:
+                    self._consumer.assign([TopicPartition(topic, p, self._consumer.get_watermark_offsets(
+                        TopicPartition(topic, p), timeout=left)[1]) for p in sorted(meta.partitions)])
+                    return
+            except KafkaException as exc:  # e.g. no leader yet on a topic just created, or no broker
+                problem = f"end offsets of {topic} unavailable: {exc.args[0].str()}"
+            if time.monotonic() >= deadline:
+                raise TopicConfigError(f"{problem} on {self._topics.kafka_bootstrap} after {timeout_s:.0f} s; "
+                                       "is the stack up and were topics applied (`ledgergate topics apply`)?")
+            time.sleep(0.1)
+
+    def close(self, flush_timeout_s: float = 10.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._thread.join()
+        self._consumer.close()
+        self._producer.flush(flush_timeout_s)
+        with self._lock:
+            pending = list(self._waiters.items())
+            self._waiters.clear()
+        for request_id, fut in pending:
+            self._resolve(fut, exc=GateClientError(f"client closed before a decision for request {request_id}"))
+
+    def __enter__(self) -> GateClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._waiters)
+
+    def flush(self, timeout_s: float = 10.0) -> int:
+        """Wait for every produced message's delivery; returns how many are still undelivered."""
+        return int(self._producer.flush(timeout_s))
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def submit(self, tenant_id: str, messages: Sequence[Mapping[str, Any]], model: str, max_output_tokens: int, *,
+               request_id: str | None = None, workflow_id: str = "", agent_id: str = "", priority: str = "NORMAL",
+               region: str | None = None, max_cost_micro_usd: int | None = None,
+               labels: Mapping[str, str] | None = None, tools: Any = None,
+               timeout_s: float | None = None) -> DecisionFuture:
+        """Publish one InvocationRequested; the future resolves to the decoded GateDecision, or fails with
+        GateTimeoutError after `timeout_s` (the client's default when None)."""
+        if self._closed:
+            raise GateClientError("client is closed")
+        request_id = request_id or str(uuid.uuid4())
+        record = {
+            "request_id": request_id, "tenant_id": tenant_id, "workflow_id": workflow_id, "agent_id": agent_id,
+            "requested_model": model,
+            "messages": [{"role": m["role"], "content": m["content"], "name": m.get("name")} for m in messages],
+            "tools_json": _tools_json(tools), "max_output_tokens": max_output_tokens, "priority": priority,
+            "region": region, "max_cost_micro_usd": max_cost_micro_usd, "labels": dict(labels or {}),
+            "requested_at_ms": _now_ms(), "trace_context": {},
+        }
+        # The gate's edge rule, checked before publishing: a caller's typo is an exception here, not
+        # a DENY invalid_request (or a dead letter) a round trip later.
+        problem = request_problem(record)
+        if problem is not None:
+            raise GateClientError(f"invalid request: {problem}")
+        value = codec().encode("InvocationRequested", record)  # CodecError before anything is registered
+        fut = DecisionFuture(request_id)
+        fut.set_running_or_notify_cancel()
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        with self._lock:
+            if request_id in self._waiters:
+                raise GateClientError(f"request {request_id} is already waiting for a decision")
+            if len(self._waiters) >= self.max_outstanding:
+                raise GateOverloadedError(f"{len(self._waiters)} requests already wait for decisions "
+                                          f"(bound {self.max_outstanding}); slow down or raise max_outstanding")
+            self._waiters[request_id] = fut
+            heapq.heappush(self._deadlines, (time.monotonic() + wait_s, next(self._seq), request_id, fut, wait_s))
+        fut.sent_at = time.perf_counter()
+        try:
+            self._produce(self._requests_topic, tenant_id, value, request_id,
+                          on_error=lambda err: self._fail(request_id, fut, GateClientError(
+                              f"request {request_id} was not delivered to {self._requests_topic}: {err}")))
+        except Exception as exc:
+            self._fail(request_id, fut, exc)
+            raise
+        return fut
+
+    def request(self, tenant_id: str, messages: Sequence[Mapping[str, Any]], model: str, max_output_tokens: int,
+                **kwargs: Any) -> dict[str, Any]:
+        """Blocking form of `submit`: the decision, or GateTimeoutError naming the request id."""
+        fut = self.submit(tenant_id, messages, model, max_output_tokens, **kwargs)
+        wait_s = kwargs.get("timeout_s") or self.timeout_s
+        try:
+            # The consumer thread fails the future at its deadline; the margin only guards against that
+            # thread being gone.
+            return fut.result(timeout=wait_s + 5.0)
+        except FutureTimeoutError:
+            raise GateTimeoutError(f"no gate decision for request {fut.request_id} within {wait_s:.1f} s") from None
+
+    async def request_async(self, tenant_id: str, messages: Sequence[Mapping[str, Any]], model: str,
+                            max_output_tokens: int, **kwargs: Any) -> dict[str, Any]:
+        return await asyncio.wrap_future(self.submit(tenant_id, messages, model, max_output_tokens, **kwargs))
+
+    # --- completions and commands ----------------------------------------------------------------
+
+    def complete(self, tenant_id: str, request_id: str, model: str, usage: Mapping[str, int] | None,
+                 completion_text: str | None = None, status: str = "OK") -> None:
+        """Report how a granted call ended (non-blocking; `flush` or `close` waits for delivery)."""
+        record = {
+            "request_id": request_id, "tenant_id": tenant_id, "model": model, "status": status,
+            "usage": None if usage is None else {
+                "input_tokens": int(usage["input_tokens"]),
+                "cached_input_tokens": int(usage.get("cached_input_tokens", 0)),
+                "output_tokens": int(usage["output_tokens"]),
+                "reasoning_tokens": int(usage.get("reasoning_tokens", 0))},
+            "completion_text": completion_text, "completed_at_ms": _now_ms(), "trace_context": {},
+        }
+        value = codec().encode("InvocationCompleted", record)
+        self._produce(self._topics.topic(topics.COMPLETIONS), tenant_id, value, request_id, on_error=self._count_error)
+
+    def send_command(self, tenant_id: str, kind: str, amount_micro_usd: int = 0, scope_type: str = "TENANT",
+                     scope_id: str = "", request_id: str | None = None, policy_json: str | None = None,
+                     reason: str = "", issued_by: str = "cli") -> str:
+        """Publish one BudgetCommand and wait until Kafka has it; returns its command id."""
+        command = BudgetCommand(tenant_id, kind, scope_type, scope_id, amount_micro_usd, request_id, policy_json,
+                                reason, issued_by)
+        command_id = command.command_id
+        value = command.encode()
+        errors: list[str] = []
+        self._produce(self._topics.topic(topics.COMMANDS), tenant_id, value, command_id, on_error=errors.append)
+        if self._producer.flush(self.timeout_s) != 0:
+            raise GateClientError(f"command {command_id} not delivered within {self.timeout_s:.1f} s")
+        if errors:
+            raise GateClientError(f"command {command_id} was not delivered: {errors[0]}")
+        return command_id
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _produce(self, topic: str, tenant_id: str, value: bytes, request_id: str,
+                 on_error: Callable[[str], Any]) -> None:
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                on_error(str(err))
+
+        while True:
+            try:
+                self._producer.produce(topic, key=tenant_id.encode(), value=value, on_delivery=delivered,
+                                       headers=[(REQUEST_ID_HEADER, request_id.encode())])
+                return
+            except BufferError:  # local queue full: let librdkafka drain it, then retry
+                self._producer.poll(0.05)
+
+    def _count_error(self, err: str) -> None:
+        self.delivery_errors += 1
+        _log.warning("delivery_failed: %s", err, extra={"error": str(err)})
+
+    def _fail(self, request_id: str, fut: DecisionFuture, exc: BaseException) -> None:
+        with self._lock:
+            if self._waiters.get(request_id) is fut:
+                del self._waiters[request_id]
+        self._resolve(fut, exc=exc)
+
+    @staticmethod
+    def _resolve(fut: DecisionFuture, result: dict[str, Any] | None = None,
+                 exc: BaseException | None = None) -> None:
+        try:
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)  # type: ignore[arg-type]
+        except InvalidStateError:  # cancelled by its owner or already failed: nothing to do
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._producer.poll(0)
+                # poll() returns on the first message; consume(n, t) would wait out t unless n arrived,
+                # adding its whole timeout to a decision's latency. Then drain what is already there.
+                msg = self._consumer.poll(0.02)
+                if msg is not None:
+                    self._on_message(msg)
+                    for more in self._consumer.consume(1000, 0):
+                        self._on_message(more)
+                self._expire()
+            except Exception as exc:  # keep serving: a dead thread would strand every waiter
+                _log.error("decision_loop_error: %r", exc)
+                time.sleep(0.1)
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.error() is not None:
+            if msg.error().code() != KafkaError._PARTITION_EOF:
+                _log.warning("decision_consume_error: %s", msg.error())
+            return
+        try:
+            name, record = codec().decode(msg.value())
+        except CodecError as exc:
+            _log.warning("undecodable_decision at partition %s offset %s: %s", msg.partition(), msg.offset(),
+                         exc.message)
+            return
+        if name != "GateDecision":
+            return
+        with self._lock:
+            fut = self._waiters.pop(record["request_id"], None)
+        if fut is not None:  # others' decisions share the topic; they are not ours to answer
+            fut.received_at = time.perf_counter()
+            self._resolve(fut, result=record)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        expired = []
+        with self._lock:
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _deadline, _seq, request_id, fut, wait_s = heapq.heappop(self._deadlines)
+                if fut.done():
+                    continue
+                if self._waiters.get(request_id) is fut:
+                    del self._waiters[request_id]
+                expired.append((request_id, fut, wait_s))
+        for request_id, fut, wait_s in expired:
+            self._resolve(fut, exc=GateTimeoutError(
+                f"no gate decision for request {request_id} within {wait_s:.1f} s"))
+
+
+def _tools_json(tools: Any) -> str | None:
+    if tools is None or isinstance(tools, str):
+        return tools
+    return json.dumps(tools, sort_keys=True, separators=(",", ":"))

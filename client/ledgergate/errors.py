@@ -1,0 +1,64 @@
+"""The errors the public package raises (the SDK, the codec, the id rules), and their common base.
+
+Each error carries a short machine-readable `code` (used as a DENY reason or a dead-letter header)
+beside its human message. The server's own errors (ledgergate.shared.errors) derive from the same base,
+so `except LedgergateError` catches both families.
+"""
+
+from __future__ import annotations
+
+
+class LedgergateError(Exception):
+    """Base of every deliberate ledgergate error."""
+
+    code: str = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class CodecError(LedgergateError):
+    """Bytes that cannot be decoded into an event, or an event that cannot be encoded."""
+
+    code = "codec_error"
+
+
+class UnknownFingerprintError(CodecError):
+    code = "unknown_schema_fingerprint"
+
+
+class TruncatedMessageError(CodecError):
+    code = "truncated_message"
+
+
+class MalformedMessageError(CodecError):
+    code = "malformed_message"
+
+
+class SchemaError(LedgergateError):
+    """A schema file in schemas/ is missing, invalid or incompatible with its previous version."""
+
+    code = "schema_error"
+
+
+class TopicConfigError(LedgergateError):
+    code = "topic_config_error"
+
+
+class GateTimeoutError(LedgergateError):
+    """The client SDK did not receive a decision within its timeout."""
+
+    code = "gate_timeout"
+
+
+class GateClientError(LedgergateError):
+    """The client could not send a message, or was closed while a request waited."""
+
+    code = "gate_client_error"
+
+
+class GateOverloadedError(GateClientError):
+    """More requests are waiting for decisions than the client's bound allows."""
+
+    code = "gate_client_overloaded"

@@ -1,0 +1,18 @@
+"""The topics' logical names. schemas/topics.yaml defines them (partitions, retention); a unit test
+keeps this list and that file equal. A deployment may prefix every name (`LEDGERGATE_TOPIC_PREFIX`)."""
+
+from __future__ import annotations
+
+REQUESTS = "invocation.requests"
+COUNTED = "invocation.counted"
+PLANNED = "invocation.planned"
+COMMANDS = "budget.commands"
+LEDGER = "budget.ledger"
+DECISIONS = "gate.decisions"
+COMPLETIONS = "invocation.completions"
+METERED = "usage.metered"
+ALERTS = "budget.alerts"
+AUDIT = "audit.log"
+DEADLETTER = "deadletter"
+
+ALL = (REQUESTS, COUNTED, PLANNED, COMMANDS, LEDGER, DECISIONS, COMPLETIONS, METERED, ALERTS, AUDIT, DEADLETTER)

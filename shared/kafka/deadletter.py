@@ -1,0 +1,31 @@
+"""The dead-letter record: one writer for every process that gives up on a message (the stream runtime,
+the alerter), so one tool reads them all. The envelope keeps the original bytes and coordinates; the
+headers repeat the coordinates and the error so a reader can filter without decoding."""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Message
+
+from ledgergate.codec import codec
+from ledgergate.shared.kafka.headers import Headers
+
+# Bounds on the error text: the envelope keeps enough to diagnose, the header stays small.
+ERROR_MESSAGE_MAX_CHARS = 2000
+ERROR_HEADER_MAX_CHARS = 500
+
+
+def dead_letter(msg: Message, service: str, code: str, message: str) -> tuple[bytes, Headers]:
+    """(DeadLetter value, headers) for a message `service` could not handle, with its error code and text."""
+    topic, partition, offset = msg.topic() or "", msg.partition(), msg.offset()
+    assert partition is not None and offset is not None, "a consumed message has coordinates"
+    value = codec().encode("DeadLetter", {
+        "original_topic": topic, "original_partition": partition, "original_offset": offset,
+        "original_key": msg.key(), "original_value": msg.value(), "error_code": code,
+        "error_message": message[:ERROR_MESSAGE_MAX_CHARS], "service": service,
+        "failed_at_ms": time.time_ns() // 1_000_000})
+    headers = [("original_topic", topic.encode()), ("original_partition", str(partition).encode()),
+               ("original_offset", str(offset).encode()), ("error_code", code.encode()),
+               ("error", message[:ERROR_HEADER_MAX_CHARS].encode())]
+    return value, headers

@@ -1,0 +1,190 @@
+"""What `ledgergate bench` runs, phase by phase, and where the results go.
+
+Phases run one at a time so none measures another's load: CPU-only work first (tokenizer, memory),
+then Kafka without services (echo floors), the gate, the PostgreSQL baseline, and the ledger rebuild.
+Each phase records how much CPU went to processes that are not ours (other engineers' tests on a
+shared 2-core machine); a phase above NOISY_CORES marks the whole run as polluted.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ledgergate import topics
+from ledgergate.shared.kafka import provision
+from ledgergate.shared.settings import PROJECT_ROOT, KafkaSettings, PostgresSettings
+from ledgergate.tools.bench import floors, ledger, pgbaseline, procstats, report
+from ledgergate.tools.bench.gate import GateBench, GateOptions, say
+from ledgergate.tools.bench.workload import request_record, workload
+
+RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
+NOISY_CORES = 0.3
+MAX_RATES = (250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
+MODES = ("all", "max", "rate", "floors", "ledger", "baseline")
+
+
+@dataclass
+class BenchOptions:
+    mode: str = "all"
+    smoke: bool = False
+    rate: float = 1000.0
+    duration_s: float = 20.0
+    step_s: float = 4.0
+    rates: tuple[float, ...] = MAX_RATES
+    tenants: int = 1000
+    seed: int = 7
+    output: Path | None = None
+    quiet_wait_s: float = 0.0
+    noisy_retries: int = 0
+    command: str = "ledgergate bench"
+    sizes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        full = {"warmup": (100.0, 3.0), "race": (200, 20), "echo": (1000.0, 5.0), "tokenizer": (2000, 3),
+                "memory": 1_000_000, "memory_traced": 50_000, "rebuild": (1_000_000, 2000),
+                "pg": {"rate": self.rate, "seconds": min(self.duration_s, 10.0), "capacity": 5000, "workers": 16}}
+        smoke = {"warmup": (20.0, 1.0), "race": (40, 5), "echo": (200.0, 1.0), "tokenizer": (100, 1),
+                 "memory": 5000, "memory_traced": 2000, "rebuild": (20_000, 1000),
+                 "pg": {"rate": 50.0, "seconds": 2.0, "capacity": 200, "workers": 4}}
+        self.sizes = {**(smoke if self.smoke else full), **self.sizes}
+        if self.smoke:
+            self.tenants, self.rates, self.step_s = min(self.tenants, 50), (40.0, 80.0), 1.5
+            self.rate, self.duration_s = 40.0, 2.0
+
+
+class Bench:
+    def __init__(self, opts: BenchOptions) -> None:
+        self.options = opts
+        self.kafka = KafkaSettings()
+        self.run_id = time.strftime("%Y%m%d-%H%M%S")
+        self.results: dict[str, Any] = {"run": self.run_id, "mode": opts.mode, "smoke": opts.smoke,
+                                        "command": opts.command, "machine": procstats.machine(), "phases": {}}
+
+    def phase(self, name: str, job: Callable[[], None]) -> None:
+        """Run one phase; while other people's CPU use during it exceeds NOISY_CORES, run it again (up
+        to --noisy-retries times) and keep the cleanest attempt."""
+        best: dict[str, Any] | None = None
+        for attempt in range(1, self.options.noisy_retries + 2):
+            # PostgreSQL counts as ours only where we use it; elsewhere its CPU is other people's tests.
+            stack = procstats.stack_pids() if name == "baseline" else procstats.broker()
+            children0 = procstats.reaped_children_cpu_seconds()
+            window = procstats.CpuWindow({**stack, "bench": os.getpid()})
+            job()
+            cpu = window.close(extra_s=procstats.reaped_children_cpu_seconds() - children0)
+            self.results["phases"][name] = {**cpu, "attempts": attempt}
+            if best is None or cpu["foreign_cores"] < best["phases"][name]["foreign_cores"]:
+                best = copy.deepcopy(self.results)
+            if cpu["foreign_cores"] <= NOISY_CORES or attempt > self.options.noisy_retries:
+                break
+            say(f"bench: {name} shared the machine with {cpu['foreign_cores']:.2f} cores of other work; again")
+        assert best is not None
+        best["phases"][name]["attempts"] = self.results["phases"][name]["attempts"]
+        self.results = best
+
+    def run(self) -> dict[str, Any]:
+        mode, o = self.options.mode, self.options
+        if o.quiet_wait_s:
+            say(f"bench: waiting up to {o.quiet_wait_s:g} s for the machine to go quiet")
+            self.results["busy_cores_before_start"] = procstats.wait_quiet(o.quiet_wait_s, NOISY_CORES)
+        started = time.monotonic()
+        if mode in ("all", "floors"):
+            self.phase("tokenizer", self._floors_tokenizer)
+        if mode in ("all", "ledger"):
+            self.phase("memory", self._memory)
+        if mode in ("all", "floors"):
+            self.phase("echo", self._echo)
+        if mode in ("all", "max", "rate"):
+            self.phase("gate", self._gate)
+        if mode in ("all", "baseline"):
+            self.phase("baseline", self._baseline)
+        if mode in ("all", "ledger"):
+            self.phase("rebuild", self._rebuild)
+        self.results["total_s"] = round(time.monotonic() - started, 1)
+        self.results["noisy"] = any(p["foreign_cores"] > NOISY_CORES for p in self.results["phases"].values())
+        return self.results
+
+    # --- phases --------------------------------------------------------------------------------
+
+    def _floors_tokenizer(self) -> None:
+        count, repeats = self.options.sizes["tokenizer"]
+        say(f"floors: tiktoken vs count_request on {count} gate prompts")
+        work = workload(self.options.tenants, "tok", count, self.options.seed)
+        records = [request_record(work, i, "tok", 0) for i in range(count)]
+        self.results.setdefault("floors", {})["tokenizer"] = floors.tokenizer_floor(records, repeats)
+
+    def _memory(self) -> None:
+        led = self.results.setdefault("ledger", {})
+        say(f"ledger: memory of {self.options.sizes['memory']:,} tenants' state (fresh process)")
+        led["memory"] = ledger.run_child("memory", {"tenants": self.options.sizes["memory"]})
+        led["memory_traced"] = ledger.run_child("memory", {"tenants": self.options.sizes["memory_traced"],
+                                                           "tracemalloc": True})
+
+    def _echo(self) -> None:
+        rate, seconds = self.options.sizes["echo"]
+        prefix = f"bench{uuid.uuid4().hex[:6]}."
+        partitions = provision.load_specs(partitions=self.kafka.kafka_partitions)[0].partitions
+        self.results.setdefault("floors", {})["echo"] = floors.echo_floors(
+            self.kafka.kafka_bootstrap, prefix, partitions, rate, seconds, low_rate=self.options.sizes["warmup"][0])
+
+    def _gate(self) -> None:
+        o = self.options
+        steps = [(r, o.step_s) for r in o.rates] if o.mode in ("all", "max") else []
+        rate = (o.rate, o.duration_s) if o.mode in ("all", "rate") else None
+        race = self.options.sizes["race"] if o.mode == "all" else (0, 0)
+        gate_opts = GateOptions(tenants=o.tenants, seed=o.seed, warmup=self.options.sizes["warmup"], steps=steps,
+                                rate=rate,
+                                race_requests=race[0], race_affords=race[1], idle_s=1.0 if o.smoke else 3.0)
+        self.results["gate"] = GateBench(self.kafka, gate_opts).run()
+
+    def _baseline(self) -> None:
+        pg = self.options.sizes["pg"]
+        count = int(pg["rate"] * pg["seconds"])
+        say(f"baseline: PostgreSQL gate, capacity over {pg['capacity']} requests, then {pg['rate']:g}/s "
+            f"for {pg['seconds']:g} s, then the races")
+        work = workload(self.options.tenants, "pg", pg["capacity"] + count, self.options.seed)
+        race_requests, race_affords = self.options.sizes["race"]
+        self.results["baseline"] = pgbaseline.run_baseline(
+            PostgresSettings().pg_dsn, work, uuid.uuid4().hex[:6], 0, count, pg["rate"], pg["capacity"],
+            pg["workers"], race_requests, race_affords)
+
+    def _rebuild(self) -> None:
+        entries, tenants = self.options.sizes["rebuild"]
+        prefix = f"bench{uuid.uuid4().hex[:6]}.rebuild."
+        spec = next(s for s in provision.load_specs(partitions=self.kafka.kafka_partitions, prefix=prefix)
+                    if s.name == prefix + topics.LEDGER)
+        bootstrap = self.kafka.kafka_bootstrap
+        provision.apply(bootstrap, [spec])
+        try:
+            say(f"ledger: producing {entries:,} synthetic entries for {tenants} tenants into {spec.name}")
+            made = ledger.produce_ledger(bootstrap, spec.name, entries, tenants)
+            say(f"ledger: produced in {made['produce_s']} s; folding from offset 0 as the budget-manager does")
+            rebuild = ledger.run_child("fold", {"bootstrap": bootstrap, "topic": spec.name,
+                                                "partitions": spec.partitions})
+            self.results.setdefault("ledger", {})["rebuild"] = {**rebuild, "generated": made}
+        finally:
+            floors.delete_topics(bootstrap, [spec.name])
+
+
+def write(results: dict[str, Any], output: Path | None) -> Path:
+    path = output or RESULTS_DIR / f"{results['run']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results["output"] = str(path)
+    path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def run_bench(opts: BenchOptions) -> dict[str, Any]:
+    results = Bench(opts).run()
+    write(results, opts.output)
+    print(report.table(results), flush=True)
+    sys.stdout.flush()
+    return results

@@ -1,0 +1,98 @@
+"""Read-only queries on the projector's PostgreSQL `usage` table (one row per ReservationSettled), for
+the audit replay and the invoice reconciliation.
+
+The projector owns the table; these queries look at its columns first and answer "not available"
+(with the reason) rather than fail when it is missing or shaped differently, because both tools can
+still do their main job from Kafka. Days are computed with integer division of `settled_at_ms`, the
+settlement's recorded time, so they match `ledgergate.tools.tables.utc_day` exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import psycopg
+
+from ledgergate.shared.errors import UsageTableError
+from ledgergate.shared.units import MS_PER_DAY, utc_day
+
+SpendKey = tuple[str, str, str]  # (tenant, model, day)
+NEEDED = {"tenant_id", "model", "actual_micro_usd", "settled_at_ms", "estimated", "input_tokens",
+          "cached_input_tokens", "output_tokens", "reasoning_tokens"}
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """Summed usage of one (day, model, estimated) group."""
+
+    day: str
+    model: str
+    estimated: bool
+    requests: int
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cost_micro_usd: int
+
+
+def _connect(dsn: str) -> psycopg.Connection:
+    try:
+        return psycopg.connect(dsn, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise UsageTableError(f"cannot connect to PostgreSQL: {exc}") from exc
+
+
+def _unavailable(conn: psycopg.Connection) -> str | None:
+    """Why the table cannot serve, or None when it can."""
+    row = conn.execute("SELECT to_regclass('public.usage')").fetchone()
+    if row is None or row[0] is None:
+        return "PostgreSQL has no usage table (projector migrations not applied?)"
+    columns = {r[0] for r in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = 'usage'")}
+    missing = NEEDED - columns
+    return f"usage table lacks columns {sorted(missing)}" if missing else None
+
+
+def spend_by_tenant_model_day(dsn: str, tenant: str | None, from_ms: int | None
+                              ) -> tuple[dict[SpendKey, tuple[int, int]] | None, str]:
+    """{(tenant, model, day): (settlements, micro-USD)} or (None, why not)."""
+    where, params = ["TRUE"], []
+    if tenant is not None:
+        where.append("tenant_id = %s")
+        params.append(tenant)
+    if from_ms is not None:
+        where.append("settled_at_ms >= %s")
+        params.append(from_ms)
+    try:
+        with _connect(dsn) as conn:
+            why = _unavailable(conn)
+            if why is not None:
+                return None, why
+            rows = conn.execute(
+                f"SELECT tenant_id, model, settled_at_ms / {MS_PER_DAY}, count(*), sum(actual_micro_usd) "
+                f"FROM usage WHERE {' AND '.join(where)} GROUP BY 1, 2, 3", params).fetchall()
+    except psycopg.Error as exc:
+        raise UsageTableError(f"querying the usage table failed: {exc}") from exc
+    totals = {(t, m, utc_day(int(d) * MS_PER_DAY)): (int(n), int(s)) for t, m, d, n, s in rows}
+    return totals, "usage table"
+
+
+def usage_by_day_model(dsn: str, first: date, last: date) -> tuple[list[UsageRow] | None, str]:
+    """Usage per (day, model, estimated) between two UTC days inclusive, or (None, why not)."""
+    lo = (first - date(1970, 1, 1)).days * MS_PER_DAY
+    hi = ((last - date(1970, 1, 1)).days + 1) * MS_PER_DAY
+    try:
+        with _connect(dsn) as conn:
+            why = _unavailable(conn)
+            if why is not None:
+                return None, why
+            rows = conn.execute(
+                f"SELECT settled_at_ms / {MS_PER_DAY}, model, estimated, count(*), sum(input_tokens), "
+                "sum(cached_input_tokens), sum(output_tokens), sum(reasoning_tokens), sum(actual_micro_usd) "
+                "FROM usage WHERE settled_at_ms >= %s AND settled_at_ms < %s GROUP BY 1, 2, 3", (lo, hi)).fetchall()
+    except psycopg.Error as exc:
+        raise UsageTableError(f"querying the usage table failed: {exc}") from exc
+    return [UsageRow(utc_day(int(d) * MS_PER_DAY), m, bool(e), *(int(x) for x in rest))
+            for d, m, e, *rest in rows], "PostgreSQL usage table"
