@@ -107,7 +107,8 @@ def parse_invoice_rows(rows: Iterable[dict[str, str]], header: Iterable[str]) ->
         model = (row["model"] or "").strip()
         if not model:
             raise InvoiceError(f"line {line}: model is empty")
-        amounts = Amounts(*(_int_cell(row[c], c, line) for c in COLUMNS[2:6]), _micro_usd(row["cost_usd"], line))
+        tokens = {c: _int_cell(row[c], c, line) for c in COLUMNS[2:6]}  # the token columns are named as in Amounts
+        amounts = Amounts(**tokens, cost_micro_usd=_micro_usd(row["cost_usd"], line))
         out[(day, model)] = out.get((day, model), Amounts()) + amounts
     return out
 

@@ -26,10 +26,10 @@ from typing import Any
 from confluent_kafka import Message
 
 from ledgergate.codec import codec
-from ledgergate.errors import CodecError, TopicConfigError
+from ledgergate.errors import CodecError, TopicConfigError, TruncatedMessageError
 from ledgergate.shared.audit import GENESIS_HASH, verify_chain
 from ledgergate.shared.kafka.partitioning import murmur2_partition
-from ledgergate.shared.kafka.reader import read_to_end
+from ledgergate.shared.kafka.reader import offset_of, partition_of, read_to_end
 from ledgergate.shared.kafka.seek import low_watermarks, offsets_at, partition_count
 from ledgergate.shared.units import utc_day
 from ledgergate.tools.pg_usage import spend_by_tenant_model_day
@@ -128,7 +128,7 @@ class AuditReplay:
     # --- audit.log -----------------------------------------------------------------------------
 
     def _audit(self, msg: Message) -> None:
-        p, offset = msg.partition(), msg.offset()
+        p, offset = partition_of(msg), offset_of(msg)
         check = self.checks[p]
         check.records += 1
         check.first_offset = offset if check.first_offset is None else check.first_offset
@@ -204,7 +204,9 @@ class AuditReplay:
             lo[lp], hi[lp] = min(lo.get(lp, loff), loff), max(hi.get(lp, loff), loff)
         for msg in read_to_end(o.bootstrap, o.ledger_topic, partitions, starts):
             self._tick(o.ledger_topic)
-            p, off, raw = msg.partition(), msg.offset(), msg.value()
+            p, off, raw = partition_of(msg), offset_of(msg), msg.value()
+            if raw is None:  # the codec would refuse it below too; the SHA-256 comparison cannot take it
+                raise TruncatedMessageError(f"ledger entry {p}/{off} has no value")
             if off > hi.get(p, -1):
                 self._tail(p, off, raw)
                 continue  # beyond what the audit covers: outside the spend comparison too

@@ -10,7 +10,7 @@ from pydantic_core import PydanticCustomError
 
 from ledgergate.ids import ID_PATTERN, MAX_ID_CHARS, MAX_NAME_CHARS, name_problem
 
-# The budget-manager rejects anything above this too (services/budget_manager/core.py): a billion dollars
+# The budget-manager rejects anything above this too (shared/ledger/decide.py): a billion dollars
 # is a typo, not a budget.
 MAX_AMOUNT_MICRO_USD = 10**15
 MAX_PAGE = 500

@@ -20,26 +20,26 @@ from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.errors import MalformedMessageError
 from ledgergate.ids import id_problem, name_problem
-from ledgergate.services.budget_manager import core
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.kafka.headers import stamped
 from ledgergate.shared.kafka.reader import read_to_end
 from ledgergate.shared.kafka.runtime import Outbox, run_service
+from ledgergate.shared.ledger import decide
 from ledgergate.shared.ledger.entries import LedgerEntry, ThresholdCrossed, Usage, from_record, to_record
 from ledgergate.shared.ledger.state import TenantState, balances_view, evolve
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import BudgetManagerSettings
 
 
-def reserve_from_plan(rec: dict[str, Any]) -> core.Reserve:
+def reserve_from_plan(rec: dict[str, Any]) -> decide.Reserve:
     rejection = rec["rejection"]
-    return core.Reserve(
+    return decide.Reserve(
         request_id=rec["request_id"], tenant_id=rec["tenant_id"], workflow_id=rec["workflow_id"],
         agent_id=rec["agent_id"], requested_model=rec["requested_model"], priority=rec["priority"],
         region=rec["region"], requested_at_ms=rec["requested_at_ms"], request_sha256=rec["request_sha256"],
         input_tokens=rec["input_tokens"], envelope_micro_usd=rec["max_cost_micro_usd"],
         policy_version=rec["policy_version"],
-        candidates=tuple(core.Candidate(c["model"], c["tier"], c["estimated_cost_micro_usd"],
+        candidates=tuple(decide.Candidate(c["model"], c["tier"], c["estimated_cost_micro_usd"],
                                         c["granted_output_tokens"], c["price_version"]) for c in rec["candidates"]),
         rejection_reason=rejection["reason"] if rejection else None,
         rejection_detail=rejection["detail"] if rejection else "",
@@ -47,8 +47,8 @@ def reserve_from_plan(rec: dict[str, Any]) -> core.Reserve:
         retry_after_ms=rejection["retry_after_ms"] if rejection else None)
 
 
-def settle_from_usage(rec: dict[str, Any]) -> core.Settle:
-    return core.Settle(rec["request_id"], rec["tenant_id"], rec["model"], Usage(**rec["usage"]), rec["estimated"],
+def settle_from_usage(rec: dict[str, Any]) -> decide.Settle:
+    return decide.Settle(rec["request_id"], rec["tenant_id"], rec["model"], Usage(**rec["usage"]), rec["estimated"],
                        rec["status"] == "CANCELLED")
 
 
@@ -62,11 +62,11 @@ def command_problem(rec: dict[str, Any]) -> str | None:
             or ("policy_json holds a NUL character" if "\x00" in (rec["policy_json"] or "") else None))
 
 
-def command_from_record(rec: dict[str, Any]) -> core.Command:
+def command_from_record(rec: dict[str, Any]) -> decide.Command:
     problem = command_problem(rec)
     if problem is not None:
         raise MalformedMessageError(f"command refused: {problem}")
-    return core.Command(rec["command_id"], rec["tenant_id"], rec["kind"], rec["scope_type"], rec["scope_id"],
+    return decide.Command(rec["command_id"], rec["tenant_id"], rec["kind"], rec["scope_type"], rec["scope_id"],
                         rec["amount_micro_usd"], rec["request_id"], rec["policy_json"], rec["reason"])
 
 
@@ -131,19 +131,19 @@ class BudgetManager:
         now_ms = int(time.time() * 1000)
         state = self._state(msg.partition(), rec["tenant_id"])
         if name == "InvocationPlanned":
-            entries: list[LedgerEntry] | core.Rejected = core.decide_reserve(
+            entries: list[LedgerEntry] | decide.Rejected = decide.decide_reserve(
                 state, reserve_from_plan(rec), now_ms, self.settings.reservation_ttl_ms,
                 f"{msg.partition()}:{msg.offset()}")
         elif name == "UsageMetered":
-            entries = core.decide_settle(state, settle_from_usage(rec), now_ms, self.prices)
+            entries = decide.decide_settle(state, settle_from_usage(rec), now_ms, self.prices)
             if not entries:
                 self.log.info("settlement_ignored", tenant_id=rec["tenant_id"], request_id=rec["request_id"],
                               why="no reservation or already settled")
         elif name == "BudgetCommand":
-            entries = core.decide_command(state, command_from_record(rec), now_ms)
+            entries = decide.decide_command(state, command_from_record(rec), now_ms)
         else:
             raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
-        if isinstance(entries, core.Rejected):
+        if isinstance(entries, decide.Rejected):
             raise MalformedMessageError(f"{entries.code}: {entries.message}")
         self._append(msg.partition(), entries, out, stamped(msg, "budget"))
 
@@ -167,7 +167,7 @@ class BudgetManager:
             _, partition, tenant_id, request_id = heapq.heappop(self.expiry_heap)
             state = self.tenants.get(partition, {}).get(tenant_id)
             if state is not None:  # the heap may name holds since settled or voided: decide_expire says []
-                self._append(partition, core.decide_expire(state, request_id, now_ms), out, stamped(None, "budget"))
+                self._append(partition, decide.decide_expire(state, request_id, now_ms), out, stamped(None, "budget"))
         if self.dirty and self.settings.state_dump_path is not None:
             self.dump_state()
             self.dirty = False

@@ -1,8 +1,9 @@
 """projector's pure core: decoded events become read-model rows; no I/O.
 
-`balance_deltas` is the projector's copy of the balance arithmetic in ledgergate.shared.ledger.state.evolve, as
-additive deltas per (tenant, scope, period), so a batch can be applied with one set-based upsert and
-summed in any order. tests/unit/test_projector_core.py folds random ledgers both ways and compares.
+Balances come from the ledger's one balance arithmetic (ledgergate.shared.ledger.state.balance_deltas, which
+`evolve` applies too), as additive deltas per (tenant, scope, period), so a batch can be applied with one
+set-based upsert and summed in any order. tests/unit/test_projector_core.py folds random ledgers both
+ways and compares.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ledgergate.shared.ledger.entries import (
     ReservationVoided,
     ThresholdCrossed,
 )
-from ledgergate.shared.ledger.state import TENANT, WORKFLOW
+from ledgergate.shared.ledger.state import WORKFLOW, balance_deltas
 
 LEDGER, DECISIONS, AUDIT = "ledger", "decisions", "audit"
 
@@ -42,41 +43,6 @@ def check_storable(value: Any, path: str = "") -> None:
     elif isinstance(value, list):
         for i, item in enumerate(value):
             check_storable(item, f"{path}[{i}]")
-
-
-@dataclass(frozen=True, slots=True)
-class BalanceDelta:
-    scope_type: str
-    scope_id: str
-    period_id: str
-    credit_micro_usd: int = 0
-    posted_micro_usd: int = 0
-    pending_micro_usd: int = 0
-
-
-def _scopes(tenant_id: str, workflow_id: str) -> list[tuple[str, str]]:
-    # Must equal TenantState.scopes_of: the tenant always, the workflow when the entry names one.
-    return [(TENANT, tenant_id), (WORKFLOW, workflow_id)] if workflow_id else [(TENANT, tenant_id)]
-
-
-def balance_deltas(entry: LedgerEntry) -> list[BalanceDelta]:
-    """What `evolve` adds to each balance for this entry. The budget-manager writes a hold's period
-    into its settle/void/expire entries, so `entry.period_id` is the period evolve finds in the hold."""
-    match entry:
-        case ReservationPlaced():
-            return [BalanceDelta(st, sid, entry.period_id, pending_micro_usd=entry.amount_micro_usd)
-                    for st, sid in _scopes(entry.tenant_id, entry.workflow_id)]
-        case ReservationSettled():
-            return [BalanceDelta(st, sid, entry.period_id, posted_micro_usd=entry.actual_micro_usd,
-                                 pending_micro_usd=-entry.reserved_micro_usd)
-                    for st, sid in _scopes(entry.tenant_id, entry.workflow_id)]
-        case ReservationVoided() | ReservationExpired():
-            return [BalanceDelta(st, sid, entry.period_id, pending_micro_usd=-entry.released_micro_usd)
-                    for st, sid in _scopes(entry.tenant_id, entry.workflow_id)]
-        case CreditGranted():
-            return [BalanceDelta(entry.scope_type, entry.scope_id, entry.period_id,
-                                 credit_micro_usd=entry.amount_micro_usd)]
-    return []
 
 
 def _amount(entry: LedgerEntry) -> int:

@@ -25,7 +25,7 @@ def dead_letter(msg: Message, service: str, code: str, message: str) -> tuple[by
         "original_key": msg.key(), "original_value": msg.value(), "error_code": code,
         "error_message": message[:ERROR_MESSAGE_MAX_CHARS], "service": service,
         "failed_at_ms": time.time_ns() // 1_000_000})
-    headers = [("original_topic", topic.encode()), ("original_partition", str(partition).encode()),
+    headers: Headers = [("original_topic", topic.encode()), ("original_partition", str(partition).encode()),
                ("original_offset", str(offset).encode()), ("error_code", code.encode()),
                ("error", message[:ERROR_HEADER_MAX_CHARS].encode())]
     return value, headers

@@ -14,7 +14,7 @@ PREFIX = "lg-t-"
 MAX_HEADERS = 16  # a bound on what we carry forward, whatever arrives
 
 
-def received(msg: Message) -> Headers:
+def headers_of(msg: Message) -> Headers:
     """A consumed message's headers. librdkafka hands them over as a list; the stub also allows the dict
     that produce() accepts, which a consumed message never has."""
     headers = msg.headers()
@@ -26,7 +26,7 @@ def received(msg: Message) -> Headers:
 
 
 def stamped(msg: Message | None, stage: str) -> Headers:
-    carried: Headers = received(msg)[:MAX_HEADERS] if msg is not None else []
+    carried: Headers = headers_of(msg)[:MAX_HEADERS] if msg is not None else []
     carried.append((PREFIX + stage, str(time.time_ns() // 1000).encode()))  # microseconds
     return carried
 

@@ -14,7 +14,6 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from ledgergate.kafka_config import consumer_config
 from ledgergate.shared.errors import ReadTimeoutError
 
-
 # confluent-kafka types a message's topic, partition and offset as Optional: they are None only on a
 # Message built by hand or on some error events. Every message a consumer hands over with error() None
 # has all three, so these narrow the types and fail loudly should that ever not hold.

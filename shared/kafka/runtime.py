@@ -10,6 +10,8 @@ Error policy, explicit:
   stuck partition;
 - an unexpected exception in the handler is dead-lettered too (code `internal_error`), so one poison
   message cannot stop a tenant partition;
+- an AssertionError is not input's fault but a broken invariant: the process stops at once, leaving the
+  batch's transaction uncommitted, and a fresh instance rebuilds from the topics;
 - a Kafka transaction error that is abortable aborts, asks the handler to rebuild its state for the
   assigned partitions, and rewinds to the committed offsets; a retriable one (the broker is away) is
   retried until `commit_deadline_ms`;
@@ -244,6 +246,10 @@ class TransactionalRuntime:
             self.health.failed(exc.message)
             self.log.error("exiting_for_restart", error=exc.message)
             raise
+        except AssertionError as exc:
+            self.health.failed(f"invariant broken: {exc}")
+            self.log.critical("invariant_broken", error=str(exc), note="nothing of the open transaction commits")
+            raise
         finally:
             self.log.info("stopping")
             self._close()
@@ -291,6 +297,11 @@ class TransactionalRuntime:
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
             try:
                 self.handler.handle(msg, out)
+            except AssertionError:
+                # A broken invariant (the ledger asserts its pre- and postconditions): the state in memory can
+                # no longer be trusted, so nothing of this batch may commit. Crash; a fresh instance aborts
+                # the open transaction and rebuilds its state from the topics.
+                raise
             except LedgergateError as exc:
                 self._dead_letter(msg, exc.code, exc.message, out)
             except Exception as exc:  # one poison message must not stop its partition

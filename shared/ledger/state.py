@@ -161,18 +161,72 @@ def _writable(state: TenantState, name: str) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class BalanceDelta:
+    """What one entry adds to one scope's balance in one period."""
+
+    scope_type: str
+    scope_id: str
+    period_id: str
+    credit_micro_usd: int = 0
+    posted_micro_usd: int = 0
+    pending_micro_usd: int = 0
+
+
+def _scopes(tenant_id: str, workflow_id: str) -> list[ScopeKey]:
+    return [(TENANT, tenant_id), (WORKFLOW, workflow_id)] if workflow_id else [(TENANT, tenant_id)]
+
+
+def balance_deltas(entry: LedgerEntry) -> list[BalanceDelta]:
+    """The balance arithmetic of the ledger, in one place: `evolve` applies it to the state and the projector
+    to PostgreSQL. A settle, void or expiry names its hold's period (decide writes it), so the delta lands
+    where the hold was placed; a hold's money moves on the tenant and, when it has one, the workflow."""
+    match entry:
+        case ReservationPlaced():
+            return [BalanceDelta(st, sid, entry.period_id, pending_micro_usd=entry.amount_micro_usd)
+                    for st, sid in _scopes(entry.tenant_id, entry.workflow_id)]
+        case ReservationSettled():
+            return [BalanceDelta(st, sid, entry.period_id, posted_micro_usd=entry.actual_micro_usd,
+                                 pending_micro_usd=-entry.reserved_micro_usd)
+                    for st, sid in _scopes(entry.tenant_id, entry.workflow_id)]
+        case ReservationVoided() | ReservationExpired():
+            return [BalanceDelta(st, sid, entry.period_id, pending_micro_usd=-entry.released_micro_usd)
+                    for st, sid in _scopes(entry.tenant_id, entry.workflow_id)]
+        case CreditGranted():
+            return [BalanceDelta(entry.scope_type, entry.scope_id, entry.period_id,
+                                 credit_micro_usd=entry.amount_micro_usd)]
+    return []
+
+
+def _apply_balances(state: TenantState, entry: LedgerEntry) -> None:
+    for delta in balance_deltas(entry):
+        scope = (delta.scope_type, delta.scope_id)
+        b = state.balance(delta.period_id, scope)
+        b.credit_micro_usd += delta.credit_micro_usd
+        b.posted_micro_usd += delta.posted_micro_usd
+        b.pending_micro_usd += delta.pending_micro_usd
+        # Postconditions: a hold is released at most once, and a placement never takes a scope past its
+        # limit plus credit (invariant 1; a settlement's overage may, and is flagged).
+        assert b.pending_micro_usd >= 0, f"{entry.entry_id}: pending below zero on {scope}"
+        if delta.pending_micro_usd > 0:
+            limit = state.limits.get(scope)
+            assert limit is None or b.posted_micro_usd + b.pending_micro_usd <= limit + b.credit_micro_usd, (
+                f"{entry.entry_id}: {scope} over its limit")
+
+
 def _first_outcome(state: TenantState, entry: ReservationPlaced | ReservationDenied) -> None:
     assert entry.entry_id == reservation_entry_id(entry.request_id), entry.entry_id
     _writable(state, "outcomes")[entry.request_id] = entry.request_sha256
 
 
 def evolve(state: TenantState, entry: LedgerEntry) -> TenantState:
-    """Apply one ledger entry. The only code that changes balances."""
+    """Apply one ledger entry. The only code that changes balances (through `balance_deltas`)."""
+    assert entry.tenant_id == state.tenant_id, f"entry {entry.entry_id} of {entry.tenant_id} on {state.tenant_id}"
     state.entries += 1
+    _apply_balances(state, entry)
     match entry:
         case ReservationPlaced():
-            for scope in state.scopes_of(entry.workflow_id):
-                state.balance(entry.period_id, scope).pending_micro_usd += entry.amount_micro_usd
+            assert entry.request_id not in state.holds, f"a second hold for {entry.request_id}"
             _writable(state, "holds")[entry.request_id] = Hold(
                 _intern(entry.period_id), _intern(entry.workflow_id), _intern(entry.model), entry.amount_micro_usd,
                 _intern(entry.price_version), entry.expires_at_ms)
@@ -183,26 +237,21 @@ def evolve(state: TenantState, entry: LedgerEntry) -> TenantState:
             if entry.reason not in (CONFLICT_REASON, RATE_LIMITED_REASON):
                 _first_outcome(state, entry)
         case ReservationSettled():
+            assert not state.was_settled(entry.request_id), f"a second settlement for {entry.request_id}"
             hold = _writable(state, "holds").pop(entry.request_id, None) or _writable(state, "expired").pop(
                 entry.request_id, None)
-            period = hold.period_id if hold is not None else entry.period_id
-            for scope in state.scopes_of(entry.workflow_id):
-                b = state.balance(period, scope)
-                b.pending_micro_usd -= entry.reserved_micro_usd
-                b.posted_micro_usd += entry.actual_micro_usd
+            assert hold is None or hold.period_id == entry.period_id, f"{entry.entry_id} is not in its hold's period"
             _writable(state, "settled").add(entry.request_id)
         case ReservationVoided() | ReservationExpired():
             hold = _writable(state, "holds").pop(entry.request_id)
-            for scope in state.scopes_of(entry.workflow_id):
-                state.balance(hold.period_id, scope).pending_micro_usd -= entry.released_micro_usd
+            assert hold.period_id == entry.period_id, f"{entry.entry_id} is not in its hold's period"
+            assert entry.released_micro_usd == hold.amount_micro_usd, f"{entry.entry_id} releases another amount"
             if isinstance(entry, ReservationExpired):
                 _writable(state, "expired")[entry.request_id] = hold
         case BudgetLimitSet():
             _writable(state, "limits")[(_intern(entry.scope_type), _intern(entry.scope_id))] = entry.limit_micro_usd
             _writable(state, "commands").add(entry.command_id)
         case CreditGranted():
-            credited = state.balance(entry.period_id, (entry.scope_type, entry.scope_id))
-            credited.credit_micro_usd += entry.amount_micro_usd
             _writable(state, "commands").add(entry.command_id)
         case PolicyChanged():
             state.policy_version = entry.policy_version

@@ -9,7 +9,8 @@ import copy
 
 import pytest
 
-from ledgergate.services.budget_manager.core import (
+from ledgergate.shared.catalogue import prices
+from ledgergate.shared.ledger.decide import (
     Candidate,
     Command,
     Rejected,
@@ -20,7 +21,6 @@ from ledgergate.services.budget_manager.core import (
     decide_reserve,
     decide_settle,
 )
-from ledgergate.shared.catalogue import prices
 from ledgergate.shared.ledger.entries import (
     BudgetLimitSet,
     CreditGranted,

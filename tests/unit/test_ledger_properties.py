@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledgergate.codec import codec
-from ledgergate.services.budget_manager.core import (
+from ledgergate.shared.catalogue import prices
+from ledgergate.shared.ledger.decide import (
     MAX_CANDIDATES,
     Candidate,
     Command,
@@ -26,7 +27,6 @@ from ledgergate.services.budget_manager.core import (
     decide_reserve,
     decide_settle,
 )
-from ledgergate.shared.catalogue import prices
 from ledgergate.shared.ledger.entries import (
     BudgetLimitSet,
     LedgerEntry,

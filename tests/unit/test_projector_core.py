@@ -10,9 +10,9 @@ from collections import defaultdict
 
 from hypothesis import HealthCheck, given, settings
 
-from ledgergate.services.projector.core import Batch, balance_deltas
+from ledgergate.services.projector.core import Batch
 from ledgergate.shared.ledger.entries import BudgetLimitSet, LedgerEntry, ReservationSettled, Usage, to_record
-from ledgergate.shared.ledger.state import balances_view
+from ledgergate.shared.ledger.state import balance_deltas, balances_view
 from tests.unit.test_ledger_properties import _run, operations
 
 

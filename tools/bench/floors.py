@@ -30,7 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from ledgergate.kafka_config import admin_config, consumer_config, producer_config, transactional_producer_config
 from ledgergate.shared.errors import ReadTimeoutError
-from ledgergate.shared.kafka.headers import received, stage_times_us, stamped
+from ledgergate.shared.kafka.headers import headers_of, stage_times_us, stamped
 from ledgergate.shared.kafka.reader import offset_of, partition_of, topic_of
 from ledgergate.shared.settings import PROJECT_ROOT, ServiceSettings
 from ledgergate.tools.bench import procstats, stats
@@ -183,7 +183,7 @@ def _echo(bootstrap: str, first: str, last: str, rate: float, seconds: float, wa
             seq = dict(m.headers() or []).get("seq") if m.error() is None else None
             if seq is not None and not recv[int(seq)]:
                 recv[int(seq)] = t
-                stamps[int(seq)] = stage_times_us(received(m))
+                stamps[int(seq)] = stage_times_us(headers_of(m))
                 got += 1
         if not sender.is_alive():
             give_up = give_up or time.monotonic() + 15

@@ -29,7 +29,7 @@ from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.errors import TopicConfigError
 from ledgergate.kafka_config import consumer_config, producer_config
-from ledgergate.shared.kafka.headers import received, stage_times_us
+from ledgergate.shared.kafka.headers import headers_of, stage_times_us
 from ledgergate.tools.bench import stats
 from ledgergate.tools.bench.workload import index_of, prompt_tokens, request_record, workload
 from ledgergate.tools.provider_standin import standin_call
@@ -134,7 +134,7 @@ class LoadStep:
             self.duplicates += 1
             return
         self.recv[i] = received
-        for stage, t in stage_times_us(received(msg)).items():
+        for stage, t in stage_times_us(headers_of(msg)).items():
             if stage in self.times and stage not in ("sched", "send"):
                 self.times[stage][i] = t
         outcome = rec["outcome"]

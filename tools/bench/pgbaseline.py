@@ -147,7 +147,7 @@ def race(gate: PgGate, lock: bool, requests: int, affords: int, concurrency: int
     tenant = f"race-{'locked' if lock else 'naive'}"
     limit = cost * affords + cost // 2
     with psycopg.connect(gate.dsn, autocommit=True) as conn:
-        conn.execute(f"INSERT INTO {gate.s}.balances (tenant_id, limit_micro) VALUES (%s, %s)", (tenant, limit))
+        conn.execute(f"INSERT INTO {gate.schema}.balances (tenant_id, limit_micro) VALUES (%s, %s)", (tenant, limit))
     barrier = threading.Barrier(concurrency)
     approved: list[int] = []
 
@@ -164,7 +164,7 @@ def race(gate: PgGate, lock: bool, requests: int, affords: int, concurrency: int
     for t in threads:
         t.join()
     with psycopg.connect(gate.dsn, autocommit=True) as conn:
-        row = conn.execute(f"SELECT pending FROM {gate.s}.balances WHERE tenant_id = %s", (tenant,)).fetchone()
+        row = conn.execute(f"SELECT pending FROM {gate.schema}.balances WHERE tenant_id = %s", (tenant,)).fetchone()
     granted = len(approved) * cost
     return {"requests": requests, "concurrency": concurrency, "limit_micro_usd": limit, "affordable": affords,
             "allowed": len(approved), "reserved_micro_usd": granted, "overspend_micro_usd": max(0, granted - limit),

@@ -166,7 +166,7 @@ def main() -> int:
             services.start(["projector"])
             first, backends = None, []
             while (have := rows(dsn)) != want:
-                if first is None and sum(have):
+                if first is None and any(have):
                     first, backends = time.perf_counter(), backend_pids(dsn)
                 if time.perf_counter() - started > 1800 or not services.alive("projector"):
                     raise RuntimeError(f"projector stalled at {have} of {want}: {services.tail('projector')}")

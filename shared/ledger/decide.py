@@ -1,6 +1,7 @@
-"""budget-manager's pure decision core: `decide_*(state, command, now_ms) -> entries`.
+"""The ledger's decisions, beside its fold (state.py: `evolve`): `decide_*(state, command, now_ms) -> entries`.
 
-No I/O and no mutation here: the adapter folds the returned entries with `ledgergate.shared.ledger.state.evolve`.
+The budget-manager (its only caller at run time) decodes its inputs into the typed commands below, calls
+these, and folds what they return with `evolve` before it appends them. No I/O and no mutation here.
 Reserve-then-settle follows TigerBeetle's two-phase transfers: a reservation is a pending hold on every
 ancestor scope, later posted (settled), voided or expired. The request id is the reservation id and the
 idempotency key.
@@ -157,6 +158,11 @@ def decide_reserve(state: TenantState, cmd: Reserve, now_ms: int, ttl_ms: int,
     for index, cand in enumerate(cmd.candidates[:MAX_CANDIDATES]):
         binding = _binding(state, period, scopes, cand.estimated_cost_micro_usd, cmd.envelope_micro_usd)
         if binding is None:
+            # One reservation per request id (invariant 2), and it fits every scope (invariant 1).
+            assert cmd.request_id not in state.holds and state.outcome(cmd.request_id) is None, cmd.request_id
+            assert cand.estimated_cost_micro_usd >= 0, cand
+            assert all((state.headroom(period, s) or 0) >= cand.estimated_cost_micro_usd
+                       for s in scopes if state.limits.get(s) is not None), cmd.request_id
             remaining = _remaining(state, period) - cand.estimated_cost_micro_usd
             return [*entries, ReservationPlaced(
                 entry_id=entry_id, **common, agent_id=cmd.agent_id, requested_model=cmd.requested_model,
@@ -203,10 +209,13 @@ def decide_settle(state: TenantState, cmd: Settle, now_ms: int, prices: PriceCat
     actual = prices.cost_micro_usd(hold.price_version, model, cmd.usage.input_tokens,
                                    cmd.usage.cached_input_tokens, cmd.usage.output_tokens + cmd.usage.reasoning_tokens)
     reserved = hold.amount_micro_usd if live else 0
+    assert actual >= 0 and reserved >= 0, (cmd.request_id, actual, reserved)
     settled = ReservationSettled(
         f"{cmd.request_id}/settlement", state.tenant_id, hold.period_id, now_ms, cmd.request_id, hold.workflow_id,
         model, reserved, actual, max(0, reserved - actual), max(0, actual - reserved), cmd.usage, cmd.estimated,
         hold.price_version)
+    # Everything held is either posted or released, and whatever exceeds the hold is flagged overage.
+    assert settled.released_micro_usd + settled.actual_micro_usd - settled.overage_micro_usd == reserved, settled
     return [settled, *_thresholds(state, hold.period_id, hold.workflow_id, actual, now_ms)]
 
 
