@@ -11,32 +11,18 @@ producer per call, which serialises concurrent requests behind each other's deli
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from dataclasses import dataclass
+from dataclasses import replace
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from ledgergate import topics
-from ledgergate.codec import codec
+from ledgergate.commands import BudgetCommand
 from ledgergate.kafka_config import producer_config
 from ledgergate.services.api.errors import Unavailable
 from ledgergate.services.api.log import log
 from ledgergate.shared.settings import KafkaSettings
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    tenant_id: str
-    kind: str  # one of ledgergate.client.COMMAND_KINDS
-    scope_type: str = "TENANT"
-    scope_id: str = ""
-    amount_micro_usd: int = 0
-    request_id: str | None = None
-    policy_json: str | None = None
-    reason: str = ""
 
 
 class CommandPublisher:
@@ -57,16 +43,11 @@ class CommandPublisher:
         while not self._stop.is_set():
             self._producer.poll(0.05)
 
-    def publish(self, cmd: Command, issued_by: str) -> str:
+    def publish(self, cmd: BudgetCommand, issued_by: str) -> str:
         """Produce and wait for the broker's acknowledgement; returns the command id."""
-        command_id = str(uuid.uuid4())
-        record = {
-            "command_id": command_id, "tenant_id": cmd.tenant_id, "kind": cmd.kind, "scope_type": cmd.scope_type,
-            "scope_id": cmd.scope_id or (cmd.tenant_id if cmd.scope_type == "TENANT" else ""),
-            "amount_micro_usd": cmd.amount_micro_usd, "request_id": cmd.request_id, "policy_json": cmd.policy_json,
-            "reason": cmd.reason, "issued_by": issued_by, "issued_at_ms": time.time_ns() // 1_000_000,
-        }
-        value = codec().encode("BudgetCommand", record)
+        cmd = replace(cmd, issued_by=issued_by)
+        command_id = cmd.command_id
+        value = cmd.encode()
         delivered: Future[None] = Future()
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:

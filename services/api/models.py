@@ -10,9 +10,9 @@ from pydantic_core import PydanticCustomError
 
 from ledgergate.ids import ID_PATTERN, MAX_ID_CHARS, MAX_NAME_CHARS, name_problem
 
-# The budget-manager rejects anything above this too (shared/ledger/decide.py): a billion dollars
-# is a typo, not a budget.
-MAX_AMOUNT_MICRO_USD = 10**15
+# The budget-manager's bound (a billion dollars): the API refuses what the ledger would reject.
+from ledgergate.shared.ledger.decide import MAX_AMOUNT_MICRO_USD
+
 MAX_PAGE = 500
 DEFAULT_PAGE = 100
 MAX_REASON_CHARS = 256

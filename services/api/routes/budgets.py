@@ -12,7 +12,7 @@ from collections.abc import Callable
 from fastapi import APIRouter, status
 from fastapi.types import DecoratedCallable
 
-from ledgergate.services.api.commands import Command
+from ledgergate.commands import BudgetCommand
 from ledgergate.services.api.deps import CurrentPrincipal, Publisher, WritableTenant
 from ledgergate.services.api.models import BudgetCreate, BudgetUpdate, CommandAccepted, CreditCreate, VoidCreate
 from ledgergate.services.api.paging import IdPath
@@ -25,7 +25,7 @@ def accepted(path: str, summary: str) -> Callable[[DecoratedCallable], Decorated
     return router.post(path, summary=summary, status_code=status.HTTP_202_ACCEPTED, response_model=CommandAccepted)
 
 
-def accept(publisher: Publisher, principal: CurrentPrincipal, cmd: Command) -> CommandAccepted:
+def accept(publisher: Publisher, principal: CurrentPrincipal, cmd: BudgetCommand) -> CommandAccepted:
     command_id = publisher.publish(cmd, issued_by=f"api:{principal.key_id}")
     return CommandAccepted(command_id=command_id, tenant_id=cmd.tenant_id, kind=cmd.kind)
 
@@ -33,33 +33,33 @@ def accept(publisher: Publisher, principal: CurrentPrincipal, cmd: Command) -> C
 @accepted("/budgets", "Set a tenant or workflow limit")
 def set_budget(tenant_id: WritableTenant, body: BudgetCreate, publisher: Publisher,
                principal: CurrentPrincipal) -> CommandAccepted:
-    return accept(publisher, principal, Command(tenant_id, "SET_LIMIT", body.scope, body.scope_id(tenant_id),
+    return accept(publisher, principal, BudgetCommand(tenant_id, "SET_LIMIT", body.scope, body.scope_id(tenant_id),
                                                 body.limit_micro_usd, reason=body.reason))
 
 
 @accepted("/budgets/raise", "Raise a limit by an amount")
 def raise_budget(tenant_id: WritableTenant, body: BudgetUpdate, publisher: Publisher,
                  principal: CurrentPrincipal) -> CommandAccepted:
-    return accept(publisher, principal, Command(tenant_id, "RAISE_LIMIT", body.scope, body.scope_id(tenant_id),
+    return accept(publisher, principal, BudgetCommand(tenant_id, "RAISE_LIMIT", body.scope, body.scope_id(tenant_id),
                                                 body.amount_micro_usd, reason=body.reason))
 
 
 @accepted("/budgets/lower", "Lower a limit by an amount")
 def lower_budget(tenant_id: WritableTenant, body: BudgetUpdate, publisher: Publisher,
                  principal: CurrentPrincipal) -> CommandAccepted:
-    return accept(publisher, principal, Command(tenant_id, "LOWER_LIMIT", body.scope, body.scope_id(tenant_id),
+    return accept(publisher, principal, BudgetCommand(tenant_id, "LOWER_LIMIT", body.scope, body.scope_id(tenant_id),
                                                 body.amount_micro_usd, reason=body.reason))
 
 
 @accepted("/credits", "Grant credit for the current period")
 def grant_credit(tenant_id: WritableTenant, body: CreditCreate, publisher: Publisher,
                  principal: CurrentPrincipal) -> CommandAccepted:
-    return accept(publisher, principal, Command(tenant_id, "GRANT_CREDIT", body.scope, body.scope_id(tenant_id),
+    return accept(publisher, principal, BudgetCommand(tenant_id, "GRANT_CREDIT", body.scope, body.scope_id(tenant_id),
                                                 body.amount_micro_usd, reason=body.reason))
 
 
 @accepted("/reservations/{request_id}/void", "Release a live reservation")
 def void_reservation(tenant_id: WritableTenant, request_id: IdPath, publisher: Publisher, principal: CurrentPrincipal,
                      body: VoidCreate | None = None) -> CommandAccepted:
-    return accept(publisher, principal, Command(tenant_id, "VOID_RESERVATION", request_id=request_id,
+    return accept(publisher, principal, BudgetCommand(tenant_id, "VOID_RESERVATION", request_id=request_id,
                                                 reason=body.reason if body else ""))

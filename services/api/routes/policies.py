@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, status
 
+from ledgergate.commands import BudgetCommand
 from ledgergate.ids import name_problem
-from ledgergate.services.api.commands import Command
 from ledgergate.services.api.deps import CurrentPrincipal, DbConn, Publisher, ReadableTenant, WritableTenant
 from ledgergate.services.api.errors import Unprocessable
 from ledgergate.services.api.models import CommandAccepted, PolicyPublic
@@ -36,7 +36,7 @@ def put_policy(tenant_id: WritableTenant, document: Annotated[dict[str, Any], Bo
         parse_policy(policy_json, default_policy())
     except PolicyError as exc:
         raise Unprocessable(exc.message[:2000]) from None
-    return accept(publisher, principal, Command(tenant_id, "SET_POLICY", policy_json=policy_json,
+    return accept(publisher, principal, BudgetCommand(tenant_id, "SET_POLICY", policy_json=policy_json,
                                                 reason="api"))
 
 
