@@ -1,5 +1,6 @@
 """Read-only queries on the projector's PostgreSQL `usage` table (one row per ReservationSettled), for
-the audit replay and the invoice reconciliation.
+the audit replay and the invoice reconciliation. The SQL is ledgergate.shared.readmodel's: the same
+aggregation as the API's spend report.
 
 The projector owns the table; these queries look at its columns first and answer "not available"
 (with the reason) rather than fail when it is missing or shaped differently, because both tools can
@@ -14,6 +15,7 @@ from datetime import date
 
 import psycopg
 
+from ledgergate.shared import readmodel
 from ledgergate.shared.errors import UsageTableError
 from ledgergate.shared.units import MS_PER_DAY, utc_day
 
@@ -46,11 +48,9 @@ def _connect(dsn: str) -> psycopg.Connection:
 
 def _unavailable(conn: psycopg.Connection) -> str | None:
     """Why the table cannot serve, or None when it can."""
-    row = conn.execute("SELECT to_regclass('public.usage')").fetchone()
-    if row is None or row[0] is None:
+    columns = readmodel.usage_columns(conn)
+    if columns is None:
         return "PostgreSQL has no usage table (projector migrations not applied?)"
-    columns = {r[0] for r in conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = 'usage'")}
     missing = NEEDED - columns
     return f"usage table lacks columns {sorted(missing)}" if missing else None
 
@@ -58,24 +58,16 @@ def _unavailable(conn: psycopg.Connection) -> str | None:
 def spend_by_tenant_model_day(dsn: str, tenant: str | None, from_ms: int | None
                               ) -> tuple[dict[SpendKey, tuple[int, int]] | None, str]:
     """{(tenant, model, day): (settlements, micro-USD)} or (None, why not)."""
-    where, params = ["TRUE"], []
-    if tenant is not None:
-        where.append("tenant_id = %s")
-        params.append(tenant)
-    if from_ms is not None:
-        where.append("settled_at_ms >= %s")
-        params.append(from_ms)
     try:
         with _connect(dsn) as conn:
             why = _unavailable(conn)
             if why is not None:
                 return None, why
-            rows = conn.execute(
-                f"SELECT tenant_id, model, settled_at_ms / {MS_PER_DAY}, count(*), sum(actual_micro_usd) "
-                f"FROM usage WHERE {' AND '.join(where)} GROUP BY 1, 2, 3", params).fetchall()
+            sums = readmodel.usage_sums(conn, ("tenant", "model", "settled_day"), tenant_id=tenant, from_ms=from_ms)
     except psycopg.Error as exc:
         raise UsageTableError(f"querying the usage table failed: {exc}") from exc
-    totals = {(t, m, utc_day(int(d) * MS_PER_DAY)): (int(n), int(s)) for t, m, d, n, s in rows}
+    totals = {(str(t), str(m), utc_day(int(d) * MS_PER_DAY)): (s.requests, s.cost_micro_usd)
+              for s in sums for t, m, d in [s.key]}
     return totals, "usage table"
 
 
@@ -88,11 +80,9 @@ def usage_by_day_model(dsn: str, first: date, last: date) -> tuple[list[UsageRow
             why = _unavailable(conn)
             if why is not None:
                 return None, why
-            rows = conn.execute(
-                f"SELECT settled_at_ms / {MS_PER_DAY}, model, estimated, count(*), sum(input_tokens), "
-                "sum(cached_input_tokens), sum(output_tokens), sum(reasoning_tokens), sum(actual_micro_usd) "
-                "FROM usage WHERE settled_at_ms >= %s AND settled_at_ms < %s GROUP BY 1, 2, 3", (lo, hi)).fetchall()
+            sums = readmodel.usage_sums(conn, ("settled_day", "model", "estimated"), from_ms=lo, to_ms=hi)
     except psycopg.Error as exc:
         raise UsageTableError(f"querying the usage table failed: {exc}") from exc
-    return [UsageRow(utc_day(int(d) * MS_PER_DAY), m, bool(e), *(int(x) for x in rest))
-            for d, m, e, *rest in rows], "PostgreSQL usage table"
+    return [UsageRow(utc_day(int(d) * MS_PER_DAY), str(m), bool(e), s.requests, s.input_tokens, s.cached_input_tokens,
+                     s.output_tokens, s.reasoning_tokens, s.cost_micro_usd)
+            for s in sums for d, m, e in [s.key]], "PostgreSQL usage table"

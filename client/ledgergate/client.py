@@ -28,6 +28,7 @@ from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.commands import BudgetCommand
 from ledgergate.errors import CodecError, GateClientError, GateOverloadedError, GateTimeoutError, TopicConfigError
+from ledgergate.events import ChatMessage, InvocationRequested
 from ledgergate.ids import request_problem
 from ledgergate.kafka_config import consumer_config, producer_config
 from ledgergate.settings import ClientSettings
@@ -155,20 +156,16 @@ class GateClient:
         if self._closed:
             raise GateClientError("client is closed")
         request_id = request_id or str(uuid.uuid4())
-        record = {
-            "request_id": request_id, "tenant_id": tenant_id, "workflow_id": workflow_id, "agent_id": agent_id,
-            "requested_model": model,
-            "messages": [{"role": m["role"], "content": m["content"], "name": m.get("name")} for m in messages],
-            "tools_json": _tools_json(tools), "max_output_tokens": max_output_tokens, "priority": priority,
-            "region": region, "max_cost_micro_usd": max_cost_micro_usd, "labels": dict(labels or {}),
-            "requested_at_ms": _now_ms(), "trace_context": {},
-        }
+        request = InvocationRequested(
+            request_id, tenant_id, workflow_id, agent_id, model,
+            tuple(ChatMessage(m["role"], m["content"], m.get("name")) for m in messages), _tools_json(tools),
+            max_output_tokens, priority, region, max_cost_micro_usd, dict(labels or {}), _now_ms(), {})
         # The gate's edge rule, checked before publishing: a caller's typo is an exception here, not
         # a DENY invalid_request (or a dead letter) a round trip later.
-        problem = request_problem(record)
+        problem = request_problem(request)
         if problem is not None:
             raise GateClientError(f"invalid request: {problem}")
-        value = codec().encode("InvocationRequested", record)  # CodecError before anything is registered
+        value = codec().encode("InvocationRequested", request.to_record())  # CodecError before anything waits
         fut = DecisionFuture(request_id)
         fut.set_running_or_notify_cancel()
         wait_s = self.timeout_s if timeout_s is None else timeout_s

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+
+from ledgergate.events import InvocationRequested
 
 MAX_ID_CHARS = 128
 MAX_NAME_CHARS = 128
@@ -56,20 +57,20 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
-def request_problem(rec: Mapping[str, Any]) -> str | None:
-    """The rule over every client-chosen string of an InvocationRequested record (the token-counter
-    answers a violation DENY invalid_request; the SDK raises before publishing)."""
-    problem = (id_problem("request_id", rec["request_id"]) or id_problem("tenant_id", rec["tenant_id"])
-               or id_problem("workflow_id", rec["workflow_id"], required=False)
-               or id_problem("agent_id", rec["agent_id"], required=False)
-               or name_problem("requested_model", rec["requested_model"])
-               or name_problem("region", rec["region"] or "", required=False)
-               or labels_problem(rec["labels"]))
+def request_problem(req: InvocationRequested) -> str | None:
+    """The rule over every client-chosen string of a request (the token-counter answers a violation
+    DENY invalid_request; the SDK raises before publishing)."""
+    problem = (id_problem("request_id", req.request_id) or id_problem("tenant_id", req.tenant_id)
+               or id_problem("workflow_id", req.workflow_id, required=False)
+               or id_problem("agent_id", req.agent_id, required=False)
+               or name_problem("requested_model", req.requested_model)
+               or name_problem("region", req.region or "", required=False)
+               or labels_problem(req.labels))
     if problem is not None:
         return problem
-    for i, message in enumerate(rec["messages"]):
-        problem = name_problem(f"messages[{i}].role", message["role"]) or name_problem(
-            f"messages[{i}].name", message["name"] or "", required=False)
+    for i, message in enumerate(req.messages):
+        problem = name_problem(f"messages[{i}].role", message.role) or name_problem(
+            f"messages[{i}].name", message.name or "", required=False)
         if problem is not None:
             return problem
     return None

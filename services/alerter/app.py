@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.errors import CodecError, MalformedMessageError
+from ledgergate.events import BudgetAlert
 from ledgergate.kafka_config import consumer_config, producer_config
 from ledgergate.services.alerter import core
 from ledgergate.shared.errors import DeadLetterError, DeliveryError, FatalClientError
@@ -141,15 +142,16 @@ class Alerter:
     def handle(self, msg: Message) -> bool:
         """Deliver or dead-letter one alert; False only when a shutdown interrupted its retries."""
         try:
-            name, alert = codec().decode(msg.value())
+            name, rec = codec().decode(msg.value())
             if name != "BudgetAlert":
                 raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
         except CodecError as exc:
             self._dead_letter(msg, exc.code, exc.message, {})
             return True
+        alert = BudgetAlert.from_record(rec)
         body = core.payload(alert)
         headers = core.headers(alert, body, self.secret)
-        context = {"tenant_id": alert["tenant_id"], "alert_id": alert["alert_id"]}
+        context = {"tenant_id": alert.tenant_id, "alert_id": alert.alert_id}
         error: DeliveryError | None = None
         for attempt in range(1, self.settings.alert_max_attempts + 1):
             started = time.monotonic()

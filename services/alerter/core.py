@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Any
 from urllib.parse import urlsplit
 
+from ledgergate.events import BudgetAlert
 from ledgergate.shared.errors import AlerterConfigError
 from ledgergate.shared.units import iso_ms, usd
 
@@ -35,21 +35,19 @@ def redacted(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{port}/..."
 
 
-def payload(alert: dict[str, Any]) -> bytes:
+def payload(alert: BudgetAlert) -> bytes:
     """The JSON body: the alert's fields plus USD strings and an ISO time for humans and chat tools."""
-    body = {"type": EVENT_TYPE, **{k: alert[k] for k in (
-        "alert_id", "tenant_id", "scope_type", "scope_id", "period_id", "threshold_pct", "spent_micro_usd",
-        "limit_micro_usd", "crossed_at_ms")},
-        "spent_usd": usd(alert["spent_micro_usd"]), "limit_usd": usd(alert["limit_micro_usd"]),
-        "crossed_at": iso_ms(alert["crossed_at_ms"])}
+    body = {"type": EVENT_TYPE, **alert.to_record(),
+            "spent_usd": usd(alert.spent_micro_usd), "limit_usd": usd(alert.limit_micro_usd),
+            "crossed_at": iso_ms(alert.crossed_at_ms)}
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
-def headers(alert: dict[str, Any], body: bytes, secret: str | None) -> dict[str, str]:
+def headers(alert: BudgetAlert, body: bytes, secret: str | None) -> dict[str, str]:
     # Delivery is at least once (a crash after the POST and before the commit repeats it), so the
     # alert id travels as an idempotency key for receivers to deduplicate on.
     out = {"Content-Type": "application/json", "User-Agent": "ledgergate-alerter/1",
-           "Idempotency-Key": alert["alert_id"], "X-Ledgergate-Event": EVENT_TYPE}
+           "Idempotency-Key": alert.alert_id, "X-Ledgergate-Event": EVENT_TYPE}
     if secret:
         out["X-Ledgergate-Signature"] = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     return out

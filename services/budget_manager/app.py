@@ -19,37 +19,38 @@ from confluent_kafka import Message
 from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.errors import MalformedMessageError
+from ledgergate.events import InvocationPlanned, UsageMetered
 from ledgergate.ids import id_problem, name_problem
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.kafka.headers import stamped
 from ledgergate.shared.kafka.reader import read_to_end
 from ledgergate.shared.kafka.runtime import Outbox, run_service
 from ledgergate.shared.ledger import decide
-from ledgergate.shared.ledger.entries import LedgerEntry, ThresholdCrossed, Usage, from_record, to_record
+from ledgergate.shared.ledger.entries import LedgerEntry, ThresholdCrossed, from_record, to_record
 from ledgergate.shared.ledger.state import TenantState, balances_view, evolve
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import BudgetManagerSettings
 
 
-def reserve_from_plan(rec: dict[str, Any]) -> decide.Reserve:
-    rejection = rec["rejection"]
+def reserve_from_plan(planned: InvocationPlanned) -> decide.Reserve:
+    rejection = planned.rejection
     return decide.Reserve(
-        request_id=rec["request_id"], tenant_id=rec["tenant_id"], workflow_id=rec["workflow_id"],
-        agent_id=rec["agent_id"], requested_model=rec["requested_model"], priority=rec["priority"],
-        region=rec["region"], requested_at_ms=rec["requested_at_ms"], request_sha256=rec["request_sha256"],
-        input_tokens=rec["input_tokens"], envelope_micro_usd=rec["max_cost_micro_usd"],
-        policy_version=rec["policy_version"],
-        candidates=tuple(decide.Candidate(c["model"], c["tier"], c["estimated_cost_micro_usd"],
-                                        c["granted_output_tokens"], c["price_version"]) for c in rec["candidates"]),
-        rejection_reason=rejection["reason"] if rejection else None,
-        rejection_detail=rejection["detail"] if rejection else "",
-        rejection_scope=rejection["binding_scope"] if rejection else "policy",
-        retry_after_ms=rejection["retry_after_ms"] if rejection else None)
+        request_id=planned.request_id, tenant_id=planned.tenant_id, workflow_id=planned.workflow_id,
+        agent_id=planned.agent_id, requested_model=planned.requested_model, priority=planned.priority,
+        region=planned.region, requested_at_ms=planned.requested_at_ms, request_sha256=planned.request_sha256,
+        input_tokens=planned.input_tokens, envelope_micro_usd=planned.max_cost_micro_usd,
+        policy_version=planned.policy_version,
+        candidates=tuple(decide.Candidate(c.model, c.tier, c.estimated_cost_micro_usd, c.granted_output_tokens,
+                                          c.price_version) for c in planned.candidates),
+        rejection_reason=rejection.reason if rejection else None,
+        rejection_detail=rejection.detail if rejection else "",
+        rejection_scope=rejection.binding_scope if rejection else "policy",
+        retry_after_ms=rejection.retry_after_ms if rejection else None)
 
 
-def settle_from_usage(rec: dict[str, Any]) -> decide.Settle:
-    return decide.Settle(rec["request_id"], rec["tenant_id"], rec["model"], Usage(**rec["usage"]), rec["estimated"],
-                       rec["status"] == "CANCELLED")
+def settle_from_usage(metered: UsageMetered) -> decide.Settle:
+    return decide.Settle(metered.request_id, metered.tenant_id, metered.model, metered.usage, metered.estimated,
+                         metered.status == "CANCELLED")
 
 
 def command_problem(rec: dict[str, Any]) -> str | None:
@@ -132,10 +133,10 @@ class BudgetManager:
         state = self._state(msg.partition(), rec["tenant_id"])
         if name == "InvocationPlanned":
             entries: list[LedgerEntry] | decide.Rejected = decide.decide_reserve(
-                state, reserve_from_plan(rec), now_ms, self.settings.reservation_ttl_ms,
+                state, reserve_from_plan(InvocationPlanned.from_record(rec)), now_ms, self.settings.reservation_ttl_ms,
                 f"{msg.partition()}:{msg.offset()}")
         elif name == "UsageMetered":
-            entries = decide.decide_settle(state, settle_from_usage(rec), now_ms, self.prices)
+            entries = decide.decide_settle(state, settle_from_usage(UsageMetered.from_record(rec)), now_ms, self.prices)
             if not entries:
                 self.log.info("settlement_ignored", tenant_id=rec["tenant_id"], request_id=rec["request_id"],
                               why="no reservation or already settled")

@@ -8,13 +8,14 @@ that only shifts a tier choice, never a limit, which the budget-manager enforces
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import fields
 
 from confluent_kafka import Message
 
 from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.errors import MalformedMessageError
+from ledgergate.events import InvocationCounted, InvocationPlanned, PlanRejection
 from ledgergate.services.policy import core
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.kafka.headers import stamped
@@ -105,27 +106,28 @@ class PolicyService:
         name, rec = codec().decode(msg.value())
         if name != "InvocationCounted":
             raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
-        now_ms = int(time.time() * 1000)
-        tenant_id = rec["tenant_id"]
+        counted = InvocationCounted.from_record(rec)
+        now_ms = time.time_ns() // 1_000_000
+        tenant_id = counted.tenant_id
         # Co-partitioned: the tenant's ledger entries are on the same partition number as this message.
-        state = self._state(msg.partition(), tenant_id)
+        partition = msg.partition()
+        assert partition is not None
+        state = self._state(partition, tenant_id)
         policy = self.policy_for(tenant_id, state)
-        candidates, rejection = core.plan(rec, policy, self.burn(tenant_id, state, now_ms), self.prices, now_ms)
+        candidates, rejection = core.plan(counted, policy, self.burn(tenant_id, state, now_ms), self.prices, now_ms)
         if rejection is None:
             bucket = self.buckets.setdefault(tenant_id, core.Bucket(policy.rate_burst * 1000, now_ms))
             wait_ms = core.take_rate(bucket, policy, now_ms)
             if wait_ms is not None:
-                candidates, rejection = [], core.Rejection("rate_limited", f"over {policy.rate_limit_per_s}/s",
-                                                           "rate", wait_ms)
-        envelope = _min_known(rec["max_cost_micro_usd"], policy.request_envelope_micro_usd)
-        planned: dict[str, Any] = {**rec, "max_cost_micro_usd": envelope, "candidates": candidates,
-                                   "rejection": None if rejection is None else {
-                                       "reason": rejection.reason, "detail": rejection.detail,
-                                       "retry_after_ms": rejection.retry_after_ms,
-                                       "binding_scope": rejection.binding_scope},
-                                   "policy_version": state.policy_version if state else 0, "planned_at_ms": now_ms}
-        del planned["counted_at_ms"]
-        out.emit(self.topic_planned, msg.key(), codec().encode("InvocationPlanned", planned), stamped(msg, "policy"))
+                candidates, rejection = (), PlanRejection("rate_limited", f"over {policy.rate_limit_per_s}/s",
+                                                          wait_ms, "rate")
+        envelope = _min_known(counted.max_cost_micro_usd, policy.request_envelope_micro_usd)
+        carried = {f.name: getattr(counted, f.name) for f in fields(InvocationCounted) if f.name != "counted_at_ms"}
+        planned = InvocationPlanned(**{**carried, "max_cost_micro_usd": envelope}, candidates=candidates,
+                                    rejection=rejection, policy_version=state.policy_version if state else 0,
+                                    planned_at_ms=now_ms)
+        out.emit(self.topic_planned, msg.key(), codec().encode("InvocationPlanned", planned.to_record()),
+                 stamped(msg, "policy"))
 
 
 def _min_known(a: int | None, b: int | None) -> int | None:

@@ -4,8 +4,8 @@ candidates with estimated costs, or a rejection. No I/O; `now_ms` and the rate b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from ledgergate.events import InvocationCounted, PlanCandidate, PlanRejection
 from ledgergate.shared.catalogue import PriceCatalogue
 from ledgergate.shared.policy import Policy
 
@@ -30,14 +30,6 @@ class Bucket:
 
     tokens_milli: int
     updated_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    reason: str
-    detail: str
-    binding_scope: str
-    retry_after_ms: int | None = None
 
 
 def take_rate(bucket: Bucket, policy: Policy, now_ms: int) -> int | None:
@@ -65,39 +57,38 @@ def max_tier_for(policy: Policy, priority: str, burn: Burn, tiers: tuple[str, ..
     return tiers[allowed_rank] if allowed_rank else None
 
 
-def plan(counted: dict[str, Any], policy: Policy, burn: Burn, prices: PriceCatalogue,
-         now_ms: int) -> tuple[list[dict[str, Any]], Rejection | None]:
+def plan(counted: InvocationCounted, policy: Policy, burn: Burn, prices: PriceCatalogue,
+         now_ms: int) -> tuple[tuple[PlanCandidate, ...], PlanRejection | None]:
     """Candidates best-first (the requested model, then its downgrades), each priced; or a rejection."""
-    if counted["invalid_reason"] is not None:
-        return [], Rejection("invalid_request", counted["invalid_reason"], "request")
-    requested = counted["requested_model"]
-    if counted["input_tokens"] > policy.max_prompt_tokens:
-        return [], Rejection("prompt_too_long",
-                             f"{counted['input_tokens']} input tokens > {policy.max_prompt_tokens}", "policy")
+    if counted.invalid_reason is not None:
+        return (), PlanRejection("invalid_request", counted.invalid_reason, None, "request")
+    requested = counted.requested_model
+    if counted.input_tokens > policy.max_prompt_tokens:
+        return (), PlanRejection("prompt_too_long",
+                                 f"{counted.input_tokens} input tokens > {policy.max_prompt_tokens}", None, "policy")
     version = prices.at(now_ms)
     if requested not in version.models:
-        return [], Rejection("unknown_model", f"{requested!r} is not in price catalogue {version.version}", "policy")
+        return (), PlanRejection("unknown_model", f"{requested!r} is not in price catalogue {version.version}", None,
+                                 "policy")
     allowed = set(policy.allowed_models) if policy.allowed_models is not None else None
     if allowed is not None and requested not in allowed and not any(
             m in allowed for m in policy.downgrades.get(requested, ())):
-        return [], Rejection("model_not_allowed", f"{requested!r} is not allowed for this tenant", "policy")
-    ceiling = max_tier_for(policy, counted["priority"], burn, prices.tiers)
+        return (), PlanRejection("model_not_allowed", f"{requested!r} is not allowed for this tenant", None, "policy")
+    ceiling = max_tier_for(policy, counted.priority, burn, prices.tiers)
     ceiling_rank = prices.tiers.index(ceiling) if ceiling else 0
-    granted = min(counted["estimated_output_tokens"], policy.max_output_tokens)
-    candidates = []
+    granted = min(counted.estimated_output_tokens, policy.max_output_tokens)
+    candidates: list[PlanCandidate] = []
     for model in (requested, *policy.downgrades.get(requested, ())):
         price = version.models.get(model)
         if price is None or (allowed is not None and model not in allowed):
             continue
         if prices.tiers.index(price.tier) < ceiling_rank:
             continue
-        input_tokens = counted["input_tokens"] if model == requested else counted["accounting_input_tokens"]
-        input_cost = prices.cost_micro_usd(version.version, model, input_tokens, 0, 0, counted["region"])
-        output_cost = prices.cost_micro_usd(version.version, model, 0, 0, granted, counted["region"])
-        candidates.append({"model": model, "tier": price.tier, "estimated_input_micro_usd": input_cost,
-                           "estimated_output_micro_usd": output_cost,
-                           "estimated_cost_micro_usd": input_cost + output_cost,
-                           "granted_output_tokens": granted, "price_version": version.version})
+        input_tokens = counted.input_tokens if model == requested else counted.accounting_input_tokens
+        input_cost = prices.cost_micro_usd(version.version, model, input_tokens, 0, 0, counted.region)
+        output_cost = prices.cost_micro_usd(version.version, model, 0, 0, granted, counted.region)
+        candidates.append(PlanCandidate(model, price.tier, input_cost, output_cost, input_cost + output_cost, granted,
+                                        version.version))
     if not candidates:
-        return [], Rejection("no_candidate", f"no allowed model at or below tier {ceiling}", "policy")
-    return candidates, None
+        return (), PlanRejection("no_candidate", f"no allowed model at or below tier {ceiling}", None, "policy")
+    return tuple(candidates), None

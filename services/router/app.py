@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from typing import Any
 
 from confluent_kafka import Message
 
 from ledgergate import topics
 from ledgergate.codec import codec
+from ledgergate.events import GateDecision
 from ledgergate.services.router import core
 from ledgergate.shared.catalogue import deployments
 from ledgergate.shared.kafka.headers import stamped
@@ -37,7 +37,7 @@ class Router:
         self.topic_decisions = settings.topic(topics.DECISIONS)
         self.topic_audit = settings.topic(topics.AUDIT)
         self.chains: dict[int, core.Chain] = {}
-        self.decisions: OrderedDict[str, dict[str, Any]] = OrderedDict()  # entry id -> decision, bounded
+        self.decisions: OrderedDict[str, GateDecision] = OrderedDict()  # entry id -> decision, bounded
 
     def assigned(self, partitions: list[int]) -> None:
         for p in partitions:
@@ -65,7 +65,7 @@ class Router:
     def idle(self, now_ms: int, out: Outbox) -> None:
         pass
 
-    def _remember(self, entry_id: str, decision: dict[str, Any]) -> None:
+    def _remember(self, entry_id: str, decision: GateDecision) -> None:
         if self.settings.remembered_decisions == 0:
             return
         self.decisions[entry_id] = decision
@@ -83,8 +83,8 @@ class Router:
         out.emit(self.topic_audit, msg.key(), codec().encode("AuditRecord", core.audit_record(
             chain, kind="LEDGER", event_type=name, subject_id=entry.entry_id, source_topic=msg.topic(),
             source_partition=p, source_offset=msg.offset(), event_sha256=hashlib.sha256(raw).hexdigest(),
-            summary_json=core.summary_of(entry), **audit_common)), partition=p)
-        decision: dict[str, Any] | None = None
+            summary_json=core.summary_of(entry), **audit_common).to_record()), partition=p)
+        decision: GateDecision | None = None
         if isinstance(entry, DECIDING):
             decision = core.decision_for(entry, self.deployments)
             self._remember(entry.entry_id, decision)
@@ -96,25 +96,24 @@ class Router:
                 decision = _forgotten(entry)
         if decision is None:
             return
-        encoded = codec().encode("GateDecision", decision)
+        encoded = codec().encode("GateDecision", decision.to_record())
         out.emit(self.topic_decisions, msg.key(), encoded, headers)
         out.emit(self.topic_audit, msg.key(), codec().encode("AuditRecord", core.audit_record(
-            chain, kind="DECISION", event_type="GateDecision", subject_id=decision["request_id"],
+            chain, kind="DECISION", event_type="GateDecision", subject_id=decision.request_id,
             source_topic=self.topic_decisions, source_partition=p, source_offset=-1,
             event_sha256=hashlib.sha256(encoded).hexdigest(),
-            summary_json=json.dumps({"outcome": decision["outcome"], "model": (decision["deployment"] or {}).get(
-                "model"), "reason_codes": decision["reason_codes"], "binding_scope": decision["binding_scope"]},
-                sort_keys=True), **audit_common)), partition=p)
+            summary_json=json.dumps({"outcome": decision.outcome,
+                                     "model": decision.deployment.model if decision.deployment else None,
+                                     "reason_codes": list(decision.reason_codes),
+                                     "binding_scope": decision.binding_scope}, sort_keys=True),
+            **audit_common).to_record()), partition=p)
 
 
-def _forgotten(entry: ReservationRepeated) -> dict[str, Any]:
+def _forgotten(entry: ReservationRepeated) -> GateDecision:
     """A repeat older than the router's memory: answer DENY rather than guess the original outcome."""
-    return {"request_id": entry.request_id, "tenant_id": entry.tenant_id, "workflow_id": entry.workflow_id,
-            "agent_id": "", "outcome": "DENY", "requested_model": "", "deployment": None, "granted_output_tokens": 0,
-            "reserved_micro_usd": 0, "remaining_micro_usd": 0, "reason_codes": ["repeat_of_forgotten_request"],
-            "binding_scope": "conflict", "retry_after_ms": None, "reservation_id": None,
-            "ledger_entry_id": entry.entry_id, "policy_version": 0, "requested_at_ms": entry.requested_at_ms,
-            "decided_at_ms": entry.recorded_at_ms}
+    return GateDecision(entry.request_id, entry.tenant_id, entry.workflow_id, "", "DENY", "", None, 0, 0, 0,
+                        ("repeat_of_forgotten_request",), "conflict", None, None, entry.entry_id, 0,
+                        entry.requested_at_ms, entry.recorded_at_ms)
 
 
 def run(settings: RouterSettings | None = None) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
+from ledgergate.events import AuditRecord, Deployment, GateDecision
 from ledgergate.shared.audit import GENESIS_HASH, record_hash
 from ledgergate.shared.catalogue import DeploymentCatalogue
 from ledgergate.shared.ledger.entries import LedgerEntry, ReservationDenied, ReservationPlaced
@@ -15,28 +15,24 @@ from ledgergate.shared.ledger.entries import LedgerEntry, ReservationDenied, Res
 THROTTLE_REASONS = frozenset({"rate_limited"})
 
 
-def decision_for(entry: ReservationPlaced | ReservationDenied, deployments: DeploymentCatalogue) -> dict[str, Any]:
-    common = {"request_id": entry.request_id, "tenant_id": entry.tenant_id, "workflow_id": entry.workflow_id,
-              "agent_id": entry.agent_id, "requested_model": entry.requested_model,
-              "remaining_micro_usd": entry.tenant_remaining_micro_usd, "ledger_entry_id": entry.entry_id,
-              "policy_version": entry.policy_version, "requested_at_ms": entry.requested_at_ms,
-              "decided_at_ms": entry.recorded_at_ms}
+def decision_for(entry: ReservationPlaced | ReservationDenied, deployments: DeploymentCatalogue) -> GateDecision:
     if isinstance(entry, ReservationPlaced):
         downgraded = entry.model != entry.requested_model
         reasons = ["within_budget"]
         if downgraded:
             reasons.append("downgraded_by_budget" if entry.candidate_index > 0 else "downgraded_by_policy")
-        deployment = deployments.choose(entry.model, entry.region, entry.request_id)
-        return {**common, "outcome": "DOWNGRADE" if downgraded else "ALLOW",
-                "deployment": None if deployment is None else {
-                    "model": deployment.model, "endpoint": deployment.endpoint, "region": deployment.region},
-                "granted_output_tokens": entry.granted_output_tokens, "reserved_micro_usd": entry.amount_micro_usd,
-                "reason_codes": reasons, "binding_scope": None, "retry_after_ms": None,
-                "reservation_id": entry.request_id}
+        chosen = deployments.choose(entry.model, entry.region, entry.request_id)
+        deployment = None if chosen is None else Deployment(chosen.model, chosen.endpoint, chosen.region)
+        return GateDecision(
+            entry.request_id, entry.tenant_id, entry.workflow_id, entry.agent_id,
+            "DOWNGRADE" if downgraded else "ALLOW", entry.requested_model, deployment, entry.granted_output_tokens,
+            entry.amount_micro_usd, entry.tenant_remaining_micro_usd, tuple(reasons), None, None, entry.request_id,
+            entry.entry_id, entry.policy_version, entry.requested_at_ms, entry.recorded_at_ms)
     throttled = entry.reason in THROTTLE_REASONS
-    return {**common, "outcome": "THROTTLE" if throttled else "DENY", "deployment": None,
-            "granted_output_tokens": 0, "reserved_micro_usd": 0, "reason_codes": [entry.reason],
-            "binding_scope": entry.binding_scope, "retry_after_ms": entry.retry_after_ms, "reservation_id": None}
+    return GateDecision(
+        entry.request_id, entry.tenant_id, entry.workflow_id, entry.agent_id, "THROTTLE" if throttled else "DENY",
+        entry.requested_model, None, 0, 0, entry.tenant_remaining_micro_usd, (entry.reason,), entry.binding_scope,
+        entry.retry_after_ms, None, entry.entry_id, entry.policy_version, entry.requested_at_ms, entry.recorded_at_ms)
 
 
 @dataclass(slots=True)
@@ -57,14 +53,16 @@ def summary_of(entry: LedgerEntry) -> str:
 
 def audit_record(chain: Chain, *, kind: str, event_type: str, subject_id: str, tenant_id: str,
                  source_topic: str, source_partition: int, source_offset: int, event_sha256: str,
-                 summary_json: str, recorded_at_ms: int) -> dict[str, Any]:
-    """The next record of `chain`; advances the chain."""
-    record = {"audit_id": f"{chain.partition}:{chain.next_sequence}", "tenant_id": tenant_id, "kind": kind,
+                 summary_json: str, recorded_at_ms: int) -> AuditRecord:
+    """The next record of `chain`; advances the chain by exactly one (sequence numbers are contiguous)."""
+    sequence, prev_hash = chain.next_sequence, chain.last_hash
+    assert sequence >= 0 and len(prev_hash) == len(GENESIS_HASH), (chain.partition, sequence)
+    fields = {"audit_id": f"{chain.partition}:{sequence}", "tenant_id": tenant_id, "kind": kind,
               "event_type": event_type, "subject_id": subject_id, "source_topic": source_topic,
               "source_partition": source_partition, "source_offset": source_offset, "event_sha256": event_sha256,
               "summary_json": summary_json, "chain_partition": chain.partition,
-              "chain_sequence": chain.next_sequence, "prev_hash": chain.last_hash, "recorded_at_ms": recorded_at_ms}
-    record["hash"] = record_hash(record)
-    chain.next_sequence += 1
-    chain.last_hash = record["hash"]
+              "chain_sequence": sequence, "prev_hash": prev_hash, "recorded_at_ms": recorded_at_ms}
+    record = AuditRecord(**fields, hash=record_hash(fields))
+    chain.next_sequence, chain.last_hash = sequence + 1, record.hash
+    assert record.chain_sequence + 1 == chain.next_sequence and record.prev_hash == prev_hash
     return record

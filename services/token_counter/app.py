@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any
 
 import tiktoken
 from confluent_kafka import Message
@@ -12,6 +11,7 @@ from confluent_kafka import Message
 from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.errors import CodecError, LedgergateError, MalformedMessageError
+from ledgergate.events import InvocationCompleted, InvocationCounted, InvocationRequested, UsageMetered
 from ledgergate.ids import id_problem, name_problem, printable
 from ledgergate.services.token_counter import core
 from ledgergate.shared.errors import TokenizerError
@@ -77,52 +77,49 @@ class TokenCounter:
             out.emit(self.topic_counted, msg.key(), self._invalid(request_id, key_tenant, exc.message),
                      stamped(msg, "count"))
             return
-        reason = core.validate(rec, key_tenant, self.settings.max_messages)
+        req = InvocationRequested.from_record(rec)
+        reason = core.validate(req, key_tenant, self.settings.max_messages)
         counted = None
         if reason is None:
             try:
-                counted = core.count_request(rec, self.encoding_for, self.settings.max_output_tokens)
+                counted = core.count_request(req, self.encoding_for, self.settings.max_output_tokens)
             except TokenizerError as exc:
                 reason = exc.message
         if reason is not None:
             # The body's tenant, else the key's; if neither is a valid id (or the request id is not),
             # nobody can be answered: dead-letter it, naming why.
-            tenant = rec["tenant_id"] if core.addressable(rec["request_id"], rec["tenant_id"]) is None else key_tenant
-            unaddressable = core.addressable(rec["request_id"], tenant)
+            tenant = req.tenant_id if core.addressable(req.request_id, req.tenant_id) is None else key_tenant
+            unaddressable = core.addressable(req.request_id, tenant)
             if unaddressable is not None:
                 raise MalformedMessageError(f"{unaddressable}; {reason}")
             assert tenant is not None
-            self.log.info("invalid_request", tenant_id=tenant, request_id=rec["request_id"], reason=reason)
+            self.log.info("invalid_request", tenant_id=tenant, request_id=req.request_id, reason=reason)
             out.emit(self.topic_counted, tenant.encode(),
-                     self._invalid(rec["request_id"], tenant, reason, rec), stamped(msg, "count"))
+                     self._invalid(req.request_id, tenant, reason, req), stamped(msg, "count"))
             return
         assert counted is not None
-        self._remember(rec["request_id"], counted.input_tokens)
-        body = {k: rec[k] for k in ("request_id", "tenant_id", "workflow_id", "agent_id", "requested_model",
-                                    "max_output_tokens", "priority", "region", "max_cost_micro_usd", "labels",
-                                    "requested_at_ms", "trace_context")}
-        body.update(input_tokens=counted.input_tokens, accounting_input_tokens=counted.accounting_input_tokens,
-                    encoding=counted.encoding, estimated_output_tokens=counted.estimated_output_tokens,
-                    request_sha256=counted.request_sha256, invalid_reason=None, counted_at_ms=int(time.time() * 1000))
+        self._remember(req.request_id, counted.input_tokens)
+        body = InvocationCounted(
+            req.request_id, req.tenant_id, req.workflow_id, req.agent_id, req.requested_model, req.max_output_tokens,
+            req.priority, req.region, req.max_cost_micro_usd, req.labels, req.requested_at_ms, req.trace_context,
+            counted.input_tokens, counted.accounting_input_tokens, counted.encoding, counted.estimated_output_tokens,
+            counted.request_sha256, None, time.time_ns() // 1_000_000)
         # Re-keyed by the tenant in the body: every later hop and the ledger rely on that key.
-        out.emit(self.topic_counted, rec["tenant_id"].encode(), codec().encode("InvocationCounted", body),
+        out.emit(self.topic_counted, req.tenant_id.encode(), codec().encode("InvocationCounted", body.to_record()),
                  stamped(msg, "count"))
 
-    def _invalid(self, request_id: str, tenant_id: str, reason: str, rec: dict[str, Any] | None = None) -> bytes:
+    def _invalid(self, request_id: str, tenant_id: str, reason: str, req: InvocationRequested | None = None) -> bytes:
         """A DENY-to-be. Only fields that pass the edge rule are carried on: the reason may be that
         one of them holds a NUL, and the decision and the read model must not."""
-        rec = rec or {}
-        workflow, agent, model = rec.get("workflow_id", ""), rec.get("agent_id", ""), rec.get("requested_model", "")
-        return codec().encode("InvocationCounted", {
-            "request_id": request_id, "tenant_id": tenant_id,
-            "workflow_id": workflow if id_problem("workflow_id", workflow, required=False) is None else "",
-            "agent_id": agent if id_problem("agent_id", agent, required=False) is None else "",
-            "requested_model": model if name_problem("model", model, required=False) is None else "",
-            "max_output_tokens": 0,
-            "priority": rec.get("priority", "NORMAL"), "region": None, "max_cost_micro_usd": None, "labels": {},
-            "requested_at_ms": rec.get("requested_at_ms", int(time.time() * 1000)), "trace_context": {},
-            "input_tokens": 0, "accounting_input_tokens": 0, "encoding": "", "estimated_output_tokens": 0,
-            "request_sha256": "", "invalid_reason": printable(reason)[:500], "counted_at_ms": int(time.time() * 1000)})
+        now_ms = time.time_ns() // 1_000_000
+        workflow, agent, model = (req.workflow_id, req.agent_id, req.requested_model) if req else ("", "", "")
+        body = InvocationCounted(
+            request_id, tenant_id, workflow if id_problem("workflow_id", workflow, required=False) is None else "",
+            agent if id_problem("agent_id", agent, required=False) is None else "",
+            model if name_problem("model", model, required=False) is None else "", 0,
+            req.priority if req else "NORMAL", None, None, {}, req.requested_at_ms if req else now_ms, {},
+            0, 0, "", 0, "", printable(reason)[:500], now_ms)
+        return codec().encode("InvocationCounted", body.to_record())
 
     def _remember(self, request_id: str, input_tokens: int) -> None:
         if self.settings.remembered_requests == 0:
@@ -135,28 +132,30 @@ class TokenCounter:
         name, rec = codec().decode(msg.value())
         if name != "InvocationCompleted":
             raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
+        completion = InvocationCompleted.from_record(rec)
         # A completion settles money: one with an invalid id or model, or sent under another tenant's
         # key, is dead-lettered with the reason, never metered.
-        problem = core.addressable(rec["request_id"], rec["tenant_id"]) or name_problem("model", rec["model"])
-        key_tenant = msg.key().decode(errors="replace") if msg.key() else None
-        if problem is None and key_tenant != rec["tenant_id"]:
+        problem = core.addressable(completion.request_id, completion.tenant_id) or name_problem(
+            "model", completion.model)
+        key = msg.key()
+        key_tenant = key.decode(errors="replace") if key else None
+        if problem is None and key_tenant != completion.tenant_id:
             problem = "the message key must be the tenant_id"
         if problem is not None:
             raise MalformedMessageError(f"completion refused: {problem}")
         try:
-            encoding = self.encoding_for(rec["model"])
+            encoding = self.encoding_for(completion.model)
         except TokenizerError as exc:
             raise LedgergateError(exc.message) from exc
-        metered = core.meter(rec, encoding, self.input_tokens.get(rec["request_id"]))
-        drift = self.drift.setdefault(rec["model"], core.Drift())
+        metered = core.meter(completion, encoding, self.input_tokens.get(completion.request_id))
+        drift = self.drift.setdefault(completion.model, core.Drift())
         if not metered.estimated and metered.counted_output_tokens:
-            drift.add(metered.usage["output_tokens"], metered.counted_output_tokens)
-        out.emit(self.topic_metered, rec["tenant_id"].encode(), codec().encode("UsageMetered", {
-            "request_id": rec["request_id"], "tenant_id": rec["tenant_id"], "model": rec["model"],
-            "status": rec["status"], "usage": metered.usage, "estimated": metered.estimated,
-            "counted_output_tokens": metered.counted_output_tokens, "drift_ppm": drift.ppm,
-            "completed_at_ms": rec["completed_at_ms"], "metered_at_ms": int(time.time() * 1000)}),
-            stamped(msg, "meter"))
+            drift.add(metered.usage.output_tokens, metered.counted_output_tokens)
+        body = UsageMetered(completion.request_id, completion.tenant_id, completion.model, completion.status,
+                            metered.usage, metered.estimated, metered.counted_output_tokens, drift.ppm,
+                            completion.completed_at_ms, time.time_ns() // 1_000_000)
+        out.emit(self.topic_metered, completion.tenant_id.encode(), codec().encode("UsageMetered", body.to_record()),
+                 stamped(msg, "meter"))
 
 
 def run(settings: TokenCounterSettings | None = None) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 import tiktoken
 
+from ledgergate.events import InvocationCompleted, InvocationRequested, Usage
 from ledgergate.ids import MAX_ID_CHARS, id_problem, request_problem
 from ledgergate.shared.tokenizers import ACCOUNTING_ENCODING, count_chat, count_text, get_encoding
 
@@ -28,12 +28,17 @@ class Counted:
     request_sha256: str
 
 
-def request_sha256(rec: Mapping[str, Any]) -> str:
+def request_sha256(req: InvocationRequested) -> str:
     """Content hash for idempotency: the same id with another hash is a conflict. Client clocks and
-    trace context differ between retries of one request, so they are left out."""
-    content = {k: rec[k] for k in ("tenant_id", "workflow_id", "agent_id", "requested_model", "messages",
-                                    "tools_json", "max_output_tokens", "priority", "region",
-                                    "max_cost_micro_usd", "labels")}
+    trace context differ between retries of one request, so they are left out. The bytes hashed are the
+    sorted-key JSON of the Avro record's fields, so a digest stays the same across versions
+    (tests/unit/test_token_counter_core.py pins one). Messages as dicts: orjson writes a dataclass in
+    field order, not sorted."""
+    messages = [{"role": m.role, "content": m.content, "name": m.name} for m in req.messages]
+    content = {"tenant_id": req.tenant_id, "workflow_id": req.workflow_id, "agent_id": req.agent_id,
+               "requested_model": req.requested_model, "messages": messages, "tools_json": req.tools_json,
+               "max_output_tokens": req.max_output_tokens, "priority": req.priority, "region": req.region,
+               "max_cost_micro_usd": req.max_cost_micro_usd, "labels": req.labels}
     # orjson: about 40x faster than json.dumps on an 8,000-token prompt (3 us vs 112 us measured), and
     # this runs once per request on the token-counter's hot path.
     return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -46,26 +51,26 @@ def addressable(request_id: str | None, tenant_id: str | None) -> str | None:
     return id_problem("request_id", request_id or "") or id_problem("tenant_id", tenant_id or "")
 
 
-def validate(rec: Mapping[str, Any], key_tenant: str | None, max_messages: int) -> str | None:
+def validate(req: InvocationRequested, key_tenant: str | None, max_messages: int) -> str | None:
     """A reason the request is malformed, or None. Reasons become DENY invalid_request details.
     Every client-chosen id and name is checked here, at the edge (client/ledgergate/ids.py), so nothing
     downstream (ledger, read model, logs) ever holds a NUL, a control character or an unbounded id."""
-    if not rec["messages"]:
+    if not req.messages:
         return "messages is empty"
-    if len(rec["messages"]) > max_messages:
+    if len(req.messages) > max_messages:
         return f"more than {max_messages} messages"
-    problem = request_problem(rec)
+    problem = request_problem(req)
     if problem is not None:
         return problem
-    if key_tenant != rec["tenant_id"]:
+    if key_tenant != req.tenant_id:
         return "the message key must be the tenant_id"
-    if rec["max_output_tokens"] < 1:
+    if req.max_output_tokens < 1:
         return "max_output_tokens must be at least 1"
-    if rec["max_cost_micro_usd"] is not None and rec["max_cost_micro_usd"] < 0:
+    if req.max_cost_micro_usd is not None and req.max_cost_micro_usd < 0:
         return "max_cost_micro_usd must not be negative"
-    if rec["tools_json"] is not None:
+    if req.tools_json is not None:
         try:
-            tools = json.loads(rec["tools_json"])
+            tools = json.loads(req.tools_json)
         except ValueError:
             return "tools_json is not valid JSON"
         if not isinstance(tools, list):
@@ -73,41 +78,39 @@ def validate(rec: Mapping[str, Any], key_tenant: str | None, max_messages: int) 
     return None
 
 
-def count_request(rec: Mapping[str, Any], encoding_for: Callable[[str], tiktoken.Encoding],
+def count_request(req: InvocationRequested, encoding_for: Callable[[str], tiktoken.Encoding],
                   max_output_tokens: int) -> Counted:
     """The counts; an output request above `max_output_tokens` is capped to it (the policy then
     grants at most its own, smaller limit), not refused: clients send 2^31-1 to mean "no limit"."""
-    model = rec["requested_model"]
+    model = req.requested_model
     encoding = encoding_for(model)
-    tools = json.loads(rec["tools_json"]) if rec["tools_json"] else None
-    messages = rec["messages"]
+    tools = json.loads(req.tools_json) if req.tools_json else None
+    messages = [{"role": m.role, "content": m.content, "name": m.name} for m in req.messages]
     input_tokens = count_chat(messages, model, tools=tools, encoding=encoding)
     if encoding.name == ACCOUNTING_ENCODING:
         accounting = input_tokens
     else:
         accounting = count_chat(messages, model, tools=tools, encoding=get_encoding(ACCOUNTING_ENCODING))
-    return Counted(input_tokens, accounting, encoding.name, min(rec["max_output_tokens"], max_output_tokens),
-                   request_sha256(rec))
+    return Counted(input_tokens, accounting, encoding.name, min(req.max_output_tokens, max_output_tokens),
+                   request_sha256(req))
 
 
 @dataclass(frozen=True, slots=True)
 class Metered:
-    usage: dict[str, int]
+    usage: Usage
     estimated: bool
     counted_output_tokens: int | None
 
 
-def meter(rec: Mapping[str, Any], encoding: tiktoken.Encoding, remembered_input_tokens: int | None) -> Metered:
+def meter(completion: InvocationCompleted, encoding: tiktoken.Encoding,
+          remembered_input_tokens: int | None) -> Metered:
     """Provider-reported usage wins; when it is missing (a stream cut short) count the completion text
     and take the input count we made at request time, and mark the result estimated."""
-    text = rec["completion_text"]
+    text = completion.completion_text
     counted = count_text(text, encoding) if text else None
-    usage = rec["usage"]
-    if usage is not None:
-        return Metered(dict(usage), False, counted)
-    estimated = {"input_tokens": remembered_input_tokens or 0, "cached_input_tokens": 0,
-                 "output_tokens": counted or 0, "reasoning_tokens": 0}
-    return Metered(estimated, True, counted)
+    if completion.usage is not None:
+        return Metered(completion.usage, False, counted)
+    return Metered(Usage(remembered_input_tokens or 0, 0, counted or 0, 0), True, counted)
 
 
 @dataclass(slots=True)

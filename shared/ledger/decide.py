@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ledgergate.events import Usage
 from ledgergate.shared.catalogue import PriceCatalogue, UnknownPriceError
 from ledgergate.shared.ledger.entries import (
     BudgetLimitSet,
@@ -25,7 +26,6 @@ from ledgergate.shared.ledger.entries import (
     ReservationSettled,
     ReservationVoided,
     ThresholdCrossed,
-    Usage,
 )
 from ledgergate.shared.ledger.periods import period_of
 from ledgergate.shared.ledger.state import CONFLICT_REASON, RATE_LIMITED_REASON, TENANT, WORKFLOW, ScopeKey, TenantState

@@ -9,13 +9,7 @@ from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any
 
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    input_tokens: int
-    cached_input_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
+from ledgergate.events import Usage
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from confluent_kafka import Producer
 
 from ledgergate import topics
 from ledgergate.codec import codec
+from ledgergate.events import Usage
 from ledgergate.kafka_config import producer_config
 from ledgergate.services.projector import sql
 from ledgergate.services.projector.core import Batch
@@ -32,7 +33,6 @@ from ledgergate.shared.ledger.entries import (
     LedgerEntry,
     ReservationPlaced,
     ReservationSettled,
-    Usage,
     to_record,
 )
 from ledgergate.shared.settings import KafkaSettings, PostgresSettings
@@ -141,7 +141,7 @@ def _produce(kafka: KafkaSettings, topic: str, key: bytes, values: list[bytes]) 
 
 def test_undecodable_messages_are_recorded_and_skipped(kafka: KafkaSettings, fresh_db: str, tmp_path: Path) -> None:
     good = [codec().encode(*to_record(e)) for e in _entries("acme", "r1")]
-    decision = decision_for(_entries("acme", "r1")[1], deployments())  # type: ignore[arg-type]
+    decision = decision_for(_entries("acme", "r1")[1], deployments()).to_record()  # type: ignore[arg-type]
     _produce(kafka, topics.LEDGER, b"acme", [good[0], b"\xc3\x01not-avro-at-all", good[1], good[2]])
     # A decision on the audit topic is well-formed Avro but does not belong there.
     _produce(kafka, topics.AUDIT, b"acme", [codec().encode("GateDecision", decision)])

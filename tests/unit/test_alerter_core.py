@@ -8,17 +8,17 @@ import json
 
 import pytest
 
+from ledgergate.events import BudgetAlert
 from ledgergate.services.alerter import core
 from ledgergate.shared.errors import AlerterConfigError
 
-ALERT = {"alert_id": "acme/2026-11/TENANT/acme/80", "tenant_id": "acme", "scope_type": "TENANT", "scope_id": "acme",
-         "period_id": "2026-11", "threshold_pct": 80, "spent_micro_usd": 812_345, "limit_micro_usd": 1_000_000,
-         "crossed_at_ms": 1_795_000_000_123}
+ALERT = BudgetAlert("acme/2026-11/TENANT/acme/80", "acme", "TENANT", "acme", "2026-11", 80, 812_345, 1_000_000,
+                    1_795_000_000_123)
 
 
 def test_payload_carries_the_alert_with_usd_strings_and_iso_time() -> None:
     body = json.loads(core.payload(ALERT))
-    assert {k: body[k] for k in ALERT} == ALERT
+    assert {k: body[k] for k in ALERT.to_record()} == ALERT.to_record()
     assert body["type"] == "budget.threshold_crossed"
     assert (body["spent_usd"], body["limit_usd"]) == ("0.812345", "1.000000")
     assert body["crossed_at"].endswith(".123Z")
@@ -27,7 +27,7 @@ def test_payload_carries_the_alert_with_usd_strings_and_iso_time() -> None:
 def test_headers_carry_the_idempotency_key_and_an_hmac_when_a_secret_is_set() -> None:
     body = core.payload(ALERT)
     plain = core.headers(ALERT, body, None)
-    assert plain["Idempotency-Key"] == ALERT["alert_id"] and "X-Ledgergate-Signature" not in plain
+    assert plain["Idempotency-Key"] == ALERT.alert_id and "X-Ledgergate-Signature" not in plain
     signed = core.headers(ALERT, body, "s3cret")
     expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
     assert signed["X-Ledgergate-Signature"] == f"sha256={expected}"

@@ -9,6 +9,7 @@ import copy
 
 import pytest
 
+from ledgergate.events import Usage
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.ledger.decide import (
     Candidate,
@@ -34,7 +35,6 @@ from ledgergate.shared.ledger.entries import (
     ReservationSettled,
     ReservationVoided,
     ThresholdCrossed,
-    Usage,
 )
 from ledgergate.shared.ledger.state import TENANT, WORKFLOW, TenantState, balances_view, evolve
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from ledgergate.codec import codec
+from ledgergate.events import Usage
 from ledgergate.shared.ledger.entries import (
     ENTRY_TYPES,
     BudgetLimitSet,
@@ -24,7 +25,6 @@ from ledgergate.shared.ledger.entries import (
     ReservationSettled,
     ReservationVoided,
     ThresholdCrossed,
-    Usage,
     from_record,
     to_record,
 )

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledgergate.codec import codec
+from ledgergate.events import Usage
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.ledger.decide import (
     MAX_CANDIDATES,
@@ -38,7 +39,6 @@ from ledgergate.shared.ledger.entries import (
     ReservationSettled,
     ReservationVoided,
     ThresholdCrossed,
-    Usage,
     from_record,
     to_record,
 )

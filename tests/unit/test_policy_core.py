@@ -3,11 +3,10 @@ bucket and policy document parsing."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from ledgergate.services.policy.core import Bucket, Burn, Rejection, max_tier_for, plan, take_rate
+from ledgergate.events import InvocationCounted, PlanCandidate, PlanRejection
+from ledgergate.services.policy.core import Bucket, Burn, max_tier_for, plan, take_rate
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.policy import Policy, PolicyError, default_policy, parse_policy
 
@@ -17,18 +16,17 @@ NO_BURN = Burn(0, 1_000_000)
 
 
 def counted(model: str = "gpt-4o", *, input_tokens: int = 1_000, accounting: int = 1_100, output: int = 5_000,
-            priority: str = "NORMAL", region: str | None = None, invalid: str | None = None) -> dict[str, Any]:
-    return {"invalid_reason": invalid, "requested_model": model, "input_tokens": input_tokens,
-            "accounting_input_tokens": accounting, "estimated_output_tokens": output, "priority": priority,
-            "region": region}
+            priority: str = "NORMAL", region: str | None = None, invalid: str | None = None) -> InvocationCounted:
+    return InvocationCounted("r1", "acme", "", "", model, output, priority, region, None, {}, T0, {}, input_tokens,
+                             accounting, "o200k_base", output, "sha", invalid, T0)
 
 
 def burn(pct: int) -> Burn:
     return Burn(pct * 10_000, 1_000_000)
 
 
-def models(candidates: list[dict[str, Any]]) -> list[str]:
-    return [c["model"] for c in candidates]
+def models(candidates: tuple[PlanCandidate, ...]) -> list[str]:
+    return [c.model for c in candidates]
 
 
 # ---------------------------------------------------------------------------------------------- plans
@@ -38,7 +36,7 @@ def test_default_plan_is_requested_model_then_downgrades_with_costs() -> None:
     candidates, rejection = plan(counted(), default_policy(), NO_BURN, prices(), T0)
     assert rejection is None
     # granted output = min(5,000 estimated, 4,096 policy max); downgrades are priced on accounting tokens
-    assert candidates == [
+    assert [c.to_record() for c in candidates] == [
         {"model": "gpt-4o", "tier": "premium", "estimated_input_micro_usd": 2_500,
          "estimated_output_micro_usd": 40_960, "estimated_cost_micro_usd": 43_460, "granted_output_tokens": 4_096,
          "price_version": PV},
@@ -57,11 +55,11 @@ def test_costs_match_the_catalogue_and_apply_the_region() -> None:
     assert models(candidates) == ["claude-sonnet", "claude-haiku", "llama-3.1-8b"]
     p = prices()
     for c in candidates:
-        tokens = 1_000 if c["model"] == "claude-sonnet" else 1_100
-        assert c["estimated_input_micro_usd"] == p.cost_micro_usd(PV, c["model"], tokens, 0, 0, "eu-west")
-        assert c["estimated_output_micro_usd"] == p.cost_micro_usd(PV, c["model"], 0, 0, 100, "eu-west")
-        assert c["granted_output_tokens"] == 100
-    assert candidates[0]["estimated_cost_micro_usd"] == 3_300 + 1_650  # (3,000 + 1,500) * 1.1
+        tokens = 1_000 if c.model == "claude-sonnet" else 1_100
+        assert c.estimated_input_micro_usd == p.cost_micro_usd(PV, c.model, tokens, 0, 0, "eu-west")
+        assert c.estimated_output_micro_usd == p.cost_micro_usd(PV, c.model, 0, 0, 100, "eu-west")
+        assert c.granted_output_tokens == 100
+    assert candidates[0].estimated_cost_micro_usd == 3_300 + 1_650  # (3,000 + 1,500) * 1.1
 
 
 def test_model_without_downgrades_has_one_candidate() -> None:
@@ -85,7 +83,7 @@ def test_model_without_downgrades_has_one_candidate() -> None:
 def test_tier_ceiling_by_priority_and_burn(priority: str, pct: int, first_tier: str, expected: list[str]) -> None:
     candidates, rejection = plan(counted(priority=priority), default_policy(), burn(pct), prices(), T0)
     assert rejection is None
-    assert candidates[0]["tier"] == first_tier
+    assert candidates[0].tier == first_tier
     assert models(candidates) == expected
 
 
@@ -101,15 +99,15 @@ def test_burn_percentage() -> None:
 def test_prompt_over_max_is_rejected() -> None:
     policy = default_policy()
     candidates, rejection = plan(counted(input_tokens=policy.max_prompt_tokens + 1), policy, NO_BURN, prices(), T0)
-    assert candidates == []
-    assert rejection == Rejection("prompt_too_long", "128001 input tokens > 128000", "policy")
+    assert candidates == ()
+    assert rejection == PlanRejection("prompt_too_long", "128001 input tokens > 128000", None, "policy")
     _, ok = plan(counted(input_tokens=policy.max_prompt_tokens), policy, NO_BURN, prices(), T0)
     assert ok is None
 
 
 def test_unknown_model_is_rejected() -> None:
     candidates, rejection = plan(counted("gpt-9-ultra"), default_policy(), NO_BURN, prices(), T0)
-    assert candidates == []
+    assert candidates == ()
     assert rejection is not None
     assert (rejection.reason, rejection.binding_scope) == ("unknown_model", "policy")
     assert "'gpt-9-ultra'" in rejection.detail and PV in rejection.detail
@@ -118,8 +116,8 @@ def test_unknown_model_is_rejected() -> None:
 def test_invalid_request_is_rejected_first() -> None:
     candidates, rejection = plan(counted("gpt-9-ultra", input_tokens=10**9, invalid="messages is empty"),
                                  default_policy(), NO_BURN, prices(), T0)
-    assert candidates == []
-    assert rejection == Rejection("invalid_request", "messages is empty", "request")
+    assert candidates == ()
+    assert rejection == PlanRejection("invalid_request", "messages is empty", None, "request")
 
 
 def test_allowed_models_filters_candidates() -> None:
@@ -134,7 +132,7 @@ def test_allowed_models_filters_candidates() -> None:
 def test_model_not_allowed_nor_any_downgrade() -> None:
     policy = parse_policy('{"allowed_models": ["claude-haiku"]}', default_policy())
     candidates, rejection = plan(counted("gpt-4o"), policy, NO_BURN, prices(), T0)
-    assert candidates == []
+    assert candidates == ()
     assert rejection is not None and rejection.reason == "model_not_allowed"
     assert rejection.binding_scope == "policy"
 
@@ -142,7 +140,7 @@ def test_model_not_allowed_nor_any_downgrade() -> None:
 def test_no_candidate_when_the_tier_ceiling_excludes_every_allowed_model() -> None:
     policy = parse_policy('{"allowed_models": ["gpt-4o"]}', default_policy())
     candidates, rejection = plan(counted("gpt-4o"), policy, burn(80), prices(), T0)
-    assert candidates == []
+    assert candidates == ()
     assert rejection is not None
     assert (rejection.reason, rejection.binding_scope) == ("no_candidate", "policy")
     assert "standard" in rejection.detail
@@ -151,8 +149,8 @@ def test_no_candidate_when_the_tier_ceiling_excludes_every_allowed_model() -> No
 def test_granted_output_is_capped_by_policy() -> None:
     policy = parse_policy('{"max_output_tokens": 10}', default_policy())
     candidates, _ = plan(counted(output=5_000), policy, NO_BURN, prices(), T0)
-    assert {c["granted_output_tokens"] for c in candidates} == {10}
-    assert candidates[0]["estimated_output_micro_usd"] == 100
+    assert {c.granted_output_tokens for c in candidates} == {10}
+    assert candidates[0].estimated_output_micro_usd == 100
 
 
 # ---------------------------------------------------------------------------------------------- rate bucket

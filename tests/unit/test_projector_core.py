@@ -10,8 +10,9 @@ from collections import defaultdict
 
 from hypothesis import HealthCheck, given, settings
 
+from ledgergate.events import Usage
 from ledgergate.services.projector.core import Batch
-from ledgergate.shared.ledger.entries import BudgetLimitSet, LedgerEntry, ReservationSettled, Usage, to_record
+from ledgergate.shared.ledger.entries import BudgetLimitSet, LedgerEntry, ReservationSettled, to_record
 from ledgergate.shared.ledger.state import balance_deltas, balances_view
 from tests.unit.test_ledger_properties import _run, operations
 

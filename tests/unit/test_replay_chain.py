@@ -44,7 +44,7 @@ def chain_records(n: int, partition: int = 0, tenant: str = "acme") -> list[dict
         out.append(audit_record(chain, kind="LEDGER", event_type="ReservationSettled" if settled else "PeriodOpened",
                                 subject_id=f"e{i}", tenant_id=tenant, source_topic=LEDGER,
                                 source_partition=partition, source_offset=i, event_sha256="0" * 64,
-                                summary_json=json.dumps(summary), recorded_at_ms=T0 + i))
+                                summary_json=json.dumps(summary), recorded_at_ms=T0 + i).to_record())
     return out
 
 
@@ -116,7 +116,7 @@ def test_second_audit_record_of_one_ledger_entry_is_a_coverage_problem() -> None
     chain = Chain(0, 3, recs[-1]["hash"])
     dup = audit_record(chain, kind="LEDGER", event_type="PeriodOpened", subject_id="again", tenant_id="acme",
                        source_topic=LEDGER, source_partition=0, source_offset=1, event_sha256="0" * 64,
-                       summary_json="{}", recorded_at_ms=T0 + 9)
+                       summary_json="{}", recorded_at_ms=T0 + 9).to_record()
     r = replay([*recs, dup])
     assert r.checks[0].problem is None and r.coverage_count == 1 and "second audit record" in r.coverage[0]["error"]
 

@@ -11,10 +11,20 @@ from typing import Any
 import pytest
 
 from ledgergate.codec import codec
+from ledgergate.events import Usage
 from ledgergate.services.router.core import Chain, audit_record, decision_for, summary_of
 from ledgergate.shared.audit import GENESIS_HASH, record_hash, verify_chain
 from ledgergate.shared.catalogue import deployments
-from ledgergate.shared.ledger.entries import ReservationDenied, ReservationPlaced, ReservationSettled, Usage
+from ledgergate.shared.ledger.entries import ReservationDenied, ReservationPlaced, ReservationSettled
+
+
+def decided(*args: Any) -> dict[str, Any]:
+    """The decision as the router encodes it."""
+    return decision_for(*args).to_record()
+
+
+def audited(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return audit_record(*args, **kwargs).to_record()
 
 T0 = 1_794_000_000_000
 SHA = "ab" * 32
@@ -50,7 +60,7 @@ def roundtrip(decision: dict[str, Any]) -> dict[str, Any]:
 
 def test_placed_same_model_allows() -> None:
     entry = placed(region="eu-west")
-    d = decision_for(entry, deployments())
+    d = decided(entry, deployments())
     assert d == {
         "request_id": "req-1", "tenant_id": "acme", "workflow_id": "wf", "agent_id": "agent-1",
         "requested_model": "gpt-4o", "remaining_micro_usd": 956_540, "ledger_entry_id": "req-1/reservation",
@@ -63,16 +73,16 @@ def test_placed_same_model_allows() -> None:
 
 
 def test_deployment_without_region_is_a_stable_choice_among_all() -> None:
-    chosen = {decision_for(placed(request_id=f"r{i}"), deployments())["deployment"]["region"] for i in range(40)}
+    chosen = {decided(placed(request_id=f"r{i}"), deployments())["deployment"]["region"] for i in range(40)}
     assert chosen == {"us-east", "eu-west"}
     for i in range(10):
-        d = decision_for(placed(request_id=f"r{i}"), deployments())
+        d = decided(placed(request_id=f"r{i}"), deployments())
         expected = deployments().choose("gpt-4o", None, f"r{i}")
         assert d["deployment"] == {"model": "gpt-4o", "endpoint": expected.endpoint, "region": expected.region}
 
 
 def test_placed_other_model_at_later_candidate_is_downgraded_by_budget() -> None:
-    d = decision_for(placed(model="gpt-4o-mini", index=1), deployments())
+    d = decided(placed(model="gpt-4o-mini", index=1), deployments())
     assert d["outcome"] == "DOWNGRADE"
     assert d["reason_codes"] == ["within_budget", "downgraded_by_budget"]
     assert d["deployment"]["model"] == "gpt-4o-mini"
@@ -81,20 +91,20 @@ def test_placed_other_model_at_later_candidate_is_downgraded_by_budget() -> None
 
 
 def test_placed_other_model_as_first_candidate_is_downgraded_by_policy() -> None:
-    d = decision_for(placed(model="gpt-4o-mini", index=0), deployments())
+    d = decided(placed(model="gpt-4o-mini", index=0), deployments())
     assert d["outcome"] == "DOWNGRADE"
     assert d["reason_codes"] == ["within_budget", "downgraded_by_policy"]
 
 
 def test_placed_model_without_deployment_has_none() -> None:
-    d = decision_for(placed(model="mystery", requested="mystery"), deployments())
+    d = decided(placed(model="mystery", requested="mystery"), deployments())
     assert d["outcome"] == "ALLOW"
     assert d["deployment"] is None
     assert roundtrip(d) == d
 
 
 def test_denied_is_deny_with_binding_scope() -> None:
-    d = decision_for(denied(), deployments())
+    d = decided(denied(), deployments())
     assert d["outcome"] == "DENY"
     assert d["reason_codes"] == ["budget_exhausted"]
     assert d["binding_scope"] == "tenant:acme"
@@ -106,7 +116,7 @@ def test_denied_is_deny_with_binding_scope() -> None:
 
 
 def test_rate_limited_is_throttle_with_retry_after() -> None:
-    d = decision_for(denied("rate_limited", "rate", 1_500), deployments())
+    d = decided(denied("rate_limited", "rate", 1_500), deployments())
     assert d["outcome"] == "THROTTLE"
     assert d["retry_after_ms"] == 1_500
     assert d["reason_codes"] == ["rate_limited"]
@@ -117,15 +127,15 @@ def test_rate_limited_is_throttle_with_retry_after() -> None:
 def test_decisions_are_deterministic() -> None:
     for entry in (placed(), placed(model="gpt-4o-mini", index=1), denied(), denied("rate_limited", "rate", 9)):
         twin = dataclasses.replace(entry)
-        first, second = decision_for(entry, deployments()), decision_for(twin, deployments())
+        first, second = decided(entry, deployments()), decided(twin, deployments())
         assert first == second
         assert codec().encode("GateDecision", first) == codec().encode("GateDecision", second)
 
 
 def test_decision_record_has_exactly_the_schema_fields() -> None:
     fields = {f["name"] for f in codec().schema("GateDecision").parsed["fields"]}
-    assert set(decision_for(placed(), deployments())) == fields
-    assert set(decision_for(denied(), deployments())) == fields
+    assert set(decided(placed(), deployments())) == fields
+    assert set(decided(denied(), deployments())) == fields
 
 
 # ---------------------------------------------------------------------------------------------- audit chain
@@ -135,7 +145,7 @@ def chain_of(n: int, partition: int = 2) -> list[tuple[int, dict[str, Any]]]:
     chain = Chain(partition)
     records = []
     for i in range(n):
-        rec = audit_record(chain, kind="DECISION" if i % 2 else "LEDGER", event_type="GateDecision",
+        rec = audited(chain, kind="DECISION" if i % 2 else "LEDGER", event_type="GateDecision",
                            subject_id=f"req-{i}", tenant_id="acme", source_topic="gate.decisions",
                            source_partition=partition, source_offset=100 + i, event_sha256=f"{i:064x}",
                            summary_json=json.dumps({"request_id": f"req-{i}"}), recorded_at_ms=T0 + i)
@@ -160,7 +170,7 @@ def test_audit_chain_links_and_verifies() -> None:
 
 def test_chain_advances() -> None:
     chain = Chain(0)
-    rec = audit_record(chain, kind="LEDGER", event_type="ReservationPlaced", subject_id="x", tenant_id="t",
+    rec = audited(chain, kind="LEDGER", event_type="ReservationPlaced", subject_id="x", tenant_id="t",
                        source_topic="budget.ledger", source_partition=0, source_offset=0, event_sha256="0" * 64,
                        summary_json="{}", recorded_at_ms=T0)
     assert (chain.next_sequence, chain.last_hash) == (1, rec["hash"])
@@ -237,7 +247,7 @@ def test_summary_keeps_only_governance_fields() -> None:
 def test_moving_text_between_fields_is_detected() -> None:
     chain = Chain(0)
     # subject_id is the client-chosen request id; source_topic follows it in CHAINED_FIELDS
-    rec = audit_record(chain, kind="DECISION", event_type="GateDecision", subject_id="req-0\x1fgate",
+    rec = audited(chain, kind="DECISION", event_type="GateDecision", subject_id="req-0\x1fgate",
                        source_topic="decisions", tenant_id="acme", source_partition=0, source_offset=7,
                        event_sha256="0" * 64, summary_json="{}", recorded_at_ms=T0)
     forged = dict(rec, subject_id="req-0", source_topic="gate\x1fdecisions")

@@ -9,6 +9,7 @@ import pytest
 import tiktoken
 
 from ledgergate.codec import codec
+from ledgergate.events import InvocationCompleted, InvocationRequested, Usage
 from ledgergate.services.token_counter.core import (
     MAX_ID_CHARS,
     Drift,
@@ -41,8 +42,13 @@ def request(**over: Any) -> dict[str, Any]:
     return rec
 
 
+def typed(rec: dict[str, Any]) -> InvocationRequested:
+    """As the adapter hands it to the core: the decoded record, typed."""
+    return InvocationRequested.from_record(rec)
+
+
 def check(rec: dict[str, Any], key: str | None = "acme") -> str | None:
-    return validate(rec, key, MAX_MESSAGES)
+    return validate(typed(rec), key, MAX_MESSAGES)
 
 
 # ---------------------------------------------------------------------------------------------- validate
@@ -106,7 +112,7 @@ def test_an_unaddressable_request_cannot_be_denied_only_dead_lettered() -> None:
 def test_max_output_tokens_above_the_limit_is_capped_not_refused() -> None:
     rec = request(max_output_tokens=2**31 - 1)
     assert check(rec) is None
-    assert count_request(rec, encoding_for_model, MAX_OUTPUT).estimated_output_tokens == MAX_OUTPUT
+    assert count_request(typed(rec), encoding_for_model, MAX_OUTPUT).estimated_output_tokens == MAX_OUTPUT
 
 
 def test_validate_boundaries_are_inclusive() -> None:
@@ -129,21 +135,21 @@ def test_key_must_be_the_tenant() -> None:
 
 def test_count_request_equals_count_chat() -> None:
     rec = request(tools_json=json.dumps(TOOLS))
-    counted = count_request(rec, encoding_for_model, MAX_OUTPUT)
+    counted = count_request(typed(rec), encoding_for_model, MAX_OUTPUT)
     enc = encoding_for_model("gpt-4o")
     assert counted.encoding == "o200k_base" == enc.name
     assert counted.input_tokens == count_chat(rec["messages"], "gpt-4o", tools=TOOLS, encoding=enc)
     assert counted.input_tokens == count_chat(rec["messages"], "gpt-4o", tools=TOOLS)
     assert counted.accounting_input_tokens == counted.input_tokens
     assert counted.estimated_output_tokens == 500
-    assert counted.request_sha256 == request_sha256(rec)
-    without_tools = count_request(request(), encoding_for_model, MAX_OUTPUT)
+    assert counted.request_sha256 == request_sha256(typed(rec))
+    without_tools = count_request(typed(request()), encoding_for_model, MAX_OUTPUT)
     assert counted.input_tokens > without_tools.input_tokens
 
 
 def test_accounting_count_uses_o200k_for_a_cl100k_model() -> None:
     rec = request(requested_model="gpt-4")
-    counted = count_request(rec, encoding_for_model, MAX_OUTPUT)
+    counted = count_request(typed(rec), encoding_for_model, MAX_OUTPUT)
     assert counted.encoding == "cl100k_base"
     assert counted.input_tokens == count_chat(rec["messages"], "gpt-4", encoding=get_encoding("cl100k_base"))
     assert counted.accounting_input_tokens == count_chat(rec["messages"], "gpt-4",
@@ -158,7 +164,7 @@ def test_encoding_for_is_called_with_the_requested_model() -> None:
         asked.append(model)
         return get_encoding("cl100k_base")
 
-    counted = count_request(request(requested_model="claude-sonnet"), encoding_for, MAX_OUTPUT)
+    counted = count_request(typed(request(requested_model="claude-sonnet")), encoding_for, MAX_OUTPUT)
     assert asked == ["claude-sonnet"]
     assert counted.encoding == "cl100k_base"
 
@@ -166,13 +172,24 @@ def test_encoding_for_is_called_with_the_requested_model() -> None:
 # ---------------------------------------------------------------------------------------------- request hash
 
 
+def test_request_sha256_is_stable_across_versions() -> None:
+    # Computed by the code that hashed the decoded Avro dict: the ledger keeps these digests, so a repeat
+    # of an old request must still be recognised as the same content.
+    rec = {"request_id": "r1", "tenant_id": "acme", "workflow_id": "wf", "agent_id": "a1", "requested_model": "gpt-4o",
+           "messages": [{"role": "system", "content": "be terse", "name": None},
+                        {"role": "user", "content": "héllo \u2603", "name": "bob"}],
+           "tools_json": None, "max_output_tokens": 256, "priority": "HIGH", "region": "eu", "max_cost_micro_usd": None,
+           "labels": {"b": "2", "a": "1"}, "requested_at_ms": 1, "trace_context": {}}
+    assert request_sha256(typed(rec)) == "0068cd23ace0a24c29f391e46ad9d5600c43f0a204451efaf3e5ae88c01f6c8e"
+
+
 def test_request_sha256_ignores_clock_and_trace_context() -> None:
-    base = request_sha256(request())
+    base = request_sha256(typed(request()))
     assert len(base) == 64
-    assert request_sha256(request(requested_at_ms=T0 + 12_345)) == base
-    assert request_sha256(request(trace_context={})) == base
-    assert request_sha256(request(request_id="req-2")) == base  # the id is the key, not the content
-    assert request_sha256(request(labels={"team": "search"})) == base
+    assert request_sha256(typed(request(requested_at_ms=T0 + 12_345))) == base
+    assert request_sha256(typed(request(trace_context={}))) == base
+    assert request_sha256(typed(request(request_id="req-2"))) == base  # the id is the key, not the content
+    assert request_sha256(typed(request(labels={"team": "search"}))) == base
 
 
 @pytest.mark.parametrize("over", [
@@ -189,7 +206,7 @@ def test_request_sha256_ignores_clock_and_trace_context() -> None:
     {"tenant_id": "other"},
 ])
 def test_request_sha256_changes_with_content(over: dict[str, Any]) -> None:
-    assert request_sha256(request(**over)) != request_sha256(request())
+    assert request_sha256(typed(request(**over))) != request_sha256(typed(request()))
 
 
 # ---------------------------------------------------------------------------------------------- metering
@@ -200,34 +217,36 @@ def completion(usage: dict[str, int] | None, text: str | None = "Hello there, ge
             "completion_text": text, "completed_at_ms": T0, "trace_context": {}}
 
 
+def done(usage: dict[str, int] | None, text: str | None = "Hello there, general Kenobi.") -> InvocationCompleted:
+    return InvocationCompleted.from_record(completion(usage, text))
+
+
 def test_reported_usage_is_kept() -> None:
     usage = {"input_tokens": 120, "cached_input_tokens": 20, "output_tokens": 33, "reasoning_tokens": 7}
     rec = completion(usage)
-    metered = meter(rec, get_encoding("o200k_base"), remembered_input_tokens=999)
-    assert metered == Metered(usage, False, count_text(rec["completion_text"], "o200k_base"))
+    metered = meter(InvocationCompleted.from_record(rec), get_encoding("o200k_base"), remembered_input_tokens=999)
+    assert metered == Metered(Usage(**usage), False, count_text(rec["completion_text"], "o200k_base"))
     assert metered.counted_output_tokens == 7
-    assert metered.usage is not usage  # a copy
 
 
 def test_missing_usage_is_estimated_from_text_and_remembered_input() -> None:
-    metered = meter(completion(None, MULTILINGUAL), get_encoding("cl100k_base"), remembered_input_tokens=321)
+    metered = meter(done(None, MULTILINGUAL), get_encoding("cl100k_base"), remembered_input_tokens=321)
     counted = count_text(MULTILINGUAL, "cl100k_base")
     assert counted != count_text(MULTILINGUAL, "o200k_base")  # the passed encoding is the one used
-    assert metered == Metered({"input_tokens": 321, "cached_input_tokens": 0, "output_tokens": counted,
-                               "reasoning_tokens": 0}, True, counted)
+    assert metered == Metered(Usage(321, 0, counted, 0), True, counted)
 
 
 def test_missing_usage_and_nothing_remembered() -> None:
-    metered = meter(completion(None, None), get_encoding("o200k_base"), remembered_input_tokens=None)
-    assert metered == Metered({"input_tokens": 0, "cached_input_tokens": 0, "output_tokens": 0,
-                               "reasoning_tokens": 0}, True, None)
-    assert meter(completion(None, ""), get_encoding("o200k_base"), None).counted_output_tokens is None
+    metered = meter(done(None, None), get_encoding("o200k_base"), remembered_input_tokens=None)
+    assert metered == Metered(Usage(0, 0, 0, 0), True, None)
+    assert meter(done(None, ""), get_encoding("o200k_base"), None).counted_output_tokens is None
 
 
 def test_metered_usage_encodes() -> None:
-    metered = meter(completion(None), get_encoding("o200k_base"), 5)
-    body = {"request_id": "req-1", "tenant_id": "acme", "model": "gpt-4o", "status": "OK", "usage": metered.usage,
-            "estimated": metered.estimated, "counted_output_tokens": metered.counted_output_tokens,
+    metered = meter(done(None), get_encoding("o200k_base"), 5)
+    body = {"request_id": "req-1", "tenant_id": "acme", "model": "gpt-4o", "status": "OK",
+            "usage": metered.usage.to_record(), "estimated": metered.estimated,
+            "counted_output_tokens": metered.counted_output_tokens,
             "drift_ppm": 1_000_000, "completed_at_ms": T0, "metered_at_ms": T0 + 1}
     assert codec().decode(codec().encode("UsageMetered", body))[1] == body
 

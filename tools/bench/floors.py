@@ -28,6 +28,7 @@ from typing import Any
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from ledgergate.events import InvocationRequested
 from ledgergate.kafka_config import admin_config, consumer_config, producer_config, transactional_producer_config
 from ledgergate.shared.errors import ReadTimeoutError
 from ledgergate.shared.kafka.headers import headers_of, stage_times_us, stamped
@@ -273,8 +274,10 @@ def tokenizer_floor(records: list[dict[str, Any]], repeats: int = 3) -> dict[str
         return sum(count_chat(r["messages"], r["requested_model"], encoding=encoding_for(r["requested_model"]))
                    for r in records)
 
+    requests = [InvocationRequested.from_record(r) for r in records]  # as the adapter hands them to the core
+
     def ours() -> int:
-        return sum(core.count_request(r, encoding_for, 1_000_000).input_tokens for r in records)
+        return sum(core.count_request(r, encoding_for, 1_000_000).input_tokens for r in requests)
 
     best = {"raw": float("inf"), "count_chat": float("inf"), "count_request": float("inf")}
     tokens = raw()

@@ -29,6 +29,7 @@ from confluent_kafka import Producer
 
 from ledgergate.codec import codec
 from ledgergate.errors import LedgergateError
+from ledgergate.events import Usage
 from ledgergate.kafka_config import producer_config
 from ledgergate.shared.errors import StackError
 from ledgergate.shared.ledger.entries import (
@@ -41,7 +42,6 @@ from ledgergate.shared.ledger.entries import (
     ReservationSettled,
     ReservationVoided,
     ThresholdCrossed,
-    Usage,
     from_record,
     to_record,
 )

@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient
 
 from ledgergate import topics
 from ledgergate.codec import codec
+from ledgergate.events import Usage
 from ledgergate.kafka_config import producer_config
 from ledgergate.services.router.core import Chain, audit_record, decision_for, summary_of
 from ledgergate.shared.catalogue import deployments
@@ -39,7 +40,6 @@ from ledgergate.shared.ledger.entries import (
     ReservationDenied,
     ReservationPlaced,
     ReservationSettled,
-    Usage,
     to_record,
 )
 from ledgergate.shared.ledger.periods import period_of
@@ -95,7 +95,7 @@ def produce(kafka: KafkaSettings, entries: list[LedgerEntry]) -> dict[str, int]:
         audit = [("LEDGER", type(entry).__name__, entry.entry_id, hashlib.sha256(raw).hexdigest(), summary_of(entry))]
         counts["ledger"] += 1
         if isinstance(entry, ReservationPlaced | ReservationDenied):
-            decision = codec().encode("GateDecision", decision_for(entry, catalogue))
+            decision = codec().encode("GateDecision", decision_for(entry, catalogue).to_record())
             send(topics.DECISIONS, key, decision, p)
             counts["decisions"] += 1
             audit.append(("DECISION", "GateDecision", entry.request_id, hashlib.sha256(decision).hexdigest(), "{}"))
@@ -105,7 +105,7 @@ def produce(kafka: KafkaSettings, entries: list[LedgerEntry]) -> dict[str, int]:
                                   source_partition=p,
                                   source_offset=offset_hint, event_sha256=sha, summary_json=summary,
                                   recorded_at_ms=entry.recorded_at_ms)
-            send(topics.AUDIT, key, codec().encode("AuditRecord", record), p)
+            send(topics.AUDIT, key, codec().encode("AuditRecord", record.to_record()), p)
             counts["audit"] += 1
         if offset_hint % 10_000 == 0:
             producer.poll(0)

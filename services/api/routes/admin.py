@@ -19,34 +19,17 @@ from ledgergate.services.api.models import (
     TenantPublic,
 )
 from ledgergate.services.api.paging import Cursor, FilterId, Limit, decode_cursor, encode_cursor
+from ledgergate.shared import readmodel
 
 router = APIRouter(prefix="/v1", tags=["admin"])
-
-# Tenants with a limit, a balance or a decision (a tenant only ever denied has no balance). decisions can
-# be large, so its distinct tenants come from a loose index scan: one index probe per tenant, not a scan.
-_TENANTS = """
-WITH RECURSIVE d(tenant_id, n) AS (
-    (SELECT tenant_id, 1 FROM decisions WHERE tenant_id > %(after)s ORDER BY tenant_id LIMIT 1)
-    UNION ALL
-    SELECT (SELECT x.tenant_id FROM decisions x WHERE x.tenant_id > d.tenant_id ORDER BY x.tenant_id LIMIT 1),
-           d.n + 1
-    FROM d WHERE d.tenant_id IS NOT NULL AND d.n < %(limit)s  -- a page needs no more than `limit` of them
-)
-SELECT tenant_id FROM (
-    SELECT tenant_id FROM d WHERE tenant_id IS NOT NULL
-    UNION SELECT tenant_id FROM limits WHERE tenant_id > %(after)s
-    UNION SELECT tenant_id FROM balances WHERE tenant_id > %(after)s
-) t ORDER BY tenant_id LIMIT %(limit)s
-"""
-
 
 @router.get("/tenants", response_model=Page[TenantPublic], summary="Every tenant in the read model (admin)")
 def list_tenants(_admin: AdminPrincipal, db: DbConn, limit: Limit = DEFAULT_PAGE,
                  cursor: Cursor = None) -> Page[TenantPublic]:
     after = decode_cursor(cursor, (str,))[0] if cursor else ""
-    rows = db.execute(_TENANTS, {"after": after, "limit": limit + 1}).fetchall()
-    items = [TenantPublic(tenant_id=r[0]) for r in rows[:limit]]
-    return Page(items=items, next_cursor=encode_cursor(items[-1].tenant_id) if len(rows) > limit else None)
+    rows = readmodel.tenant_ids(db, after=after, limit=limit)
+    items = [TenantPublic(tenant_id=t) for t in rows.items]
+    return Page(items=items, next_cursor=encode_cursor(items[-1].tenant_id) if rows.more else None)
 
 
 @router.post("/api-keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated,
@@ -64,11 +47,9 @@ def create_api_key(admin: AdminPrincipal, db: DbConn, body: ApiKeyCreate) -> Api
 def list_api_keys(_admin: AdminPrincipal, db: DbConn,
                   tenant_id: FilterId = None,
                   limit: Limit = DEFAULT_PAGE) -> list[ApiKeyPublic]:
-    rows = db.execute("SELECT key_id, tenant_id, is_admin, can_write, name, created_at_ms FROM api_keys "
-                      "WHERE revoked_at_ms IS NULL AND (%(t)s::text IS NULL OR tenant_id = %(t)s) "
-                      "ORDER BY created_at_ms, key_id LIMIT %(n)s", {"t": tenant_id, "n": limit}).fetchall()
-    return [ApiKeyPublic(key_id=r[0], tenant_id=r[1], admin=r[2], can_write=r[3], name=r[4], created_at_ms=r[5])
-            for r in rows]
+    return [ApiKeyPublic(key_id=k.key_id, tenant_id=k.tenant_id, admin=k.is_admin, can_write=k.can_write,
+                         name=k.name, created_at_ms=k.created_at_ms)
+            for k in readmodel.live_api_keys(db, tenant_id=tenant_id, limit=limit)]
 
 
 @router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Revoke an API key (admin)")

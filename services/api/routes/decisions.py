@@ -7,7 +7,7 @@ decision is the earliest row that is not such a conflict.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
@@ -24,24 +24,20 @@ from ledgergate.services.api.paging import (
     Order,
     ToMs,
     encode_cursor,
-    keyset,
 )
-from ledgergate.services.api.routes.ledger import time_filters
+from ledgergate.services.api.routes.ledger import keyset_page
+from ledgergate.shared import readmodel
 
 router = APIRouter(tags=["decisions"])
 
-_COLUMNS = ("request_id, ledger_entry_id, tenant_id, workflow_id, agent_id, outcome, requested_model, model, "
-            "binding_scope, reason_codes, reserved_micro_usd, granted_output_tokens, requested_at_ms, "
-            "decided_at_ms, body")
-# The request's own decision first: conflicts last, then oldest.
-_OWN_FIRST = "ORDER BY ('idempotency_conflict' = ANY(reason_codes)), decided_at_ms, ledger_entry_id"
 
-
-def _public(r: tuple[Any, ...]) -> DecisionPublic:
-    return DecisionPublic(request_id=r[0], ledger_entry_id=r[1], tenant_id=r[2], workflow_id=r[3], agent_id=r[4],
-                          outcome=r[5], requested_model=r[6], model=r[7], binding_scope=r[8],
-                          reason_codes=list(r[9]), reserved_micro_usd=r[10], granted_output_tokens=r[11],
-                          requested_at_ms=r[12], decided_at_ms=r[13], body=r[14])
+def _public(r: readmodel.DecisionRow) -> DecisionPublic:
+    return DecisionPublic(request_id=r.request_id, ledger_entry_id=r.ledger_entry_id, tenant_id=r.tenant_id,
+                          workflow_id=r.workflow_id, agent_id=r.agent_id, outcome=r.outcome,
+                          requested_model=r.requested_model, model=r.model, binding_scope=r.binding_scope,
+                          reason_codes=list(r.reason_codes), reserved_micro_usd=r.reserved_micro_usd,
+                          granted_output_tokens=r.granted_output_tokens, requested_at_ms=r.requested_at_ms,
+                          decided_at_ms=r.decided_at_ms, body=r.body)
 
 
 @router.get("/v1/tenants/{tenant_id}/decisions", response_model=Page[DecisionPublic],
@@ -49,30 +45,17 @@ def _public(r: tuple[Any, ...]) -> DecisionPublic:
 def list_decisions(tenant_id: ReadableTenant, db: DbConn, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None,
                    offset: Offset = None, order: Order = "desc", outcome: Annotated[Outcome | None, Query()] = None,
                    from_ms: FromMs = None, to_ms: ToMs = None, workflow: FilterId = None) -> Page[DecisionPublic]:
-    where, params = time_filters("decided_at_ms", from_ms, to_ms)
-    for column, value in (("outcome", outcome), ("workflow_id", workflow)):
-        if value is not None:
-            where.append(f"{column} = %s")
-            params.append(value)
-    seek, seek_params, order_by, offset_sql = keyset(("decided_at_ms", "ledger_entry_id"), order, cursor, offset,
-                                                     (int, str))
-    if seek:
-        where.append(seek)
-        params.extend(seek_params)
-    sql = (f"SELECT {_COLUMNS} FROM decisions WHERE tenant_id = %s"
-           f"{''.join(' AND ' + w for w in where)} {order_by} LIMIT %s {offset_sql}")
-    rows = db.execute(sql, [tenant_id, *params, limit + 1]).fetchall()
-    items = [_public(r) for r in rows[:limit]]
-    more = len(rows) > limit
+    rows = readmodel.decisions(db, tenant_id, page=keyset_page(order, cursor, offset), limit=limit, from_ms=from_ms,
+                               to_ms=to_ms, outcome=outcome, workflow_id=workflow)
+    items = [_public(r) for r in rows.items]
     return Page(items=items,
-                next_cursor=encode_cursor(items[-1].decided_at_ms, items[-1].ledger_entry_id) if more else None)
+                next_cursor=encode_cursor(items[-1].decided_at_ms, items[-1].ledger_entry_id) if rows.more else None)
 
 
 @router.get("/v1/tenants/{tenant_id}/decisions/{request_id}", response_model=DecisionPublic,
             summary="One request's decision, within a tenant")
 def get_tenant_decision(tenant_id: ReadableTenant, request_id: IdPath, db: DbConn) -> DecisionPublic:
-    row = db.execute(f"SELECT {_COLUMNS} FROM decisions WHERE tenant_id = %s AND request_id = %s {_OWN_FIRST} "
-                     "LIMIT 1", (tenant_id, request_id)).fetchone()
+    row = readmodel.decision(db, tenant_id, request_id)
     if row is None:
         raise NotFound(f"no decision for request {request_id!r}")
     return _public(row)
@@ -91,13 +74,11 @@ def get_decision(request_id: IdPath, db: DbConn, principal: CurrentPrincipal, te
             raise not_found  # same answer as an unknown id: existence elsewhere is never revealed
         tenant_id = principal.tenant_id
     if tenant_id is not None:
-        row = db.execute(f"SELECT {_COLUMNS} FROM decisions WHERE tenant_id = %s AND request_id = %s "
-                         f"{_OWN_FIRST} LIMIT 1", (tenant_id, request_id)).fetchone()
+        row = readmodel.decision(db, tenant_id, request_id)
         if row is None:
             raise not_found
         return _public(row)
-    tenants = [r[0] for r in db.execute("SELECT DISTINCT tenant_id FROM decisions WHERE request_id = %s LIMIT 2",
-                                        (request_id,))]
+    tenants = readmodel.decision_tenants(db, request_id)
     if not tenants:
         raise not_found
     if len(tenants) > 1:

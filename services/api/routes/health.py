@@ -12,6 +12,7 @@ from psycopg_pool import ConnectionPool
 
 from ledgergate.services.api.commands import CommandPublisher
 from ledgergate.services.api.models import Health
+from ledgergate.shared import readmodel
 
 router = APIRouter(tags=["health"])
 _PROBE_TIMEOUT_S = 2.0
@@ -25,10 +26,10 @@ def healthz() -> Health:
 def _postgres(pool: ConnectionPool) -> str | None:
     try:
         with pool.connection(timeout=_PROBE_TIMEOUT_S) as conn:
-            row = conn.execute("SELECT to_regclass('api_keys') IS NOT NULL").fetchone()
+            migrated = readmodel.has_api_keys_table(conn)
     except Exception as exc:  # any failure means not ready; the reason goes to the probe's body
         return f"postgres: {type(exc).__name__}: {exc}"
-    return None if row and row[0] else "postgres: table api_keys missing (migrations not applied)"
+    return None if migrated else "postgres: table api_keys missing (migrations not applied)"
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from ledgergate.services.api.deps import DbConn, ReadableTenant
+from ledgergate.services.api.errors import Unprocessable
 from ledgergate.services.api.models import DEFAULT_PAGE, LedgerEntryPublic, Page
 from ledgergate.services.api.paging import (
     Cursor,
@@ -17,25 +16,23 @@ from ledgergate.services.api.paging import (
     Offset,
     Order,
     ToMs,
+    decode_cursor,
     encode_cursor,
-    keyset,
 )
+from ledgergate.shared import readmodel
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["ledger"])
 
-_COLUMNS = ("entry_id, entry_type, period_id, request_id, workflow_id, model, amount_micro_usd, "
-            "recorded_at_ms, body")
 
-
-def time_filters(column: str, from_ms: int | None, to_ms: int | None) -> tuple[list[str], list[Any]]:
-    where, params = [], []
-    if from_ms is not None:
-        where.append(f"{column} >= %s")
-        params.append(from_ms)
-    if to_ms is not None:
-        where.append(f"{column} < %s")
-        params.append(to_ms)
-    return where, params
+def keyset_page(order: readmodel.Order, cursor: str | None, offset: int | None) -> readmodel.Keyset:
+    """Where the page a route's `order`, `cursor` and `offset` ask for starts, for a (time, id) sort key;
+    422 for both a cursor and an offset, or a cursor this API did not issue."""
+    if cursor is not None and offset is not None:
+        raise Unprocessable("give either cursor or offset, not both")
+    if cursor is None:
+        return readmodel.Keyset(order, offset=offset or 0)
+    time_ms, row_id = decode_cursor(cursor, (int, str))
+    return readmodel.Keyset(order, after=(time_ms, row_id))
 
 
 @router.get("/ledger", response_model=Page[LedgerEntryPublic], summary="Ledger entries, paged")
@@ -43,22 +40,12 @@ def get_ledger(tenant_id: ReadableTenant, db: DbConn, limit: Limit = DEFAULT_PAG
                offset: Offset = None, order: Order = "asc", from_ms: FromMs = None, to_ms: ToMs = None,
                workflow: FilterId = None, model: FilterName = None,
                entry_type: FilterName = None) -> Page[LedgerEntryPublic]:
-    where, params = time_filters("recorded_at_ms", from_ms, to_ms)
-    for column, value in (("workflow_id", workflow), ("model", model), ("entry_type", entry_type)):
-        if value is not None:
-            where.append(f"{column} = %s")
-            params.append(value)
-    seek, seek_params, order_by, offset_sql = keyset(("recorded_at_ms", "entry_id"), order, cursor, offset,
-                                                     (int, str))
-    if seek:
-        where.append(seek)
-        params.extend(seek_params)
-    # tenant_id first and always: every query of a tenant route is scoped in SQL, not after the fact.
-    sql = (f"SELECT {_COLUMNS} FROM ledger_entries WHERE tenant_id = %s"
-           f"{''.join(' AND ' + w for w in where)} {order_by} LIMIT %s {offset_sql}")
-    rows = db.execute(sql, [tenant_id, *params, limit + 1]).fetchall()
-    items = [LedgerEntryPublic(entry_id=r[0], entry_type=r[1], period_id=r[2], request_id=r[3], workflow_id=r[4],
-                               model=r[5], amount_micro_usd=r[6], recorded_at_ms=r[7], body=r[8])
-             for r in rows[:limit]]
-    more = len(rows) > limit
-    return Page(items=items, next_cursor=encode_cursor(items[-1].recorded_at_ms, items[-1].entry_id) if more else None)
+    rows = readmodel.ledger_entries(db, tenant_id, page=keyset_page(order, cursor, offset), limit=limit,
+                                    from_ms=from_ms, to_ms=to_ms, workflow_id=workflow, model=model,
+                                    entry_type=entry_type)
+    items = [LedgerEntryPublic(entry_id=r.entry_id, entry_type=r.entry_type, period_id=r.period_id,
+                               request_id=r.request_id, workflow_id=r.workflow_id, model=r.model,
+                               amount_micro_usd=r.amount_micro_usd, recorded_at_ms=r.recorded_at_ms, body=r.body)
+             for r in rows.items]
+    return Page(items=items,
+                next_cursor=encode_cursor(items[-1].recorded_at_ms, items[-1].entry_id) if rows.more else None)

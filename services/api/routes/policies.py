@@ -14,6 +14,7 @@ from ledgergate.services.api.deps import CurrentPrincipal, DbConn, Publisher, Re
 from ledgergate.services.api.errors import Unprocessable
 from ledgergate.services.api.models import CommandAccepted, PolicyPublic
 from ledgergate.services.api.routes.budgets import accept
+from ledgergate.shared import readmodel
 from ledgergate.shared.policy import PolicyError, default_policy, parse_policy
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["policies"])
@@ -64,13 +65,11 @@ def document_problem(document: dict[str, Any]) -> str | None:
 
 @router.get("/policy", response_model=PolicyPublic, summary="The tenant's current policy (from the ledger)")
 def get_policy(tenant_id: ReadableTenant, db: DbConn) -> PolicyPublic:
-    row = db.execute("SELECT body, recorded_at_ms FROM ledger_entries "
-                     "WHERE tenant_id = %s AND entry_type = 'PolicyChanged' "
-                     "ORDER BY recorded_at_ms DESC, entry_id DESC LIMIT 1", (tenant_id,)).fetchone()
-    if row is None:
+    change = readmodel.latest_policy_change(db, tenant_id)
+    if change is None:
         return PolicyPublic(tenant_id=tenant_id, policy_version=0, document={},
                             effective=default_policy().model_dump(mode="json"), recorded_at_ms=None)
-    body, recorded_at_ms = row
+    body, recorded_at_ms = change.body, change.recorded_at_ms
     try:
         effective = parse_policy(body["policy_json"], default_policy()).model_dump(mode="json")
         document = json.loads(body["policy_json"])

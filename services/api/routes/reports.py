@@ -15,14 +15,12 @@ from ledgergate.services.api.deps import DbConn, ReadableTenant
 from ledgergate.services.api.errors import Unprocessable
 from ledgergate.services.api.models import SpendReport, SpendRow
 from ledgergate.services.api.paging import FromMs, Period, ToMs
+from ledgergate.shared import readmodel
 from ledgergate.shared.ledger.periods import period_bounds, period_of
 from ledgergate.shared.units import MS_PER_DAY
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}/reports", tags=["reports"])
 
-# Trusted SQL per grouping; the query parameter only picks a key of this map.
-_GROUP_KEYS = {"model": "model", "tier": "coalesce(tier, '')", "workflow": "workflow_id",
-               "day": "to_char(day, 'YYYY-MM-DD')"}
 _FIELDS = list(SpendRow.model_fields)
 MAX_RANGE_MS = 400 * MS_PER_DAY  # about 13 months: a report is a period or a few, never the whole history
 
@@ -70,16 +68,14 @@ def spend_report(tenant_id: ReadableTenant, db: DbConn,
                  from_ms: FromMs = None, to_ms: ToMs = None,
                  format: Annotated[Literal["json", "csv"], Query()] = "json") -> SpendReport | Response:
     lo, hi = report_range(period, from_ms, to_ms, time.time_ns() // 1_000_000)
-    key = _GROUP_KEYS[group_by]
-    rows = db.execute(
-        f"SELECT {key} AS k, count(*), sum(input_tokens)::bigint, sum(cached_input_tokens)::bigint, "
-        "sum(output_tokens)::bigint, sum(reasoning_tokens)::bigint, sum(actual_micro_usd)::bigint "
-        "FROM usage WHERE tenant_id = %s AND settled_at_ms >= %s AND settled_at_ms < %s "
-        "GROUP BY k ORDER BY k", (tenant_id, lo, hi)).fetchall()
+    # group_by only picks one of readmodel.USAGE_GROUPS' trusted expressions; every one of these four is text.
+    sums = readmodel.usage_sums(db, (group_by,), tenant_id=tenant_id, from_ms=lo, to_ms=hi)
     report = SpendReport(
-        tenant_id=tenant_id, group_by=group_by, from_ms=lo, to_ms=hi, total_micro_usd=sum(r[6] for r in rows),
-        rows=[SpendRow(key=r[0], requests=r[1], input_tokens=r[2], cached_input_tokens=r[3], output_tokens=r[4],
-                       reasoning_tokens=r[5], spend_micro_usd=r[6]) for r in rows])
+        tenant_id=tenant_id, group_by=group_by, from_ms=lo, to_ms=hi,
+        total_micro_usd=sum(s.cost_micro_usd for s in sums),
+        rows=[SpendRow(key=str(s.key[0]), requests=s.requests, input_tokens=s.input_tokens,
+                       cached_input_tokens=s.cached_input_tokens, output_tokens=s.output_tokens,
+                       reasoning_tokens=s.reasoning_tokens, spend_micro_usd=s.cost_micro_usd) for s in sums])
     if format == "csv":
         filename = f"spend-{tenant_id}-{group_by}-{lo}-{hi}.csv"
         return Response(to_csv(report), media_type="text/csv; charset=utf-8",

@@ -1,0 +1,260 @@
+"""The gate's events as typed, frozen records: what the services' decision cores take and return, so no core
+ever sees a raw Avro dict. Adapters decode (`Event.from_record(codec().decode(...)[1])`) and encode
+(`codec().encode(type(event).__name__, event.to_record())`). The ledger's entries have their own records
+(ledgergate.shared.ledger.entries); BudgetCommand is in ledgergate.commands.
+
+Each class's fields are its schema's fields, in the schema's order (tests/unit/test_events.py checks every
+one against schemas/avro/), so a schema change that the records miss fails a test rather than a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, Self
+
+
+def plain(value: Any) -> Any:
+    """A record (or anything inside one) as the plain dicts and lists the Avro writer takes."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+class _Record:
+    """to_record / from_record for flat records; nested ones override from_record."""
+
+    __slots__ = ()
+
+    def to_record(self) -> dict[str, Any]:
+        result: dict[str, Any] = plain(self)
+        return result
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> Self:
+        return cls(**rec)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage(_Record):
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage(_Record):
+    role: str
+    content: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationRequested(_Record):
+    request_id: str
+    tenant_id: str
+    workflow_id: str
+    agent_id: str
+    requested_model: str
+    messages: tuple[ChatMessage, ...]
+    tools_json: str | None
+    max_output_tokens: int
+    priority: str
+    region: str | None
+    max_cost_micro_usd: int | None
+    labels: Mapping[str, str]
+    requested_at_ms: int
+    trace_context: Mapping[str, str]
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> Self:
+        return cls(**{**rec, "messages": tuple(ChatMessage(**m) for m in rec["messages"])})
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationCounted(_Record):
+    """A request with its token counts, or with the reason it is invalid (the counts are then 0)."""
+
+    request_id: str
+    tenant_id: str
+    workflow_id: str
+    agent_id: str
+    requested_model: str
+    max_output_tokens: int
+    priority: str
+    region: str | None
+    max_cost_micro_usd: int | None
+    labels: Mapping[str, str]
+    requested_at_ms: int
+    trace_context: Mapping[str, str]
+    input_tokens: int
+    accounting_input_tokens: int
+    encoding: str
+    estimated_output_tokens: int
+    request_sha256: str
+    invalid_reason: str | None
+    counted_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlanCandidate(_Record):
+    model: str
+    tier: str
+    estimated_input_micro_usd: int
+    estimated_output_micro_usd: int
+    estimated_cost_micro_usd: int
+    granted_output_tokens: int
+    price_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRejection(_Record):
+    reason: str
+    detail: str
+    retry_after_ms: int | None
+    binding_scope: str
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationPlanned(_Record):
+    """The counted request with the policy's ordered candidates (best first), or its rejection."""
+
+    request_id: str
+    tenant_id: str
+    workflow_id: str
+    agent_id: str
+    requested_model: str
+    max_output_tokens: int
+    priority: str
+    region: str | None
+    max_cost_micro_usd: int | None
+    labels: Mapping[str, str]
+    requested_at_ms: int
+    trace_context: Mapping[str, str]
+    input_tokens: int
+    accounting_input_tokens: int
+    encoding: str
+    estimated_output_tokens: int
+    request_sha256: str
+    invalid_reason: str | None
+    candidates: tuple[PlanCandidate, ...]
+    rejection: PlanRejection | None
+    policy_version: int
+    planned_at_ms: int
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> Self:
+        rejection = rec["rejection"]
+        return cls(**{**rec, "candidates": tuple(PlanCandidate(**c) for c in rec["candidates"]),
+                      "rejection": None if rejection is None else PlanRejection(**rejection)})
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment(_Record):
+    model: str
+    endpoint: str
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
+class GateDecision(_Record):
+    request_id: str
+    tenant_id: str
+    workflow_id: str
+    agent_id: str
+    outcome: str
+    requested_model: str
+    deployment: Deployment | None
+    granted_output_tokens: int
+    reserved_micro_usd: int
+    remaining_micro_usd: int
+    reason_codes: tuple[str, ...]
+    binding_scope: str | None
+    retry_after_ms: int | None
+    reservation_id: str | None
+    ledger_entry_id: str
+    policy_version: int
+    requested_at_ms: int
+    decided_at_ms: int
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> Self:
+        deployment = rec["deployment"]
+        return cls(**{**rec, "reason_codes": tuple(rec["reason_codes"]),
+                      "deployment": None if deployment is None else Deployment(**deployment)})
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationCompleted(_Record):
+    request_id: str
+    tenant_id: str
+    model: str
+    status: str
+    usage: Usage | None
+    completion_text: str | None
+    completed_at_ms: int
+    trace_context: Mapping[str, str]
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> Self:
+        usage = rec["usage"]
+        return cls(**{**rec, "usage": None if usage is None else Usage(**usage)})
+
+
+@dataclass(frozen=True, slots=True)
+class UsageMetered(_Record):
+    request_id: str
+    tenant_id: str
+    model: str
+    status: str
+    usage: Usage
+    estimated: bool
+    counted_output_tokens: int | None
+    drift_ppm: int
+    completed_at_ms: int
+    metered_at_ms: int
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> Self:
+        return cls(**{**rec, "usage": Usage(**rec["usage"])})
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetAlert(_Record):
+    alert_id: str
+    tenant_id: str
+    scope_type: str
+    scope_id: str
+    period_id: str
+    threshold_pct: int
+    spent_micro_usd: int
+    limit_micro_usd: int
+    crossed_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord(_Record):
+    audit_id: str
+    tenant_id: str
+    kind: str
+    event_type: str
+    subject_id: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    event_sha256: str
+    summary_json: str
+    chain_partition: int
+    chain_sequence: int
+    prev_hash: str
+    hash: str
+    recorded_at_ms: int
+
+
+EVENTS: tuple[type[_Record], ...] = (InvocationRequested, InvocationCounted, InvocationPlanned, GateDecision,
+                                     InvocationCompleted, UsageMetered, BudgetAlert, AuditRecord)
