@@ -30,8 +30,10 @@ status: install
 topics: install
 	$(BIN)/ledgergate topics apply
 
+# ruff, then mypy over shared/, services/, tools/ and the public package (tools/typecheck.py).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/python -m ledgergate.tools.typecheck
 
 typecheck: install
 	$(BIN)/python -m ledgergate.tools.typecheck

@@ -45,7 +45,8 @@ def _when(ms: int | None) -> str:
 
 def _error(problem: dict[str, Any]) -> str:
     """verify_chain's messages start with the offset, which the report already names."""
-    return problem["error"].removeprefix(f"offset {problem['offset']}: ")
+    error: str = problem["error"]
+    return error.removeprefix(f"offset {problem['offset']}: ")
 
 
 def _status(part: dict[str, Any]) -> str:

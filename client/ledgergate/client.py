@@ -290,9 +290,10 @@ class GateClient:
                 time.sleep(0.1)
 
     def _on_message(self, msg: Message) -> None:
-        if msg.error() is not None:
-            if msg.error().code() != KafkaError._PARTITION_EOF:
-                _log.warning("decision_consume_error: %s", msg.error())
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                _log.warning("decision_consume_error: %s", err)
             return
         try:
             name, record = codec().decode(msg.value())

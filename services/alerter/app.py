@@ -122,11 +122,12 @@ class Alerter:
                 self.health.turned()
                 if msg is None:
                     continue
-                if msg.error() is not None:
-                    if msg.error().fatal():
-                        self.errors.fail(msg.error())
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        self.log.warning("consume_error", error=str(msg.error()))
+                err = msg.error()
+                if err is not None:
+                    if err.fatal():
+                        self.errors.fail(err)
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        self.log.warning("consume_error", error=str(err))
                     continue
                 if self.handle(msg):
                     self._commit(msg)

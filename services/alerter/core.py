@@ -56,7 +56,7 @@ def headers(alert: BudgetAlert, body: bytes, secret: str | None) -> dict[str, st
 def backoff_ms(attempt: int, initial_ms: int, max_ms: int, retry_after_ms: int | None = None) -> int:
     """Wait after failed attempt number `attempt` (1-based): initial * 2^(attempt-1), capped; a server's
     Retry-After wins when longer, still capped so one alert cannot hold its partition for long."""
-    delay = min(max_ms, initial_ms * (2 ** (attempt - 1)))
+    delay: int = min(max_ms, initial_ms * 2 ** (attempt - 1))
     if retry_after_ms is not None:
         delay = min(max_ms, max(delay, retry_after_ms))
     return delay

@@ -16,6 +16,7 @@ from fastapi import Path, Query
 from ledgergate.ids import ID_PATTERN, MAX_ID_CHARS, MAX_NAME_CHARS
 from ledgergate.services.api.errors import Unprocessable
 from ledgergate.services.api.models import DEFAULT_PAGE, MAX_PAGE, printable
+from ledgergate.shared import readmodel
 
 # A UTC month, YYYY-MM. [0-9], not \d (which also matches other scripts' digits); years 1970..2999, so
 # the month after it always exists.
@@ -38,7 +39,7 @@ IdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_P
 Period = Annotated[str | None, Query(pattern=PERIOD_PATTERN, description="a UTC month, YYYY-MM")]
 
 __all__ = ["DEFAULT_PAGE", "Cursor", "FilterId", "FilterName", "FromMs", "IdPath", "Limit", "Offset", "Order",
-           "Period", "ToMs", "decode_cursor", "encode_cursor", "keyset"]
+           "Period", "ToMs", "decode_cursor", "encode_cursor", "keyset_page"]
 
 
 def encode_cursor(*key: Any) -> str:
@@ -68,19 +69,12 @@ def _sane(value: Any) -> bool:
     return isinstance(value, str) and value.isprintable() and len(value) <= MAX_CURSOR_CHARS
 
 
-def keyset(columns: tuple[str, str], order: str, cursor: str | None, offset: int | None,
-           types: tuple[type, type]) -> tuple[str, list[Any], str, str]:
-    """(WHERE fragment or "", its params, ORDER BY clause, OFFSET clause) for a two-column key.
-
-    `columns` are trusted identifiers from the route, never user input.
-    """
+def keyset_page(order: readmodel.Order, cursor: str | None, offset: int | None) -> readmodel.Keyset:
+    """Where the page a route's `order`, `cursor` and `offset` ask for starts, for a (time, id) sort key;
+    422 for both a cursor and an offset, or a cursor this API did not issue."""
     if cursor is not None and offset is not None:
         raise Unprocessable("give either cursor or offset, not both")
-    direction = "ASC" if order == "asc" else "DESC"
-    order_by = f"ORDER BY {columns[0]} {direction}, {columns[1]} {direction}"
     if cursor is None:
-        return "", [], order_by, (f"OFFSET {int(offset)}" if offset else "")
-    key = decode_cursor(cursor, types)
-    op = ">" if order == "asc" else "<"
-    # Row comparison uses the composite index's order directly.
-    return f"({columns[0]}, {columns[1]}) {op} (%s, %s)", key, order_by, ""
+        return readmodel.Keyset(order, offset=offset or 0)
+    time_ms, row_id = decode_cursor(cursor, (int, str))
+    return readmodel.Keyset(order, after=(time_ms, row_id))

@@ -23,10 +23,10 @@ from ledgergate.events import InvocationPlanned, UsageMetered
 from ledgergate.ids import id_problem, name_problem
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.kafka.headers import stamped
-from ledgergate.shared.kafka.reader import read_to_end
+from ledgergate.shared.kafka.reader import offset_of, partition_of, read_to_end
 from ledgergate.shared.kafka.runtime import Outbox, run_service
 from ledgergate.shared.ledger import decide
-from ledgergate.shared.ledger.entries import LedgerEntry, ThresholdCrossed, from_record, to_record
+from ledgergate.shared.ledger.entries import LedgerEntry, ReservationPlaced, ThresholdCrossed, from_record, to_record
 from ledgergate.shared.ledger.state import TenantState, balances_view, evolve
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import BudgetManagerSettings
@@ -96,7 +96,7 @@ class BudgetManager:
         for msg in read_to_end(self.settings.kafka_bootstrap, self.topic_ledger, partitions):
             name, rec = codec().decode(msg.value())
             entry = from_record(name, rec)
-            self._apply(msg.partition(), entry)
+            self._apply(partition_of(msg), entry)
             count += 1
         self.log.info("state_rebuilt", partitions=partitions, entries=count,
                       seconds=round(time.monotonic() - started, 3))
@@ -117,9 +117,8 @@ class BudgetManager:
 
     def _apply(self, partition: int, entry: LedgerEntry) -> None:
         evolve(self._state(partition, entry.tenant_id), entry)
-        expires_at = getattr(entry, "expires_at_ms", None)
-        if expires_at is not None:
-            heapq.heappush(self.expiry_heap, (expires_at, partition, entry.tenant_id, entry.request_id))
+        if isinstance(entry, ReservationPlaced):
+            heapq.heappush(self.expiry_heap, (entry.expires_at_ms, partition, entry.tenant_id, entry.request_id))
 
     # --- handling ------------------------------------------------------------------------------
 
@@ -129,12 +128,13 @@ class BudgetManager:
             # State lives under the input partition and entries go to the tenant's ledger partition:
             # the two agree only when the key is the tenant id.
             raise MalformedMessageError(f"{name} keyed {msg.key()!r}, not by its tenant_id")
-        now_ms = int(time.time() * 1000)
-        state = self._state(msg.partition(), rec["tenant_id"])
+        now_ms = time.time_ns() // 1_000_000
+        partition = partition_of(msg)
+        state = self._state(partition, rec["tenant_id"])
         if name == "InvocationPlanned":
             entries: list[LedgerEntry] | decide.Rejected = decide.decide_reserve(
                 state, reserve_from_plan(InvocationPlanned.from_record(rec)), now_ms, self.settings.reservation_ttl_ms,
-                f"{msg.partition()}:{msg.offset()}")
+                f"{partition}:{offset_of(msg)}")
         elif name == "UsageMetered":
             entries = decide.decide_settle(state, settle_from_usage(UsageMetered.from_record(rec)), now_ms, self.prices)
             if not entries:
@@ -146,7 +146,7 @@ class BudgetManager:
             raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
         if isinstance(entries, decide.Rejected):
             raise MalformedMessageError(f"{entries.code}: {entries.message}")
-        self._append(msg.partition(), entries, out, stamped(msg, "budget"))
+        self._append(partition, entries, out, stamped(msg, "budget"))
 
     def _append(self, partition: int, entries: list[LedgerEntry], out: Outbox, headers: list) -> None:
         for entry in entries:

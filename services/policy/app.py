@@ -19,7 +19,7 @@ from ledgergate.events import InvocationCounted, InvocationPlanned, PlanRejectio
 from ledgergate.services.policy import core
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.kafka.headers import stamped
-from ledgergate.shared.kafka.reader import end_offsets, read_to_end
+from ledgergate.shared.kafka.reader import end_offsets, partition_of, read_to_end
 from ledgergate.shared.kafka.runtime import Outbox, run_service
 from ledgergate.shared.ledger.entries import from_record
 from ledgergate.shared.ledger.periods import period_of
@@ -64,7 +64,7 @@ class PolicyService:
 
     def _fold(self, msg: Message) -> None:
         name, rec = codec().decode(msg.value())
-        tenants = self.tenants.setdefault(msg.partition(), {})
+        tenants = self.tenants.setdefault(partition_of(msg), {})
         state = tenants.get(rec["tenant_id"])
         if state is None:
             state = tenants[rec["tenant_id"]] = TenantState(rec["tenant_id"])
@@ -110,9 +110,7 @@ class PolicyService:
         now_ms = time.time_ns() // 1_000_000
         tenant_id = counted.tenant_id
         # Co-partitioned: the tenant's ledger entries are on the same partition number as this message.
-        partition = msg.partition()
-        assert partition is not None
-        state = self._state(partition, tenant_id)
+        state = self._state(partition_of(msg), tenant_id)
         policy = self.policy_for(tenant_id, state)
         candidates, rejection = core.plan(counted, policy, self.burn(tenant_id, state, now_ms), self.prices, now_ms)
         if rejection is None:

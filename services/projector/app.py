@@ -32,6 +32,7 @@ from ledgergate.shared.db import migrate
 from ledgergate.shared.errors import FatalClientError, StaleOffsetsError, UnexpectedEventError, UnstorableValueError
 from ledgergate.shared.health import Health, on_stop_signal
 from ledgergate.shared.kafka.fatal import ClientErrors, input_waiting
+from ledgergate.shared.kafka.reader import offset_of, partition_of, topic_of
 from ledgergate.shared.ledger.entries import ENTRY_TYPES, from_record
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import ProjectorSettings
@@ -204,8 +205,9 @@ class Projector:
             return self._write(batch)
         except psycopg.Error as exc:
             refused = core.Batch()
-            refused.consumed(msg.topic(), msg.partition(), msg.offset())
-            self._skip(refused, msg.topic(), msg.partition(), msg.offset(), UnstorableValueError.code,
+            topic, partition, offset = topic_of(msg), partition_of(msg), offset_of(msg)
+            refused.consumed(topic, partition, offset)
+            self._skip(refused, topic, partition, offset, UnstorableValueError.code,
                        f"{type(exc).__name__}: {str(exc).strip()}")
             return self._write(refused)
 
@@ -246,7 +248,7 @@ class Projector:
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.log.warning("consume_error", error=str(err))
                 continue
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            topic, partition, offset = topic_of(msg), partition_of(msg), offset_of(msg)
             if (topic, partition) not in self.positions:
                 continue  # fetched before a revoke: its new owner reads it from the stored offset
             batch.consumed(topic, partition, offset)
@@ -259,7 +261,7 @@ class Projector:
         return batch
 
     @staticmethod
-    def _add(batch: core.Batch, kind: str, value: bytes, partition: int, offset: int) -> None:
+    def _add(batch: core.Batch, kind: str, value: bytes | None, partition: int, offset: int) -> None:
         name, record = codec().decode(value)
         core.check_storable(record)
         if kind == core.LEDGER:

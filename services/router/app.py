@@ -19,7 +19,7 @@ from ledgergate.events import GateDecision
 from ledgergate.services.router import core
 from ledgergate.shared.catalogue import deployments
 from ledgergate.shared.kafka.headers import stamped
-from ledgergate.shared.kafka.reader import end_offsets, last_message, read_to_end
+from ledgergate.shared.kafka.reader import end_offsets, last_message, offset_of, partition_of, read_to_end, topic_of
 from ledgergate.shared.kafka.runtime import Outbox, run_service
 from ledgergate.shared.ledger.entries import ReservationDenied, ReservationPlaced, ReservationRepeated, from_record
 from ledgergate.shared.logging import configure
@@ -75,15 +75,16 @@ class Router:
     def handle(self, msg: Message, out: Outbox) -> None:
         raw = msg.value()
         name, rec = codec().decode(raw)
+        assert raw is not None  # decode refuses a message without a value
         entry = from_record(name, rec)
-        p = msg.partition()
+        p = partition_of(msg)
         chain = self.chains.setdefault(p, core.Chain(p))
         headers = stamped(msg, "route")
-        audit_common = {"tenant_id": entry.tenant_id, "recorded_at_ms": entry.recorded_at_ms}
         out.emit(self.topic_audit, msg.key(), codec().encode("AuditRecord", core.audit_record(
-            chain, kind="LEDGER", event_type=name, subject_id=entry.entry_id, source_topic=msg.topic(),
-            source_partition=p, source_offset=msg.offset(), event_sha256=hashlib.sha256(raw).hexdigest(),
-            summary_json=core.summary_of(entry), **audit_common).to_record()), partition=p)
+            chain, kind="LEDGER", event_type=name, subject_id=entry.entry_id, source_topic=topic_of(msg),
+            source_partition=p, source_offset=offset_of(msg), event_sha256=hashlib.sha256(raw).hexdigest(),
+            summary_json=core.summary_of(entry), tenant_id=entry.tenant_id,
+            recorded_at_ms=entry.recorded_at_ms).to_record()), partition=p)
         decision: GateDecision | None = None
         if isinstance(entry, DECIDING):
             decision = core.decision_for(entry, self.deployments)
@@ -106,7 +107,7 @@ class Router:
                                      "model": decision.deployment.model if decision.deployment else None,
                                      "reason_codes": list(decision.reason_codes),
                                      "binding_scope": decision.binding_scope}, sort_keys=True),
-            **audit_common).to_record()), partition=p)
+            tenant_id=entry.tenant_id, recorded_at_ms=entry.recorded_at_ms).to_record()), partition=p)
 
 
 def _forgotten(entry: ReservationRepeated) -> GateDecision:

@@ -5,7 +5,7 @@ ledger entry (decided_at_ms is the entry's time), so a repeated request gets an 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ledgergate.events import AuditRecord, Deployment, GateDecision
 from ledgergate.shared.audit import GENESIS_HASH, record_hash
@@ -57,12 +57,10 @@ def audit_record(chain: Chain, *, kind: str, event_type: str, subject_id: str, t
     """The next record of `chain`; advances the chain by exactly one (sequence numbers are contiguous)."""
     sequence, prev_hash = chain.next_sequence, chain.last_hash
     assert sequence >= 0 and len(prev_hash) == len(GENESIS_HASH), (chain.partition, sequence)
-    fields = {"audit_id": f"{chain.partition}:{sequence}", "tenant_id": tenant_id, "kind": kind,
-              "event_type": event_type, "subject_id": subject_id, "source_topic": source_topic,
-              "source_partition": source_partition, "source_offset": source_offset, "event_sha256": event_sha256,
-              "summary_json": summary_json, "chain_partition": chain.partition,
-              "chain_sequence": sequence, "prev_hash": prev_hash, "recorded_at_ms": recorded_at_ms}
-    record = AuditRecord(**fields, hash=record_hash(fields))
+    unhashed = AuditRecord(f"{chain.partition}:{sequence}", tenant_id, kind, event_type, subject_id, source_topic,
+                           source_partition, source_offset, event_sha256, summary_json, chain.partition, sequence,
+                           prev_hash, "", recorded_at_ms)
+    record = replace(unhashed, hash=record_hash(unhashed.to_record()))  # the hash covers CHAINED_FIELDS
     chain.next_sequence, chain.last_hash = sequence + 1, record.hash
     assert record.chain_sequence + 1 == chain.next_sequence and record.prev_hash == prev_hash
     return record

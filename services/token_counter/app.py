@@ -15,7 +15,7 @@ from ledgergate.events import InvocationCompleted, InvocationCounted, Invocation
 from ledgergate.ids import id_problem, name_problem, printable
 from ledgergate.services.token_counter import core
 from ledgergate.shared.errors import TokenizerError
-from ledgergate.shared.kafka.headers import stamped
+from ledgergate.shared.kafka.headers import headers_of, stamped
 from ledgergate.shared.kafka.runtime import Outbox, run_service
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import TokenCounterSettings
@@ -23,9 +23,9 @@ from ledgergate.shared.tokenizers import encoding_for_model
 
 
 def _header(msg: Message, name: str) -> str | None:
-    for key, value in msg.headers() or []:
+    for key, value in headers_of(msg):
         if key == name and value:
-            return value.decode(errors="replace")
+            return value.decode(errors="replace") if isinstance(value, bytes) else value
     return None
 
 
@@ -63,7 +63,8 @@ class TokenCounter:
             self._meter(msg, out)
 
     def _count(self, msg: Message, out: Outbox) -> None:
-        key_tenant = msg.key().decode(errors="replace") if msg.key() else None
+        key = msg.key()
+        key_tenant = key.decode(errors="replace") if key else None
         try:
             name, rec = codec().decode(msg.value())
             if name != "InvocationRequested":

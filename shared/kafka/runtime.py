@@ -44,6 +44,7 @@ from ledgergate.shared.health import Health, on_stop_signal
 from ledgergate.shared.kafka.deadletter import dead_letter
 from ledgergate.shared.kafka.fatal import ClientErrors, input_waiting
 from ledgergate.shared.kafka.headers import Headers
+from ledgergate.shared.kafka.reader import offset_of, partition_of, topic_of
 from ledgergate.shared.settings import ServiceSettings
 from ledgergate.topics import DEADLETTER
 
@@ -68,7 +69,7 @@ class _Silent:
     def info(self, *_a: object, **_k: object) -> None:
         pass
 
-    warning = error = info
+    warning = error = critical = info
 
 
 @dataclass
@@ -294,7 +295,7 @@ class TransactionalRuntime:
                 if err.code() != KafkaError._PARTITION_EOF:
                     self.log.warning("consume_error", error=str(err))
                 continue
-            offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+            offsets[(topic_of(msg), partition_of(msg))] = offset_of(msg) + 1
             try:
                 self.handler.handle(msg, out)
             except AssertionError:

@@ -10,6 +10,7 @@ idempotency key.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ledgergate.events import Usage
 from ledgergate.shared.catalogue import PriceCatalogue, UnknownPriceError
@@ -128,14 +129,24 @@ def _binding(state: TenantState, period: str, scopes: list[ScopeKey], cost: int,
     return None
 
 
+class _Common(TypedDict):
+    """The fields every outcome of one reservation request shares."""
+
+    tenant_id: str
+    period_id: str
+    recorded_at_ms: int
+    request_id: str
+    workflow_id: str
+
+
 def decide_reserve(state: TenantState, cmd: Reserve, now_ms: int, ttl_ms: int,
                    cause: str) -> list[LedgerEntry]:
     """`cause` names the input message (partition:offset) so a repeated entry gets a unique, stable id."""
     entries = open_period(state, now_ms)
     period = period_of(now_ms)[0]
     seen = state.outcome(cmd.request_id)
-    common = dict(tenant_id=cmd.tenant_id, period_id=period, recorded_at_ms=now_ms, request_id=cmd.request_id,
-                  workflow_id=cmd.workflow_id)
+    common = _Common(tenant_id=cmd.tenant_id, period_id=period, recorded_at_ms=now_ms, request_id=cmd.request_id,
+                     workflow_id=cmd.workflow_id)
     if seen is not None:
         entry_id, sha = seen
         if sha == cmd.request_sha256:
@@ -180,7 +191,7 @@ def decide_reserve(state: TenantState, cmd: Reserve, now_ms: int, ttl_ms: int,
     return [*entries, _deny(cmd, common, entry_id, reason, detail, scope, _remaining(state, period))]
 
 
-def _deny(cmd: Reserve, common: dict, entry_id: str, reason: str, detail: str, scope: str, remaining: int,
+def _deny(cmd: Reserve, common: _Common, entry_id: str, reason: str, detail: str, scope: str, remaining: int,
           retry_after_ms: int | None = None) -> ReservationDenied:
     return ReservationDenied(entry_id=entry_id, **common, agent_id=cmd.agent_id, requested_model=cmd.requested_model,
                              reason=reason, detail=detail, binding_scope=scope, retry_after_ms=retry_after_ms,

@@ -6,7 +6,6 @@ tests/unit/test_ledger_entries.py checks every class against its .avsc, so the t
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from functools import cache
 from typing import Any
 
 from ledgergate.events import Usage
@@ -143,9 +142,14 @@ ENTRY_TYPES: dict[str, type] = {cls.__name__: cls for cls in (
     ReservationRepeated, ReservationSettled, ReservationVoided, ReservationExpired, ThresholdCrossed)}
 
 
-@cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Any]) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
 
 
 def to_record(entry: LedgerEntry) -> tuple[str, dict[str, Any]]:

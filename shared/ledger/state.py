@@ -37,7 +37,7 @@ RESERVATION_SUFFIX = "/reservation"
 
 # Most tenants never fill most of their maps; an empty dict or set costs 64-216 bytes, times a million
 # tenants. They share these read-only empties until `_writable` gives them their own.
-class _SharedEmpty(dict):  # type: ignore[type-arg]
+class _SharedEmpty(dict[Any, Any]):
     """The read-only empty dict every tenant starts with; `_writable` swaps in a real one."""
 
     __slots__ = ()
@@ -57,7 +57,7 @@ class _SharedEmpty(dict):  # type: ignore[type-arg]
         return (_shared_empty, ())
 
 
-def _shared_empty() -> _SharedEmpty:
+def _shared_empty() -> Any:  # Any, as _EMPTY is: it stands in for every map a tenant holds
     return _EMPTY
 
 

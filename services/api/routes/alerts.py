@@ -8,8 +8,7 @@ from fastapi import APIRouter, Query
 
 from ledgergate.services.api.deps import DbConn, ReadableTenant
 from ledgergate.services.api.models import DEFAULT_PAGE, AlertPublic, Page
-from ledgergate.services.api.paging import Cursor, Limit, Offset, Order, Period, encode_cursor
-from ledgergate.services.api.routes.ledger import keyset_page
+from ledgergate.services.api.paging import Cursor, Limit, Offset, Order, Period, encode_cursor, keyset_page
 from ledgergate.shared import readmodel
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["alerts"])

@@ -24,8 +24,8 @@ from ledgergate.services.api.paging import (
     Order,
     ToMs,
     encode_cursor,
+    keyset_page,
 )
-from ledgergate.services.api.routes.ledger import keyset_page
 from ledgergate.shared import readmodel
 
 router = APIRouter(tags=["decisions"])

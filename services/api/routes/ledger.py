@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ledgergate.services.api.deps import DbConn, ReadableTenant
-from ledgergate.services.api.errors import Unprocessable
 from ledgergate.services.api.models import DEFAULT_PAGE, LedgerEntryPublic, Page
 from ledgergate.services.api.paging import (
     Cursor,
@@ -16,23 +15,12 @@ from ledgergate.services.api.paging import (
     Offset,
     Order,
     ToMs,
-    decode_cursor,
     encode_cursor,
+    keyset_page,
 )
 from ledgergate.shared import readmodel
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["ledger"])
-
-
-def keyset_page(order: readmodel.Order, cursor: str | None, offset: int | None) -> readmodel.Keyset:
-    """Where the page a route's `order`, `cursor` and `offset` ask for starts, for a (time, id) sort key;
-    422 for both a cursor and an offset, or a cursor this API did not issue."""
-    if cursor is not None and offset is not None:
-        raise Unprocessable("give either cursor or offset, not both")
-    if cursor is None:
-        return readmodel.Keyset(order, offset=offset or 0)
-    time_ms, row_id = decode_cursor(cursor, (int, str))
-    return readmodel.Keyset(order, after=(time_ms, row_id))
 
 
 @router.get("/ledger", response_model=Page[LedgerEntryPublic], summary="Ledger entries, paged")
