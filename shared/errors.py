@@ -1,6 +1,7 @@
-"""Every exception the server side raises on purpose (services, library, tools) lives here, so callers can
-catch by family. The public package's errors (codec, SDK, ids) live in ledgergate.errors, with the common
-base `LedgergateError`.
+"""The exceptions the server side raises on purpose (services, library, tools), so callers can catch by
+family. Two other homes, each for a reason: the public package's errors (codec, SDK, ids) live in
+ledgergate.errors with the common base `LedgergateError`, since the client cannot import this module; and
+the API's HTTP errors (services/api/errors.py), which carry a status code and exist only in the API.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from ledgergate.kafka_config import consumer_config
 from ledgergate.shared import catalogue, tokenizers
 from ledgergate.shared.settings import KafkaSettings, StackSettings
 from ledgergate.tools.provider_standin import WORDS, standin_call
-from ledgergate.tools.servicerunner import SERVICES, ServiceSet, ServiceStartError
+from ledgergate.tools.servicerunner import GATE_SERVICES, ServiceSet, ServiceStartError
 
 TENANTS = ("acme", "globex", "initech", "umbrella", "hooli")
 TRAFFIC = (0.30, 0.25, 0.20, 0.15, 0.10)  # share of agents per tenant, in TENANTS order
@@ -192,11 +192,11 @@ def run_demo(settings: KafkaSettings, agents: int = 300, tenants: int = 5, durat
         services = ServiceSet({"LEDGERGATE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
                                "LEDGERGATE_TOPIC_PREFIX": settings.topic_prefix}, StackSettings().data_dir / "demo",
                               supervise=True)
-        services.start(SERVICES)
+        services.start(GATE_SERVICES)
     try:
         with GateClient(settings.kafka_bootstrap, settings.topic_prefix, timeout_s=timeout_s) as client:
             work = build_workload(names, max(agents, len(names)), int(rate_per_s * duration_s), seed)
-            _log(f"run {run}: waiting for {', '.join(SERVICES)} to answer a probe request")
+            _log(f"run {run}: waiting for {', '.join(GATE_SERVICES)} to answer a probe request")
             _wait_ready(client, services, run)
             budgets = _seed(client, settings, work, names, rate_per_s)
             return _fleet(client, work, budgets, run, rate_per_s, seed, settle_s)

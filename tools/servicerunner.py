@@ -25,7 +25,8 @@ from typing import IO
 from ledgergate.shared.errors import ServiceStartError
 from ledgergate.shared.settings import PROJECT_ROOT
 
-SERVICES = ("token-counter", "policy", "budget-manager", "router")
+# The four that decide, in pipeline order; tools/run.py names every process `ledgergate run` starts.
+GATE_SERVICES = ("token-counter", "policy", "budget-manager", "router")
 RESTART_BACKOFF_S = 0.5
 RESTART_BACKOFF_MAX_S = 15.0
 RESTART_RESET_S = 60.0

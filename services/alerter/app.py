@@ -124,10 +124,7 @@ class Alerter:
                     continue
                 err = msg.error()
                 if err is not None:
-                    if err.fatal():
-                        self.errors.fail(err)
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        self.log.warning("consume_error", error=str(err))
+                    self.errors.consumed_error(err)
                     continue
                 if self.handle(msg):
                     self._commit(msg)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from ledgergate import topics
 from ledgergate.codec import codec
@@ -243,10 +243,7 @@ class Projector:
         for msg in msgs:
             err = msg.error()
             if err is not None:
-                if err.fatal():
-                    self.errors.fail(err)
-                if err.code() != KafkaError._PARTITION_EOF:
-                    self.log.warning("consume_error", error=str(err))
+                self.errors.consumed_error(err)
                 continue
             topic, partition, offset = topic_of(msg), partition_of(msg), offset_of(msg)
             if (topic, partition) not in self.positions:

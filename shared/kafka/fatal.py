@@ -44,6 +44,14 @@ class ClientErrors:
         self.record(err)
         self.check()
 
+    def consumed_error(self, err: KafkaError) -> None:
+        """An error a consume call returned in place of a message: raise a fatal one, log any other but
+        the end of a partition, and let the caller skip it (every consume loop does the same)."""
+        if err.fatal():
+            self.fail(err)
+        if err.code() != KafkaError._PARTITION_EOF:
+            self.log.warning("consume_error", error=str(err))
+
 
 def input_waiting(consumer: Consumer) -> bool:
     """Does an owned partition have records past the consumer's position? From the watermarks the

@@ -290,10 +290,7 @@ class TransactionalRuntime:
         for msg in msgs:
             err = msg.error()
             if err is not None:
-                if err.fatal():
-                    self.errors.fail(err)
-                if err.code() != KafkaError._PARTITION_EOF:
-                    self.log.warning("consume_error", error=str(err))
+                self.errors.consumed_error(err)
                 continue
             offsets[(topic_of(msg), partition_of(msg))] = offset_of(msg) + 1
             try:

@@ -18,6 +18,7 @@ from ledgergate.shared.settings import KafkaSettings
 SERVICE = r"""
 import sys
 from ledgergate.shared.kafka.runtime import RuntimeOptions, TransactionalRuntime
+from ledgergate.shared.logging import configure
 
 bootstrap, group, source, sink, deadletter = sys.argv[1:6]
 
@@ -33,7 +34,7 @@ class Echo:
 
 options = RuntimeOptions(service="invariants", instance_id="0", bootstrap=bootstrap, group_id=group,
                          topics=[source], deadletter_topic=deadletter, batch_linger_s=0.5)
-TransactionalRuntime(options, Echo()).run(max_seconds=60)
+TransactionalRuntime(options, Echo(), configure("invariants")).run(max_seconds=60)
 """
 
 

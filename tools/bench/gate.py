@@ -30,7 +30,7 @@ from ledgergate.shared.ledger.state import TENANT, TenantState, evolve
 from ledgergate.shared.settings import PROJECT_ROOT, KafkaSettings
 from ledgergate.tools.bench import procstats
 from ledgergate.tools.bench.workload import limits, mix, seed_budgets, wait_for_commands, workload
-from ledgergate.tools.servicerunner import SERVICES, ServiceSet
+from ledgergate.tools.servicerunner import GATE_SERVICES, ServiceSet
 
 RACE_MODEL = "gpt-4.1-nano"  # no downgrade candidates: a request either fits the budget or is denied
 RACE_PROMPT = [{"role": "user", "content": "Summarise the quarterly ledger for the finance team in three bullets."}]
@@ -79,7 +79,7 @@ class GateBench:
         time.sleep(self.options.idle_s)
         broker_before = before.close()
         try:
-            self.services.start(SERVICES)
+            self.services.start(GATE_SERVICES)
             client = GateClient(self.bootstrap, self.prefix, timeout_s=30)
             started = time.monotonic()
             self._wait_ready(client)
@@ -213,7 +213,7 @@ class GateBench:
     # --- processes -----------------------------------------------------------------------------
 
     def _service_pids(self) -> dict[str, int]:
-        return {name: pid for name in SERVICES if (pid := self.services.pid(name)) is not None}
+        return {name: pid for name in GATE_SERVICES if (pid := self.services.pid(name)) is not None}
 
     def _process_figures(self) -> dict[str, Any]:
         """Read before the services stop: /proc entries vanish with them."""
