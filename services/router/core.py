@@ -5,7 +5,7 @@ ledger entry (decided_at_ms is the entry's time), so a repeated request gets an 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 
 from ledgergate.events import AuditRecord, Deployment, GateDecision
 from ledgergate.shared.audit import GENESIS_HASH, record_hash
@@ -13,6 +13,9 @@ from ledgergate.shared.catalogue import DeploymentCatalogue
 from ledgergate.shared.ledger.entries import LedgerEntry, ReservationDenied, ReservationPlaced
 
 THROTTLE_REASONS = frozenset({"rate_limited"})
+# AuditRecord's fields before its hash, in schema order; the hash covers them and recorded_at_ms.
+_FIELDS_BEFORE_HASH = tuple(f.name for f in fields(AuditRecord))[:13]
+assert _FIELDS_BEFORE_HASH[-1] == "prev_hash", _FIELDS_BEFORE_HASH
 
 
 def decision_for(entry: ReservationPlaced | ReservationDenied, deployments: DeploymentCatalogue) -> GateDecision:
@@ -57,10 +60,10 @@ def audit_record(chain: Chain, *, kind: str, event_type: str, subject_id: str, t
     """The next record of `chain`; advances the chain by exactly one (sequence numbers are contiguous)."""
     sequence, prev_hash = chain.next_sequence, chain.last_hash
     assert sequence >= 0 and len(prev_hash) == len(GENESIS_HASH), (chain.partition, sequence)
-    unhashed = AuditRecord(f"{chain.partition}:{sequence}", tenant_id, kind, event_type, subject_id, source_topic,
-                           source_partition, source_offset, event_sha256, summary_json, chain.partition, sequence,
-                           prev_hash, "", recorded_at_ms)
-    record = replace(unhashed, hash=record_hash(unhashed.to_record()))  # the hash covers CHAINED_FIELDS
+    values = (f"{chain.partition}:{sequence}", tenant_id, kind, event_type, subject_id, source_topic,
+              source_partition, source_offset, event_sha256, summary_json, chain.partition, sequence, prev_hash)
+    chained = dict(zip(_FIELDS_BEFORE_HASH, values, strict=True), recorded_at_ms=recorded_at_ms)
+    record = AuditRecord(*values, hash=record_hash(chained), recorded_at_ms=recorded_at_ms)
     chain.next_sequence, chain.last_hash = sequence + 1, record.hash
     assert record.chain_sequence + 1 == chain.next_sequence and record.prev_hash == prev_hash
     return record
