@@ -33,14 +33,26 @@ def plain(value: Any) -> Any:
     return value
 
 
+# Per record class: (field, holds records or tuples?) once. Only those fields need converting, and every
+# hop converts a record or two per message (a generic walk cost more than the Avro encoding; measured).
+_LAYOUTS: dict[type[Any], tuple[tuple[str, bool], ...]] = {}
+_NESTED_TYPES = ("tuple[", "Usage", "ChatMessage", "PlanCandidate", "PlanRejection", "Deployment")
+
+
+def _layout(cls: type[Any]) -> tuple[tuple[str, bool], ...]:
+    layout = tuple((f.name, any(t in str(f.type) for t in _NESTED_TYPES)) for f in fields(cls))
+    _LAYOUTS[cls] = layout
+    return layout
+
+
 class _Record:
     """to_record / from_record for flat records; nested ones override from_record."""
 
     __slots__ = ()
 
     def to_record(self) -> dict[str, Any]:
-        result: dict[str, Any] = plain(self)
-        return result
+        layout = _LAYOUTS.get(type(self)) or _layout(type(self))
+        return {name: plain(getattr(self, name)) if nested else getattr(self, name) for name, nested in layout}
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:

@@ -120,12 +120,16 @@ class PolicyService:
                 candidates, rejection = (), PlanRejection("rate_limited", f"over {policy.rate_limit_per_s}/s",
                                                           wait_ms, "rate")
         envelope = _min_known(counted.max_cost_micro_usd, policy.request_envelope_micro_usd)
-        carried = {f.name: getattr(counted, f.name) for f in fields(InvocationCounted) if f.name != "counted_at_ms"}
+        carried = {name: getattr(counted, name) for name in _CARRIED}
         planned = InvocationPlanned(**{**carried, "max_cost_micro_usd": envelope}, candidates=candidates,
                                     rejection=rejection, policy_version=state.policy_version if state else 0,
                                     planned_at_ms=now_ms)
         out.emit(self.topic_planned, msg.key(), codec().encode("InvocationPlanned", planned.to_record()),
                  stamped(msg, "policy"))
+
+
+# What a plan carries over from its counted request: every field but the count's own time.
+_CARRIED = tuple(f.name for f in fields(InvocationCounted) if f.name != "counted_at_ms")
 
 
 def _min_known(a: int | None, b: int | None) -> int | None:
