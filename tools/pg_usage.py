@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import psycopg
 
 from ledgergate.shared import readmodel
 from ledgergate.shared.errors import UsageTableError
-from ledgergate.shared.units import MS_PER_DAY, utc_day
+from ledgergate.shared.units import MS_PER_DAY, day_start_ms, utc_day
 
 SpendKey = tuple[str, str, str]  # (tenant, model, day)
 NEEDED = {"tenant_id", "model", "actual_micro_usd", "settled_at_ms", "estimated", "input_tokens",
@@ -55,17 +56,25 @@ def _unavailable(conn: psycopg.Connection) -> str | None:
     return f"usage table lacks columns {sorted(missing)}" if missing else None
 
 
-def spend_by_tenant_model_day(dsn: str, tenant: str | None, from_ms: int | None
-                              ) -> tuple[dict[SpendKey, tuple[int, int]] | None, str]:
-    """{(tenant, model, day): (settlements, micro-USD)} or (None, why not)."""
+def _usage_sums(dsn: str, group_by: tuple[readmodel.UsageGroup, ...], **filters: Any
+                ) -> tuple[list[readmodel.UsageSums] | None, str | None]:
+    """The read model's usage sums, or (None, why the table cannot answer)."""
     try:
         with _connect(dsn) as conn:
             why = _unavailable(conn)
             if why is not None:
                 return None, why
-            sums = readmodel.usage_sums(conn, ("tenant", "model", "settled_day"), tenant_id=tenant, from_ms=from_ms)
+            return readmodel.usage_sums(conn, group_by, **filters), None
     except psycopg.Error as exc:
         raise UsageTableError(f"querying the usage table failed: {exc}") from exc
+
+
+def spend_by_tenant_model_day(dsn: str, tenant: str | None, from_ms: int | None
+                              ) -> tuple[dict[SpendKey, tuple[int, int]] | None, str]:
+    """{(tenant, model, day): (settlements, micro-USD)} or (None, why not)."""
+    sums, why = _usage_sums(dsn, ("tenant", "model", "settled_day"), tenant_id=tenant, from_ms=from_ms)
+    if sums is None:
+        return None, why or ""
     totals = {(str(t), str(m), utc_day(int(d) * MS_PER_DAY)): (s.requests, s.cost_micro_usd)
               for s in sums for t, m, d in [s.key]}
     return totals, "usage table"
@@ -73,16 +82,10 @@ def spend_by_tenant_model_day(dsn: str, tenant: str | None, from_ms: int | None
 
 def usage_by_day_model(dsn: str, first: date, last: date) -> tuple[list[UsageRow] | None, str]:
     """Usage per (day, model, estimated) between two UTC days inclusive, or (None, why not)."""
-    lo = (first - date(1970, 1, 1)).days * MS_PER_DAY
-    hi = ((last - date(1970, 1, 1)).days + 1) * MS_PER_DAY
-    try:
-        with _connect(dsn) as conn:
-            why = _unavailable(conn)
-            if why is not None:
-                return None, why
-            sums = readmodel.usage_sums(conn, ("settled_day", "model", "estimated"), from_ms=lo, to_ms=hi)
-    except psycopg.Error as exc:
-        raise UsageTableError(f"querying the usage table failed: {exc}") from exc
+    sums, why = _usage_sums(dsn, ("settled_day", "model", "estimated"), from_ms=day_start_ms(first),
+                            to_ms=day_start_ms(last) + MS_PER_DAY)
+    if sums is None:
+        return None, why or ""
     return [UsageRow(utc_day(int(d) * MS_PER_DAY), str(m), bool(e), s.requests, s.input_tokens, s.cached_input_tokens,
                      s.output_tokens, s.reasoning_tokens, s.cost_micro_usd)
             for s in sums for d, m, e in [s.key]], "PostgreSQL usage table"

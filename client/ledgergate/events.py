@@ -10,22 +10,14 @@ one against schemas/avro/), so a schema change that the records miss fails a tes
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Self
-
-# Field names per record class, looked up once: every hop converts a record or two per message.
-_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
 
 
 def plain(value: Any) -> Any:
     """A record (or anything inside one) as the plain dicts and lists the Avro writer takes."""
-    if isinstance(value, str | int | bool | bytes | float) or value is None:
-        return value
-    names = _FIELD_NAMES.get(type(value))
-    if names is None and is_dataclass(value) and not isinstance(value, type):
-        names = _FIELD_NAMES[type(value)] = tuple(f.name for f in fields(value))
-    if names is not None:
-        return {name: plain(getattr(value, name)) for name in names}
+    if isinstance(value, _Record):
+        return value.to_record()
     if isinstance(value, tuple | list):
         return [plain(v) for v in value]
     if isinstance(value, Mapping):
