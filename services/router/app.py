@@ -98,7 +98,8 @@ class Router:
         if decision is None:
             return
         encoded = codec().encode("GateDecision", decision.to_record())
-        out.emit(self.topic_decisions, msg.key(), encoded, headers)
+        # Early: a function of the committed ledger entry, so the client need not wait for the commit.
+        out.emit_early(self.topic_decisions, msg.key(), encoded, headers)
         out.emit(self.topic_audit, msg.key(), codec().encode("AuditRecord", core.audit_record(
             chain, kind="DECISION", event_type="GateDecision", subject_id=decision.request_id,
             source_topic=self.topic_decisions, source_partition=p, source_offset=-1,

@@ -72,16 +72,28 @@ class _Silent:
     warning = error = critical = info
 
 
+Record = tuple[str, bytes | None, bytes, Headers | None, int | None]
+
+
 @dataclass
 class Outbox:
-    """What one batch will produce; flushed inside the batch's transaction."""
+    """What one batch will produce: `records` inside the batch's transaction, `early` before it."""
 
-    records: list[tuple[str, bytes | None, bytes, Headers | None, int | None]] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    early: list[Record] = field(default_factory=list)
 
     def emit(self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None,
              partition: int | None = None) -> None:
         """`partition` pins a record (the audit chain is per partition); otherwise the key decides."""
         self.records.append((topic, key, value, headers, partition))
+
+    def emit_early(self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None) -> None:
+        """A record whose content is a function of committed input alone (the handler reads only committed
+        records, and its state is rebuilt from them): it is produced at once, outside the transaction, and
+        acknowledged before the batch commits. A batch that aborts or a process that dies before its commit
+        is replayed and writes it again, the same bytes, so a reader may see it twice but never two
+        versions, and never loses it (docs/decisions/0006-one-commit-on-the-way.md)."""
+        self.early.append((topic, key, value, headers, None))
 
 
 class Handler(Protocol):
@@ -174,6 +186,9 @@ class TransactionalRuntime:
             self.producer = Producer(producer_config(
                 options.bootstrap, **{"client.id": f"{options.service}-{options.instance_id}",
                                       "error_cb": self.errors.on_error}))
+        # Early records (Outbox.emit_early) go out on their own idempotent producer, made on first use:
+        # only a service that has them pays for the connection.
+        self._early_producer: Producer | None = None
         self._assigned: list[int] = []
         self._delivery_failed = False
 
@@ -262,6 +277,8 @@ class TransactionalRuntime:
                 self.consumer.close()
         except (KafkaException, RuntimeError) as exc:
             self.log.warning("consumer_close_failed", error=str(exc))
+        if self._early_producer is not None:
+            self._early_producer.flush(5)  # unacknowledged early records are written again by the next instance
         if self.options.exactly_once and self.errors.fatal is None:
             return  # nothing outside a transaction is queued; an open one is aborted by the next instance
         self.producer.flush(5)
@@ -310,13 +327,40 @@ class TransactionalRuntime:
             self.health.turned()
             return
         if not self.options.exactly_once:
+            out.records[:0] = out.early
             self._produce_then_commit(out, offsets)
         else:
-            self._commit_transaction(out, offsets)
+            if out.early:
+                self._produce_early(out.early)
+            self._commit_transaction(out, offsets, early=bool(out.early))
         if offsets:
             self.health.progressed()
 
-    def _commit_transaction(self, out: Outbox, offsets: dict[tuple[str, int], int]) -> None:
+    def _produce_early(self, records: list[Record]) -> None:
+        if self._early_producer is None:
+            self._early_producer = Producer(producer_config(self.options.bootstrap, **{
+                "linger.ms": 0, "client.id": f"{self.options.service}-{self.options.instance_id}-early",
+                "error_cb": self.errors.on_error}))
+        for topic, key, value, headers, partition in records:
+            self._produce(topic, key, value, headers, partition, self._early_producer)
+        self._early_producer.poll(0)
+
+    def _await_early(self, deadline_ms: int) -> None:
+        """Every early record acknowledged, or no commit: the input offsets must not move past a record that
+        was never written (the next instance reads the batch again and writes it)."""
+        assert self._early_producer is not None
+        undelivered = self._early_producer.flush(0.001)
+        while undelivered and not self._delivery_failed and _mono_ms() < deadline_ms and self.errors.fatal is None:
+            if not self.running:
+                raise _Stopping("flush_early")
+            self.health.turned()
+            undelivered = self._early_producer.flush(0.5)
+        self.errors.check()
+        if undelivered or self._delivery_failed:
+            raise FatalClientError(f"{self.options.service}: {undelivered} early outputs not acknowledged "
+                                   f"(delivery failed: {self._delivery_failed}); not committing the batch")
+
+    def _commit_transaction(self, out: Outbox, offsets: dict[tuple[str, int], int], early: bool = False) -> None:
         """One transaction for the batch's outputs and input offsets. While the broker is away
         send_offsets and abort time out with retriable errors and are retried until the deadline. A
         commit is not: once it has timed out its outcome is the broker's to settle, so the process
@@ -334,6 +378,8 @@ class TransactionalRuntime:
                 group = self.consumer.consumer_group_metadata()
                 self._retrying("send_offsets", deadline_ms,
                                lambda: self.producer.send_offsets_to_transaction(tps, group, CALL_TIMEOUT_S))
+            if early:
+                self._await_early(deadline_ms)
             self._retrying("commit", deadline_ms, lambda: self.producer.commit_transaction(COMMIT_TIMEOUT_S),
                            retry=False)
         except KafkaException as exc:
@@ -398,20 +444,20 @@ class TransactionalRuntime:
             self.log.info("delivery_failed", error=str(err))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, headers: Headers | None,
-                 partition: int | None) -> None:
+                 partition: int | None, producer: Producer | None = None) -> None:
+        producer = producer or self.producer
         while True:
             try:
                 if partition is None:
-                    self.producer.produce(topic, value=value, key=key, headers=headers,
-                                          on_delivery=self._on_delivery)
+                    producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
                 else:
-                    self.producer.produce(topic, value=value, key=key, headers=headers, partition=partition,
-                                          on_delivery=self._on_delivery)
+                    producer.produce(topic, value=value, key=key, headers=headers, partition=partition,
+                                     on_delivery=self._on_delivery)
                 return
             except BufferError:
                 self.errors.check()
                 self.health.turned()
-                self.producer.poll(0.05)  # local queue full: let deliveries drain, then retry
+                producer.poll(0.05)  # local queue full: let deliveries drain, then retry
 
     def _rewind(self) -> None:
         """After an abort the in-memory state may hold uncommitted entries: rebuild and re-read."""
