@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -33,6 +34,8 @@ def kafka(stack: StackSettings) -> Iterator[KafkaSettings]:
     specs = provision.load_specs(prefix=settings.topic_prefix)
     provision.apply(settings.kafka_bootstrap, specs)
     yield settings
+    if os.environ.get("LEDGERGATE_TEST_KEEP_TOPICS"):  # to read a failed test's topics afterwards
+        return
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     for fut in admin.delete_topics([s.name for s in specs], operation_timeout=30).values():
         # Cleanup only: a leftover prefixed topic harms nothing.

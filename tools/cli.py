@@ -84,8 +84,9 @@ def _bench(args: argparse.Namespace) -> int:
         opts.rates = tuple(float(r) for r in args.rates.split(","))
     results = run_bench(opts)
     # Harness correctness only: a lost decision fails the run, a slow one does not.
-    steps = [results["gate"]["warmup"], *results["gate"].get("max", {}).get("steps", []),
-             *([results["gate"]["rate"]] if "rate" in results["gate"] else [])] if "gate" in results else []
+    steps = [step for run in ("gate", "hot") if run in results for step in (
+        results[run]["warmup"], *results[run].get("max", {}).get("steps", []),
+        *([results[run]["rate"]] if "rate" in results[run] else []))]
     return 1 if any(s["missing"] and not s["aborted"] for s in steps) else 0
 
 
@@ -257,8 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("bench", help="measure the gate on the local stack beside its floors (see BENCHMARKS.md)")
-    p.add_argument("mode", nargs="?", default="all", choices=["all", "max", "rate", "floors", "ledger", "baseline"],
-                   help="all (default): max search, rate 1000/s, race, floors, ledger, PostgreSQL baseline")
+    p.add_argument("mode", nargs="?", default="all",
+                   choices=["all", "max", "rate", "floors", "ledger", "baseline", "hot"],
+                   help="all (default): max search, rate 1000/s, race, floors, ledger, PostgreSQL baseline, "
+                        "hot tenant (gate and baseline)")
     p.add_argument("rate", nargs="?", type=float, help="requests per second for `bench rate R`")
     p.add_argument("--duration-s", type=float, default=20.0, help="length of the fixed-rate run")
     p.add_argument("--step-s", type=float, default=4.0, help="length of each max-search step")

@@ -20,6 +20,11 @@ Error policy, explicit:
   (FatalClientError), so its supervisor starts a fresh instance that fences this one's transactional
   id, aborts what it left open and rebuilds its state from the topics.
 
+Zombies (an instance paused past its session, then woken) are fenced by the group generation the
+broker checks on every transaction's offsets: idle work sends the owned partitions' offsets too, a batch
+read outside the group commits nothing, and an assignment waits for a predecessor's pending commit
+before the handler rebuilds (docs/decisions/0007-fencing-woken-zombies.md).
+
 Group membership is dynamic. Static membership (group.instance.id) was tried so that a restarted
 instance took its partitions straight back, but after a broker restart librdkafka rejoined with the
 same instance id and a new member id and the coordinator fenced it as its own duplicate: FATAL
@@ -30,6 +35,7 @@ the group at once anyway; only after `kill -9` does the group wait out session.t
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +62,7 @@ CALL_TIMEOUT_S = 5.0
 # shorter than this costs no restart.
 COMMIT_TIMEOUT_S = 15.0
 CALL_GRACE_MS = 5_000
+CGMD_MAGIC = b"CGMDv2:"
 
 
 class _Stopping(Exception):
@@ -190,6 +197,10 @@ class TransactionalRuntime:
         # only a service that has them pays for the connection.
         self._early_producer: Producer | None = None
         self._assigned: list[int] = []
+        # The next offset of every owned input partition, as committed (or as the handler's fold resumes):
+        # a transaction with outputs but no input of its own (idle work: expiry) sends these, so the broker
+        # checks its group generation like any other, and a woken zombie's idle work is fenced too.
+        self._next_offsets: dict[tuple[str, int], int] = {}
         self._delivery_failed = False
 
     # --- rebalance -----------------------------------------------------------------------------
@@ -199,7 +210,11 @@ class TransactionalRuntime:
         numbers = sorted({p.partition for p in partitions})
         self._assigned = sorted(set(self._assigned) | set(numbers))
         self.log.info("partitions_assigned", partitions=numbers)
+        committed = self._await_stable_offsets(consumer, partitions) if self.options.exactly_once else []
+        if committed is None:
+            return  # recorded as fatal: the loop raises it (an exception raised in a callback is mangled)
         starts = self.handler.assigned(numbers) or {}
+        self._remember_offsets(committed, starts)
         for tp in partitions:
             if (tp.topic, tp.partition) in starts:
                 tp.offset = starts[(tp.topic, tp.partition)]
@@ -208,11 +223,48 @@ class TransactionalRuntime:
         else:
             consumer.assign(partitions)
 
+    def _remember_offsets(self, committed: list[TopicPartition], starts: dict[tuple[str, int], int]) -> None:
+        for tp in committed:
+            key = (tp.topic, tp.partition)
+            # Never committed: 0 reads the same as auto.offset.reset=earliest.
+            self._next_offsets[key] = starts.get(key, tp.offset if tp.offset >= 0 else 0)
+
+    def _await_stable_offsets(self, consumer: Consumer,
+                              partitions: list[TopicPartition]) -> list[TopicPartition] | None:
+        """Rebuild nothing while a predecessor's transaction on these partitions may still commit.
+
+        A zombie paused after send_offsets_to_transaction and before commit_transaction can still commit
+        when it wakes: the broker checks the group generation when the offsets are sent (KIP-447), not at
+        the commit. State rebuilt before that commit resolves misses the zombie's outputs, and decisions
+        taken on it overspend (tests/e2e/test_zombie.py caught exactly that). A read_committed consumer's
+        committed() waits while such a transactional offset commit is pending (RequireStable), so once it
+        answers, the zombie's batch is committed (and the rebuild reads it) or aborted (and is read again).
+        The wait is bounded by the predecessor's transaction.timeout.ms, after which the broker aborts.
+        The committed offsets; None (the error recorded as fatal) when they stay unreadable past
+        commit_deadline_ms."""
+        deadline_ms = _mono_ms() + self.options.commit_deadline_ms
+        while True:
+            try:
+                with self.health.call("committed", int(CALL_TIMEOUT_S * 1000) + CALL_GRACE_MS):
+                    return list(consumer.committed(partitions, timeout=CALL_TIMEOUT_S))
+            except KafkaException as exc:
+                kerr = exc.args[0]
+                waiting = kerr.code() in (KafkaError._TIMED_OUT, KafkaError.UNSTABLE_OFFSET_COMMIT) or kerr.retriable()
+                if kerr.fatal() or not waiting or _mono_ms() >= deadline_ms or not self.running:
+                    self.log.error("offsets_unreadable", error=str(kerr))
+                    self.errors.record(kerr)
+                    return None
+                self.health.turned()
+                self.log.warning("offsets_unstable", partitions=sorted({tp.partition for tp in partitions}),
+                                 error=str(kerr), note="a predecessor's transaction may still commit; waiting")
+                time.sleep(0.1)
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({p.partition for p in partitions})
         self.log.info("partitions_revoked", partitions=numbers)
         self.handler.revoked(numbers)
         self._assigned = [p for p in self._assigned if p not in numbers]
+        self._next_offsets = {k: v for k, v in self._next_offsets.items() if k[1] not in numbers}
 
     # --- loop ----------------------------------------------------------------------------------
 
@@ -302,6 +354,9 @@ class TransactionalRuntime:
         return [first, *self.consumer.consume(self.options.max_batch - 1, 0)] if self.options.max_batch > 1 else [first]
 
     def _transact(self, msgs: list[Message], idle_now_ms: int | None) -> None:
+        # The group generation the batch was read under: a rebalance while it is handled makes the broker
+        # refuse its offsets (and the transaction aborts), instead of committing them under a newer one.
+        group = self.consumer.consumer_group_metadata() if self.options.exactly_once else None
         out = Outbox()
         offsets: dict[tuple[str, int], int] = {}
         for msg in msgs:
@@ -326,13 +381,26 @@ class TransactionalRuntime:
         if not offsets and not out.records:
             self.health.turned()
             return
+        if self.options.exactly_once and _generation_of(group) < 0:
+            # Read while this instance was not a member of its group: a zombie woken after its session
+            # expired, whose client has already dropped its generation. The broker would take offsets sent
+            # under no generation (it cannot tell them from a standalone producer's), so nothing of the batch
+            # may commit: the state it changed is rebuilt and the input read again, if still ours.
+            self.log.warning("batch_outside_group", messages=len(msgs), note="not committed; state rebuilt")
+            self._rewind()
+            return
+        if self.options.exactly_once and out.records and not offsets:
+            # Idle work only: fence it with the owned partitions' offsets (see _next_offsets).
+            offsets = dict(self._next_offsets)
+            assert offsets, "an idle transaction with outputs but no owned partition to fence it with"
         if not self.options.exactly_once:
             out.records[:0] = out.early
             self._produce_then_commit(out, offsets)
         else:
             if out.early:
                 self._produce_early(out.early)
-            self._commit_transaction(out, offsets, early=bool(out.early))
+            if self._commit_transaction(out, offsets, group, early=bool(out.early)):
+                self._next_offsets.update(offsets)
         if offsets:
             self.health.progressed()
 
@@ -360,7 +428,8 @@ class TransactionalRuntime:
             raise FatalClientError(f"{self.options.service}: {undelivered} early outputs not acknowledged "
                                    f"(delivery failed: {self._delivery_failed}); not committing the batch")
 
-    def _commit_transaction(self, out: Outbox, offsets: dict[tuple[str, int], int], early: bool = False) -> None:
+    def _commit_transaction(self, out: Outbox, offsets: dict[tuple[str, int], int], group: object,
+                            early: bool = False) -> bool:
         """One transaction for the batch's outputs and input offsets. While the broker is away
         send_offsets and abort time out with retriable errors and are retried until the deadline. A
         commit is not: once it has timed out its outcome is the broker's to settle, so the process
@@ -375,13 +444,13 @@ class TransactionalRuntime:
                 self._produce(topic, key, value, headers, partition)
             if offsets:
                 tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                group = self.consumer.consumer_group_metadata()
                 self._retrying("send_offsets", deadline_ms,
                                lambda: self.producer.send_offsets_to_transaction(tps, group, CALL_TIMEOUT_S))
             if early:
                 self._await_early(deadline_ms)
             self._retrying("commit", deadline_ms, lambda: self.producer.commit_transaction(COMMIT_TIMEOUT_S),
                            retry=False)
+            return True
         except KafkaException as exc:
             kerr = exc.args[0]
             if not kerr.txn_requires_abort() or kerr.fatal():
@@ -389,6 +458,7 @@ class TransactionalRuntime:
             self.log.warning("transaction_aborted", error=str(kerr))
             self._retrying("abort", deadline_ms, lambda: self.producer.abort_transaction(CALL_TIMEOUT_S))
             self._rewind()
+            return False
 
     def _retrying(self, what: str, deadline_ms: int, call: Callable[[], None], retry: bool = True) -> None:
         timeout_s = CALL_TIMEOUT_S if retry else COMMIT_TIMEOUT_S
@@ -464,6 +534,7 @@ class TransactionalRuntime:
         assignment = self.consumer.assignment()
         committed = self.consumer.committed(assignment, timeout=30)
         starts = self.handler.assigned(self._assigned) or {}
+        self._remember_offsets(committed, starts)
         for tp in committed:
             offset = starts.get((tp.topic, tp.partition), tp.offset if tp.offset >= 0 else 0)
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
@@ -472,6 +543,16 @@ class TransactionalRuntime:
         self.log.info("dead_lettered", topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), error=code)
         envelope, headers = dead_letter(msg, self.options.service, code, message)
         out.emit(self.options.deadletter_topic, msg.key(), envelope, headers)
+
+
+def _generation_of(group_metadata: object) -> int:
+    """The group generation in confluent-kafka's consumer group metadata (librdkafka's serialisation:
+    b"CGMDv2:", then the generation as a native int32); -1 when the client holds none. A format this
+    does not know reads as generation 0, which leaves the broker's own check to fence."""
+    if not isinstance(group_metadata, bytes) or not group_metadata.startswith(CGMD_MAGIC):
+        return 0
+    start = len(CGMD_MAGIC)
+    return int.from_bytes(group_metadata[start:start + 4], sys.byteorder, signed=True)
 
 
 def _mono_ms() -> int:

@@ -12,6 +12,7 @@ import pytest
 
 from ledgergate.shared.settings import StackSettings
 from ledgergate.tools import cli
+from ledgergate.tools.bench.report import table as cli_report
 
 pytestmark = pytest.mark.e2e
 
@@ -65,6 +66,19 @@ def test_bench_smoke_answers_every_request_and_reports_every_figure(stack: Stack
         _positive(run, "decisions_per_s")
         _positive(run["latency_ms"], "p50", "p99")
     assert base["race"]["SELECT ... FOR UPDATE"]["overspend_micro_usd"] == 0
-    for phase in ("tokenizer", "memory", "echo", "gate", "baseline", "rebuild"):
+
+    # The hot-tenant shape through both: every request answered, the hot tenant sent about half of them,
+    # and neither the ledger nor the baseline's rows show an overspend.
+    hot, hot_base = r["hot"], r["hot_baseline"]
+    for step in [hot["warmup"], *hot["max"]["steps"]]:
+        assert step["missing"] == 0 and step["decided"] == step["sent"] > 0, step["label"]
+    assert 0.4 <= hot["hot_tenant"]["share_of_requests"] <= 0.7, hot["hot_tenant"]
+    assert hot["hot_tenant"]["overspend_micro_usd"] == 0
+    assert hot_base["capacity"]["decided"] == hot_base["capacity"]["sent"] > 0
+    assert hot_base["overspend_micro_usd"] == 0
+    report = cli_report(r)
+    for target in ("PostgreSQL row lock", "4 plain relays", "p99 <=", "hot tenant: neither overspends"):
+        assert target in report, target
+    for phase in ("tokenizer", "memory", "echo", "gate", "baseline", "hot", "hot_baseline", "rebuild"):
         assert r["phases"][phase]["wall_s"] > 0
     _positive(r["machine"], "nproc", "memory_gb")

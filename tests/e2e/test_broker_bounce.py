@@ -121,10 +121,16 @@ def _bounce(gate: Gate, projected: Projected, stack: StackSettings) -> None:
     assert len(decisions) == len(futures)
     assert {d["request_id"] for d in decisions} == {f.request_id for f in futures}
 
-    # Exactly one decision per request on the topic: budget-manager and router are exactly once.
-    published = Counter(d["request_id"] for d in gate.decisions())
-    doubled = {rid: n for rid, n in published.items() if rid in sent_at and n > 1}
-    assert not doubled, f"decided more than once: {list(doubled.items())[:5]}"
+    # One decision per request: the budget-manager is exactly once, and the router publishes a decision
+    # before its transaction commits (docs/decisions/0006), so a router whose commit the outage cut off is
+    # replayed and may publish a decision again, byte for byte the same (invariant 4).
+    published: dict[str, list[dict]] = {}
+    for d in gate.decisions():
+        if d["request_id"] in sent_at:
+            published.setdefault(d["request_id"], []).append(d)
+    differing = {rid: copies for rid, copies in published.items() if any(c != copies[0] for c in copies)}
+    assert not differing, f"decided differently more than once: {list(differing.items())[:3]}"
+    print(f"decisions published twice, identical: {sum(len(c) > 1 for c in published.values())}")
     ledger = gate.ledger()
     placed = Counter(r["request_id"] for _, n, r in ledger if n == "ReservationPlaced")
     assert max(placed.values()) == 1, "a request id was reserved twice"

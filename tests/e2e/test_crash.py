@@ -15,10 +15,11 @@ from tests.e2e.conftest import GATE_SERVICES, Gate
 USD = 1_000_000
 MESSAGES = [{"role": "user", "content": "Plan the next step of the migration, briefly."}]
 REQUESTS = 600
-# budget-manager and router commit outputs and offsets in one transaction: a kill never repeats a
-# decision. token-counter and policy are at least once: a kill may re-send a request downstream, which
-# the budget-manager answers as a repeat, so the same decision may be published again, identical.
-EXACTLY_ONCE = {"budget-manager", "router"}
+# The budget-manager commits its entries and offsets in one transaction: a kill never repeats a
+# reservation or a decision. The router publishes each decision before its transaction commits
+# (docs/decisions/0006), and token-counter and policy are at least once: a kill of any of them may publish
+# the same decision again, identical.
+EXACTLY_ONCE = {"budget-manager"}
 RATE_PER_S = 60
 
 

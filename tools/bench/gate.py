@@ -29,7 +29,7 @@ from ledgergate.shared.ledger.entries import from_record
 from ledgergate.shared.ledger.state import TENANT, TenantState, evolve
 from ledgergate.shared.settings import PROJECT_ROOT, KafkaSettings
 from ledgergate.tools.bench import procstats
-from ledgergate.tools.bench.workload import limits, mix, seed_budgets, wait_for_commands, workload
+from ledgergate.tools.bench.workload import hot_tenant, limits, mix, seed_budgets, wait_for_commands, workload
 from ledgergate.tools.servicerunner import GATE_SERVICES, ServiceSet
 
 RACE_MODEL = "gpt-4.1-nano"  # no downgrade candidates: a request either fits the budget or is denied
@@ -49,6 +49,7 @@ class GateOptions:
     race_requests: int = 200
     race_affords: int = 20
     idle_s: float = 3.0
+    shape: str = "fleet"  # "hot": one tenant sends half the traffic (tools/bench/workload.py)
     log_dir: Path = PROJECT_ROOT / ".data" / "bench"
 
 
@@ -83,11 +84,12 @@ class GateBench:
             client = GateClient(self.bootstrap, self.prefix, timeout_s=30)
             started = time.monotonic()
             self._wait_ready(client)
-            work = workload(self.options.tenants, self.tag, self.total, self.options.seed)
-            seed_s = seed_budgets(self.bootstrap, self.prefix, limits(work))
+            work = workload(self.options.tenants, self.tag, self.total, self.options.seed, self.options.shape)
+            hot = hot_tenant(work) if self.options.shape == "hot" else None
+            seed_s = seed_budgets(self.bootstrap, self.prefix, limits(work, hot))
             say(f"gate: services answered after {time.monotonic() - started:.1f} s; "
                 f"{self.options.tenants} budgets set in {seed_s:.1f} s")
-            out: dict[str, Any] = {"prefix": self.prefix, "tenants": self.options.tenants,
+            out: dict[str, Any] = {"prefix": self.prefix, "tenants": self.options.tenants, "shape": self.options.shape,
                                    "requests_planned": self.total,
                                    "workload": mix(work, 0, min(self.total, 20_000)),
                                    "logs": self.services.describe_logs()}
@@ -102,6 +104,8 @@ class GateBench:
                                          self.options.rate_max_backlog_s)
             if self.options.race_requests:
                 out["race"] = self._race(client)
+            if hot is not None:
+                out["hot_tenant"] = self._hot_account(work, hot)
             out["processes"] = self._process_figures()
             return out
         finally:
@@ -131,7 +135,8 @@ class GateBench:
         count = int(rate * secs)
         spec = {"bootstrap": self.bootstrap, "prefix": self.prefix, "tag": self.tag, "tenants": self.options.tenants,
                 "requests": self.total, "seed": self.options.seed, "start": self.offset, "count": count, "rate": rate,
-                "label": label, "max_backlog_s": max_backlog_s, "drain_timeout_s": 15.0, "complete": True}
+                "label": label, "max_backlog_s": max_backlog_s, "drain_timeout_s": 15.0, "complete": True,
+                "shape": self.options.shape}
         self.offset += count
         say(f"gate: {label} for {secs:g} s ({count} requests)")
         proc = subprocess.Popen([sys.executable, "-m", "ledgergate.tools.bench.loadgen", json.dumps(spec)],
@@ -193,6 +198,16 @@ class GateBench:
                 "reserved_micro_usd": sum(d["reserved_micro_usd"] for d in allowed),
                 "overspend_micro_usd": max(0, -worst), "min_headroom_micro_usd": worst,
                 "seconds": round(elapsed, 2)}
+
+    def _hot_account(self, work: Any, tenant: str) -> dict[str, Any]:
+        """The hot tenant's share of what was sent, its limit, and its lowest headroom in the ledger's own
+        fold (negative = overspent)."""
+        sent = work.schedule[:self.offset]
+        share = sum(work.agents[a].tenant == tenant for a, *_ in sent) / max(1, len(sent))
+        worst = self._min_headroom(tenant)
+        return {"tenant_id": tenant, "share_of_requests": round(share, 3),
+                "limit_micro_usd": limits(work, tenant)[tenant], "min_headroom_micro_usd": worst,
+                "overspend_micro_usd": max(0, -worst)}
 
     def _min_headroom(self, tenant: str) -> int:
         """Fold the tenant's ledger partition from offset 0; the lowest tenant headroom after any entry

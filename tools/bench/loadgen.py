@@ -69,7 +69,7 @@ class LoadStep:
         self.rate = float(spec["rate"])
         self.offset = int(spec["start"])
         self.n = int(spec["count"])
-        self.work = workload(spec["tenants"], self.tag, spec["requests"], spec["seed"])
+        self.work = workload(spec["tenants"], self.tag, spec["requests"], spec["seed"], spec.get("shape", "fleet"))
         bootstrap, prefix = spec["bootstrap"], spec["prefix"]
         self.topic_requests, self.topic_completions = prefix + topics.REQUESTS, prefix + topics.COMPLETIONS
         self.producer = Producer(producer_config(bootstrap))

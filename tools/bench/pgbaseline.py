@@ -25,7 +25,7 @@ import psycopg
 from ledgergate.shared import catalogue
 from ledgergate.shared.tokenizers import count_chat, get_encoding
 from ledgergate.tools.bench import stats
-from ledgergate.tools.bench.workload import Workload, limits, messages, prompt_tokens
+from ledgergate.tools.bench.workload import Workload, hot_tenant, limits, messages, prompt_tokens
 from ledgergate.tools.provider_standin import standin_call
 
 DDL = """
@@ -75,6 +75,13 @@ class PgGate:
             if row is not None:
                 conn.execute(f"UPDATE {self.schema}.balances SET pending = pending - %s, posted = posted + %s "
                              "WHERE tenant_id = %s", (row[0], actual, tenant))
+
+    def overspend(self) -> dict[str, int]:
+        """Invariant 1 on the baseline's own rows: tenant -> micro-USD past its limit (posted + pending)."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            rows = conn.execute(f"SELECT tenant_id, posted + pending - limit_micro FROM {self.schema}.balances "
+                                "WHERE posted + pending > limit_micro").fetchall()
+        return {tenant: over for tenant, over in rows}
 
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> int:
         return self.prices.cost_micro_usd(self.version, model, input_tokens, 0, output_tokens)
@@ -181,5 +188,20 @@ def run_baseline(dsn: str, work: Workload, tag: str, start: int, count: int, rat
         races = {"naive (read, then write)": race(gate, False, race_requests, race_affords, min(64, race_requests)),
                  "SELECT ... FOR UPDATE": race(gate, True, race_requests, race_affords, min(64, race_requests))}
         return {"workers": workers, "capacity": capacity, "rate": at_rate, "race": races}
+    finally:
+        gate.drop()
+
+
+def run_hot(dsn: str, work: Workload, tag: str, count: int, workers: int) -> dict[str, Any]:
+    """The hot-tenant shape: everything queued at once (capacity), one row lock serialising the hot
+    tenant's half of the traffic; then the overspend check on every row."""
+    hot = hot_tenant(work)
+    gate = PgGate(dsn, f"bench_{tag}")
+    gate.create(limits(work, hot))
+    try:
+        capacity = run_load(gate, work, f"{tag}h", 0, count, None, workers)
+        over = gate.overspend()
+        return {"workers": workers, "hot_tenant": hot, "capacity": capacity,
+                "overspend_micro_usd": sum(over.values()), "overspent_tenants": len(over)}
     finally:
         gate.drop()

@@ -26,10 +26,10 @@ from ledgergate.tools.bench import floors, ledger, pgbaseline, procstats, report
 from ledgergate.tools.bench.gate import GateBench, GateOptions, say
 from ledgergate.tools.bench.workload import request_record, workload
 
-RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
+RESULTS_DIR = PROJECT_ROOT / "tools" / "bench" / "results"
 NOISY_CORES = 0.3
 MAX_RATES = (250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
-MODES = ("all", "max", "rate", "floors", "ledger", "baseline")
+MODES = ("all", "max", "rate", "floors", "ledger", "baseline", "hot")
 
 
 @dataclass
@@ -51,10 +51,13 @@ class BenchOptions:
     def __post_init__(self) -> None:
         full = {"warmup": (100.0, 3.0), "race": (200, 20), "echo": (1000.0, 5.0), "tokenizer": (2000, 3),
                 "memory": 1_000_000, "memory_traced": 50_000, "rebuild": (1_000_000, 2000),
-                "pg": {"rate": self.rate, "seconds": min(self.duration_s, 10.0), "capacity": 5000, "workers": 16}}
+                "pg": {"rate": self.rate, "seconds": min(self.duration_s, 10.0), "capacity": 5000, "workers": 16},
+                # The hot-tenant shape: a max search through the gate, a capacity run through the baseline.
+                "hot": {"rates": (500.0, 1000.0, 2000.0, 4000.0), "step_s": 4.0, "pg_requests": 5000}}
         smoke = {"warmup": (20.0, 1.0), "race": (40, 5), "echo": (200.0, 1.0), "tokenizer": (100, 1),
                  "memory": 5000, "memory_traced": 2000, "rebuild": (20_000, 1000),
-                 "pg": {"rate": 50.0, "seconds": 2.0, "capacity": 200, "workers": 4}}
+                 "pg": {"rate": 50.0, "seconds": 2.0, "capacity": 200, "workers": 4},
+                 "hot": {"rates": (40.0,), "step_s": 1.5, "pg_requests": 200}}
         self.sizes = {**(smoke if self.smoke else full), **self.sizes}
         if self.smoke:
             self.tenants, self.rates, self.step_s = min(self.tenants, 50), (40.0, 80.0), 1.5
@@ -75,7 +78,7 @@ class Bench:
         best: dict[str, Any] | None = None
         for attempt in range(1, self.options.noisy_retries + 2):
             # PostgreSQL counts as ours only where we use it; elsewhere its CPU is other people's tests.
-            stack = procstats.stack_pids() if name == "baseline" else procstats.broker()
+            stack = procstats.stack_pids() if name in ("baseline", "hot_baseline") else procstats.broker()
             children0 = procstats.reaped_children_cpu_seconds()
             window = procstats.CpuWindow({**stack, "bench": os.getpid()})
             job()
@@ -106,6 +109,9 @@ class Bench:
             self.phase("gate", self._gate)
         if mode in ("all", "baseline"):
             self.phase("baseline", self._baseline)
+        if mode in ("all", "hot"):
+            self.phase("hot", self._hot_gate)
+            self.phase("hot_baseline", self._hot_baseline)
         if mode in ("all", "ledger"):
             self.phase("rebuild", self._rebuild)
         self.results["total_s"] = round(time.monotonic() - started, 1)
@@ -155,6 +161,22 @@ class Bench:
         self.results["baseline"] = pgbaseline.run_baseline(
             PostgresSettings().pg_dsn, work, uuid.uuid4().hex[:6], 0, count, pg["rate"], pg["capacity"],
             pg["workers"], race_requests, race_affords)
+
+    def _hot_gate(self) -> None:
+        hot = self.options.sizes["hot"]
+        say(f"hot tenant: the gate, half the traffic from one tenant, the rest Zipf over {self.options.tenants}")
+        opts = GateOptions(tenants=self.options.tenants, seed=self.options.seed, warmup=self.options.sizes["warmup"],
+                           steps=[(r, hot["step_s"]) for r in hot["rates"]], race_requests=0,
+                           idle_s=1.0 if self.options.smoke else 3.0, shape="hot")
+        self.results["hot"] = GateBench(self.kafka, opts).run()
+
+    def _hot_baseline(self) -> None:
+        hot = self.options.sizes["hot"]
+        count = hot["pg_requests"]
+        say(f"hot tenant: the PostgreSQL baseline, {count} requests queued at once")
+        work = workload(self.options.tenants, "pghot", count, self.options.seed, "hot")
+        self.results["hot_baseline"] = pgbaseline.run_hot(PostgresSettings().pg_dsn, work, uuid.uuid4().hex[:6],
+                                                          count, self.options.sizes["pg"]["workers"])
 
     def _rebuild(self) -> None:
         entries, tenants = self.options.sizes["rebuild"]

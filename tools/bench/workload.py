@@ -8,6 +8,7 @@ rebuilds the same workload from the same arguments, so a request is named by its
 from __future__ import annotations
 
 import functools
+import random
 import time
 import uuid
 from collections import Counter
@@ -30,6 +31,13 @@ TIGHT_SHARE = 0.1  # runs out within the first part of a run: denials and downgr
 MIN_LIMIT_MICRO_USD = 10_000  # a floor against a zero limit, low enough not to undo TIGHT_SHARE
 # Names in request ids and labels: short, so they cost the pipeline what a real id would.
 RID_PREFIX = "b"
+# The hot-tenant shape (the hot-path issue): one tenant sends HOT_SHARE of the traffic, the rest is Zipf
+# (exponent ZIPF_S) over every tenant. The hot tenant's budget is HOT_BUDGET_SHARE of its demand, so it
+# runs out mid-run and the overspend check has a binding limit to hold against concurrent requests.
+HOT_SHARE = 0.5
+ZIPF_S = 1.0
+HOT_BUDGET_SHARE = 0.5
+SHAPES = ("fleet", "hot")
 
 __all__ = ["CHAT_OVERHEAD_TOKENS", "Workload"]
 
@@ -39,10 +47,38 @@ def tenant_names(count: int, tag: str) -> list[str]:
 
 
 @functools.cache
-def workload(tenants: int, tag: str, requests: int, seed: int) -> Workload:
-    """Cached: the orchestrator asks for it several times with the same arguments."""
+def workload(tenants: int, tag: str, requests: int, seed: int, shape: str = "fleet") -> Workload:
+    """Cached: the orchestrator asks for it several times with the same arguments. `shape` "hot" keeps
+    the fleet's agents and prompts and redraws who sends each request (hot_schedule)."""
+    if shape not in SHAPES:
+        raise ValueError(f"workload shape {shape!r} is not one of {SHAPES}")
     names = tenant_names(tenants, tag)
-    return build_workload(names, max(len(names), tenants * AGENTS_PER_TENANT), requests, seed)
+    work = build_workload(names, max(len(names), tenants * AGENTS_PER_TENANT), requests, seed)
+    return work if shape == "fleet" else Workload(work.systems, work.users, work.agents, hot_schedule(work, seed))
+
+
+def hot_schedule(work: Workload, seed: int) -> list[tuple[int, int, str, int]]:
+    """The same requests, each sent by an agent of the hot tenant (the first) with probability HOT_SHARE,
+    else by an agent of a tenant drawn Zipf over the others (rank r weighs 1 / r**ZIPF_S)."""
+    rng = random.Random(f"hot-{seed}")
+    by_tenant: dict[str, list[int]] = {}
+    for a, agent in enumerate(work.agents):
+        by_tenant.setdefault(agent.tenant, []).append(a)
+    hot, *ranked = sorted(by_tenant)
+    ranked = ranked or [hot]
+    weights = [1 / (rank + 1) ** ZIPF_S for rank in range(len(ranked))]
+    senders = rng.choices(ranked, weights, k=len(work.schedule))
+    schedule = []
+    for (_a, user, prio, max_out), tenant in zip(work.schedule, senders, strict=True):
+        tenant = hot if rng.random() < HOT_SHARE else tenant
+        sender = rng.choice(by_tenant[tenant])
+        lo, hi = work.agents[sender].sizes
+        schedule.append((sender, min(hi, max(lo, user)), prio, max_out))
+    return schedule
+
+
+def hot_tenant(work: Workload) -> str:
+    return min(agent.tenant for agent in work.agents)
 
 
 def request_id(tag: str, index: int) -> str:
@@ -81,8 +117,9 @@ def prompt_tokens(work: Workload, index: int) -> int:
     return work.prompt_tokens(work.agents[a], user)
 
 
-def limits(work: Workload) -> dict[str, int]:
-    """Per-tenant limits: BUDGET_SHARE x expected demand, TIGHT_SHARE for every TIGHT_EVERY-th tenant."""
+def limits(work: Workload, hot: str | None = None) -> dict[str, int]:
+    """Per-tenant limits: BUDGET_SHARE x expected demand, TIGHT_SHARE for every TIGHT_EVERY-th tenant,
+    HOT_BUDGET_SHARE for the `hot` tenant."""
     per_tenant: Counter[str] = Counter()
     for (tenant, _wf), cost in demand(work).items():
         per_tenant[tenant] += cost
@@ -90,6 +127,7 @@ def limits(work: Workload) -> dict[str, int]:
     out = {}
     for i, tenant in enumerate(tenants):
         share = TIGHT_SHARE if i % TIGHT_EVERY == TIGHT_EVERY - 1 else BUDGET_SHARE
+        share = HOT_BUDGET_SHARE if tenant == hot else share
         out[tenant] = max(MIN_LIMIT_MICRO_USD, int(per_tenant[tenant] * share))
     return out
 
