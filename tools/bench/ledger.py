@@ -121,10 +121,12 @@ def synthetic_ledger(entries: int, tenants: int, seed: int) -> Iterator[LedgerEn
         else:
             seq += 1
             rid, wf = f"r{seq:08d}", WORKFLOWS[seq % 4]
-            if roll > 0.92:
+            amount = rng.randrange(1_000, 40_000)
+            # A placement the limit does not cover is denied, as the budget-manager would (the fold asserts
+            # invariant 1 after every entry).
+            if roll > 0.92 or posted[t] + sum(h[2] for h in open_) + amount > limits[t]:
                 yield _denied(t, period, now, rid, wf)
             else:
-                amount = rng.randrange(1_000, 40_000)
                 open_.append((rid, wf, amount))
                 yield _placed(t, period, now, rid, wf, amount)
             made += 1
