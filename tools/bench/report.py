@@ -132,14 +132,15 @@ def targets(r: dict[str, Any]) -> list[str]:
 def _hot(h: dict[str, Any], b: dict[str, Any] | None) -> list[str]:
     t = h["hot_tenant"]
     lines = [f"HOT TENANT: {t['tenant_id']} sends {100 * t['share_of_requests']:.0f} % of the requests, the rest Zipf "
-             f"over {h['tenants']} tenants; its limit {t['limit_micro_usd']:,} uUSD binds mid-run",
+             f"over {h['tenants']} tenants; its limit {t['limit_micro_usd']:,} uUSD",
              f"  {'step':<16}{'offered/s':>10}{'decided/s':>10}  {'p50':>8}  {'p90':>8}  {'p99':>8}  {'p99.9':>8}"
              f"  {'max':>8}  sustained"]
     for s in [h["warmup"], *h.get("max", {}).get("steps", [])]:
         lines.append(f"  {s['label']:<16}{s['offered_per_s']:>10.0f}{s['decisions_per_s']:>10.0f}  "
                      f"{_lat(s['latency_ms'])}  {'yes' if s['sustained'] else 'NO'}")
     lines.append(f"  ledgergate: highest sustained {h.get('max', {}).get('highest_sustained_per_s', 0):.0f} "
-                 f"decisions/s; hot tenant's lowest headroom in the ledger fold {t['min_headroom_micro_usd']:,} uUSD")
+                 f"decisions/s; hot tenant's lowest headroom in the ledger fold {t['min_headroom_micro_usd']:,} uUSD"
+                 f" ({h.get('max', {}).get('steps', [{}])[-1].get('not_allowed_reasons', {})} not allowed in its last step, every tenant)")
     if b:
         cap = b["capacity"]
         lines.append(f"  PostgreSQL row lock ({b['workers']} threads, {cap['sent']} requests at once): "
