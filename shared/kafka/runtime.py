@@ -417,16 +417,22 @@ class TransactionalRuntime:
         """Every early record acknowledged, or no commit: the input offsets must not move past a record that
         was never written (the next instance reads the batch again and writes it)."""
         assert self._early_producer is not None
-        undelivered = self._early_producer.flush(0.001)
+        self._await_acks(self._early_producer, deadline_ms, "flush_early", "early outputs", "the batch")
+
+    def _await_acks(self, producer: Producer, deadline_ms: int, step: str, what: str, withheld: str) -> None:
+        """Wait until `producer` has every record acknowledged; while the broker is away deliveries wait
+        (message.timeout.ms), and the loop stays visibly alive. A SIGTERM meanwhile ends it without the
+        commit (the batch is read again); a failed delivery or the deadline is fatal, the commit withheld."""
+        undelivered = producer.flush(0.001)
         while undelivered and not self._delivery_failed and _mono_ms() < deadline_ms and self.errors.fatal is None:
             if not self.running:
-                raise _Stopping("flush_early")
+                raise _Stopping(step)
             self.health.turned()
-            undelivered = self._early_producer.flush(0.5)
+            undelivered = producer.flush(0.5)
         self.errors.check()
         if undelivered or self._delivery_failed:
-            raise FatalClientError(f"{self.options.service}: {undelivered} early outputs not acknowledged "
-                                   f"(delivery failed: {self._delivery_failed}); not committing the batch")
+            raise FatalClientError(f"{self.options.service}: {undelivered} {what} not acknowledged "
+                                   f"(delivery failed: {self._delivery_failed}); not committing {withheld}")
 
     def _commit_transaction(self, out: Outbox, offsets: dict[tuple[str, int], int], group: object,
                             early: bool = False) -> bool:
@@ -488,19 +494,9 @@ class TransactionalRuntime:
         loses it."""
         for topic, key, value, headers, partition in out.records:
             self._produce(topic, key, value, headers, partition)
-        # While the broker is away deliveries wait (message.timeout.ms); keep the loop visibly alive.
-        deadline_ms = _mono_ms() + self.options.commit_deadline_ms
-        undelivered = self.producer.flush(1)
-        while undelivered and not self._delivery_failed and _mono_ms() < deadline_ms and self.errors.fatal is None:
-            if not self.running:
-                raise _Stopping("flush")  # offsets stay uncommitted: the batch is read again (at least once)
-            self.health.turned()
-            undelivered = self.producer.flush(1)
-        self.errors.check()
-        if undelivered or self._delivery_failed:
-            # Offsets stay where they were; a fresh instance re-reads the batch (at least once).
-            raise FatalClientError(f"{self.options.service}: {undelivered} outputs not acknowledged "
-                                   f"(delivery failed: {self._delivery_failed}); not committing offsets")
+        # Offsets stay where they were until every output is acknowledged: a stop or a failure re-reads the
+        # batch (at least once).
+        self._await_acks(self.producer, _mono_ms() + self.options.commit_deadline_ms, "flush", "outputs", "offsets")
         if offsets:
             try:
                 self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],

@@ -87,16 +87,19 @@ def _ratio(ours: float | None, base: float | None) -> float | None:
     return None if ours is None or not base else ours / base
 
 
+def _vs_baseline(lines: list[str], what: str, ours: float | None, base: float | None, target: float) -> None:
+    ratio = _ratio(ours, base)
+    _target(lines, f"{what} >= {target:g}x the PostgreSQL row lock",
+            f"{ours or 0:.0f} / {base or 0:.0f} = {ratio:.2f}x" if ratio is not None else "-",
+            None if ratio is None else ratio >= target)
+
+
 def targets(r: dict[str, Any]) -> list[str]:
     """Every target of the hot-path issue beside its measured ratio, and where the run stands."""
     lines = ["TARGETS (ratios to what this run measured beside the gate)"]
     gate, base = r.get("gate", {}), r.get("baseline", {})
-    ours_dps = gate.get("max", {}).get("highest_sustained_per_s")
-    base_dps = base.get("capacity", {}).get("decisions_per_s")
-    ratio = _ratio(ours_dps, base_dps)
-    _target(lines, f"sustained decisions/s >= {TARGET_DPS_VS_BASELINE:g}x the PostgreSQL row lock",
-            f"{ours_dps or 0:.0f} / {base_dps or 0:.0f} = {ratio:.2f}x" if ratio is not None else "-",
-            None if ratio is None else ratio >= TARGET_DPS_VS_BASELINE)
+    _vs_baseline(lines, "sustained decisions/s", gate.get("max", {}).get("highest_sustained_per_s"),
+                 base.get("capacity", {}).get("decisions_per_s"), TARGET_DPS_VS_BASELINE)
     at_rate = gate.get("rate")
     floor = r.get("floors", {}).get("echo", {}).get(PLAIN_RELAYS, {}).get("latency_ms", {}).get("p50")
     if at_rate is not None:
@@ -114,12 +117,8 @@ def targets(r: dict[str, Any]) -> list[str]:
         _target(lines, f"at {low['offered_per_s']:g}/s p50 <= {TARGET_LOW_RATE_P50_MS:g} ms",
                 f"{low['latency_ms']['p50']:.1f} ms", low["latency_ms"]["p50"] <= TARGET_LOW_RATE_P50_MS)
     hot, hot_base = r.get("hot", {}), r.get("hot_baseline", {})
-    ours_hot = hot.get("max", {}).get("highest_sustained_per_s")
-    base_hot = hot_base.get("capacity", {}).get("decisions_per_s")
-    ratio = _ratio(ours_hot, base_hot)
-    _target(lines, f"hot tenant: decisions/s >= {TARGET_HOT_VS_BASELINE:g}x the PostgreSQL row lock",
-            f"{ours_hot or 0:.0f} / {base_hot or 0:.0f} = {ratio:.2f}x" if ratio is not None else "-",
-            None if ratio is None else ratio >= TARGET_HOT_VS_BASELINE)
+    _vs_baseline(lines, "hot tenant: decisions/s", hot.get("max", {}).get("highest_sustained_per_s"),
+                 hot_base.get("capacity", {}).get("decisions_per_s"), TARGET_HOT_VS_BASELINE)
     if hot and hot_base:
         over = (hot["hot_tenant"]["overspend_micro_usd"], hot_base["overspend_micro_usd"])
         _target(lines, "hot tenant: neither overspends", f"ledgergate {over[0]:,} uUSD, PostgreSQL {over[1]:,} uUSD",
@@ -131,6 +130,7 @@ def targets(r: dict[str, Any]) -> list[str]:
 
 def _hot(h: dict[str, Any], b: dict[str, Any] | None) -> list[str]:
     t = h["hot_tenant"]
+    last = (h.get("max", {}).get("steps") or [{}])[-1]
     lines = [f"HOT TENANT: {t['tenant_id']} sends {100 * t['share_of_requests']:.0f} % of the requests, the rest Zipf "
              f"over {h['tenants']} tenants; its limit {t['limit_micro_usd']:,} uUSD",
              f"  {'step':<16}{'offered/s':>10}{'decided/s':>10}  {'p50':>8}  {'p90':>8}  {'p99':>8}  {'p99.9':>8}"
@@ -140,7 +140,7 @@ def _hot(h: dict[str, Any], b: dict[str, Any] | None) -> list[str]:
                      f"{_lat(s['latency_ms'])}  {'yes' if s['sustained'] else 'NO'}")
     lines.append(f"  ledgergate: highest sustained {h.get('max', {}).get('highest_sustained_per_s', 0):.0f} "
                  f"decisions/s; hot tenant's lowest headroom in the ledger fold {t['min_headroom_micro_usd']:,} uUSD"
-                 f" ({h.get('max', {}).get('steps', [{}])[-1].get('not_allowed_reasons', {})} not allowed in its last step, every tenant)")
+                 f" (not allowed in the last step, every tenant: {last.get('not_allowed_reasons', {})})")
     if b:
         cap = b["capacity"]
         lines.append(f"  PostgreSQL row lock ({b['workers']} threads, {cap['sent']} requests at once): "
