@@ -23,8 +23,9 @@ from ledgergate.events import InvocationPlanned, UsageMetered
 from ledgergate.ids import id_problem, name_problem
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.kafka.headers import stamped
+from ledgergate.shared.kafka.outbox import Outbox
 from ledgergate.shared.kafka.reader import offset_of, partition_of, read_to_end
-from ledgergate.shared.kafka.runtime import Outbox, run_service
+from ledgergate.shared.kafka.runtime import run_service
 from ledgergate.shared.ledger import decide
 from ledgergate.shared.ledger.entries import LedgerEntry, ReservationPlaced, ThresholdCrossed, from_record, to_record
 from ledgergate.shared.ledger.state import TenantState, balances_view, evolve

@@ -19,8 +19,9 @@ from ledgergate.events import InvocationCounted, InvocationPlanned, PlanRejectio
 from ledgergate.services.policy import core
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.kafka.headers import stamped
+from ledgergate.shared.kafka.outbox import Outbox
 from ledgergate.shared.kafka.reader import end_offsets, partition_of, read_to_end
-from ledgergate.shared.kafka.runtime import Outbox, run_service
+from ledgergate.shared.kafka.runtime import run_service
 from ledgergate.shared.ledger.entries import from_record
 from ledgergate.shared.ledger.periods import period_of
 from ledgergate.shared.ledger.state import TENANT, TenantState, evolve

@@ -19,8 +19,9 @@ from ledgergate.events import GateDecision
 from ledgergate.services.router import core
 from ledgergate.shared.catalogue import deployments
 from ledgergate.shared.kafka.headers import stamped
+from ledgergate.shared.kafka.outbox import Outbox
 from ledgergate.shared.kafka.reader import end_offsets, last_message, offset_of, partition_of, read_to_end, topic_of
-from ledgergate.shared.kafka.runtime import Outbox, run_service
+from ledgergate.shared.kafka.runtime import run_service
 from ledgergate.shared.ledger.entries import ReservationDenied, ReservationPlaced, ReservationRepeated, from_record
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import RouterSettings

@@ -16,7 +16,8 @@ from ledgergate.ids import id_problem, name_problem, printable
 from ledgergate.services.token_counter import core
 from ledgergate.shared.errors import TokenizerError
 from ledgergate.shared.kafka.headers import headers_of, stamped
-from ledgergate.shared.kafka.runtime import Outbox, run_service
+from ledgergate.shared.kafka.outbox import Outbox
+from ledgergate.shared.kafka.runtime import run_service
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import TokenCounterSettings
 from ledgergate.shared.tokenizers import encoding_for_model

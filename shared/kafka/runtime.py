@@ -35,11 +35,9 @@ the group at once anyway; only after `kill -9` does the group wait out session.t
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -49,10 +47,12 @@ from ledgergate.shared.errors import FatalClientError
 from ledgergate.shared.health import Health, on_stop_signal
 from ledgergate.shared.kafka.deadletter import dead_letter
 from ledgergate.shared.kafka.fatal import ClientErrors, input_waiting
+from ledgergate.shared.kafka.fence import generation_of
 from ledgergate.shared.kafka.headers import Headers
+from ledgergate.shared.kafka.options import RuntimeOptions, options_for
+from ledgergate.shared.kafka.outbox import Handler, Outbox, Record
 from ledgergate.shared.kafka.reader import offset_of, partition_of, topic_of
 from ledgergate.shared.settings import ServiceSettings
-from ledgergate.topics import DEADLETTER
 
 # Each blocking transaction call waits at most CALL_TIMEOUT_S and is retried while the broker is
 # away. A call still blocked CALL_GRACE_MS past its timeout (seen after a broker restart: a
@@ -62,7 +62,6 @@ CALL_TIMEOUT_S = 5.0
 # shorter than this costs no restart.
 COMMIT_TIMEOUT_S = 15.0
 CALL_GRACE_MS = 5_000
-CGMD_MAGIC = b"CGMDv2:"
 
 
 class _Stopping(Exception):
@@ -77,89 +76,6 @@ class _Silent:
         pass
 
     warning = error = critical = info
-
-
-Record = tuple[str, bytes | None, bytes, Headers | None, int | None]
-
-
-@dataclass
-class Outbox:
-    """What one batch will produce: `records` inside the batch's transaction, `early` before it."""
-
-    records: list[Record] = field(default_factory=list)
-    early: list[Record] = field(default_factory=list)
-
-    def emit(self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None,
-             partition: int | None = None) -> None:
-        """`partition` pins a record (the audit chain is per partition); otherwise the key decides."""
-        self.records.append((topic, key, value, headers, partition))
-
-    def emit_early(self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None) -> None:
-        """A record whose content is a function of committed input alone (the handler reads only committed
-        records, and its state is rebuilt from them): it is produced at once, outside the transaction, and
-        acknowledged before the batch commits. A batch that aborts or a process that dies before its commit
-        is replayed and writes it again, the same bytes, so a reader may see it twice but never two
-        versions, and never loses it (docs/decisions/0006-one-commit-on-the-way.md)."""
-        self.early.append((topic, key, value, headers, None))
-
-
-class Handler(Protocol):
-    def assigned(self, partitions: list[int]) -> dict[tuple[str, int], int] | None:
-        """Rebuild state for these input partition numbers (co-partitioned across topics). May return
-        start offsets for some input (topic, partition)s, overriding the committed ones: a service that
-        folds an input topic at assignment continues from where its fold ended."""
-
-    def revoked(self, partitions: list[int]) -> None: ...
-
-    def handle(self, msg: Message, out: Outbox) -> None:
-        """Decode, decide, evolve, emit. Raise LedgergateError for input that cannot be processed."""
-
-    def idle(self, now_ms: int, out: Outbox) -> None:
-        """Called about every `idle_interval_ms` inside a transaction (expiry, periodic work)."""
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    service: str
-    instance_id: str
-    bootstrap: str
-    group_id: str
-    topics: list[str]
-    deadletter_topic: str
-    max_batch: int = 500
-    poll_timeout_s: float = 0.002
-    idle_interval_ms: int = 500
-    # Range assignment gives one member the same partition numbers of every input topic: the
-    # co-partitioning that lets a service join a tenant's streams in memory.
-    assignment_strategy: str = "range"
-    # True: outputs and input offsets commit in one Kafka transaction (exactly once). False: outputs
-    # are produced and acknowledged, then offsets committed (at least once), about 4 ms less per hop
-    # measured here; only for services whose every output is idempotent downstream.
-    exactly_once: bool = True
-    # How long to wait for a batch to fill once the input is drained. 0 hands the first message to the
-    # handler at once (lowest latency); a transactional service gathers for a moment instead, because
-    # each transaction costs ~1.4 ms of CPU and batches amortise it (measured: see 0003).
-    batch_linger_s: float = 0.0
-    # A commit or abort that the broker cannot take for this long (an outage past the transaction
-    # timeout) ends the process: a fresh instance recovers faster than a client in an unknown state.
-    commit_deadline_ms: int = 90_000
-    stall_after_ms: int = 15_000
-    shutdown_timeout_ms: int = 20_000
-    health_host: str = "127.0.0.1"
-    health_port: int = 0
-
-
-def options_for(service: str, settings: ServiceSettings, input_topics: list[str], **overrides: Any) -> RuntimeOptions:
-    """The runtime options every service derives the same way from its settings."""
-    if overrides.get("exactly_once", True):
-        overrides.setdefault("batch_linger_s", settings.batch_linger_ms / 1000)
-    return RuntimeOptions(
-        service=service, instance_id=settings.instance_id, bootstrap=settings.kafka_bootstrap,
-        group_id=f"{settings.topic_prefix}ledgergate-{service}", topics=input_topics,
-        deadletter_topic=settings.topic(DEADLETTER), max_batch=settings.max_batch,
-        poll_timeout_s=settings.poll_timeout_ms / 1000, stall_after_ms=settings.stall_after_ms,
-        shutdown_timeout_ms=settings.shutdown_timeout_ms, health_host=settings.health_host,
-        health_port=settings.health_port, **overrides)
 
 
 def run_service(service: str, settings: ServiceSettings, handler: Handler, input_topics: list[str],
@@ -381,7 +297,7 @@ class TransactionalRuntime:
         if not offsets and not out.records:
             self.health.turned()
             return
-        if self.options.exactly_once and _generation_of(group) < 0:
+        if self.options.exactly_once and generation_of(group) < 0:
             # Read while this instance was not a member of its group: a zombie woken after its session
             # expired, whose client has already dropped its generation. The broker would take offsets sent
             # under no generation (it cannot tell them from a standalone producer's), so nothing of the batch
@@ -539,16 +455,6 @@ class TransactionalRuntime:
         self.log.info("dead_lettered", topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), error=code)
         envelope, headers = dead_letter(msg, self.options.service, code, message)
         out.emit(self.options.deadletter_topic, msg.key(), envelope, headers)
-
-
-def _generation_of(group_metadata: object) -> int:
-    """The group generation in confluent-kafka's consumer group metadata (librdkafka's serialisation:
-    b"CGMDv2:", then the generation as a native int32); -1 when the client holds none. A format this
-    does not know reads as generation 0, which leaves the broker's own check to fence."""
-    if not isinstance(group_metadata, bytes) or not group_metadata.startswith(CGMD_MAGIC):
-        return 0
-    start = len(CGMD_MAGIC)
-    return int.from_bytes(group_metadata[start:start + 4], sys.byteorder, signed=True)
 
 
 def _mono_ms() -> int:

@@ -17,7 +17,8 @@ from ledgergate.shared.settings import KafkaSettings
 
 SERVICE = r"""
 import sys
-from ledgergate.shared.kafka.runtime import RuntimeOptions, TransactionalRuntime
+from ledgergate.shared.kafka.options import RuntimeOptions
+from ledgergate.shared.kafka.runtime import TransactionalRuntime
 from ledgergate.shared.logging import configure
 
 bootstrap, group, source, sink, deadletter = sys.argv[1:6]

@@ -8,7 +8,7 @@ import sys
 from confluent_kafka import Consumer
 
 from ledgergate.kafka_config import consumer_config
-from ledgergate.shared.kafka.runtime import CGMD_MAGIC, _generation_of
+from ledgergate.shared.kafka.fence import CGMD_MAGIC, generation_of
 
 
 def test_a_client_outside_its_group_holds_generation_minus_one() -> None:
@@ -16,12 +16,12 @@ def test_a_client_outside_its_group_holds_generation_minus_one() -> None:
     try:
         metadata = consumer.consumer_group_metadata()
         assert isinstance(metadata, bytes) and metadata.startswith(CGMD_MAGIC)
-        assert _generation_of(metadata) == -1
+        assert generation_of(metadata) == -1
     finally:
         consumer.close()
 
 
 def test_a_joined_generation_and_an_unknown_format() -> None:
-    assert _generation_of(CGMD_MAGIC + (7).to_bytes(4, sys.byteorder, signed=True) + b"group\x00member\x00\x01") == 7
+    assert generation_of(CGMD_MAGIC + (7).to_bytes(4, sys.byteorder, signed=True) + b"group\x00member\x00\x01") == 7
     # A format this does not know leaves the check to the broker.
-    assert _generation_of(b"CGMDv9:whatever") == 0 and _generation_of(object()) == 0
+    assert generation_of(b"CGMDv9:whatever") == 0 and generation_of(object()) == 0

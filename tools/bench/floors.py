@@ -71,7 +71,8 @@ class _Echo:
 def relay(spec: dict[str, Any]) -> None:
     bootstrap, src, dst, mode = spec["bootstrap"], spec["in"], spec["out"], spec["mode"]
     if mode == "runtime":
-        from ledgergate.shared.kafka.runtime import RuntimeOptions, TransactionalRuntime
+        from ledgergate.shared.kafka.options import RuntimeOptions
+        from ledgergate.shared.kafka.runtime import TransactionalRuntime
 
         s = ServiceSettings()
         options = RuntimeOptions(service="floor-relay", instance_id=spec["id"], bootstrap=bootstrap,
