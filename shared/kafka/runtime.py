@@ -443,13 +443,12 @@ class TransactionalRuntime:
 
     def _rewind(self) -> None:
         """After an abort the in-memory state may hold uncommitted entries: rebuild and re-read."""
-        assignment = self.consumer.assignment()
-        committed = self.consumer.committed(assignment, timeout=30)
-        starts = self.handler.assigned(self._assigned) or {}
-        self._remember_offsets(committed, starts)
+        committed = self._await_stable_offsets(self.consumer, self.consumer.assignment())
+        if committed is None:
+            return  # recorded as fatal: the loop raises it before anything else commits
+        self._remember_offsets(committed, self.handler.assigned(self._assigned) or {})
         for tp in committed:
-            offset = starts.get((tp.topic, tp.partition), tp.offset if tp.offset >= 0 else 0)
-            self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, self._next_offsets[(tp.topic, tp.partition)]))
 
     def _dead_letter(self, msg: Message, code: str, message: str, out: Outbox) -> None:
         self.log.info("dead_lettered", topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), error=code)

@@ -86,7 +86,8 @@ class GateBench:
             self._wait_ready(client)
             work = workload(self.options.tenants, self.tag, self.total, self.options.seed, self.options.shape)
             hot = hot_tenant(work) if self.options.shape == "hot" else None
-            seed_s = seed_budgets(self.bootstrap, self.prefix, limits(work, hot))
+            tenant_limits = limits(work, hot)
+            seed_s = seed_budgets(self.bootstrap, self.prefix, tenant_limits)
             say(f"gate: services answered after {time.monotonic() - started:.1f} s; "
                 f"{self.options.tenants} budgets set in {seed_s:.1f} s")
             out: dict[str, Any] = {"prefix": self.prefix, "tenants": self.options.tenants, "shape": self.options.shape,
@@ -105,7 +106,7 @@ class GateBench:
             if self.options.race_requests:
                 out["race"] = self._race(client)
             if hot is not None:
-                out["hot_tenant"] = self._hot_account(work, hot)
+                out["hot_tenant"] = self._hot_account(work, hot, tenant_limits[hot])
             out["processes"] = self._process_figures()
             return out
         finally:
@@ -199,14 +200,14 @@ class GateBench:
                 "overspend_micro_usd": max(0, -worst), "min_headroom_micro_usd": worst,
                 "seconds": round(elapsed, 2)}
 
-    def _hot_account(self, work: Any, tenant: str) -> dict[str, Any]:
+    def _hot_account(self, work: Any, tenant: str, limit_micro_usd: int) -> dict[str, Any]:
         """The hot tenant's share of what was sent, its limit, and its lowest headroom in the ledger's own
         fold (negative = overspent)."""
         sent = work.schedule[:self.offset]
         share = sum(work.agents[a].tenant == tenant for a, *_ in sent) / max(1, len(sent))
         worst = self._min_headroom(tenant)
         return {"tenant_id": tenant, "share_of_requests": round(share, 3),
-                "limit_micro_usd": limits(work, tenant)[tenant], "min_headroom_micro_usd": worst,
+                "limit_micro_usd": limit_micro_usd, "min_headroom_micro_usd": worst,
                 "overspend_micro_usd": max(0, -worst)}
 
     def _min_headroom(self, tenant: str) -> int:

@@ -65,8 +65,8 @@ def hot_schedule(work: Workload, seed: int) -> list[tuple[int, int, str, int]]:
     by_tenant: dict[str, list[int]] = {}
     for a, agent in enumerate(work.agents):
         by_tenant.setdefault(agent.tenant, []).append(a)
-    hot, *ranked = sorted(by_tenant)
-    ranked = ranked or [hot]
+    hot = hot_tenant(work)
+    ranked = sorted(set(by_tenant) - {hot}) or [hot]
     weights = [1 / (rank + 1) ** ZIPF_S for rank in range(len(ranked))]
     senders = rng.choices(ranked, weights, k=len(work.schedule))
     schedule = []
@@ -79,6 +79,7 @@ def hot_schedule(work: Workload, seed: int) -> list[tuple[int, int, str, int]]:
 
 
 def hot_tenant(work: Workload) -> str:
+    """The hot-tenant shape's hot tenant: the first by name."""
     return min(agent.tenant for agent in work.agents)
 
 
