@@ -144,4 +144,4 @@ def run(settings: PolicySettings | None = None) -> None:
     # At least once: a re-planned request reaches the budget-manager as a repeat of the same id and
     # content, which it answers with ReservationRepeated (an identical decision), never a second hold.
     run_service("policy", s, service, [service.topic_counted, service.topic_ledger], service.log,
-                exactly_once=False)
+                delivery="produce-then-commit")

@@ -164,4 +164,4 @@ def run(settings: TokenCounterSettings | None = None) -> None:
     s = settings or TokenCounterSettings()
     counter = TokenCounter(s)
     run_service("token-counter", s, counter, [counter.topic_requests, counter.topic_completions], counter.log,
-                assignment_strategy="cooperative-sticky", exactly_once=False)
+                assignment_strategy="cooperative-sticky", delivery="produce-then-commit")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from ledgergate.shared.settings import ServiceSettings
 from ledgergate.topics import DEADLETTER
+
+Delivery = Literal["kafka-transaction", "produce-then-commit", "offsets-in-sink"]
 
 
 @dataclass(frozen=True)
@@ -23,10 +25,16 @@ class RuntimeOptions:
     # Range assignment gives one member the same partition numbers of every input topic: the
     # co-partitioning that lets a service join a tenant's streams in memory.
     assignment_strategy: str = "range"
-    # True: outputs and input offsets commit in one Kafka transaction (exactly once). False: outputs
-    # are produced and acknowledged, then offsets committed (at least once), about 4 ms less per hop
-    # measured here; only for services whose every output is idempotent downstream.
-    exactly_once: bool = True
+    # How a batch's outputs and input offsets become durable together (shared/kafka/delivery.py):
+    # "kafka-transaction" (exactly once); "produce-then-commit" (at least once, about 4 ms less per hop
+    # measured here, only for services whose every output is idempotent downstream); "offsets-in-sink"
+    # (the offsets stored with the rows in the service's own store: the projector).
+    delivery: Delivery = "kafka-transaction"
+    # librdkafka options of this service's consumer beyond ledgergate.kafka_config's (the one place).
+    consumer_overrides: dict[str, Any] = field(default_factory=dict)
+    # Exit for a fresh instance when input waits twice stall_after_ms with nothing consumed (a consumer
+    # wedged after a broker restart). False for a service that waits on a store of its own meanwhile.
+    stalled_exit: bool = True
     # How long to wait for a batch to fill once the input is drained. 0 hands the first message to the
     # handler at once (lowest latency); a transactional service gathers for a moment instead, because
     # each transaction costs ~1.4 ms of CPU and batches amortise it (measured: see 0003).
@@ -42,12 +50,13 @@ class RuntimeOptions:
 
 def options_for(service: str, settings: ServiceSettings, input_topics: list[str], **overrides: Any) -> RuntimeOptions:
     """The runtime options every service derives the same way from its settings."""
-    if overrides.get("exactly_once", True):
+    if overrides.get("delivery", "kafka-transaction") == "kafka-transaction":
         overrides.setdefault("batch_linger_s", settings.batch_linger_ms / 1000)
-    return RuntimeOptions(
-        service=service, instance_id=settings.instance_id, bootstrap=settings.kafka_bootstrap,
-        group_id=f"{settings.topic_prefix}ledgergate-{service}", topics=input_topics,
-        deadletter_topic=settings.topic(DEADLETTER), max_batch=settings.max_batch,
-        poll_timeout_s=settings.poll_timeout_ms / 1000, stall_after_ms=settings.stall_after_ms,
-        shutdown_timeout_ms=settings.shutdown_timeout_ms, health_host=settings.health_host,
-        health_port=settings.health_port, **overrides)
+    fields: dict[str, Any] = {
+        "service": service, "instance_id": settings.instance_id, "bootstrap": settings.kafka_bootstrap,
+        "group_id": f"{settings.topic_prefix}ledgergate-{service}", "topics": input_topics,
+        "deadletter_topic": settings.topic(DEADLETTER), "max_batch": settings.max_batch,
+        "poll_timeout_s": settings.poll_timeout_ms / 1000, "stall_after_ms": settings.stall_after_ms,
+        "shutdown_timeout_ms": settings.shutdown_timeout_ms, "health_host": settings.health_host,
+        "health_port": settings.health_port}
+    return RuntimeOptions(**{**fields, **overrides})

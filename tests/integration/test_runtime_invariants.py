@@ -18,7 +18,7 @@ from ledgergate.shared.settings import KafkaSettings
 SERVICE = r"""
 import sys
 from ledgergate.shared.kafka.options import RuntimeOptions
-from ledgergate.shared.kafka.runtime import TransactionalRuntime
+from ledgergate.shared.kafka.runtime import StreamRuntime
 from ledgergate.shared.logging import configure
 
 bootstrap, group, source, sink, deadletter = sys.argv[1:6]
@@ -35,7 +35,7 @@ class Echo:
 
 options = RuntimeOptions(service="invariants", instance_id="0", bootstrap=bootstrap, group_id=group,
                          topics=[source], deadletter_topic=deadletter, batch_linger_s=0.5)
-TransactionalRuntime(options, Echo(), configure("invariants")).run(max_seconds=60)
+StreamRuntime(options, Echo(), configure("invariants")).run(max_seconds=60)
 """
 
 

@@ -72,14 +72,14 @@ def relay(spec: dict[str, Any]) -> None:
     bootstrap, src, dst, mode = spec["bootstrap"], spec["in"], spec["out"], spec["mode"]
     if mode == "runtime":
         from ledgergate.shared.kafka.options import RuntimeOptions
-        from ledgergate.shared.kafka.runtime import TransactionalRuntime
+        from ledgergate.shared.kafka.runtime import StreamRuntime
 
         s = ServiceSettings()
         options = RuntimeOptions(service="floor-relay", instance_id=spec["id"], bootstrap=bootstrap,
                                  group_id=spec["group"], topics=[src], deadletter_topic=dst,
                                  max_batch=s.max_batch, poll_timeout_s=s.poll_timeout_ms / 1000,
-                                 exactly_once=spec["exactly_once"])
-        TransactionalRuntime(options, _Echo(dst, f"r{spec['id']}")).run()
+                                 delivery="kafka-transaction" if spec["exactly_once"] else "produce-then-commit")
+        StreamRuntime(options, _Echo(dst, f"r{spec['id']}")).run()
         return
     running = True
 
