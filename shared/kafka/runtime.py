@@ -120,7 +120,7 @@ class StreamRuntime:
         # Cooperative assignment hands over increments; eager hands over the whole set after a revoke.
         numbers = sorted({p.partition for p in partitions})
         self._owned |= {(tp.topic, tp.partition) for tp in partitions}
-        self.log.info("partitions_assigned", partitions=numbers)
+        self.log.info("partitions_assigned", partitions=numbers, **self._increment(partitions))
         committed = self.delivery.positions(partitions)
         if committed is None:
             return  # recorded as fatal: the loop raises it (an exception raised in a callback is mangled)
@@ -135,6 +135,12 @@ class StreamRuntime:
         else:
             consumer.assign(partitions)
 
+    def _increment(self, partitions: list[TopicPartition]) -> dict[str, list[str]]:
+        """Cooperative assignment moves partitions of each topic on their own: name them for the log."""
+        if self.options.assignment_strategy != "cooperative-sticky":
+            return {}
+        return {"topic_partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)}
+
     def _remember_offsets(self, committed: list[TopicPartition], starts: dict[tuple[str, int], int]) -> None:
         for tp in committed:
             key = (tp.topic, tp.partition)
@@ -145,7 +151,7 @@ class StreamRuntime:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({p.partition for p in partitions})
-        self.log.info("partitions_revoked", partitions=numbers)
+        self.log.info("partitions_revoked", partitions=numbers, **self._increment(partitions))
         self.handler.revoked(numbers)
         self.delivery.forget(partitions)
         gone = {(tp.topic, tp.partition) for tp in partitions}

@@ -33,13 +33,13 @@ PARTITIONS = 6
 
 def _assigned(log: Path) -> set[str] | None:
     """What a log says the instance owns now: the running union of its `partitions_assigned` lines
-    (partition numbers, or the projector's topic:partition keys, which arrive as increments) less its
-    `partitions_revoked` lines; None before the first assignment."""
+    (partition numbers, or under cooperative assignment the topic:partition keys, which arrive as
+    increments) less its `partitions_revoked` lines; None before the first assignment."""
     owned: set[str] | None = None
     for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
         if '"partitions_assigned"' in line or '"partitions_revoked"' in line:
             rec = json.loads(line)
-            named = {str(p) for p in rec.get("partitions") or rec.get("offsets") or []}
+            named = {str(p) for p in rec.get("topic_partitions") or rec.get("partitions") or []}
             owned = (owned or set()) | named if rec["event"] == "partitions_assigned" else (owned or set()) - named
     return owned
 
