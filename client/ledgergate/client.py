@@ -80,7 +80,7 @@ class GateClient:
         self.delivery_errors = 0
         self._producer = Producer(producer_config(bootstrap))
         self._consumer = Consumer(consumer_config(bootstrap, f"ledgergate-client-{uuid.uuid4().hex}", **{
-            "enable.auto.commit": False, "isolation.level": "read_committed", "fetch.wait.max.ms": 5,
+            "enable.auto.commit": False, "isolation.level": "read_committed",
             "enable.partition.eof": False, "auto.offset.reset": "latest"}))
         try:
             self._assign_at_end(timeout_s=max(timeout_s, 10.0))

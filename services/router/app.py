@@ -122,4 +122,7 @@ def _forgotten(entry: ReservationRepeated) -> GateDecision:
 def run(settings: RouterSettings | None = None) -> None:
     s = settings or RouterSettings()
     router = Router(s)
-    run_service("router", s, router, [router.topic_ledger], router.log)
+    # The decisions are early records (on the request's way at once); the audit records and offsets commit
+    # every audit_commit_interval_ms, so the router needs no linger to gather batches.
+    run_service("router", s, router, [router.topic_ledger], router.log, commit_interval_ms=s.audit_commit_interval_ms,
+                batch_linger_s=0.0 if s.audit_commit_interval_ms else s.batch_linger_ms / 1000)

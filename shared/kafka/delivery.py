@@ -61,8 +61,14 @@ class Delivery(Protocol):
         """These partitions were revoked."""
 
     def commit(self, out: Outbox, offsets: Offsets, group: object) -> bool:
-        """Make the batch's outputs and offsets durable together. False: nothing committed, the runtime
-        rebuilds and reads the input again from `positions`."""
+        """Make the batch's outputs and offsets durable together (now, or by the next `flush` that is
+        due). False: nothing committed, the runtime rebuilds and reads the input again from `positions`."""
+
+    def flush(self, force: bool = True) -> bool:
+        """Commit staged batches that are due (all of them, `force`); False as for commit."""
+
+    def discard(self) -> None:
+        """Drop staged batches uncommitted (the runtime then rebuilds and reads them again)."""
 
     def close(self) -> None: ...
 
@@ -147,6 +153,12 @@ class ProduceThenCommit:
                 self.ctx.log.warning("offset_commit_failed", error=str(exc.args[0]))
         return True
 
+    def flush(self, force: bool = True) -> bool:
+        return True
+
+    def discard(self) -> None:
+        pass
+
     def close(self) -> None:
         self.producer.flush(5)
 
@@ -197,6 +209,12 @@ class OffsetsInSink:
         except KafkaException as exc:
             self.ctx.log.debug("informational_commit_failed", error=str(exc))
         return True
+
+    def flush(self, force: bool = True) -> bool:
+        return True
+
+    def discard(self) -> None:
+        pass
 
     def close(self) -> None:
         self.sink.close()

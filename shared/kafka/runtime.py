@@ -152,8 +152,8 @@ class StreamRuntime:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted({p.partition for p in partitions})
         self.log.info("partitions_revoked", partitions=numbers, **self._increment(partitions))
+        self.delivery.forget(partitions)  # first: what is staged commits (or aborts) while they are ours
         self.handler.revoked(numbers)
-        self.delivery.forget(partitions)
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._owned -= gone
         self._next_offsets = {k: v for k, v in self._next_offsets.items() if k not in gone}
@@ -227,12 +227,19 @@ class StreamRuntime:
                 self.health.detail = {"partitions": self._assigned}
             else:
                 self.health.turned()
-            if not msgs and not (idle_due and self._owned):
-                continue
-            self._batch(msgs, now_ms if idle_due and self._owned else None)
+            if msgs or (idle_due and self._owned):
+                self._batch(msgs, now_ms if idle_due and self._owned else None)
+            if not self.delivery.flush(force=False):  # staged batches whose commit interval is up
+                self._rewind()
 
     def _close(self) -> None:
-        """Leave the group (partitions move at once) and flush; after a fatal error either may fail."""
+        """Commit what is staged, leave the group (partitions move at once) and flush; after a fatal
+        error any of it may fail."""
+        if self.errors.fatal is None:
+            try:
+                self.delivery.flush(force=True)
+            except (FatalClientError, Stopping, KafkaException) as exc:
+                self.log.warning("final_commit_failed", error=str(exc), note="the next instance reads it again")
         try:
             with self.health.call("consumer_close", CLOSE_TIMEOUT_MS):
                 self.consumer.close()
@@ -282,6 +289,7 @@ class StreamRuntime:
             # under no generation (it cannot tell them from a standalone producer's), so nothing of the batch
             # may commit: the state it changed is rebuilt and the input read again, if still ours.
             self.log.warning("batch_outside_group", messages=len(msgs), note="not committed; state rebuilt")
+            self.delivery.discard()
             self._rewind()
             return
         if transactional and out.records and not offsets:

@@ -51,6 +51,15 @@ class KafkaTransaction:
             **{"client.id": f"{o.service}-{o.instance_id}-tx", "error_cb": ctx.errors.on_error}))
         # Made on first use: only a service that has early records pays for the connection.
         self._early: Producer | None = None
+        # The open transaction: when it began (None: none open), the offsets and group generation staged
+        # in it, whether early records precede it. Open across batches only with a commit interval.
+        self._opened_ms: int | None = None
+        self._offsets: Offsets = {}
+        self._group: object = None
+        self._early_open = False
+        # An error met inside a rebalance callback, where raising is mangled: raised by the next call.
+        self._pending: Exception | None = None
+        self._aborted_at_revoke = False
 
     def start(self) -> None:
         try:
@@ -90,40 +99,96 @@ class KafkaTransaction:
                 time.sleep(0.1)
 
     def forget(self, partitions: list[TopicPartition]) -> None:
-        pass
+        """Commit what is staged before the partitions move (under a lost generation the broker refuses
+        the offsets and it aborts): the next owner must find it committed or never written."""
+        try:
+            if not self.flush(force=True):
+                self.ctx.log.warning("staged_work_aborted_at_revoke", note="the next owner reads it again")
+                self._aborted_at_revoke = True
+        except (FatalClientError, Stopping, KafkaException) as exc:
+            self._pending = exc
 
     def commit(self, out: Outbox, offsets: Offsets, group: object) -> bool:
-        """One transaction for the batch's outputs and input offsets. While the broker is away
-        send_offsets and abort time out with retriable errors and are retried until the deadline. A
-        commit is not: once it has timed out its outcome is the broker's to settle, so the process
-        exits and a fresh instance's init_transactions completes or aborts it, then rebuilds from
-        what was really committed (measured: one broker bounce in eight left requests undecided
-        while a timed-out commit was retried in place). An abortable error aborts; anything else is fatal."""
+        """The batch's outputs and input offsets in the open transaction, which commits now, or, with a
+        commit interval, once it has been open that long (its early records are out meanwhile: the
+        router's decisions wait for no commit). While the broker is away send_offsets and abort time out
+        with retriable errors and are retried until the deadline. A commit is not: once it has timed out
+        its outcome is the broker's to settle, so the process exits and a fresh instance's
+        init_transactions completes or aborts it, then rebuilds from what was really committed
+        (measured: one broker bounce in eight left requests undecided while a timed-out commit was
+        retried in place). An abortable error aborts; anything else is fatal. False: aborted, and
+        everything staged since the last commit is to be read again."""
+        self._raise_pending()
+        if self._aborted_at_revoke:
+            # What this batch changed rests on state whose staged outputs were aborted: rebuild first.
+            self._aborted_at_revoke = False
+            return False
         if out.early:
             self._produce_early(out)
         deadline_ms = mono_ms() + self.ctx.options.commit_deadline_ms
         try:
-            self.producer.begin_transaction()
+            if self._opened_ms is None:
+                self.producer.begin_transaction()
+                self._opened_ms = mono_ms()
             self.out.produce(self.producer, out.records)
+            self._offsets.update(offsets)
+            self._group = group
+            self._early_open = self._early_open or bool(out.early)
+        except KafkaException as exc:
+            return self._failed(exc, deadline_ms)
+        return self.flush(force=False)
+
+    def flush(self, force: bool = True) -> bool:
+        """Commit the open transaction if it has been open `commit_interval_ms` (or at once, `force`):
+        the loop calls it every turn, and a revoke or a stop before the partitions leave."""
+        self._raise_pending()
+        if self._opened_ms is None:
+            return True
+        if not force and mono_ms() - self._opened_ms < self.ctx.options.commit_interval_ms:
+            return True
+        deadline_ms = mono_ms() + self.ctx.options.commit_deadline_ms
+        offsets, group = self._offsets, self._group
+        try:
             if offsets:
                 tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
                 self._retrying("send_offsets", deadline_ms,
                                lambda: self.producer.send_offsets_to_transaction(tps, group, CALL_TIMEOUT_S))
-            if out.early:
+            if self._early_open:
                 # Every early record acknowledged, or no commit: the input offsets must not move past a
                 # record that was never written (the next instance reads the batch again and writes it).
                 assert self._early is not None
                 self.out.await_acks(self._early, deadline_ms, "flush_early", "early outputs", "the batch")
             self._retrying("commit", deadline_ms, lambda: self.producer.commit_transaction(COMMIT_TIMEOUT_S),
                            retry=False)
-            return True
         except KafkaException as exc:
-            kerr = exc.args[0]
-            if not kerr.txn_requires_abort() or kerr.fatal():
-                raise FatalClientError(f"{self.ctx.options.service}: transaction failed: {kerr}") from exc
-            self.ctx.log.warning("transaction_aborted", error=str(kerr))
-            self._retrying("abort", deadline_ms, lambda: self.producer.abort_transaction(CALL_TIMEOUT_S))
-            return False
+            return self._failed(exc, deadline_ms)
+        self._closed()
+        return True
+
+    def discard(self) -> None:
+        """Abort what is open (a batch read outside the group: nothing staged may commit)."""
+        if self._opened_ms is not None:
+            self.ctx.log.warning("transaction_discarded", note="staged under a generation that is gone")
+            self._retrying("abort", mono_ms() + self.ctx.options.commit_deadline_ms,
+                           lambda: self.producer.abort_transaction(CALL_TIMEOUT_S))
+            self._closed()
+
+    def _failed(self, exc: KafkaException, deadline_ms: int) -> bool:
+        kerr = exc.args[0]
+        if not kerr.txn_requires_abort() or kerr.fatal():
+            raise FatalClientError(f"{self.ctx.options.service}: transaction failed: {kerr}") from exc
+        self.ctx.log.warning("transaction_aborted", error=str(kerr))
+        self._retrying("abort", deadline_ms, lambda: self.producer.abort_transaction(CALL_TIMEOUT_S))
+        self._closed()
+        return False
+
+    def _closed(self) -> None:
+        self._opened_ms, self._offsets, self._group, self._early_open = None, {}, None, False
+
+    def _raise_pending(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            raise pending
 
     def _produce_early(self, out: Outbox) -> None:
         if self._early is None:

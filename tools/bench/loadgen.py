@@ -37,7 +37,8 @@ from ledgergate.tools.provider_standin import standin_call
 ALLOWED = ("ALLOW", "DOWNGRADE")
 # Client send -> the four services' stamps -> client receive; `sched` -> `send` is the sender's own lag.
 STAGES = ("sched", "send", "count", "policy", "budget", "route")
-CLIENT_CONSUMER = {"enable.auto.commit": False, "isolation.level": "read_committed", "fetch.wait.max.ms": 5,
+# As GateClient's consumer (client/ledgergate/client.py), on consumer_config's fetch wait.
+CLIENT_CONSUMER = {"enable.auto.commit": False, "isolation.level": "read_committed",
                    "enable.partition.eof": False, "auto.offset.reset": "latest"}
 
 
