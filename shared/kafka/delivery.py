@@ -121,7 +121,27 @@ class Producing:
             self.ctx.log.info("delivery_failed", error=str(err))
 
 
-class ProduceThenCommit:
+class _EachBatch:
+    """A strategy that makes each batch durable in its own commit call: nothing is ever staged."""
+
+    ctx: Context
+
+    def flush(self, force: bool = True) -> bool:
+        return True
+
+    def discard(self) -> None:
+        pass
+
+    def _commit_kafka_offsets(self, offsets: Offsets, failed: str) -> None:
+        """Asynchronously: if the coordinator is away, the next batch's commit covers these offsets."""
+        try:
+            self.ctx.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                     asynchronous=True)
+        except KafkaException as exc:
+            self.ctx.log.warning(failed, error=str(exc.args[0]))
+
+
+class ProduceThenCommit(_EachBatch):
     """At least once: offsets are committed only after every output is acknowledged, so a crash in
     between re-processes the batch (duplicates that downstream idempotency absorbs), never loses it."""
 
@@ -147,17 +167,8 @@ class ProduceThenCommit:
         self.out.await_acks(self.producer, mono_ms() + self.ctx.options.commit_deadline_ms, "flush", "outputs",
                             "offsets")
         if offsets:
-            try:
-                self.ctx.consumer.commit(offsets=_tps(offsets), asynchronous=True)
-            except KafkaException as exc:  # no coordinator right now: the next batch's commit covers it
-                self.ctx.log.warning("offset_commit_failed", error=str(exc.args[0]))
+            self._commit_kafka_offsets(offsets, "offset_commit_failed")
         return True
-
-    def flush(self, force: bool = True) -> bool:
-        return True
-
-    def discard(self) -> None:
-        pass
 
     def close(self) -> None:
         self.producer.flush(5)
@@ -181,7 +192,7 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-class OffsetsInSink:
+class OffsetsInSink(_EachBatch):
     """Exactly once into a store that is not Kafka: the sink's transaction holds the offsets."""
 
     transactional = False
@@ -204,24 +215,12 @@ class OffsetsInSink:
         assert not out.records and not out.early, "a sink delivery has no Kafka outputs to commit with its rows"
         if not offsets or not self.sink.write(offsets):
             return not offsets
-        try:  # informational only (lag tools); the offsets in the sink are the ones that count
-            self.ctx.consumer.commit(offsets=_tps(offsets), asynchronous=True)
-        except KafkaException as exc:
-            self.ctx.log.debug("informational_commit_failed", error=str(exc))
+        # Informational only (lag tools); the offsets in the sink are the ones that count.
+        self._commit_kafka_offsets(offsets, "informational_commit_failed")
         return True
-
-    def flush(self, force: bool = True) -> bool:
-        return True
-
-    def discard(self) -> None:
-        pass
 
     def close(self) -> None:
         self.sink.close()
-
-
-def _tps(offsets: Offsets) -> list[TopicPartition]:
-    return [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
 
 
 def mono_ms() -> int:
