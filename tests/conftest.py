@@ -11,6 +11,8 @@ import pytest
 
 from ledgergate.shared.settings import KafkaSettings, PostgresSettings, StackSettings
 
+TEST_PARTITIONS = 6
+
 
 @pytest.fixture(scope="session")
 def stack() -> StackSettings:
@@ -31,7 +33,9 @@ def kafka(stack: StackSettings) -> Iterator[KafkaSettings]:
 
     settings = KafkaSettings(kafka_bootstrap=f"127.0.0.1:{stack.kafka_port}",
                              topic_prefix=f"t{uuid.uuid4().hex[:10]}.")
-    specs = provision.load_specs(prefix=settings.topic_prefix)
+    # Fewer partitions than a new install's 12 keep rebuilds and rebalances short in the suite; the
+    # scale-out and zombie tests run two instances, well within six.
+    specs = provision.load_specs(partitions=TEST_PARTITIONS, prefix=settings.topic_prefix)
     provision.apply(settings.kafka_bootstrap, specs)
     yield settings
     if os.environ.get("LEDGERGATE_TEST_KEEP_TOPICS"):  # to read a failed test's topics afterwards

@@ -42,7 +42,8 @@ def _topics(args: argparse.Namespace) -> int:
     settings = KafkaSettings()
     if args.action == "apply":
         specs = provision.load_specs(partitions=settings.kafka_partitions, prefix=settings.topic_prefix)
-        for line in provision.apply(settings.kafka_bootstrap, specs):
+        explicit = settings.kafka_partitions is not None
+        for line in provision.apply(settings.kafka_bootstrap, specs, require_count=explicit):
             print(line)
     else:
         for name, count in sorted(provision.describe(settings.kafka_bootstrap).items()):
@@ -211,11 +212,21 @@ def _apikey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _k8s(args: argparse.Namespace) -> int:
+    from ledgergate.tools import k8s
+
+    for path in k8s.write():
+        print(path)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from ledgergate.tools import run
 
-    run.run(args.service)
-    return 0
+    if args.instances == 1:
+        run.run(args.service)
+        return 0
+    return run.run_instances(args.service, args.instances)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,7 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one service in the foreground (token-counter, policy, budget-manager, router, "
                                    "alerter, ...)")
     p.add_argument("service")
+    p.add_argument("--instances", type=int, default=1, choices=range(1, 65), metavar="N",
+                   help="run N instances (ids 0..N-1) under a supervisor that restarts any that exits; their "
+                        "logs go to <data dir>/logs/<service>[@i].log. Useful up to the topics' partition count")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("k8s", help="render the Kubernetes manifests into deploy/k8s/ (generated from the code)")
+    p.add_argument("action", choices=["render"])
+    p.set_defaults(func=_k8s)
 
     p = sub.add_parser("stack", help="start, stop or report the local Kafka + PostgreSQL stack; clean = stop and "
                                      "delete its data directory (LEDGERGATE_DATA_DIR)")
@@ -259,9 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure the gate on the local stack beside its floors (see BENCHMARKS.md)")
     p.add_argument("mode", nargs="?", default="all",
-                   choices=["all", "max", "rate", "floors", "ledger", "baseline", "hot"],
+                   choices=["all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale"],
                    help="all (default): max search, rate 1000/s, race, floors, ledger, PostgreSQL baseline, "
-                        "hot tenant (gate and baseline)")
+                        "hot tenant (gate and baseline), scale (the max search with two instances of each service)")
     p.add_argument("rate", nargs="?", type=float, help="requests per second for `bench rate R`")
     p.add_argument("--duration-s", type=float, default=20.0, help="length of the fixed-rate run")
     p.add_argument("--step-s", type=float, default=4.0, help="length of each max-search step")

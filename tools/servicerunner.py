@@ -7,6 +7,10 @@ children in order; a restarted service appends to the same log, so one file show
 With `supervise=True` it is also the dev stack's supervisor: a child that exits without being asked
 to (a fatal client error exits non-zero on purpose) is started again after a backoff that doubles up
 to RESTART_BACKOFF_MAX_S and resets once the child has run for RESTART_RESET_S.
+
+Several instances of one service run side by side as `service`, `service@1`, `service@2`, ...
+(`ledgergate run <service> --instances N`): each its own instance id, so its own transactional id, and
+the group shares the partitions among them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,25 @@ GATE_SERVICES = ("token-counter", "policy", "budget-manager", "router")
 RESTART_BACKOFF_S = 0.5
 RESTART_BACKOFF_MAX_S = 15.0
 RESTART_RESET_S = 60.0
+# `router@1` is instance 1 of the router (LEDGERGATE_INSTANCE_ID=1); more than the partition count of the
+# topics would sit idle.
+INSTANCE_SEP = "@"
+MAX_INSTANCES = 64
+
+
+def instance_name(service: str, index: int) -> str:
+    """A child's name: the service's for instance 0, `service@index` for the others (its log file too)."""
+    assert 0 <= index < MAX_INSTANCES, f"instance index out of range: {index}"
+    return service if index == 0 else f"{service}{INSTANCE_SEP}{index}"
+
+
+def service_of(name: str) -> str:
+    return name.split(INSTANCE_SEP, 1)[0]
+
+
+def instance_of(name: str) -> int:
+    _, sep, index = name.partition(INSTANCE_SEP)
+    return int(index) if sep else 0
 
 
 class ServiceSet:
@@ -96,7 +119,17 @@ class ServiceSet:
     # --- control -------------------------------------------------------------------------------
 
     def command(self, name: str) -> list[str]:
-        return [sys.executable, "-m", "ledgergate.tools.cli", "run", name]
+        return [sys.executable, "-m", "ledgergate.tools.cli", "run", service_of(name)]
+
+    def _child_env(self, name: str) -> dict[str, str]:
+        env = {**self.env, **self.env_for.get(name, {})}
+        index = instance_of(name)
+        if index:
+            # Its own transactional id and client id; its own health port beside instance 0's.
+            env["LEDGERGATE_INSTANCE_ID"] = str(index)
+            if int(env.get("LEDGERGATE_HEALTH_PORT") or 0):
+                env["LEDGERGATE_HEALTH_PORT"] = str(int(env["LEDGERGATE_HEALTH_PORT"]) + index)
+        return env
 
     def start(self, names: Iterable[str]) -> None:
         with self._lock:
@@ -113,8 +146,7 @@ class ServiceSet:
         mode = "ab" if name in self._started_once else "wb"
         log = open(self.log_path(name), mode)  # noqa: SIM115 - lives as long as the process
         try:
-            proc = subprocess.Popen(self.command(name), cwd=PROJECT_ROOT,
-                                    env={**self.env, **self.env_for.get(name, {})},
+            proc = subprocess.Popen(self.command(name), cwd=PROJECT_ROOT, env=self._child_env(name),
                                     stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from ledgergate.codec import schemas_dir
 from ledgergate.errors import TopicConfigError
@@ -47,11 +47,29 @@ def load_specs(path: Path | None = None, partitions: int | None = None, prefix: 
     return specs
 
 
-def apply(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 30.0) -> list[str]:
-    """Create missing topics, grow partition counts, align configs. Never deletes or shrinks."""
+def apply(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 30.0, require_count: bool = False) -> list[str]:
+    """Create missing topics and align configs. Never deletes, shrinks or grows a topic: adding partitions
+    moves keys (murmur2 modulo the count), so a tenant's ledger history would sit on one partition and its
+    new entries on another, under two single writers. The partition count is chosen when an install's
+    topics are first created; an existing install keeps its count, and topics added later get it too.
+    `require_count`: the caller asked for this count explicitly (LEDGERGATE_KAFKA_PARTITIONS), so an
+    install with another count is an error rather than kept."""
     admin = AdminClient(admin_config(bootstrap))
     existing = admin.list_topics(timeout=timeout_s).topics
     report: list[str] = []
+    have = {s.name: len(existing[s.name].partitions) for s in specs if s.name in existing}
+    counts = set(have.values())
+    if len(counts) > 1:
+        raise TopicConfigError(f"the existing topics disagree on their partition count ({sorted(counts)}), "
+                               f"so tenants are not co-partitioned: {have}")
+    asked = specs[0].partitions if specs else 0
+    if counts and (install := counts.pop()) != asked:
+        if require_count:
+            raise TopicConfigError(f"the topics have {install} partitions, not the {asked} asked; Kafka cannot "
+                                   f"shrink a topic and growing one moves tenants between partitions "
+                                   f"(docs/scaling.md: a new install, or a migration)")
+        report.append(f"kept    {install} partitions of the existing install (asked {asked}; growing moves keys)")
+        specs = [replace(s, partitions=install) for s in specs]
     to_create = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
                           config=s.config) for s in specs if s.name not in existing]
     if to_create:
@@ -63,19 +81,6 @@ def apply(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 30.0) -> li
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise TopicConfigError(f"creating {name} failed: {exc}") from exc
                 report.append(f"exists  {name}")
-    grow = []
-    for s in specs:
-        if s.name not in existing:
-            continue
-        have = len(existing[s.name].partitions)
-        if have > s.partitions:
-            raise TopicConfigError(f"{s.name} has {have} partitions, more than the {s.partitions} asked; "
-                                   f"Kafka cannot shrink a topic")
-        if have < s.partitions:
-            grow.append(NewPartitions(s.name, s.partitions))
-    for name, fut in (admin.create_partitions(grow, operation_timeout=timeout_s) if grow else {}).items():
-        fut.result()
-        report.append(f"grew    {name}")
     resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name, set_config=s.config)
                  for s in specs if s.name in existing]
     if resources:

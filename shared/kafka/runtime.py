@@ -189,6 +189,9 @@ class StreamRuntime:
         self.health.start_watchdog(self.log, stalled_exit_ms=stalled_exit_ms)
         if self.options.health_port:
             self.health.serve(self.options.health_host, self.options.health_port)
+        # The first line of each life: log readers (the tests' ownership tracking) start over here.
+        self.log.info("stream_starting", delivery=self.options.delivery, topics=self.options.topics,
+                      instance=self.options.instance_id)
         try:
             self.delivery.start()
             self.consumer.subscribe(self.options.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,

@@ -76,9 +76,13 @@ def test_bench_smoke_answers_every_request_and_reports_every_figure(stack: Stack
     assert hot["hot_tenant"]["overspend_micro_usd"] == 0
     assert hot_base["capacity"]["decided"] == hot_base["capacity"]["sent"] > 0
     assert hot_base["overspend_micro_usd"] == 0
+    # Two instances of each service: every request answered once through the shared partitions.
+    for step in [r["scale"]["warmup"], *r["scale"]["max"]["steps"]]:
+        assert step["missing"] == 0 and step["decided"] == step["sent"] > 0, step["label"]
     report = cli_report(r)
-    for target in ("PostgreSQL row lock", "4 plain relays", "p99 <=", "hot tenant: neither overspends"):
+    for target in ("PostgreSQL row lock", "4 plain relays", "p99 <=", "hot tenant: neither overspends",
+                   "SCALE: the same max search with two instances"):
         assert target in report, target
-    for phase in ("tokenizer", "memory", "echo", "gate", "baseline", "hot", "hot_baseline", "rebuild"):
+    for phase in ("tokenizer", "memory", "echo", "gate", "scale", "baseline", "hot", "hot_baseline", "rebuild"):
         assert r["phases"][phase]["wall_s"] > 0
     _positive(r["machine"], "nproc", "memory_gb")

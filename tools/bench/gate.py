@@ -30,7 +30,7 @@ from ledgergate.shared.ledger.state import TENANT, TenantState, evolve
 from ledgergate.shared.settings import PROJECT_ROOT, KafkaSettings
 from ledgergate.tools.bench import procstats
 from ledgergate.tools.bench.workload import hot_tenant, limits, mix, seed_budgets, wait_for_commands, workload
-from ledgergate.tools.servicerunner import GATE_SERVICES, ServiceSet
+from ledgergate.tools.servicerunner import GATE_SERVICES, ServiceSet, instance_name
 
 RACE_MODEL = "gpt-4.1-nano"  # no downgrade candidates: a request either fits the budget or is denied
 RACE_PROMPT = [{"role": "user", "content": "Summarise the quarterly ledger for the finance team in three bullets."}]
@@ -50,6 +50,7 @@ class GateOptions:
     race_affords: int = 20
     idle_s: float = 3.0
     shape: str = "fleet"  # "hot": one tenant sends half the traffic (tools/bench/workload.py)
+    instances: int = 1  # of each of the four services (`service`, `service@1`, ...)
     log_dir: Path = PROJECT_ROOT / ".data" / "bench"
 
 
@@ -67,6 +68,7 @@ class GateBench:
         plan = [opts.warmup, *opts.steps, *([opts.rate] if opts.rate else [])]
         self.total = sum(int(rate * secs) for rate, secs in plan)
         self.offset = 0
+        self.names = [instance_name(s, i) for s in GATE_SERVICES for i in range(opts.instances)]
         self.services = ServiceSet({"LEDGERGATE_KAFKA_BOOTSTRAP": self.bootstrap,
                                     "LEDGERGATE_TOPIC_PREFIX": self.prefix}, opts.log_dir / self.tag)
         # The broker only: PostgreSQL plays no part in the gate, so its CPU here is someone else's.
@@ -80,7 +82,7 @@ class GateBench:
         time.sleep(self.options.idle_s)
         broker_before = before.close()
         try:
-            self.services.start(GATE_SERVICES)
+            self.services.start(self.names)
             client = GateClient(self.bootstrap, self.prefix, timeout_s=30)
             started = time.monotonic()
             self._wait_ready(client)
@@ -229,7 +231,7 @@ class GateBench:
     # --- processes -----------------------------------------------------------------------------
 
     def _service_pids(self) -> dict[str, int]:
-        return {name: pid for name in GATE_SERVICES if (pid := self.services.pid(name)) is not None}
+        return {name: pid for name in self.names if (pid := self.services.pid(name)) is not None}
 
     def _process_figures(self) -> dict[str, Any]:
         """Read before the services stop: /proc entries vanish with them."""

@@ -149,6 +149,17 @@ def _hot(h: dict[str, Any], b: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _scale(two: dict[str, Any], one: dict[str, Any] | None) -> list[str]:
+    best2 = two.get("max", {}).get("highest_sustained_per_s", 0.0)
+    best1 = (one or {}).get("max", {}).get("highest_sustained_per_s")
+    busy = [s.get("cpu", {}).get("machine_busy_cores") for s in two.get("max", {}).get("steps", [])]
+    lines = ["SCALE: the same max search with two instances of each of the four services"]
+    ratio = f" = {best2 / best1:.2f}x the one instance of this run ({best1:.0f}/s)" if best1 else ""
+    lines.append(f"  two instances: highest sustained {best2:.0f} decisions/s{ratio}; machine busy cores per step "
+                 + ", ".join(f"{b:.2f}" for b in busy if b is not None))
+    return lines
+
+
 def _floors(f: dict[str, Any]) -> list[str]:
     lines = ["FLOORS (same broker, same client settings, no service logic)"]
     for name, e in f.get("echo", {}).items():
@@ -219,6 +230,8 @@ def table(r: dict[str, Any]) -> str:
     lines += [*targets(r), ""]
     if "gate" in r:
         lines += [*_gate(r["gate"]), ""]
+    if "scale" in r:
+        lines += [*_scale(r["scale"], r.get("gate")), ""]
     if "hot" in r:
         lines += [*_hot(r["hot"], r.get("hot_baseline")), ""]
     if "floors" in r:

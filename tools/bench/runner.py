@@ -29,7 +29,7 @@ from ledgergate.tools.bench.workload import request_record, workload
 RESULTS_DIR = PROJECT_ROOT / "tools" / "bench" / "results"
 NOISY_CORES = 0.3
 MAX_RATES = (250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
-MODES = ("all", "max", "rate", "floors", "ledger", "baseline", "hot")
+MODES = ("all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale")
 
 
 @dataclass
@@ -105,8 +105,10 @@ class Bench:
             self.phase("memory", self._memory)
         if mode in ("all", "floors"):
             self.phase("echo", self._echo)
-        if mode in ("all", "max", "rate"):
+        if mode in ("all", "max", "rate", "scale"):  # scale compares with the one-instance max search
             self.phase("gate", self._gate)
+        if mode in ("all", "scale"):
+            self.phase("scale", self._scale)
         if mode in ("all", "baseline"):
             self.phase("baseline", self._baseline)
         if mode in ("all", "hot"):
@@ -143,13 +145,23 @@ class Bench:
 
     def _gate(self) -> None:
         o = self.options
-        steps = [(r, o.step_s) for r in o.rates] if o.mode in ("all", "max") else []
+        steps = [(r, o.step_s) for r in o.rates] if o.mode in ("all", "max", "scale") else []
         rate = (o.rate, o.duration_s) if o.mode in ("all", "rate") else None
         race = self.options.sizes["race"] if o.mode == "all" else (0, 0)
         gate_opts = GateOptions(tenants=o.tenants, seed=o.seed, warmup=self.options.sizes["warmup"], steps=steps,
                                 rate=rate,
                                 race_requests=race[0], race_affords=race[1], idle_s=1.0 if o.smoke else 3.0)
         self.results["gate"] = GateBench(self.kafka, gate_opts).run()
+
+    def _scale(self) -> None:
+        """The max search again with two instances of each service: on two cores this shows what the second
+        instance costs (rebalances, fetches, a second rebuild), not what it adds (docs/scaling.md)."""
+        o = self.options
+        say("scale: the gate with two instances of each service, max search")
+        opts = GateOptions(tenants=o.tenants, seed=o.seed, warmup=o.sizes["warmup"],
+                           steps=[(r, o.step_s) for r in o.rates], race_requests=0,
+                           idle_s=1.0 if o.smoke else 3.0, instances=2)
+        self.results["scale"] = GateBench(self.kafka, opts).run()
 
     def _baseline(self) -> None:
         pg = self.options.sizes["pg"]

@@ -1,0 +1,153 @@
+"""`ledgergate k8s render`: the Kubernetes manifests in deploy/k8s/, generated so they cannot drift from
+the code: the processes from tools/run.py, the topics from schemas/topics.yaml (Strimzi `KafkaTopic`
+resources, one source of truth), the probes from the health endpoints every process serves, the
+resource requests from the bench's figures. tests/unit/test_k8s.py checks the committed files equal
+what this renders and validates them against the Kubernetes schemas.
+
+Stream processes run as StatefulSets: a pod's stable name (`router-0`, `router-1`) is its
+LEDGERGATE_INSTANCE_ID, so a restarted pod keeps its transactional id and fences what its predecessor
+left open (docs/decisions/0004). The API is stateless, a Deployment behind a Service.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ledgergate.shared.kafka.provision import load_specs
+from ledgergate.shared.settings import PROJECT_ROOT
+
+OUT_DIR = PROJECT_ROOT / "deploy" / "k8s"
+NAMESPACE = "ledgergate"
+IMAGE = "ledgergate:0.1.0"
+KAFKA_CLUSTER = "ledgergate"  # the Strimzi Kafka resource the topics belong to
+# schemas/topics.yaml is sized for the one-broker dev stack; a production cluster keeps three copies and
+# acknowledges a write (acks=all) once two have it.
+REPLICATION_FACTOR = 3
+MIN_INSYNC_REPLICAS = "2"
+HEALTH_PORT = 8080
+API_PORT = 8000
+REPLICAS = 2  # of each stream process; the topics' partition count (12) allows up to 12
+# Requests from `make bench` (BENCHMARKS.md): CPU for about 250 decisions/s per instance at the measured
+# 0.4-0.9 ms per decision, memory the peak RSS with headroom (token-counter 211 MB: the tokenizer ranks).
+RESOURCES: dict[str, tuple[str, str, str]] = {  # process: (cpu request, memory request, memory limit)
+    "token-counter": ("250m", "320Mi", "512Mi"),
+    "policy": ("150m", "128Mi", "256Mi"),
+    "budget-manager": ("150m", "160Mi", "512Mi"),
+    "router": ("150m", "128Mi", "256Mi"),
+    "projector": ("100m", "128Mi", "256Mi"),
+    "alerter": ("50m", "96Mi", "192Mi"),
+    "api": ("100m", "160Mi", "320Mi"),
+}
+STREAM = ("token-counter", "policy", "budget-manager", "router", "projector", "alerter")
+
+
+def _labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "ledgergate"}
+
+
+def _container(name: str, port: int, env: list[dict[str, Any]]) -> dict[str, Any]:
+    cpu, memory, memory_limit = RESOURCES[name]
+    probe_port = "health" if name in STREAM else "http"
+    return {
+        "name": name, "image": IMAGE, "command": ["ledgergate", "run", name],
+        "envFrom": [{"configMapRef": {"name": "ledgergate"}}, {"secretRef": {"name": "ledgergate", "optional": True}}],
+        "env": env,
+        "ports": [{"name": probe_port, "containerPort": port}],
+        # /healthz: the loop turns; /readyz: also no waiting input left unconsumed, no fatal error
+        # (shared/health.py). The process exits by itself when wedged, so liveness is a second line.
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": probe_port}, "periodSeconds": 5,
+                           "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": probe_port}, "periodSeconds": 10,
+                          "failureThreshold": 6, "initialDelaySeconds": 30},
+        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory_limit}},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": False},
+    }
+
+
+def _stream(name: str) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "LEDGERGATE_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "LEDGERGATE_HEALTH_HOST", "value": "0.0.0.0"},
+        {"name": "LEDGERGATE_HEALTH_PORT", "value": str(HEALTH_PORT)}]
+    meta = {"name": name, "namespace": NAMESPACE, "labels": _labels(name)}
+    selector = {"matchLabels": _labels(name)}
+    return [
+        {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta, "spec": {
+            "serviceName": name, "replicas": 1 if name == "alerter" else REPLICAS, "selector": selector,
+            # Pods start and stop in parallel: ordering buys nothing, the consumer group rebalances anyway.
+            "podManagementPolicy": "Parallel",
+            "template": {"metadata": {"labels": _labels(name)}, "spec": {
+                # Below SIGTERM's 20 s shutdown deadline plus slack (LEDGERGATE_SHUTDOWN_TIMEOUT_MS).
+                "terminationGracePeriodSeconds": 30,
+                "containers": [_container(name, HEALTH_PORT, env)]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": {
+            "clusterIP": "None", "selector": _labels(name), "ports": [{"name": "health", "port": HEALTH_PORT}]}},
+        _pdb(name),
+    ]
+
+
+def _api() -> list[dict[str, Any]]:
+    name = "api"
+    meta = {"name": name, "namespace": NAMESPACE, "labels": _labels(name)}
+    env: list[dict[str, Any]] = [{"name": "LEDGERGATE_API_HOST", "value": "0.0.0.0"},
+                                 {"name": "LEDGERGATE_API_PORT", "value": str(API_PORT)}]
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": {
+            "replicas": REPLICAS, "selector": {"matchLabels": _labels(name)},
+            "template": {"metadata": {"labels": _labels(name)}, "spec": {
+                "terminationGracePeriodSeconds": 30, "containers": [_container(name, API_PORT, env)]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": {
+            "selector": _labels(name), "ports": [{"name": "http", "port": API_PORT, "targetPort": "http"}]}},
+        _pdb(name),
+    ]
+
+
+def _pdb(name: str) -> dict[str, Any]:
+    # One pod at a time: a drain never takes every owner of a partition at once.
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": name, "namespace": NAMESPACE, "labels": _labels(name)},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _labels(name)}}}
+
+
+def _config() -> list[dict[str, Any]]:
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ledgergate", "namespace": NAMESPACE},
+         # What carries a credential (LEDGERGATE_PG_DSN for the projector and the API,
+         # LEDGERGATE_ALERT_WEBHOOK_URL and _SECRET for the alerter) goes in the Secret `ledgergate`.
+         "data": {"LEDGERGATE_KAFKA_BOOTSTRAP": f"{KAFKA_CLUSTER}-kafka-bootstrap:9092"}},
+    ]
+
+
+def _topics() -> list[dict[str, Any]]:
+    """schemas/topics.yaml as Strimzi KafkaTopic resources (the Topic Operator creates and reconciles them)."""
+    return [{"apiVersion": "kafka.strimzi.io/v1beta2", "kind": "KafkaTopic",
+             "metadata": {"name": spec.name.replace(".", "-"), "namespace": NAMESPACE,
+                          "labels": {"strimzi.io/cluster": KAFKA_CLUSTER}},
+             "spec": {"topicName": spec.name, "partitions": spec.partitions,
+                      "replicas": max(REPLICATION_FACTOR, spec.replication_factor),
+                      "config": {**spec.config, "min.insync.replicas": MIN_INSYNC_REPLICAS}}}
+            for spec in load_specs()]
+
+
+def render() -> dict[str, str]:
+    """File name -> YAML text (several documents each)."""
+    processes = [doc for name in STREAM for doc in _stream(name)]
+    files = {"00-config.yaml": _config(), "10-topics.yaml": _topics(), "20-processes.yaml": processes,
+             "30-api.yaml": _api()}
+    header = "# Generated by `ledgergate k8s render` (tools/k8s.py); do not edit by hand.\n"
+    return {name: header + yaml.safe_dump_all(docs, sort_keys=False, width=120) for name, docs in files.items()}
+
+
+def write(out_dir: Path = OUT_DIR) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in render().items():
+        path = out_dir / name
+        path.write_text(text)
+        written.append(path)
+    return written
