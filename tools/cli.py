@@ -135,7 +135,7 @@ def _budget_show(tenant: str) -> int:
     from ledgergate.codec import codec
     from ledgergate.errors import TopicConfigError
     from ledgergate.kafka_config import admin_config
-    from ledgergate.shared.kafka.partitioning import murmur2_partition
+    from ledgergate.partitioning import murmur2_partition
     from ledgergate.shared.kafka.reader import read_to_end
     from ledgergate.shared.ledger.entries import ENTRY_TYPES, from_record
     from ledgergate.shared.ledger.state import TenantState, balances_view, evolve
@@ -279,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mode", nargs="?", default="all",
                    choices=["all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale"],
                    help="all (default): max search, rate 1000/s, race, floors, ledger, PostgreSQL baseline, "
-                        "hot tenant (gate and baseline), scale (the max search with two instances of each service)")
+                        "hot tenant (gate and baseline), scale (the max search with two instances of each "
+                        "service)")
     p.add_argument("rate", nargs="?", type=float, help="requests per second for `bench rate R`")
     p.add_argument("--duration-s", type=float, default=20.0, help="length of the fixed-rate run")
     p.add_argument("--step-s", type=float, default=4.0, help="length of each max-search step")

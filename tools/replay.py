@@ -27,8 +27,8 @@ from confluent_kafka import Message
 
 from ledgergate.codec import codec
 from ledgergate.errors import CodecError, TopicConfigError, TruncatedMessageError
+from ledgergate.partitioning import murmur2_partition
 from ledgergate.shared.audit import GENESIS_HASH, verify_chain
-from ledgergate.shared.kafka.partitioning import murmur2_partition
 from ledgergate.shared.kafka.reader import offset_of, partition_of, read_to_end
 from ledgergate.shared.kafka.seek import low_watermarks, offsets_at, partition_count
 from ledgergate.shared.units import utc_day

@@ -18,8 +18,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.kafka_config import admin_config, producer_config
+from ledgergate.partitioning import murmur2_partition
 from ledgergate.shared import db
-from ledgergate.shared.kafka.partitioning import murmur2_partition
 from ledgergate.shared.settings import PostgresSettings
 from ledgergate.tools.cli import main
 from ledgergate.tools.replay import AuditReplay, ReplayOptions

@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.kafka_config import consumer_config, producer_config
-from ledgergate.shared.kafka.partitioning import murmur2_partition
+from ledgergate.partitioning import murmur2_partition
 from ledgergate.shared.kafka.reader import read_to_end
 from ledgergate.shared.settings import KafkaSettings
 from ledgergate.tools.servicerunner import ServiceSet

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from ledgergate import topics
 from ledgergate.codec import codec
-from ledgergate.shared.kafka.partitioning import murmur2_partition
+from ledgergate.partitioning import murmur2_partition
 from ledgergate.shared.kafka.reader import read_to_end
 from ledgergate.shared.settings import PROJECT_ROOT, KafkaSettings
 from tests.integration.apiharness import (  # noqa: F401  (fixtures)

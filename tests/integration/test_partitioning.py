@@ -7,7 +7,7 @@ import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
 from ledgergate.kafka_config import producer_config
-from ledgergate.shared.kafka.partitioning import murmur2_partition
+from ledgergate.partitioning import murmur2_partition
 from ledgergate.shared.settings import KafkaSettings
 from ledgergate.topics import LEDGER
 

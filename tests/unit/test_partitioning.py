@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ledgergate.shared.kafka.partitioning import murmur2, murmur2_partition, to_positive
+from ledgergate.partitioning import murmur2, murmur2_partition, to_positive
 
 # org.apache.kafka.common.utils.UtilsTest#testMurmur2: Java's signed 32-bit results.
 JAVA_MURMUR2 = {

@@ -21,9 +21,9 @@ from ledgergate.client import GateClient
 from ledgergate.codec import codec
 from ledgergate.errors import GateTimeoutError
 from ledgergate.kafka_config import admin_config
+from ledgergate.partitioning import murmur2_partition
 from ledgergate.shared.errors import ServiceStartError
 from ledgergate.shared.kafka import provision
-from ledgergate.shared.kafka.partitioning import murmur2_partition
 from ledgergate.shared.kafka.reader import read_to_end
 from ledgergate.shared.ledger.entries import from_record
 from ledgergate.shared.ledger.state import TENANT, TenantState, evolve

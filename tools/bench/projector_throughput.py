@@ -29,11 +29,11 @@ from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.events import Usage
 from ledgergate.kafka_config import producer_config
+from ledgergate.partitioning import murmur2_partition
 from ledgergate.services.router.core import Chain, audit_record, decision_for, summary_of
 from ledgergate.shared.catalogue import deployments
 from ledgergate.shared.db import migrate
 from ledgergate.shared.kafka import provision
-from ledgergate.shared.kafka.partitioning import murmur2_partition
 from ledgergate.shared.ledger.entries import (
     BudgetLimitSet,
     LedgerEntry,
