@@ -108,6 +108,7 @@ class StreamRuntime:
         # a transaction with outputs but no input of its own (idle work: expiry) sends these, so the broker
         # checks its group generation like any other, and a woken zombie's idle work is fenced too.
         self._next_offsets: dict[tuple[str, int], int] = {}
+        self._ended_cleanly = False
 
     @property
     def _assigned(self) -> list[int]:
@@ -197,6 +198,7 @@ class StreamRuntime:
             self.consumer.subscribe(self.options.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                     on_lost=self._on_revoke)
             self._loop(max_seconds)
+            self._ended_cleanly = True
         except Stopping as exc:
             self.log.warning("stopped_mid_batch", step=str(exc),
                              note="nothing of the batch committed; its input is read again")
@@ -236,9 +238,9 @@ class StreamRuntime:
                 self._rewind()
 
     def _close(self) -> None:
-        """Commit what is staged, leave the group (partitions move at once) and flush; after a fatal
-        error any of it may fail."""
-        if self.errors.fatal is None:
+        """Commit what is staged (only after a clean stop: after a failure, what is open is the next
+        instance's to complete or abort), leave the group (partitions move at once) and flush."""
+        if self._ended_cleanly:
             try:
                 self.delivery.flush(force=True)
             except (FatalClientError, Stopping, KafkaException) as exc:

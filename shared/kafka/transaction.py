@@ -162,6 +162,11 @@ class KafkaTransaction:
                            retry=False)
         except KafkaException as exc:
             return self._failed(exc, deadline_ms)
+        except (FatalClientError, Stopping):
+            # The process ends; what is open is the next instance's to complete or abort (its
+            # init_transactions), never this one's to retry: a commit call may still be in flight.
+            self._closed()
+            raise
         self._closed()
         return True
 
