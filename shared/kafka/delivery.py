@@ -49,6 +49,9 @@ class Delivery(Protocol):
     # True: the broker checks every commit against the group generation (the runtime then commits nothing
     # read outside the group, and fences idle work with the owned partitions' offsets).
     transactional: bool
+    # True: the consumer starts each assigned partition at `positions` (the sink holds the offsets);
+    # False: at Kafka's committed offset, which the consumer fetches itself.
+    seeks_to_positions: bool
 
     def start(self) -> None:
         """Before the first batch (initialise transactions, connect and migrate the sink)."""
@@ -146,6 +149,7 @@ class ProduceThenCommit(_EachBatch):
     between re-processes the batch (duplicates that downstream idempotency absorbs), never loses it."""
 
     transactional = False
+    seeks_to_positions = False
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -196,6 +200,7 @@ class OffsetsInSink(_EachBatch):
     """Exactly once into a store that is not Kafka: the sink's transaction holds the offsets."""
 
     transactional = False
+    seeks_to_positions = True
 
     def __init__(self, ctx: Context, sink: Sink) -> None:
         self.ctx = ctx

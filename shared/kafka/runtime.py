@@ -129,7 +129,11 @@ class StreamRuntime:
         self._remember_offsets(committed, starts)
         for tp in partitions:
             key = (tp.topic, tp.partition)
-            if key in self._next_offsets:
+            # Where the handler's fold resumes; else, for a sink, the offset stored with its rows. Kafka's
+            # committed offsets are left to the consumer to fetch (it waits out unstable ones itself).
+            if key in starts:
+                tp.offset = starts[key]
+            elif self.delivery.seeks_to_positions:
                 tp.offset = self._next_offsets[key]
         if self.options.assignment_strategy == "cooperative-sticky":
             consumer.incremental_assign(partitions)

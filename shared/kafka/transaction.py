@@ -38,6 +38,7 @@ INIT_TIMEOUT_S = 30
 
 class KafkaTransaction:
     transactional = True
+    seeks_to_positions = False
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
