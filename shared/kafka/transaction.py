@@ -18,9 +18,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from ledgergate.kafka_config import transactional_producer_config
+from ledgergate.kafka_config import TRANSACTION_TIMEOUT_MS, consumer_config, transactional_producer_config
 from ledgergate.shared.errors import FatalClientError
 from ledgergate.shared.kafka.delivery import Context, Offsets, Producing, Stopping, mono_ms
 from ledgergate.shared.kafka.outbox import Outbox
@@ -34,6 +34,8 @@ CALL_TIMEOUT_S = 5.0
 COMMIT_TIMEOUT_S = 15.0
 CALL_GRACE_MS = 5_000
 INIT_TIMEOUT_S = 30
+# An offset commit still pending this long after the wait began outlived every live transaction.
+HANGING_AFTER_MS = TRANSACTION_TIMEOUT_MS + 10_000
 
 
 class KafkaTransaction:
@@ -82,7 +84,8 @@ class KafkaTransaction:
         The wait is bounded by the predecessor's transaction.timeout.ms, after which the broker aborts.
         None (the error recorded as fatal) when the offsets stay unreadable past commit_deadline_ms."""
         ctx = self.ctx
-        deadline_ms = mono_ms() + ctx.options.commit_deadline_ms
+        started_ms = mono_ms()
+        deadline_ms = started_ms + ctx.options.commit_deadline_ms
         while True:
             try:
                 with ctx.health.call("committed", int(CALL_TIMEOUT_S * 1000) + CALL_GRACE_MS):
@@ -90,6 +93,17 @@ class KafkaTransaction:
             except KafkaException as exc:
                 kerr = exc.args[0]
                 waiting = kerr.code() in (KafkaError._TIMED_OUT, KafkaError.UNSTABLE_OFFSET_COMMIT) or kerr.retriable()
+                if waiting and mono_ms() - started_ms >= HANGING_AFTER_MS:
+                    # Past the transaction timeout no live transaction can still hold these offsets: the
+                    # coordinator has aborted any. Still pending is a hanging offset commit (measured:
+                    # a process killed inside send_offsets during a broker restart left one that no abort
+                    # cleared, and every successor waited on it for minutes). Its offsets never commit, so
+                    # the last committed ones are the truth: read them without RequireStable.
+                    committed = self._committed_ignoring_pending(partitions)
+                    if committed is not None:
+                        ctx.log.warning("offsets_pending_past_transaction_timeout", error=str(kerr),
+                                        note="a hanging transactional offset commit; resuming from the committed")
+                        return committed
                 if kerr.fatal() or not waiting or mono_ms() >= deadline_ms or not ctx.running():
                     ctx.log.error("offsets_unreadable", error=str(kerr))
                     ctx.errors.record(kerr)  # never raised here: an exception in a rebalance callback is mangled
@@ -98,6 +112,20 @@ class KafkaTransaction:
                 ctx.log.warning("offsets_unstable", partitions=sorted({tp.partition for tp in partitions}),
                                 error=str(kerr), note="a predecessor's transaction may still commit; waiting")
                 time.sleep(0.1)
+
+    def _committed_ignoring_pending(self, partitions: list[TopicPartition]) -> list[TopicPartition] | None:
+        o = self.ctx.options
+        # read_uncommitted: librdkafka asks for the committed offsets without RequireStable.
+        reader = Consumer(consumer_config(o.bootstrap, o.group_id, **{
+            "isolation.level": "read_uncommitted", "client.id": f"{o.service}-{o.instance_id}-offsets"}))
+        try:
+            with self.ctx.health.call("committed_unstable", int(CALL_TIMEOUT_S * 1000) + CALL_GRACE_MS):
+                return list(reader.committed(partitions, timeout=CALL_TIMEOUT_S))
+        except KafkaException as exc:
+            self.ctx.log.warning("offsets_unreadable_unstable", error=str(exc.args[0]))
+            return None
+        finally:
+            reader.close()
 
     def forget(self, partitions: list[TopicPartition]) -> None:
         """Commit what is staged before the partitions move (under a lost generation the broker refuses
