@@ -158,8 +158,10 @@ class RouterSettings(ServiceSettings):
     # On assignment, this many trailing ledger entries per partition refill that memory.
     rebuild_window: int = Field(default=20_000, ge=0, le=1_000_000)
     # The router's transaction (audit records, offsets) stays open this long across batches before it
-    # commits; its decisions go out at once either way (docs/decisions/0006). 0 commits every batch.
-    audit_commit_interval_ms: int = Field(default=100, ge=0, le=5_000)
+    # commits; its decisions go out at once either way (docs/decisions/0006). 0 (the default) commits
+    # every batch: a transaction open most of the time is what a broker restart catches, and the broker
+    # bounce test then found hanging transactions (librdkafka has no KIP-890 defence yet).
+    audit_commit_interval_ms: int = Field(default=0, ge=0, le=5_000)
 
 
 class ApiSettings(KafkaSettings, PostgresSettings):

@@ -40,7 +40,6 @@ HANGING_AFTER_MS = TRANSACTION_TIMEOUT_MS + 10_000
 
 class KafkaTransaction:
     transactional = True
-    seeks_to_positions = False
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -54,6 +53,9 @@ class KafkaTransaction:
             **{"client.id": f"{o.service}-{o.instance_id}-tx", "error_cb": ctx.errors.on_error}))
         # Made on first use: only a service that has early records pays for the connection.
         self._early: Producer | None = None
+        # The consumer fetches committed offsets itself (waiting out unstable ones), unless the last
+        # `positions` had to read past a hanging offset commit: then it must start where they say.
+        self.seeks_to_positions = False
         # The open transaction: when it began (None: none open), the offsets and group generation staged
         # in it, whether early records precede it. Open across batches only with a commit interval.
         self._opened_ms: int | None = None
@@ -84,6 +86,7 @@ class KafkaTransaction:
         The wait is bounded by the predecessor's transaction.timeout.ms, after which the broker aborts.
         None (the error recorded as fatal) when the offsets stay unreadable past commit_deadline_ms."""
         ctx = self.ctx
+        self.seeks_to_positions = False
         started_ms = mono_ms()
         deadline_ms = started_ms + ctx.options.commit_deadline_ms
         while True:
@@ -103,6 +106,7 @@ class KafkaTransaction:
                     if committed is not None:
                         ctx.log.warning("offsets_pending_past_transaction_timeout", error=str(kerr),
                                         note="a hanging transactional offset commit; resuming from the committed")
+                        self.seeks_to_positions = True  # the consumer's own fetch would wait on it forever
                         return committed
                 if kerr.fatal() or not waiting or mono_ms() >= deadline_ms or not ctx.running():
                     ctx.log.error("offsets_unreadable", error=str(kerr))
