@@ -122,7 +122,8 @@ def _forgotten(entry: ReservationRepeated) -> GateDecision:
 def run(settings: RouterSettings | None = None) -> None:
     s = settings or RouterSettings()
     router = Router(s)
-    # The decisions are early records (on the request's way at once); the audit records and offsets commit
-    # every audit_commit_interval_ms, so the router needs no linger to gather batches.
+    # The decisions are early records (on the request's way at once). With a commit interval (off by
+    # default, docs/decisions/0006) the audit records and offsets commit on that cadence instead of per
+    # batch, so the router then takes a lone message at once rather than lingering for a batch.
     run_service("router", s, router, [router.topic_ledger], router.log, commit_interval_ms=s.audit_commit_interval_ms,
                 batch_linger_s=0.0 if s.audit_commit_interval_ms else s.batch_linger_ms / 1000)
