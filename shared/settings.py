@@ -93,7 +93,20 @@ class ServiceSettings(KafkaSettings):
     shutdown_timeout_ms: int = Field(default=20_000, ge=100, le=600_000)
 
 
-class BudgetManagerSettings(ServiceSettings):
+class StateSettings(ServiceSettings):
+    """What a service that folds budget.ledger into tenant state needs (budget-manager, policy, snapshotter)."""
+
+    model_config = _config()
+
+    # Tenants kept unpacked (about 2.4 KB each); the rest wait packed (about 300 B: shared/ledger/packing.py)
+    # until a message or an expiry touches them. Bounds memory for a million tenants, mostly idle.
+    hot_tenants_max: int = Field(default=100_000, ge=1_000, le=10_000_000)
+    # Restore from budget.snapshots and fold only the ledger's tail; False folds from offset 0 (the
+    # snapshotter itself, and a way to rule snapshots out when chasing a problem).
+    restore_from_snapshots: bool = True
+
+
+class BudgetManagerSettings(StateSettings):
     model_config = _config()
 
     # A hold lives this long without a completion before it expires and releases its budget.
@@ -115,11 +128,22 @@ class TokenCounterSettings(ServiceSettings):
     remembered_requests: int = Field(default=200_000, ge=0, le=10_000_000)
 
 
-class PolicySettings(ServiceSettings):
+class PolicySettings(StateSettings):
     model_config = _config()
 
     # A file (YAML or JSON) that replaces the built-in default policy for tenants without one.
     default_policy_path: Path | None = None
+
+
+class SnapshotterSettings(StateSettings):
+    """The snapshotter (`ledgergate run snapshotter`): budget.ledger -> budget.snapshots."""
+
+    model_config = _config()
+
+    # A partition's dirty tenants are written (then its marker) after this many ledger entries or this
+    # long, whichever comes first: a restore folds at most about this much tail.
+    snapshot_every_entries: int = Field(default=50_000, ge=1, le=10_000_000)
+    snapshot_every_ms: int = Field(default=10_000, ge=100, le=3_600_000)
 
 
 class ProjectorSettings(ServiceSettings, PostgresSettings):
