@@ -80,10 +80,13 @@ def restore(bootstrap: str, snapshot_topic: str, ledger_topic: str, partitions: 
     decode = codec().decode
     for msg in read_to_end(bootstrap, ledger_topic, partitions, start=starts, end=ends):
         p, offset = partition_of(msg), offset_of(msg)
-        name, rec = decode(msg.value())
-        if restores[p].covers(rec["tenant_id"], offset):
+        # Entries are keyed by their tenant id: a covered one is skipped without being decoded.
+        key = (msg.key() or b"").decode("utf-8", "replace")
+        if restores[p].covers(key, offset):
             skipped += 1
             continue
+        name, rec = decode(msg.value())
+        assert rec["tenant_id"] == key, f"ledger entry at {p}:{offset} of {rec['tenant_id']} keyed {key!r}"
         entry = from_record(name, rec)
         evolve(stores[p].get_or_create(entry.tenant_id), entry)
         folded += 1

@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure the gate on the local stack beside its floors (see BENCHMARKS.md)")
     p.add_argument("mode", nargs="?", default="all",
-                   choices=["all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale"],
+                   choices=["all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale", "restart"],
                    help="all (default): max search, rate 1000/s, race, floors, ledger, PostgreSQL baseline, "
                         "hot tenant (gate and baseline), scale (the max search with two instances of each "
                         "service)")

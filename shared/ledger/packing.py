@@ -49,8 +49,24 @@ def _hold(r: dict[str, Any]) -> Hold:
                 _intern(r["price_version"]), r["expires_at_ms"])
 
 
-def _outcomes(outcomes: dict[str, str]) -> list[dict[str, str]]:
-    return [{"request_id": r, "request_sha256": s} for r, s in sorted(outcomes.items())]
+def _digest(sha: str) -> bytes | str:
+    """A lowercase hex SHA-256 as its 32 bytes (half the size), anything else as it is: exact either way."""
+    if len(sha) == 64:
+        try:
+            raw = bytes.fromhex(sha)
+        except ValueError:
+            return sha
+        if raw.hex() == sha:
+            return raw
+    return sha
+
+
+def _hex(sha: bytes | str) -> str:
+    return sha.hex() if isinstance(sha, bytes) else sha
+
+
+def _outcomes(outcomes: dict[str, str]) -> list[dict[str, bytes | str]]:
+    return [{"request_id": r, "request_sha256": _digest(s)} for r, s in sorted(outcomes.items())]
 
 
 def next_expiry_ms(state: TenantState) -> int:
@@ -100,9 +116,9 @@ def unpack(data: bytes) -> tuple[TenantState, int]:
     if r["expired"]:
         s.expired = {x["request_id"]: _hold(x) for x in r["expired"]}
     if r["outcomes"]:
-        s.outcomes = {x["request_id"]: x["request_sha256"] for x in r["outcomes"]}
+        s.outcomes = {x["request_id"]: _hex(x["request_sha256"]) for x in r["outcomes"]}
     if r["previous_outcomes"]:
-        s.previous_outcomes = {x["request_id"]: x["request_sha256"] for x in r["previous_outcomes"]}
+        s.previous_outcomes = {x["request_id"]: _hex(x["request_sha256"]) for x in r["previous_outcomes"]}
     if r["settled"]:
         s.settled = set(r["settled"])
     if r["previous_settled"]:
