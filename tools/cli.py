@@ -283,10 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure the gate on the local stack beside its floors (see BENCHMARKS.md)")
     p.add_argument("mode", nargs="?", default="all",
-                   choices=["all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale", "restart"],
+                   choices=["all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale", "restart", "egress"],
                    help="all (default): max search, rate 1000/s, race, floors, ledger, PostgreSQL baseline, "
                         "hot tenant (gate and baseline), scale (the max search with two instances of each "
-                        "service)")
+                        "service), restart (to the first decision on a long snapshotted ledger), egress (bytes "
+                        "per decision to 1/10/50 clients)")
     p.add_argument("rate", nargs="?", type=float, help="requests per second for `bench rate R`")
     p.add_argument("--duration-s", type=float, default=20.0, help="length of the fixed-rate run")
     p.add_argument("--step-s", type=float, default=4.0, help="length of each max-search step")

@@ -2,9 +2,12 @@
 send operator budget commands.
 
 One Producer and one Consumer per client. The consumer reads gate.decisions outside any consumer
-group, from the end as it was when the constructor returned (see `_assign_at_end`). A background
-thread resolves waiting futures by request id, expires them at their deadlines (GateTimeoutError)
-and serves the producer's delivery callbacks.
+group, and only the partitions of the tenants the client has asked for (decisions are keyed by tenant,
+so a tenant's all land on one partition): a fleet of clients does not multiply the broker's egress by
+its size. A partition is added at its current end before the first request that needs it is published
+(`_read_partition_of`); `partitions="all"` reads every one from construction on instead (a client that speaks
+for many tenants). A background thread resolves waiting futures by request id, expires them at their
+deadlines (GateTimeoutError) and serves the producer's delivery callbacks.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from ledgergate import topics
 from ledgergate.codec import codec
@@ -30,10 +34,12 @@ from ledgergate.commands import BudgetCommand
 from ledgergate.errors import CodecError, GateClientError, GateOverloadedError, GateTimeoutError, TopicConfigError
 from ledgergate.events import ChatMessage, InvocationRequested
 from ledgergate.ids import request_problem
-from ledgergate.kafka_config import consumer_config, producer_config
+from ledgergate.kafka_config import admin_config, consumer_config, producer_config
+from ledgergate.partitioning import murmur2_partition
 from ledgergate.settings import ClientSettings
 
 MAX_OUTSTANDING = 100_000
+READ_MODES = ("tenant", "all")
 REQUEST_ID_HEADER = "request_id"
 
 # stdlib logging: a library must not configure the application's logging; structured fields go in `extra`.
@@ -61,9 +67,14 @@ def _now_ms() -> int:
 
 class GateClient:
     def __init__(self, bootstrap: str | None = None, topic_prefix: str | None = None, timeout_s: float = 10.0,
-                 max_outstanding: int = MAX_OUTSTANDING) -> None:
+                 max_outstanding: int = MAX_OUTSTANDING, partitions: str = "tenant",
+                 consumer_options: Mapping[str, Any] | None = None) -> None:
         """`bootstrap` and `topic_prefix` default (None) to LEDGERGATE_KAFKA_BOOTSTRAP and
-        LEDGERGATE_TOPIC_PREFIX (ClientSettings: 127.0.0.1:9092 and no prefix); an argument wins."""
+        LEDGERGATE_TOPIC_PREFIX (ClientSettings: 127.0.0.1:9092 and no prefix); an argument wins.
+        `partitions`: "tenant" reads the decisions partitions of the tenants this client asks for, "all"
+        every partition. `consumer_options`: librdkafka options for the decisions consumer (statistics)."""
+        if partitions not in READ_MODES:
+            raise GateClientError(f"partitions must be one of {', '.join(READ_MODES)}, not {partitions!r}")
         self._topics = ClientSettings.from_env(bootstrap, topic_prefix)
         bootstrap = self._topics.kafka_bootstrap
         self.timeout_s = timeout_s
@@ -81,9 +92,16 @@ class GateClient:
         self._producer = Producer(producer_config(bootstrap))
         self._consumer = Consumer(consumer_config(bootstrap, f"ledgergate-client-{uuid.uuid4().hex}", **{
             "enable.auto.commit": False, "isolation.level": "read_committed",
-            "enable.partition.eof": False, "auto.offset.reset": "latest"}))
+            "enable.partition.eof": False, "auto.offset.reset": "latest", **(consumer_options or {})}))
+        # End offsets come from an admin client of their own: on the consumer's connection such a request
+        # waits behind its parked fetch (measured here: 92 s for the first, 100 ms for each after it).
+        self._admin = AdminClient(admin_config(bootstrap))
+        self._reading: set[int] = set()
+        self._assign_lock = threading.Lock()
         try:
-            self._assign_at_end(timeout_s=max(timeout_s, 10.0))
+            self._partition_count = self._decisions_partitions(timeout_s=max(timeout_s, 10.0))
+            if partitions == "all":
+                self._read_partitions(list(range(self._partition_count)), max(timeout_s, 10.0))
         except BaseException:
             self._consumer.close()
             raise
@@ -92,29 +110,58 @@ class GateClient:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def _assign_at_end(self, timeout_s: float) -> None:
-        """Assign every partition of gate.decisions at its current end, as explicit offsets: every decision
-        written after this returns has an offset >= them, whenever the first fetch happens. (OFFSET_END
-        is resolved lazily at that first fetch, and position() stays unset until a message arrives, so
-        neither can prove the assignment live before the first request is published.)"""
+    def _decisions_partitions(self, timeout_s: float) -> int:
+        """gate.decisions' partition count (a tenant's partition is murmur2 of its id modulo it)."""
         topic = self._decisions_topic
         deadline = time.monotonic() + timeout_s
         while True:
             left = max(0.1, deadline - time.monotonic())
             try:
-                meta = self._consumer.list_topics(topic, timeout=left).topics.get(topic)
-                if meta is None or meta.error is not None or not meta.partitions:
-                    problem = f"topic {topic} does not exist ({meta.error if meta is not None else 'no metadata'})"
-                else:
-                    self._consumer.assign([TopicPartition(topic, p, self._consumer.get_watermark_offsets(
-                        TopicPartition(topic, p), timeout=left)[1]) for p in sorted(meta.partitions)])
-                    return
-            except KafkaException as exc:  # e.g. no leader yet on a topic just created, or no broker
-                problem = f"end offsets of {topic} unavailable: {exc.args[0].str()}"
+                meta = self._admin.list_topics(topic, timeout=left).topics.get(topic)
+                if meta is not None and meta.error is None and meta.partitions:
+                    return len(meta.partitions)
+                problem = f"topic {topic} does not exist ({meta.error if meta is not None else 'no metadata'})"
+            except KafkaException as exc:  # no broker yet
+                problem = f"metadata of {topic} unavailable: {exc.args[0].str()}"
             if time.monotonic() >= deadline:
                 raise TopicConfigError(f"{problem} on {self._topics.kafka_bootstrap} after {timeout_s:.0f} s; "
                                        "is the stack up and were topics applied (`ledgergate topics apply`)?")
             time.sleep(0.1)
+
+    def _read_partitions(self, wanted: list[int], timeout_s: float) -> None:
+        """Start reading these decisions partitions at their current ends, as explicit offsets: every
+        decision written after this returns has an offset >= them, whenever the first fetch happens.
+        (OFFSET_END is resolved lazily at that first fetch, and position() stays unset until a message
+        arrives, so neither can prove the partition read before the first request is published.)"""
+        topic = self._decisions_topic
+        with self._assign_lock:
+            todo = [p for p in wanted if p not in self._reading]
+            if not todo:
+                return
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    futures = self._admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in todo},
+                                                       request_timeout=max(0.1, deadline - time.monotonic()))
+                    ends = {tp.partition: fut.result().offset for tp, fut in futures.items()}
+                    break
+                except KafkaException as exc:  # e.g. no leader yet on a topic just created
+                    if time.monotonic() >= deadline:
+                        raise TopicConfigError(f"end offsets of {topic} unavailable after {timeout_s:.0f} s: "
+                                               f"{exc.args[0].str()}") from None
+                    time.sleep(0.1)
+            self._consumer.incremental_assign([TopicPartition(topic, p, ends[p]) for p in todo])
+            self._reading.update(todo)
+
+    def _read_partition_of(self, tenant_id: str, timeout_s: float) -> None:
+        p = murmur2_partition(tenant_id.encode(), self._partition_count)
+        if p not in self._reading:
+            self._read_partitions([p], timeout_s)
+
+    @property
+    def reading_partitions(self) -> list[int]:
+        """The gate.decisions partitions this client reads."""
+        return sorted(self._reading)
 
     def close(self, flush_timeout_s: float = 10.0) -> None:
         if self._closed:
@@ -166,9 +213,10 @@ class GateClient:
         if problem is not None:
             raise GateClientError(f"invalid request: {problem}")
         value = codec().encode("InvocationRequested", request.to_record())  # CodecError before anything waits
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        self._read_partition_of(tenant_id, max(wait_s, 1.0))  # before publishing: its decision is read
         fut = DecisionFuture(request_id)
         fut.set_running_or_notify_cancel()
-        wait_s = self.timeout_s if timeout_s is None else timeout_s
         with self._lock:
             if request_id in self._waiters:
                 raise GateClientError(f"request {request_id} is already waiting for a decision")

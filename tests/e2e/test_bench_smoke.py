@@ -66,6 +66,9 @@ def test_bench_smoke_answers_every_request_and_reports_every_figure(stack: Stack
     for run in (restart["empty_ledger"], restart["long_ledger"]):
         _positive(run, "first_decision_s")
     long = restart["long_ledger"]
+    for run in r["egress"]["runs"]:  # every request decided, every client's bytes counted
+        assert run["decisions"] > 0 and run["rx_bytes"] > 0, run
+        assert run["partitions_read_per_client"] == (1 if run["mode"] == "tenant" else r["egress"]["partitions"])
     assert long["ledger_entries"] > long["tail_entries"] > 0
     for name in ("budget-manager", "policy"):
         assert long["restored"][name]["snapshot_tenants"] > 0, long["restored"]

@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, Producer
 
 from ledgergate.client import GateClient, GateOverloadedError
 from ledgergate.codec import codec
-from ledgergate.errors import GateTimeoutError
+from ledgergate.errors import GateClientError, GateTimeoutError
 from ledgergate.kafka_config import consumer_config, producer_config
 from ledgergate.shared.settings import KafkaSettings
 from ledgergate.topics import COMMANDS, COMPLETIONS, DECISIONS, REQUESTS
@@ -190,3 +190,30 @@ def test_explicit_bootstrap_and_prefix_win_over_the_environment(kafka: KafkaSett
     monkeypatch.setenv("LEDGERGATE_TOPIC_PREFIX", f"absent{uuid.uuid4().hex[:8]}.")
     with GateClient(kafka.kafka_bootstrap, kafka.topic_prefix, timeout_s=15.0) as explicit:
         assert explicit.request("acme", MESSAGES, "gpt-4o", 16)["outcome"] == "ALLOW"
+
+
+def test_a_client_reads_only_the_partitions_of_its_tenants(kafka: KafkaSettings, responder: Responder) -> None:
+    """Broker egress grows with a client's own tenants, not with every client's decisions."""
+    from ledgergate.partitioning import murmur2_partition
+    from tests.conftest import TEST_PARTITIONS
+
+    tenants = [f"part-{i}" for i in range(40)]
+    by_partition: dict[int, str] = {}
+    for tenant in tenants:
+        by_partition.setdefault(murmur2_partition(tenant.encode(), TEST_PARTITIONS), tenant)
+    first, second = list(by_partition.values())[:2]
+    with GateClient(kafka.kafka_bootstrap, topic_prefix=kafka.topic_prefix, timeout_s=15.0) as own, \
+            GateClient(kafka.kafka_bootstrap, topic_prefix=kafka.topic_prefix, timeout_s=15.0,
+                       partitions="all") as every:
+        assert own.reading_partitions == [] and every.reading_partitions == list(range(TEST_PARTITIONS))
+        assert own.request(first, MESSAGES, "gpt-4o", 16)["tenant_id"] == first
+        assert own.reading_partitions == [murmur2_partition(first.encode(), TEST_PARTITIONS)]
+        # A decision for a tenant on another partition, asked by the client reading every partition...
+        assert every.request(second, MESSAGES, "gpt-4o", 16)["tenant_id"] == second
+        assert len(own.reading_partitions) == 1
+        # ...and the first client's next tenant, on that other partition, is read from then on.
+        assert own.request(second, MESSAGES, "gpt-4o", 16)["tenant_id"] == second
+        assert sorted(own.reading_partitions) == sorted(murmur2_partition(t.encode(), TEST_PARTITIONS)
+                                                        for t in (first, second))
+    with pytest.raises(GateClientError, match="partitions must be one of"):
+        GateClient(kafka.kafka_bootstrap, topic_prefix=kafka.topic_prefix, partitions="some")

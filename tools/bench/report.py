@@ -251,6 +251,19 @@ def _restart(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _egress(e: dict[str, Any]) -> list[str]:
+    lines = [f"CLIENT EGRESS: broker bytes to the clients' decision consumers per decision, each client one tenant, "
+             f"{e['rate_per_s']:g} requests/s, {e['partitions']} partitions"]
+    by = {(run["clients"], run["mode"]): run for run in e["runs"]}
+    for clients in sorted({run["clients"] for run in e["runs"]}):
+        every, own = by.get((clients, "all")), by.get((clients, "tenant"))
+        if every and own:
+            lines.append(f"  {clients:>3} clients: every partition {every['bytes_per_decision']:,} B/decision, "
+                         f"own partition {own['bytes_per_decision']:,} B/decision "
+                         f"({every['bytes_per_decision'] / max(1, own['bytes_per_decision']):.1f}x less)")
+    return lines
+
+
 def table(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [f"ledgergate bench {r['run']} ({r['mode']}): {m['nproc']} x {m['cpu_model']}, {m['memory_gb']} GB, "
@@ -270,6 +283,8 @@ def table(r: dict[str, Any]) -> str:
         lines += [*_baseline(r["baseline"], r.get("gate", {}).get("race")), ""]
     if "restart" in r:
         lines += [*_restart(r["restart"]), ""]
+    if "egress" in r:
+        lines += [*_egress(r["egress"]), ""]
     noise = {k: v.get("foreign_cores") for k, v in r.get("phases", {}).items()}
     lines.append("other work on the machine during each phase (cores not ours): "
                  + ", ".join(f"{k} {v:.2f}" for k, v in noise.items() if v is not None))

@@ -22,14 +22,14 @@ from typing import Any
 from ledgergate import topics
 from ledgergate.shared.kafka import provision
 from ledgergate.shared.settings import PROJECT_ROOT, KafkaSettings, PostgresSettings, SnapshotterSettings, StateSettings
-from ledgergate.tools.bench import floors, ledger, pgbaseline, procstats, report, restart
+from ledgergate.tools.bench import egress, floors, ledger, pgbaseline, procstats, report, restart
 from ledgergate.tools.bench.gate import GateBench, GateOptions, say
 from ledgergate.tools.bench.workload import request_record, workload
 
 RESULTS_DIR = PROJECT_ROOT / "tools" / "bench" / "results"
 NOISY_CORES = 0.3
 MAX_RATES = (250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
-MODES = ("all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale", "restart")
+MODES = ("all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale", "restart", "egress")
 
 
 @dataclass
@@ -53,12 +53,15 @@ class BenchOptions:
                 "memory": 1_000_000, "memory_unpacked": 100_000, "memory_traced": 50_000, "rebuild": (1_000_000, 2000),
                 # (entries, tenants, months, tail): a long ledger whose tail is one snapshot interval.
                 "restart": (10_000_000, 10_000, 24, SnapshotterSettings.model_fields["snapshot_every_entries"].default),
+                # (client counts, requests/s, seconds) per mode (every partition, the tenant's own)
+                "egress": ((1, 10, 50), 50.0, 10.0),
                 "pg": {"rate": self.rate, "seconds": min(self.duration_s, 10.0), "capacity": 5000, "workers": 16},
                 # The hot-tenant shape: a max search through the gate, a capacity run through the baseline.
                 "hot": {"rates": (500.0, 1000.0, 2000.0, 4000.0), "step_s": 4.0, "pg_requests": 5000}}
         smoke = {"warmup": (20.0, 1.0), "race": (40, 5), "echo": (200.0, 1.0), "tokenizer": (100, 1),
                  "memory": 5000, "memory_unpacked": 2000, "memory_traced": 2000, "rebuild": (20_000, 1000),
                  "restart": (20_000, 200, 3, 2_000),
+                 "egress": ((1, 3), 20.0, 1.5),
                  "pg": {"rate": 50.0, "seconds": 2.0, "capacity": 200, "workers": 4},
                  "hot": {"rates": (40.0,), "step_s": 1.5, "pg_requests": 200}}
         self.sizes = {**(smoke if self.smoke else full), **self.sizes}
@@ -121,6 +124,8 @@ class Bench:
             self.phase("rebuild", self._rebuild)
         if mode in ("all", "restart"):
             self.phase("restart", self._restart)
+        if mode in ("all", "egress"):
+            self.phase("egress", self._egress)
         self.results["total_s"] = round(time.monotonic() - started, 1)
         self.results["noisy"] = any(p["foreign_cores"] > NOISY_CORES for p in self.results["phases"].values())
         return self.results
@@ -223,6 +228,11 @@ class Bench:
         empty = restart.run_restart(self.kafka, 0, 0, 1, 0)
         long = restart.run_restart(self.kafka, entries, tenants, months, tail)
         self.results["restart"] = {"empty_ledger": empty, "long_ledger": long}
+
+
+    def _egress(self) -> None:
+        counts, rate, seconds = self.options.sizes["egress"]
+        self.results["egress"] = egress.run_egress(self.kafka, tuple(counts), rate, seconds)
 
 
 def write(results: dict[str, Any], output: Path | None) -> Path:
