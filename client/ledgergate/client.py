@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.commands import BudgetCommand
+from ledgergate.connection import KafkaConnection
 from ledgergate.errors import CodecError, GateClientError, GateOverloadedError, GateTimeoutError, TopicConfigError
 from ledgergate.events import ChatMessage, InvocationRequested
 from ledgergate.ids import request_problem
@@ -61,11 +62,12 @@ def _now_ms() -> int:
 
 class GateClient:
     def __init__(self, bootstrap: str | None = None, topic_prefix: str | None = None, timeout_s: float = 10.0,
-                 max_outstanding: int = MAX_OUTSTANDING) -> None:
+                 max_outstanding: int = MAX_OUTSTANDING, *, connection: KafkaConnection | None = None) -> None:
         """`bootstrap` and `topic_prefix` default (None) to LEDGERGATE_KAFKA_BOOTSTRAP and
-        LEDGERGATE_TOPIC_PREFIX (ClientSettings: 127.0.0.1:9092 and no prefix); an argument wins."""
-        self._topics = ClientSettings.from_env(bootstrap, topic_prefix)
-        bootstrap = self._topics.kafka_bootstrap
+        LEDGERGATE_TOPIC_PREFIX (ClientSettings: 127.0.0.1:9092 and no prefix); an argument wins. TLS and
+        SASL come from `connection` or else the LEDGERGATE_KAFKA_* variables (ledgergate.connection)."""
+        self._topics = ClientSettings.from_env(bootstrap, topic_prefix, connection)
+        kafka = self._topics.kafka_connection
         self.timeout_s = timeout_s
         self.max_outstanding = max_outstanding
         self._requests_topic = self._topics.topic(topics.REQUESTS)
@@ -78,8 +80,8 @@ class GateClient:
         self._stop = threading.Event()
         self._closed = False
         self.delivery_errors = 0
-        self._producer = Producer(producer_config(bootstrap))
-        self._consumer = Consumer(consumer_config(bootstrap, f"ledgergate-client-{uuid.uuid4().hex}", **{
+        self._producer = Producer(producer_config(kafka))
+        self._consumer = Consumer(consumer_config(kafka, f"ledgergate-client-{uuid.uuid4().hex}", **{
             "enable.auto.commit": False, "isolation.level": "read_committed",
             "enable.partition.eof": False, "auto.offset.reset": "latest"}))
         try:
