@@ -32,6 +32,7 @@ from ledgergate.errors import CodecError, GateClientError, GateOverloadedError, 
 from ledgergate.events import ChatMessage, InvocationRequested
 from ledgergate.ids import request_problem
 from ledgergate.kafka_config import consumer_config, producer_config
+from ledgergate.preflight import check_cluster
 from ledgergate.settings import ClientSettings
 
 MAX_OUTSTANDING = 100_000
@@ -68,6 +69,7 @@ class GateClient:
         SASL come from `connection` or else the LEDGERGATE_KAFKA_* variables (ledgergate.connection)."""
         self._topics = ClientSettings.from_env(bootstrap, topic_prefix, connection)
         kafka = self._topics.kafka_connection
+        check_cluster(kafka, timeout_s=max(timeout_s, 10.0))  # a refused password fails here, typed, not as a timeout
         self.timeout_s = timeout_s
         self.max_outstanding = max_outstanding
         self._requests_topic = self._topics.topic(topics.REQUESTS)

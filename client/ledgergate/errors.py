@@ -76,3 +76,10 @@ class KafkaAuthenticationError(GateClientError):
     not sign the broker's certificate, a client certificate the broker does not accept)."""
 
     code = "kafka_authentication_failed"
+
+
+class KafkaUnreachableError(GateClientError):
+    """No broker answered a metadata request in time (down, a wrong address, or a protocol the listener
+    does not speak, e.g. PLAINTEXT to a TLS port); the message carries the last error librdkafka saw."""
+
+    code = "kafka_unreachable"
