@@ -7,10 +7,12 @@ configuration once at start and nothing changes underneath it while it runs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, InstanceOf, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledgergate.connection import KafkaConnection
 from ledgergate.settings import DEFAULT_BOOTSTRAP, TOPIC_PREFIX_MAX_CHARS, TOPIC_PREFIX_PATTERN
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -20,10 +22,19 @@ def _config(prefix: str = "LEDGERGATE_") -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix=prefix, frozen=True, extra="ignore")
 
 
+def _connection_from_env(data: dict[str, Any]) -> KafkaConnection:
+    """TLS and SASL from the LEDGERGATE_KAFKA_* variables, read by the public package's one parser so the
+    services, the SDK and the tools agree on them; the address is this object's kafka_bootstrap."""
+    return KafkaConnection.from_env(bootstrap=data["kafka_bootstrap"])
+
+
 class KafkaSettings(BaseSettings):
     model_config = _config()
 
     kafka_bootstrap: str = DEFAULT_BOOTSTRAP
+    # Where the cluster is and how to authenticate (ledgergate.connection): every Kafka client a process
+    # builds takes this, never kafka_bootstrap alone. Given explicitly, its bootstrap is kafka_bootstrap's.
+    kafka_connection: InstanceOf[KafkaConnection] = Field(default_factory=_connection_from_env, exclude=True)
     # Prepended to every topic name, so tests and demos can run side by side on one broker
     # without reading each other's ledgers. The public package's ClientSettings applies the same rule.
     topic_prefix: str = Field(default="", max_length=TOPIC_PREFIX_MAX_CHARS, pattern=TOPIC_PREFIX_PATTERN)
@@ -32,6 +43,14 @@ class KafkaSettings(BaseSettings):
         return self.topic_prefix + logical_name
     # Every topic has the same count (co-partitioned by tenant); schemas/topics.yaml holds the default.
     kafka_partitions: int | None = Field(default=None, ge=1, le=256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_bootstrap(cls, data: Any) -> Any:
+        """A kafka_connection given explicitly brings its bootstrap: one address, never two that disagree."""
+        if isinstance(data, dict) and isinstance(data.get("kafka_connection"), KafkaConnection):
+            data = {**data, "kafka_bootstrap": data["kafka_connection"].bootstrap}
+        return data
 
 
 def _stack_dsn() -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka import Message
 
 from ledgergate.codec import codec
+from ledgergate.connection import KafkaConnection
 from ledgergate.errors import CodecError
 from ledgergate.shared.kafka.headers import Headers, headers_of
 from ledgergate.shared.kafka.reader import end_offsets, offset_of, partition_of, read_to_end
@@ -32,9 +33,9 @@ def _crc(msg: Message) -> bytes | None:
     return None
 
 
-def read_snapshots(bootstrap: str, topic: str, partitions: list[int]) -> dict[int, PartitionRestore]:
+def read_snapshots(connection: KafkaConnection, topic: str, partitions: list[int]) -> dict[int, PartitionRestore]:
     restores = {p: PartitionRestore(p) for p in partitions}
-    for msg in read_to_end(bootstrap, topic, partitions):
+    for msg in read_to_end(connection, topic, partitions):
         r, at, value = restores[partition_of(msg)], offset_of(msg), msg.value()
         if value is None:
             continue  # a tombstone: nothing to restore (none are written today)
@@ -61,24 +62,25 @@ class Restored:
     restores: dict[int, PartitionRestore]
 
 
-def restore(bootstrap: str, snapshot_topic: str, ledger_topic: str, partitions: list[int], hot_max: int, log: Any,
-            on_entry: Callable[[int, int, LedgerEntry], None] | None = None, snapshots: bool = True) -> Restored:
+def restore(connection: KafkaConnection, snapshot_topic: str, ledger_topic: str, partitions: list[int],
+            hot_max: int, log: Any, on_entry: Callable[[int, int, LedgerEntry], None] | None = None,
+            snapshots: bool = True) -> Restored:
     """Each partition's tenants from its snapshot and the ledger from the snapshot's offset to the end
     (from 0 with `snapshots` False); `on_entry(partition, offset, entry)` after each entry folded (the
     budget-manager schedules expiry)."""
     started = time.monotonic()
-    restores = (read_snapshots(bootstrap, snapshot_topic, partitions) if snapshots
+    restores = (read_snapshots(connection, snapshot_topic, partitions) if snapshots
                 else {p: PartitionRestore(p) for p in partitions})
     read_s = time.monotonic() - started
     stores = {p: TenantStore(hot_max) for p in partitions}
     for p, r in restores.items():
         for tenant_id, usable in r.tenants.items():
             stores[p].put_packed(tenant_id, usable.data)
-    ends = end_offsets(bootstrap, ledger_topic, partitions)
+    ends = end_offsets(connection, ledger_topic, partitions)
     starts = {p: restores[p].start_offset() for p in partitions}
     folded = skipped = 0
     decode = codec().decode
-    for msg in read_to_end(bootstrap, ledger_topic, partitions, start=starts, end=ends):
+    for msg in read_to_end(connection, ledger_topic, partitions, start=starts, end=ends):
         p, offset = partition_of(msg), offset_of(msg)
         # Entries are keyed by their tenant id: a covered one is skipped without being decoded.
         key = (msg.key() or b"").decode("utf-8", "replace")

@@ -36,7 +36,7 @@ def kafka(stack: StackSettings) -> Iterator[KafkaSettings]:
     # Fewer partitions than a new install's 12 keep rebuilds and rebalances short in the suite; the
     # scale-out and zombie tests run two instances, well within six.
     specs = provision.load_specs(partitions=TEST_PARTITIONS, prefix=settings.topic_prefix)
-    provision.apply(settings.kafka_bootstrap, specs)
+    provision.apply(settings.kafka_connection, specs)
     yield settings
     if os.environ.get("LEDGERGATE_TEST_KEEP_TOPICS"):  # to read a failed test's topics afterwards
         return

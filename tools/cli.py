@@ -31,7 +31,7 @@ def _kafka_tool(args: argparse.Namespace) -> int:
     from ledgergate.shared.settings import KafkaSettings, StackSettings
     from ledgergate.tools.devstack import kafka
 
-    cmd = kafka.tool_command(StackSettings(), args.tool, args.args, KafkaSettings().kafka_bootstrap)
+    cmd = kafka.tool_command(StackSettings(), args.tool, args.args, KafkaSettings().kafka_connection)
     return subprocess.run(cmd, check=False).returncode
 
 
@@ -43,10 +43,10 @@ def _topics(args: argparse.Namespace) -> int:
     if args.action == "apply":
         specs = provision.load_specs(partitions=settings.kafka_partitions, prefix=settings.topic_prefix)
         explicit = settings.kafka_partitions is not None
-        for line in provision.apply(settings.kafka_bootstrap, specs, require_count=explicit):
+        for line in provision.apply(settings.kafka_connection, specs, require_count=explicit):
             print(line)
     else:
-        for name, count in sorted(provision.describe(settings.kafka_bootstrap).items()):
+        for name, count in sorted(provision.describe(settings.kafka_connection).items()):
             print(f"{name:40s} {count:4d} partitions")
     return 0
 
@@ -96,7 +96,7 @@ def _client(timeout_s: float = 10.0) -> GateClient:
     from ledgergate.shared.settings import KafkaSettings
 
     settings = KafkaSettings()
-    return GateClient(settings.kafka_bootstrap, settings.topic_prefix, timeout_s=timeout_s)
+    return GateClient(topic_prefix=settings.topic_prefix, timeout_s=timeout_s, connection=settings.kafka_connection)
 
 
 def _request(args: argparse.Namespace) -> int:
@@ -144,14 +144,14 @@ def _budget_show(tenant: str) -> int:
 
     settings = KafkaSettings()
     topic = settings.topic(LEDGER)
-    meta = AdminClient(admin_config(settings.kafka_bootstrap)).list_topics(topic, timeout=10).topics.get(topic)
+    meta = AdminClient(admin_config(settings.kafka_connection)).list_topics(topic, timeout=10).topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
         raise TopicConfigError(f"topic {topic} does not exist; run `ledgergate topics apply`")
     # The tenant's entries all sit on the partition Kafka's murmur2 partitioner chose for its key.
     partition = murmur2_partition(tenant.encode(), len(meta.partitions))
     state = TenantState(tenant)
     key = tenant.encode()
-    for msg in read_to_end(settings.kafka_bootstrap, topic, [partition]):
+    for msg in read_to_end(settings.kafka_connection, topic, [partition]):
         if msg.key() != key or msg.value() is None:
             continue
         name, record = codec().decode(msg.value())

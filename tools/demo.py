@@ -135,7 +135,7 @@ def _send_confirmed(settings: KafkaSettings, send: Callable[[], set[str]], timeo
     """Run `send` (it returns command ids), then wait until budget.ledger shows an entry for each;
     returns the ids not seen in time. The ledger is read from its end as it was before sending."""
     topic = settings.topic(topics.LEDGER)
-    consumer = Consumer(consumer_config(settings.kafka_bootstrap, f"demo-{uuid.uuid4().hex}"))
+    consumer = Consumer(consumer_config(settings.kafka_connection, f"demo-{uuid.uuid4().hex}"))
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p),
@@ -189,12 +189,13 @@ def run_demo(settings: KafkaSettings, agents: int = 300, tenants: int = 5, durat
     names = [f"{TENANTS[i] if i < len(TENANTS) else f'tenant{i + 1}'}-{tag}" for i in range(max(1, tenants))]
     services = None
     if start_services:
-        services = ServiceSet({"LEDGERGATE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        services = ServiceSet({**settings.kafka_connection.env_vars(),
                                "LEDGERGATE_TOPIC_PREFIX": settings.topic_prefix}, StackSettings().data_dir / "demo",
                               supervise=True)
         services.start(GATE_SERVICES)
     try:
-        with GateClient(settings.kafka_bootstrap, settings.topic_prefix, timeout_s=timeout_s) as client:
+        with GateClient(topic_prefix=settings.topic_prefix, timeout_s=timeout_s,
+                        connection=settings.kafka_connection) as client:
             work = build_workload(names, max(agents, len(names)), int(rate_per_s * duration_s), seed)
             _log(f"run {run}: waiting for {', '.join(GATE_SERVICES)} to answer a probe request")
             _wait_ready(client, services, run)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from ledgergate.codec import codec
+from ledgergate.connection import KafkaConnection
 from ledgergate.errors import CodecError
 from ledgergate.shared.catalogue import UnknownPriceError, prices
 from ledgergate.shared.kafka.reader import read_to_end
@@ -43,17 +44,17 @@ def from_postgres(dsn: str, first: date, last: date) -> tuple[MeteringSource | N
         ["days are settlement days (settled_at_ms, UTC); costs are the settled actual_micro_usd"]), why
 
 
-def from_kafka(bootstrap: str, topic: str, first: date, last: date, progress_every: int = 100_000,
+def from_kafka(connection: KafkaConnection, topic: str, first: date, last: date, progress_every: int = 100_000,
                progress: Callable[[str], None] | None = None) -> MeteringSource:
     lo, hi = day_start_ms(first), day_start_ms(last) + MS_PER_DAY
-    partitions = list(range(partition_count(bootstrap, topic)))
-    starts = offsets_at(bootstrap, topic, partitions, lo - SEEK_MARGIN_MS)
+    partitions = list(range(partition_count(connection, topic)))
+    starts = offsets_at(connection, topic, partitions, lo - SEEK_MARGIN_MS)
     catalogue = prices()
     groups: dict[tuple[str, str, bool], list[int]] = {}  # -> [requests, in, cached, out, reasoning, cost]
     seen: set[str] = set()
     duplicates = unpriced = undecodable = read = 0
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
-    for msg in read_to_end(bootstrap, topic, partitions, starts):
+    for msg in read_to_end(connection, topic, partitions, starts):
         read += 1
         if progress_every and read % progress_every == 0:
             say(f"reconcile: {read:,} usage.metered records read")

@@ -26,6 +26,7 @@ from typing import Any
 from confluent_kafka import Message
 
 from ledgergate.codec import codec
+from ledgergate.connection import KafkaConnection
 from ledgergate.errors import CodecError, TopicConfigError, TruncatedMessageError
 from ledgergate.partitioning import murmur2_partition
 from ledgergate.shared.audit import GENESIS_HASH, verify_chain
@@ -43,7 +44,7 @@ MAX_LISTED_PROBLEMS = 100
 
 @dataclass(frozen=True)
 class ReplayOptions:
-    bootstrap: str
+    connection: KafkaConnection
     audit_topic: str
     ledger_topic: str
     from_ms: int | None = None
@@ -99,8 +100,8 @@ class AuditReplay:
 
     def run(self) -> dict[str, Any]:
         o = self.options
-        count = partition_count(o.bootstrap, o.audit_topic)
-        ledger_count = partition_count(o.bootstrap, o.ledger_topic)
+        count = partition_count(o.connection, o.audit_topic)
+        ledger_count = partition_count(o.connection, o.ledger_topic)
         if ledger_count != count:
             raise TopicConfigError(f"{o.audit_topic} has {count} partitions and {o.ledger_topic} {ledger_count}; "
                                    "audit chains follow ledger partitions, so the counts must match")
@@ -108,12 +109,12 @@ class AuditReplay:
         self.checks = {p: PartitionCheck(p) for p in partitions}
         if o.from_ms is None:
             starts = None
-            lows = low_watermarks(o.bootstrap, o.audit_topic, partitions)
+            lows = low_watermarks(o.connection, o.audit_topic, partitions)
             self.genesis = {p: lows[p] == 0 for p in partitions}
         else:
-            starts = offsets_at(o.bootstrap, o.audit_topic, partitions, o.from_ms - o.seek_margin_ms)
+            starts = offsets_at(o.connection, o.audit_topic, partitions, o.from_ms - o.seek_margin_ms)
             self.genesis = dict.fromkeys(partitions, False)
-        for msg in read_to_end(o.bootstrap, o.audit_topic, partitions, starts):
+        for msg in read_to_end(o.connection, o.audit_topic, partitions, starts):
             self._audit(msg)
             self._tick(o.audit_topic)
         self._ledger(partitions)
@@ -196,13 +197,13 @@ class AuditReplay:
 
     def _ledger(self, partitions: list[int]) -> None:
         o = self.options
-        starts = None if o.from_ms is None else offsets_at(o.bootstrap, o.ledger_topic, partitions,
+        starts = None if o.from_ms is None else offsets_at(o.connection, o.ledger_topic, partitions,
                                                            o.from_ms - o.seek_margin_ms)
         lo: dict[int, int] = {}
         hi: dict[int, int] = {}
         for lp, loff in self.audited:
             lo[lp], hi[lp] = min(lo.get(lp, loff), loff), max(hi.get(lp, loff), loff)
-        for msg in read_to_end(o.bootstrap, o.ledger_topic, partitions, starts):
+        for msg in read_to_end(o.connection, o.ledger_topic, partitions, starts):
             self._tick(o.ledger_topic)
             p, off, raw = partition_of(msg), offset_of(msg), msg.value()
             if raw is None:  # the codec would refuse it below too; the SHA-256 comparison cannot take it

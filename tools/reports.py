@@ -30,7 +30,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
     settings = KafkaSettings()
     report = AuditReplay(ReplayOptions(
-        bootstrap=settings.kafka_bootstrap, audit_topic=args.topic or settings.topic(topics.AUDIT),
+        connection=settings.kafka_connection, audit_topic=args.topic or settings.topic(topics.AUDIT),
         ledger_topic=args.ledger_topic or settings.topic(topics.LEDGER), from_ms=args.from_ms, tenant=args.tenant,
         pg_dsn=args.pg_dsn, progress_every=args.progress_every)).run()
     print(render_replay(report))
@@ -119,7 +119,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
             notes.append(f"PostgreSQL not used ({why}); folded usage.metered from Kafka instead")
     if source is None:
         settings = KafkaSettings()
-        source = metering.from_kafka(settings.kafka_bootstrap, args.topic or settings.topic(topics.METERED),
+        source = metering.from_kafka(settings.kafka_connection, args.topic or settings.topic(topics.METERED),
                                      first, last,
                                      args.progress_every)
     # An invoice is one provider's: usage of models it never lists belongs to another provider's bill.

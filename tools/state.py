@@ -14,6 +14,7 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from ledgergate.codec import codec
+from ledgergate.connection import KafkaConnection
 from ledgergate.errors import TopicConfigError
 from ledgergate.kafka_config import admin_config
 from ledgergate.shared.kafka.reader import end_offsets, offset_of, read_to_end
@@ -27,17 +28,17 @@ from ledgergate.topics import LEDGER, SNAPSHOTS
 MISMATCHES_SHOWN_MAX = 20
 
 
-def _partitions(bootstrap: str, topic: str) -> list[int]:
-    meta = AdminClient(admin_config(bootstrap)).list_topics(topic, timeout=10).topics.get(topic)
+def _partitions(connection: KafkaConnection, topic: str) -> list[int]:
+    meta = AdminClient(admin_config(connection)).list_topics(topic, timeout=10).topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
         raise TopicConfigError(f"topic {topic} does not exist; run `ledgergate topics apply`")
     return sorted(meta.partitions)
 
 
-def verify_partition(bootstrap: str, ledger: str, snapshots: str, p: int) -> dict[str, Any]:
+def verify_partition(connection: KafkaConnection, ledger: str, snapshots: str, p: int) -> dict[str, Any]:
     started = time.monotonic()
-    r = read_snapshots(bootstrap, snapshots, [p])[p]
-    end = end_offsets(bootstrap, ledger, [p])[p]
+    r = read_snapshots(connection, snapshots, [p])[p]
+    end = end_offsets(connection, ledger, [p])[p]
     due = sorted((u.covered_offset, tenant_id) for tenant_id, u in r.tenants.items())
     states: dict[str, TenantState] = {}
     mismatched: list[str] = []
@@ -50,7 +51,7 @@ def verify_partition(bootstrap: str, ledger: str, snapshots: str, p: int) -> dic
         if pack(state, covered) != r.tenants[tenant_id].data:
             mismatched.append(tenant_id)
 
-    for msg in read_to_end(bootstrap, ledger, [p], end={p: end}):
+    for msg in read_to_end(connection, ledger, [p], end={p: end}):
         offset = offset_of(msg)
         while i < len(due) and due[i][0] <= offset:  # the state below the record's covered offset
             check(due[i][1], due[i][0])
@@ -78,8 +79,8 @@ def verify_partition(bootstrap: str, ledger: str, snapshots: str, p: int) -> dic
 
 def verify(settings: KafkaSettings, partitions: list[int] | None = None) -> dict[str, Any]:
     ledger, snapshots = settings.topic(LEDGER), settings.topic(SNAPSHOTS)
-    chosen = partitions if partitions else _partitions(settings.kafka_bootstrap, ledger)
-    reports = [verify_partition(settings.kafka_bootstrap, ledger, snapshots, p) for p in chosen]
+    chosen = partitions if partitions else _partitions(settings.kafka_connection, ledger)
+    reports = [verify_partition(settings.kafka_connection, ledger, snapshots, p) for p in chosen]
     return {"ok": all(r["ok"] for r in reports), "partitions": reports}
 
 

@@ -9,17 +9,28 @@
             ...  # call decision["deployment"]["model"], then gate.complete(...) with the usage it reported
 
 It holds the gate's wire contract as well as the SDK: the Avro schemas and their codec, the topic names,
-the id rules and the Kafka client options. The server (ledgergate.shared, ledgergate.services,
-ledgergate.tools, in the ledgergate-server distribution) builds on these and nothing here imports it.
+the id rules, the Kafka connection settings (TLS, SASL: ledgergate.connection) and the Kafka client
+options. The server (ledgergate.shared, ledgergate.services, ledgergate.tools, in the ledgergate-server
+distribution) builds on these and nothing here imports it.
 """
 
 from __future__ import annotations
 
 from ledgergate.client import DecisionFuture, GateClient
 from ledgergate.commands import COMMAND_KINDS, BudgetCommand
-from ledgergate.errors import GateClientError, GateOverloadedError, GateTimeoutError, LedgergateError
+from ledgergate.connection import KafkaConnection, Secret
+from ledgergate.errors import (
+    ConnectionSettingsError,
+    GateClientError,
+    GateOverloadedError,
+    GateTimeoutError,
+    KafkaAuthenticationError,
+    KafkaUnreachableError,
+    LedgergateError,
+)
 from ledgergate.settings import ClientSettings
 
 __version__ = "0.1.0"
-__all__ = ["COMMAND_KINDS", "BudgetCommand", "ClientSettings", "DecisionFuture", "GateClient", "GateClientError",
-           "GateOverloadedError", "GateTimeoutError", "LedgergateError", "__version__"]
+__all__ = ["COMMAND_KINDS", "BudgetCommand", "ClientSettings", "ConnectionSettingsError", "DecisionFuture",
+           "GateClient", "GateClientError", "GateOverloadedError", "GateTimeoutError", "KafkaAuthenticationError",
+           "KafkaConnection", "KafkaUnreachableError", "LedgergateError", "Secret", "__version__"]

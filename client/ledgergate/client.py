@@ -31,11 +31,13 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.commands import BudgetCommand
+from ledgergate.connection import KafkaConnection
 from ledgergate.errors import CodecError, GateClientError, GateOverloadedError, GateTimeoutError, TopicConfigError
 from ledgergate.events import ChatMessage, InvocationRequested
 from ledgergate.ids import request_problem
 from ledgergate.kafka_config import admin_config, consumer_config, producer_config
 from ledgergate.partitioning import murmur2_partition
+from ledgergate.preflight import check_cluster
 from ledgergate.settings import ClientSettings
 
 MAX_OUTSTANDING = 100_000
@@ -67,16 +69,18 @@ def _now_ms() -> int:
 
 class GateClient:
     def __init__(self, bootstrap: str | None = None, topic_prefix: str | None = None, timeout_s: float = 10.0,
-                 max_outstanding: int = MAX_OUTSTANDING, partitions: str = "tenant",
-                 consumer_options: Mapping[str, Any] | None = None) -> None:
+                 max_outstanding: int = MAX_OUTSTANDING, *, connection: KafkaConnection | None = None,
+                 partitions: str = "tenant", consumer_options: Mapping[str, Any] | None = None) -> None:
         """`bootstrap` and `topic_prefix` default (None) to LEDGERGATE_KAFKA_BOOTSTRAP and
-        LEDGERGATE_TOPIC_PREFIX (ClientSettings: 127.0.0.1:9092 and no prefix); an argument wins.
+        LEDGERGATE_TOPIC_PREFIX (ClientSettings: 127.0.0.1:9092 and no prefix); an argument wins. TLS and
+        SASL come from `connection` or else the LEDGERGATE_KAFKA_* variables (ledgergate.connection).
         `partitions`: "tenant" reads the decisions partitions of the tenants this client asks for, "all"
         every partition. `consumer_options`: librdkafka options for the decisions consumer (statistics)."""
         if partitions not in READ_MODES:
             raise GateClientError(f"partitions must be one of {', '.join(READ_MODES)}, not {partitions!r}")
-        self._topics = ClientSettings.from_env(bootstrap, topic_prefix)
-        bootstrap = self._topics.kafka_bootstrap
+        self._topics = ClientSettings.from_env(bootstrap, topic_prefix, connection)
+        kafka = self._topics.kafka_connection
+        check_cluster(kafka, timeout_s=max(timeout_s, 10.0))  # a refused password fails here, typed, not as a timeout
         self.timeout_s = timeout_s
         self.max_outstanding = max_outstanding
         self._requests_topic = self._topics.topic(topics.REQUESTS)
@@ -89,15 +93,17 @@ class GateClient:
         self._stop = threading.Event()
         self._closed = False
         self.delivery_errors = 0
-        self._producer = Producer(producer_config(bootstrap))
-        self._consumer = Consumer(consumer_config(bootstrap, f"ledgergate-client-{uuid.uuid4().hex}", **{
+        self._producer = Producer(producer_config(kafka))
+        self._consumer = Consumer(consumer_config(kafka, f"ledgergate-client-{uuid.uuid4().hex}", **{
             "enable.auto.commit": False, "isolation.level": "read_committed",
             "enable.partition.eof": False, "auto.offset.reset": "latest", **(consumer_options or {})}))
         # End offsets come from an admin client of their own: on the consumer's connection such a request
         # waits behind its parked fetch (measured here: 92 s for the first, 100 ms for each after it).
-        self._admin = AdminClient(admin_config(bootstrap))
+        self._admin = AdminClient(admin_config(kafka))
         self._reading: set[int] = set()
         self._assign_lock = threading.Lock()
+        self._assignments: list[tuple[list[TopicPartition], threading.Event]] = []  # for the decisions thread
+        self._thread: threading.Thread | None = None
         try:
             self._partition_count = self._decisions_partitions(timeout_s=max(timeout_s, 10.0))
             if partitions == "all":
@@ -150,7 +156,18 @@ class GateClient:
                         raise TopicConfigError(f"end offsets of {topic} unavailable after {timeout_s:.0f} s: "
                                                f"{exc.args[0].str()}") from None
                     time.sleep(0.1)
-            self._consumer.incremental_assign([TopicPartition(topic, p, ends[p]) for p in todo])
+            tps = [TopicPartition(topic, p, ends[p]) for p in todo]
+            if self._thread is None:  # the constructor, before the decisions thread runs
+                self._consumer.incremental_assign(tps)
+            else:
+                # Only the decisions thread touches the consumer: an assign from another thread while
+                # it polls blocked for minutes here (librdkafka 2.16 through confluent-kafka).
+                done = threading.Event()
+                with self._lock:
+                    self._assignments.append((tps, done))
+                if not done.wait(max(0.1, deadline - time.monotonic())):
+                    raise GateClientError(f"the decisions thread did not start reading {topic} partitions "
+                                          f"{todo} within {timeout_s:.0f} s")
             self._reading.update(todo)
 
     def _read_partition_of(self, tenant_id: str, timeout_s: float) -> None:
@@ -168,7 +185,8 @@ class GateClient:
             return
         self._closed = True
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         self._consumer.close()
         self._producer.flush(flush_timeout_s)
         with self._lock:
@@ -324,6 +342,12 @@ class GateClient:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                if self._assignments:
+                    with self._lock:
+                        pending, self._assignments = self._assignments, []
+                    for tps, done in pending:
+                        self._consumer.incremental_assign(tps)
+                        done.set()
                 self._producer.poll(0)
                 # poll() returns on the first message; consume(n, t) would wait out t unless n arrived,
                 # adding its whole timeout to a decision's latency. Then drain what is already there.

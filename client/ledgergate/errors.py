@@ -62,3 +62,24 @@ class GateOverloadedError(GateClientError):
     """More requests are waiting for decisions than the client's bound allows."""
 
     code = "gate_client_overloaded"
+
+
+class ConnectionSettingsError(LedgergateError):
+    """Kafka connection settings that cannot work: an unknown security protocol or SASL mechanism, a
+    mechanism without its credentials, a certificate file that does not exist (ledgergate.connection)."""
+
+    code = "connection_settings_invalid"
+
+
+class KafkaAuthenticationError(GateClientError):
+    """The broker refused the client: SASL authentication failed, or the TLS handshake did (a CA that does
+    not sign the broker's certificate, a client certificate the broker does not accept)."""
+
+    code = "kafka_authentication_failed"
+
+
+class KafkaUnreachableError(GateClientError):
+    """No broker answered a metadata request in time (down, a wrong address, or a protocol the listener
+    does not speak, e.g. PLAINTEXT to a TLS port); the message carries the last error librdkafka saw."""
+
+    code = "kafka_unreachable"

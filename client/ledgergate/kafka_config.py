@@ -2,11 +2,17 @@
 
 librdkafka's defaults favour throughput (linger.ms 5, fetch.wait.max.ms 500); the gate's product is
 latency, so these are chosen for it and measured by `make bench`.
+
+Each builder takes a KafkaConnection (ledgergate.connection), never a bare address: where the cluster is
+and how to authenticate (TLS, SASL) come in together, so no client of the project can be built without
+its security settings, and an override can neither drop nor replace them (`_check_overrides`).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from ledgergate.connection import KafkaConnection
 
 # librdkafka's default partitioner (consistent_random, CRC32) differs from the Java/aiokafka
 # murmur2 one: without this a tenant's events would land on different partitions per client.
@@ -15,11 +21,25 @@ PARTITIONER = "murmur2_random"
 FETCH_WAIT_MAX_MS = 100
 # The coordinator aborts a transaction left open this long (a dead or paused producer's).
 TRANSACTION_TIMEOUT_MS = 60_000
+# The keys that belong to the connection: an override of one would send a client elsewhere or without
+# its credentials.
+CONNECTION_KEY_PREFIXES = ("bootstrap.servers", "metadata.broker.list", "security.protocol", "ssl.", "sasl.",
+                           "enable.ssl.", "enable.sasl.")
 
 
-def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
+def _check_overrides(overrides: dict[str, Any]) -> None:
+    taken = sorted(key for key in overrides if key.startswith(CONNECTION_KEY_PREFIXES))
+    assert not taken, f"connection settings come from the KafkaConnection, not an override: {taken}"
+
+
+def _connected(connection: KafkaConnection, config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    assert isinstance(connection, KafkaConnection), f"a KafkaConnection, not {type(connection).__name__}"
+    _check_overrides(overrides)
+    return {**connection.librdkafka_config(), **config, **overrides}
+
+
+def producer_config(connection: KafkaConnection, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
         "partitioner": PARTITIONER,
         "enable.idempotence": True,
         "acks": "all",
@@ -29,13 +49,13 @@ def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
         "compression.type": "none",
         "message.max.bytes": 4 * 1024 * 1024,
     }
-    config.update(overrides)
-    return config
+    return _connected(connection, config, overrides)
 
 
-def transactional_producer_config(bootstrap: str, transactional_id: str, **overrides: Any) -> dict[str, Any]:
+def transactional_producer_config(connection: KafkaConnection, transactional_id: str,
+                                  **overrides: Any) -> dict[str, Any]:
     return producer_config(
-        bootstrap,
+        connection,
         **{
             "transactional.id": transactional_id,
             "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
@@ -50,9 +70,8 @@ def transactional_producer_config(bootstrap: str, transactional_id: str, **overr
     )
 
 
-def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str, Any]:
+def consumer_config(connection: KafkaConnection, group_id: str, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
         "group.id": group_id,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
@@ -72,9 +91,8 @@ def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str
         "max.poll.interval.ms": 300000,
         "queued.max.messages.kbytes": 65536,
     }
-    config.update(overrides)
-    return config
+    return _connected(connection, config, overrides)
 
 
-def admin_config(bootstrap: str) -> dict[str, Any]:
-    return {"bootstrap.servers": bootstrap, "socket.nagle.disable": True}
+def admin_config(connection: KafkaConnection, **overrides: Any) -> dict[str, Any]:
+    return _connected(connection, {"socket.nagle.disable": True}, overrides)

@@ -31,7 +31,7 @@ class CommandPublisher:
         self.timeout_s = timeout_s
         # librdkafka gives up on a message when the request does, instead of retrying it for its default
         # five minutes: a command answered 503 should not quietly apply long afterwards.
-        self._producer = Producer(producer_config(settings.kafka_bootstrap,
+        self._producer = Producer(producer_config(settings.kafka_connection,
                                                   **{"message.timeout.ms": int(timeout_s * 1000)}))
         self._stop = threading.Event()
         # Delivery callbacks run inside poll(); a dedicated thread serves them so a waiting request

@@ -96,7 +96,7 @@ class BudgetManager:
         # The revoke-all of an eager rebalance dropped every partition; restores start from scratch.
         self.expiry_heap = [e for e in self.expiry_heap if e[1] not in partitions]
         heapq.heapify(self.expiry_heap)
-        restored = restore(self.settings.kafka_bootstrap, self.topic_snapshots, self.topic_ledger, partitions,
+        restored = restore(self.settings.kafka_connection, self.topic_snapshots, self.topic_ledger, partitions,
                            self.settings.hot_tenants_max, self.log, on_entry=self._scheduled,
                            snapshots=self.settings.restore_from_snapshots)
         for p in partitions:

@@ -51,7 +51,7 @@ class PolicyService:
         self.buckets: dict[str, core.Bucket] = {}
 
     def assigned(self, partitions: list[int]) -> dict[tuple[str, int], int]:
-        restored = restore(self.settings.kafka_bootstrap, self.topic_snapshots, self.topic_ledger, partitions,
+        restored = restore(self.settings.kafka_connection, self.topic_snapshots, self.topic_ledger, partitions,
                            self.settings.hot_tenants_max, self.log, snapshots=self.settings.restore_from_snapshots)
         self.tenants.update(restored.stores)
         self.log.info("policy_state_rebuilt", partitions=partitions,

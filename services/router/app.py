@@ -45,7 +45,7 @@ class Router:
     def assigned(self, partitions: list[int]) -> None:
         for p in partitions:
             chain = core.Chain(p)
-            last = last_message(self.settings.kafka_bootstrap, self.topic_audit, p)
+            last = last_message(self.settings.kafka_connection, self.topic_audit, p)
             if last is not None:
                 _, rec = codec().decode(last.value())
                 chain.next_sequence, chain.last_hash = rec["chain_sequence"] + 1, rec["hash"]
@@ -61,7 +61,7 @@ class Router:
         started = time.monotonic()
         start = max(0, before_offset - self.settings.rebuild_window)
         count = 0
-        for msg in read_to_end(self.settings.kafka_bootstrap, self.topic_ledger, [p], {p: start},
+        for msg in read_to_end(self.settings.kafka_connection, self.topic_ledger, [p], {p: start},
                                end={p: before_offset}):
             if codec().peek_name(msg.value()) in ("ReservationPlaced", "ReservationDenied"):
                 entry = from_record(*codec().decode(msg.value()))

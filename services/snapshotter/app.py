@@ -43,7 +43,7 @@ class Snapshotter:
         self.sequence: dict[int, int] = {}
 
     def assigned(self, partitions: list[int]) -> dict[tuple[str, int], int]:
-        restored = restore(self.settings.kafka_bootstrap, self.topic_snapshots, self.topic_ledger, partitions,
+        restored = restore(self.settings.kafka_connection, self.topic_snapshots, self.topic_ledger, partitions,
                            self.settings.hot_tenants_max, self.log, on_entry=self._touched)
         now_ms = time.time_ns() // 1_000_000
         for p in partitions:

@@ -85,7 +85,7 @@ class Producing:
 
     def producer(self, **overrides: Any) -> Producer:
         o = self.ctx.options
-        return Producer(producer_config(o.bootstrap, **{
+        return Producer(producer_config(o.connection, **{
             "client.id": f"{o.service}-{o.instance_id}", "error_cb": self.ctx.errors.on_error, **overrides}))
 
     def produce(self, producer: Producer, records: list[Record]) -> None:

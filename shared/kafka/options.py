@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ledgergate.connection import KafkaConnection
 from ledgergate.shared.settings import ServiceSettings
 from ledgergate.topics import DEADLETTER
 
@@ -15,7 +16,8 @@ Delivery = Literal["kafka-transaction", "produce-then-commit", "offsets-in-sink"
 class RuntimeOptions:
     service: str
     instance_id: str
-    bootstrap: str
+    # The cluster and its security settings (TLS, SASL): every client of the runtime is built from it.
+    connection: KafkaConnection
     group_id: str
     topics: list[str]
     deadletter_topic: str
@@ -57,7 +59,7 @@ def options_for(service: str, settings: ServiceSettings, input_topics: list[str]
     if overrides.get("delivery", "kafka-transaction") == "kafka-transaction":
         overrides.setdefault("batch_linger_s", settings.batch_linger_ms / 1000)
     fields: dict[str, Any] = {
-        "service": service, "instance_id": settings.instance_id, "bootstrap": settings.kafka_bootstrap,
+        "service": service, "instance_id": settings.instance_id, "connection": settings.kafka_connection,
         "group_id": f"{settings.topic_prefix}ledgergate-{service}", "topics": input_topics,
         "deadletter_topic": settings.topic(DEADLETTER), "max_batch": settings.max_batch,
         "poll_timeout_s": settings.poll_timeout_ms / 1000, "stall_after_ms": settings.stall_after_ms,

@@ -11,6 +11,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from ledgergate.codec import schemas_dir
+from ledgergate.connection import KafkaConnection
 from ledgergate.errors import TopicConfigError
 from ledgergate.kafka_config import admin_config
 
@@ -47,14 +48,15 @@ def load_specs(path: Path | None = None, partitions: int | None = None, prefix: 
     return specs
 
 
-def apply(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 30.0, require_count: bool = False) -> list[str]:
+def apply(connection: KafkaConnection, specs: list[TopicSpec], timeout_s: float = 30.0,
+          require_count: bool = False) -> list[str]:
     """Create missing topics and align configs. Never deletes, shrinks or grows a topic: adding partitions
     moves keys (murmur2 modulo the count), so a tenant's ledger history would sit on one partition and its
     new entries on another, under two single writers. The partition count is chosen when an install's
     topics are first created; an existing install keeps its count, and topics added later get it too.
     `require_count`: the caller asked for this count explicitly (LEDGERGATE_KAFKA_PARTITIONS), so an
     install with another count is an error rather than kept."""
-    admin = AdminClient(admin_config(bootstrap))
+    admin = AdminClient(admin_config(connection))
     existing = admin.list_topics(timeout=timeout_s).topics
     report: list[str] = []
     have = {s.name: len(existing[s.name].partitions) for s in specs if s.name in existing}
@@ -90,7 +92,7 @@ def apply(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 30.0, requi
     return report
 
 
-def describe(bootstrap: str, timeout_s: float = 10.0) -> dict[str, int]:
-    admin = AdminClient(admin_config(bootstrap))
+def describe(connection: KafkaConnection, timeout_s: float = 10.0) -> dict[str, int]:
+    admin = AdminClient(admin_config(connection))
     return {name: len(t.partitions) for name, t in admin.list_topics(timeout=timeout_s).topics.items()
             if not name.startswith("__")}

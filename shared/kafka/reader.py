@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from ledgergate.connection import KafkaConnection
 from ledgergate.kafka_config import consumer_config
 from ledgergate.shared.errors import ReadTimeoutError
 
@@ -53,15 +54,16 @@ def _high_watermark(consumer: Consumer, topic: str, partition: int, timeout_s: f
             time.sleep(0.2)
 
 
-def end_offsets(bootstrap: str, topic: str, partitions: list[int], timeout_s: float = 10.0) -> dict[int, int]:
-    consumer = Consumer(consumer_config(bootstrap, "ledgergate-reader", **{"enable.auto.commit": False}))
+def end_offsets(connection: KafkaConnection, topic: str, partitions: list[int],
+                timeout_s: float = 10.0) -> dict[int, int]:
+    consumer = Consumer(consumer_config(connection, "ledgergate-reader", **{"enable.auto.commit": False}))
     try:
         return {p: _high_watermark(consumer, topic, p, timeout_s) for p in partitions}
     finally:
         consumer.close()
 
 
-def read_to_end(bootstrap: str, topic: str, partitions: list[int], start: dict[int, int] | None = None,
+def read_to_end(connection: KafkaConnection, topic: str, partitions: list[int], start: dict[int, int] | None = None,
                 stall_timeout_s: float = 60.0, batch: int = 5000,
                 end: dict[int, int] | None = None) -> Iterator[Message]:
     """Yield every committed message of `partitions` from `start` (default: the beginning) to `end`
@@ -70,7 +72,7 @@ def read_to_end(bootstrap: str, topic: str, partitions: list[int], start: dict[i
     (for example an open transaction of a predecessor that nobody aborts)."""
     if not partitions:
         return
-    consumer = Consumer(consumer_config(bootstrap, "ledgergate-reader", **{
+    consumer = Consumer(consumer_config(connection, "ledgergate-reader", **{
         "enable.auto.commit": False, "fetch.wait.max.ms": 50, "fetch.min.bytes": 1,
         "queued.max.messages.kbytes": 262144, "fetch.max.bytes": 52428800}))
     try:
@@ -104,9 +106,9 @@ def read_to_end(bootstrap: str, topic: str, partitions: list[int], start: dict[i
         consumer.close()
 
 
-def last_message(bootstrap: str, topic: str, partition: int, lookback: int = 64) -> Message | None:
+def last_message(connection: KafkaConnection, topic: str, partition: int, lookback: int = 64) -> Message | None:
     """The last committed data message of one partition (skipping transaction markers)."""
-    consumer = Consumer(consumer_config(bootstrap, "ledgergate-reader", **{"enable.auto.commit": False}))
+    consumer = Consumer(consumer_config(connection, "ledgergate-reader", **{"enable.auto.commit": False}))
     try:
         high = _high_watermark(consumer, topic, partition)
         low = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[0]
@@ -116,8 +118,8 @@ def last_message(bootstrap: str, topic: str, partition: int, lookback: int = 64)
         return None
     start = max(low, high - lookback)
     found = None
-    for msg in read_to_end(bootstrap, topic, [partition], {partition: start}):
+    for msg in read_to_end(connection, topic, [partition], {partition: start}):
         found = msg
     if found is None and start > low:
-        return last_message(bootstrap, topic, partition, lookback * 8)
+        return last_message(connection, topic, partition, lookback * 8)
     return found

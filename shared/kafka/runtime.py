@@ -90,7 +90,7 @@ class StreamRuntime:
         # Before the clients exist: their threads must inherit the blocked stop signals.
         on_stop_signal(self.stop, options.shutdown_timeout_ms, self.log)
         self.errors = ClientErrors(options.service, self.health, self.log)
-        self.consumer = Consumer(consumer_config(options.bootstrap, options.group_id, **{
+        self.consumer = Consumer(consumer_config(options.connection, options.group_id, **{
             "partition.assignment.strategy": options.assignment_strategy,
             "client.id": f"{options.service}-{options.instance_id}", "error_cb": self.errors.on_error,
             **options.consumer_overrides}))

@@ -10,28 +10,29 @@ import time
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from ledgergate.connection import KafkaConnection
 from ledgergate.errors import TopicConfigError
 from ledgergate.kafka_config import admin_config, consumer_config
 from ledgergate.shared.kafka.reader import end_offsets
 
 
-def partition_count(bootstrap: str, topic: str, timeout_s: float = 10.0) -> int:
+def partition_count(connection: KafkaConnection, topic: str, timeout_s: float = 10.0) -> int:
     """How many partitions `topic` has; TopicConfigError when it does not exist."""
-    meta = AdminClient(admin_config(bootstrap)).list_topics(topic, timeout=timeout_s).topics.get(topic)
+    meta = AdminClient(admin_config(connection)).list_topics(topic, timeout=timeout_s).topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
         why = "no metadata" if meta is None else (meta.error or "no partitions")
-        raise TopicConfigError(f"topic {topic} does not exist on {bootstrap} ({why})")
+        raise TopicConfigError(f"topic {topic} does not exist on {connection.describe()} ({why})")
     return len(meta.partitions)
 
 
-def offsets_at(bootstrap: str, topic: str, partitions: list[int], ts_ms: int,
+def offsets_at(connection: KafkaConnection, topic: str, partitions: list[int], ts_ms: int,
                timeout_s: float = 30.0) -> dict[int, int]:
     """Per partition, the first offset whose message timestamp is >= ts_ms; a partition with nothing
     that late starts at its end (so the caller reads nothing from it, rather than waiting on OFFSET_END)."""
     if not partitions:
         return {}
-    ends = end_offsets(bootstrap, topic, partitions)
-    consumer = Consumer(consumer_config(bootstrap, "ledgergate-seek", **{"enable.auto.commit": False}))
+    ends = end_offsets(connection, topic, partitions)
+    consumer = Consumer(consumer_config(connection, "ledgergate-seek", **{"enable.auto.commit": False}))
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -54,9 +55,9 @@ def offsets_at(bootstrap: str, topic: str, partitions: list[int], ts_ms: int,
     return starts
 
 
-def low_watermarks(bootstrap: str, topic: str, partitions: list[int]) -> dict[int, int]:
+def low_watermarks(connection: KafkaConnection, topic: str, partitions: list[int]) -> dict[int, int]:
     """The first offset still stored per partition (above 0 once retention has deleted the head)."""
-    consumer = Consumer(consumer_config(bootstrap, "ledgergate-seek", **{"enable.auto.commit": False}))
+    consumer = Consumer(consumer_config(connection, "ledgergate-seek", **{"enable.auto.commit": False}))
     try:
         return {p: int(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0]) for p in partitions}
     finally:

@@ -49,7 +49,7 @@ class KafkaTransaction:
         # aborts whatever it left open. Prefixed by the group (which carries the topic prefix): two
         # deployments on one broker, say a demo and a test run, must never fence each other's producers.
         self.producer = Producer(transactional_producer_config(
-            o.bootstrap, f"{o.group_id}-{o.instance_id}",
+            o.connection, f"{o.group_id}-{o.instance_id}",
             **{"client.id": f"{o.service}-{o.instance_id}-tx", "error_cb": ctx.errors.on_error}))
         # Made on first use: only a service that has early records pays for the connection.
         self._early: Producer | None = None
@@ -120,7 +120,7 @@ class KafkaTransaction:
     def _committed_ignoring_pending(self, partitions: list[TopicPartition]) -> list[TopicPartition] | None:
         o = self.ctx.options
         # read_uncommitted: librdkafka asks for the committed offsets without RequireStable.
-        reader = Consumer(consumer_config(o.bootstrap, o.group_id, **{
+        reader = Consumer(consumer_config(o.connection, o.group_id, **{
             "isolation.level": "read_uncommitted", "client.id": f"{o.service}-{o.instance_id}-offsets"}))
         try:
             with self.ctx.health.call("committed_unstable", int(CALL_TIMEOUT_S * 1000) + CALL_GRACE_MS):

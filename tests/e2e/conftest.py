@@ -77,7 +77,7 @@ class Gate:
     def read(self, logical_topic: str) -> list[tuple[int, str, dict[str, Any]]]:
         """Every committed record of a topic, from offset 0: (partition, type, record)."""
         return [(m.partition(), *codec().decode(m.value()))
-                for m in read_to_end(self.kafka.kafka_bootstrap, self.kafka.topic(logical_topic), list(range(6)))]
+                for m in read_to_end(self.kafka.kafka_connection, self.kafka.topic(logical_topic), list(range(6)))]
 
     def ledger(self) -> list[tuple[int, str, dict[str, Any]]]:
         return self.read(topics.LEDGER)

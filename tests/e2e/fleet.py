@@ -128,7 +128,7 @@ def check_invariants(projected: Projected, traffic: Traffic, decisions: list[dic
             f"{tenant} overspent: {b}, overage {overage[tenant]}"
 
     # The audit chain neither forks nor gaps, and covers the ledger.
-    report = AuditReplay(ReplayOptions(gate.kafka.kafka_bootstrap, gate.kafka.topic(topics.AUDIT),
+    report = AuditReplay(ReplayOptions(gate.kafka.kafka_connection, gate.kafka.topic(topics.AUDIT),
                                        gate.kafka.topic(topics.LEDGER))).run()
     assert report["ok"] and report["coverage_problems"] == 0, report
 

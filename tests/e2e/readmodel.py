@@ -26,7 +26,7 @@ PARTITIONS = list(range(6))
 
 def _read(kafka: KafkaSettings, topic: str) -> list[tuple[int, int, str, dict[str, Any]]]:
     return [(m.partition(), m.offset(), *codec().decode(m.value()))
-            for m in read_to_end(kafka.kafka_bootstrap, kafka.topic(topic), PARTITIONS)]
+            for m in read_to_end(kafka.kafka_connection, kafka.topic(topic), PARTITIONS)]
 
 
 def _unstorable(rec: dict[str, Any]) -> bool:

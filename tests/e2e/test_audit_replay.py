@@ -31,7 +31,7 @@ from tests.fresh_db import fresh_database, insert_usage
 
 def _replay(gate: Gate, topic: str | None = None, **kw: Any) -> tuple[dict[str, Any], list[str]]:
     lines: list[str] = []
-    report = AuditReplay(ReplayOptions(gate.kafka.kafka_bootstrap, topic or gate.kafka.topic(topics.AUDIT),
+    report = AuditReplay(ReplayOptions(gate.kafka.kafka_connection, topic or gate.kafka.topic(topics.AUDIT),
                                        gate.kafka.topic(topics.LEDGER), progress=lines.append, **kw)).run()
     return report, lines
 
@@ -111,9 +111,9 @@ def _tampered_copy(gate: Gate, name: str, partition: int, index: int,
     partition in its original order; `change` rewrites (or, returning None, drops) the index-th record of
     `partition`. The copy is written without transactions, so its offsets are the records' indexes."""
     topic = f"{gate.kafka.topic_prefix}{name}"
-    admin = AdminClient(admin_config(gate.kafka.kafka_bootstrap))
+    admin = AdminClient(admin_config(gate.kafka.kafka_connection))
     admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])[topic].result()
-    producer = Producer(producer_config(gate.kafka.kafka_bootstrap))
+    producer = Producer(producer_config(gate.kafka.kafka_connection))
     seen: dict[int, int] = {}
     for p, _, rec in audit_records(gate):
         i = seen[p] = seen.get(p, -1) + 1

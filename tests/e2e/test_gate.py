@@ -112,7 +112,7 @@ def test_repeats_are_identical_and_malformed_input_is_denied(gate: Gate) -> None
     assert conflict["outcome"] == "DENY" and conflict["reason_codes"] == ["idempotency_conflict"]
     # Garbage bytes with a readable key and request id header: DENY invalid_request, not a crash.
     bad_id = f"bad-{uuid.uuid4().hex[:8]}"
-    producer = Producer(producer_config(gate.kafka.kafka_bootstrap))
+    producer = Producer(producer_config(gate.kafka.kafka_connection))
     producer.produce(gate.kafka.topic(topics.REQUESTS), key=b"retry", value=b"\xc3\x01garbage-not-avro",
                      headers=[("request_id", bad_id.encode())])
     producer.produce(gate.kafka.topic(topics.REQUESTS), key=None, value=b"\x00nothing readable")

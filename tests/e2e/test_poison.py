@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 
 from ledgergate import topics
 from ledgergate.codec import codec
+from ledgergate.connection import KafkaConnection
 from ledgergate.kafka_config import producer_config
 from tests.e2e.conftest import GATE_SERVICES, Projected
 from tests.e2e.readmodel import wait_projection_matches
@@ -49,8 +50,8 @@ def _spoil(rec: dict[str, Any], field: str, value: str) -> None:
 class RawProducer:
     """What a producer that is not the SDK does: any key, any header, bytes of its own making."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self.producer = Producer(producer_config(bootstrap))
+    def __init__(self, connection: KafkaConnection) -> None:
+        self.producer = Producer(producer_config(connection))
         self.offsets: dict[str, int] = {}  # label -> offset it got
 
     def send(self, label: str, topic: str, value: bytes, key: bytes | None, request_id: str | None = None) -> None:
@@ -68,7 +69,7 @@ def test_hostile_strings_are_denied_dead_lettered_or_recorded_and_nothing_stops(
     gate = projected.gate
     kafka = gate.kafka
     gate.client.send_command(TENANT, "SET_LIMIT", 10_000_000)
-    raw = RawProducer(kafka.kafka_bootstrap)
+    raw = RawProducer(kafka.kafka_connection)
     deny: dict[str, str] = {}          # label -> request id that must be answered DENY invalid_request
     dead: dict[str, str] = {}          # label -> logical topic it must be dead-lettered from
 

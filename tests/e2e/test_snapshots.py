@@ -91,7 +91,7 @@ def test_a_restarted_budget_manager_restores_from_the_snapshot_and_folds_only_th
     # balances are still the fold's, and `state verify` reports it (exit 1).
     tenant = TENANTS[0]
     partition = murmur2_partition(tenant.encode(), TEST_PARTITIONS)
-    producer = Producer(producer_config(gate.kafka.kafka_bootstrap))
+    producer = Producer(producer_config(gate.kafka.kafka_connection))
     producer.produce(gate.kafka.topic(topics.SNAPSHOTS), key=tenant.encode(), value=b"\xc3\x01garbage-garbage",
                      headers=[(CHECKSUM_HEADER, b"\x00\x00\x00\x00")], partition=partition)
     assert producer.flush(10) == 0

@@ -59,7 +59,7 @@ def drive(gate: Gate, per_tenant: int = 8) -> Traffic:
 def _records(gate: Gate, logical: str) -> list[tuple[int, int, str, dict[str, Any]]]:
     topic = gate.kafka.topic(logical)
     return [(m.partition(), m.offset(), *codec().decode(m.value()))
-            for m in read_to_end(gate.kafka.kafka_bootstrap, topic, list(range(6)))]
+            for m in read_to_end(gate.kafka.kafka_connection, topic, list(range(6)))]
 
 
 def wait_quiet(gate: Gate, settlements: int, timeout_s: float = 60.0) -> None:

@@ -28,7 +28,7 @@ def _alert(tenant: str, pct: int) -> dict[str, Any]:
 
 
 def _publish(kafka: KafkaSettings, *alerts: dict[str, Any]) -> None:
-    producer = Producer(producer_config(kafka.kafka_bootstrap))
+    producer = Producer(producer_config(kafka.kafka_connection))
     for a in alerts:
         producer.produce(kafka.topic(topics.ALERTS), key=a["tenant_id"].encode(),
                          value=codec().encode("BudgetAlert", a))
@@ -46,7 +46,7 @@ def _wait(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
 
 
 def _committed(kafka: KafkaSettings, partition: int) -> int:
-    consumer = Consumer(consumer_config(kafka.kafka_bootstrap, f"{kafka.topic_prefix}ledgergate-alerter"))
+    consumer = Consumer(consumer_config(kafka.kafka_connection, f"{kafka.topic_prefix}ledgergate-alerter"))
     try:
         return consumer.committed([TopicPartition(kafka.topic(topics.ALERTS), partition)], timeout=10)[0].offset
     finally:
@@ -100,7 +100,7 @@ def test_dead_webhook_dead_letters_the_alert_with_the_error(kafka: KafkaSettings
         services = _alerter(kafka, hook.url, tmp_path / "logs", attempts=3)
         try:
             dead = _wait(lambda: [codec().decode(m.value())[1] for m in read_to_end(
-                kafka.kafka_bootstrap, kafka.topic(topics.DEADLETTER), list(range(6)))], 60, "dead letter")
+                kafka.kafka_connection, kafka.topic(topics.DEADLETTER), list(range(6)))], 60, "dead letter")
             assert len(hook.received) == 3, "bounded: max_attempts POSTs, then the dead letter"
             (letter,) = dead
             assert letter["original_topic"] == kafka.topic(topics.ALERTS) and letter["service"] == "alerter"
@@ -111,7 +111,7 @@ def test_dead_webhook_dead_letters_the_alert_with_the_error(kafka: KafkaSettings
             _wait(lambda: _committed(kafka, p) == letter["original_offset"] + 1, 10, "offset committed")
             # A permanent failure (404) is not retried: one POST, straight to the dead letters.
             _publish(kafka, gone)
-            _wait(lambda: len(list(read_to_end(kafka.kafka_bootstrap, kafka.topic(topics.DEADLETTER),
+            _wait(lambda: len(list(read_to_end(kafka.kafka_connection, kafka.topic(topics.DEADLETTER),
                                                list(range(6))))) == 2, 30, "second dead letter")
             assert len(hook.received) == 4
         finally:

@@ -32,7 +32,7 @@ H = Keys.h
 def _commands(kafka: KafkaSettings) -> dict[str, tuple[int, bytes, dict[str, Any]]]:
     """command id -> (partition, key, record)"""
     out = {}
-    for m in read_to_end(kafka.kafka_bootstrap, kafka.topic(topics.COMMANDS), list(range(6))):
+    for m in read_to_end(kafka.kafka_connection, kafka.topic(topics.COMMANDS), list(range(6))):
         name, rec = codec().decode(m.value())
         assert name == "BudgetCommand"
         out[rec["command_id"]] = (m.partition(), m.key(), rec)

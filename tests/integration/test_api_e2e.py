@@ -51,7 +51,7 @@ def services_fixture(kafka: KafkaSettings, api_db: str, tmp_path: Path) -> Itera
 
 def _ledger(kafka: KafkaSettings) -> dict[str, dict[str, Any]]:
     out = {}
-    for m in read_to_end(kafka.kafka_bootstrap, kafka.topic(topics.LEDGER), list(range(6))):
+    for m in read_to_end(kafka.kafka_connection, kafka.topic(topics.LEDGER), list(range(6))):
         name, rec = codec().decode(m.value())
         out[rec["entry_id"]] = {"type": name, **rec}
     return out

@@ -57,7 +57,7 @@ def _body(path: str) -> Any:
 
 def _commands(kafka: KafkaSettings) -> list[dict[str, Any]]:
     return [codec().decode(m.value())[1]
-            for m in read_to_end(kafka.kafka_bootstrap, kafka.topic(topics.COMMANDS), list(range(6)))]
+            for m in read_to_end(kafka.kafka_connection, kafka.topic(topics.COMMANDS), list(range(6)))]
 
 
 def test_every_route_is_classified(api: TestClient) -> None:

@@ -51,8 +51,8 @@ class Responder(threading.Thread):
         self.headers: dict[str, bytes] = {}
 
     def run(self) -> None:
-        consumer = Consumer(consumer_config(self.settings.kafka_bootstrap, f"responder-{uuid.uuid4().hex}"))
-        producer = Producer(producer_config(self.settings.kafka_bootstrap))
+        consumer = Consumer(consumer_config(self.settings.kafka_connection, f"responder-{uuid.uuid4().hex}"))
+        producer = Producer(producer_config(self.settings.kafka_connection))
         consumer.subscribe([self.settings.topic(REQUESTS)], on_assign=lambda *_: self.ready.set())
         try:
             while not self.stop.is_set():
@@ -88,7 +88,7 @@ def client(kafka: KafkaSettings) -> Iterator[GateClient]:
 
 
 def _read_all(settings: KafkaSettings, topic: str, count: int, timeout_s: float = 30.0) -> list[dict[str, Any]]:
-    consumer = Consumer(consumer_config(settings.kafka_bootstrap, f"reader-{uuid.uuid4().hex}"))
+    consumer = Consumer(consumer_config(settings.kafka_connection, f"reader-{uuid.uuid4().hex}"))
     consumer.subscribe([settings.topic(topic)])
     got: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout_s

@@ -29,7 +29,7 @@ def _request(tenant: str, n: int) -> dict:
 
 
 def _consume(settings: KafkaSettings, topic: str, count: int, timeout_s: float = 60.0) -> list:
-    consumer = Consumer(consumer_config(settings.kafka_bootstrap, f"g-{topic}"))
+    consumer = Consumer(consumer_config(settings.kafka_connection, f"g-{topic}"))
     consumer.subscribe([topic])
     got = []
     deadline = time.monotonic() + timeout_s
@@ -43,7 +43,7 @@ def _consume(settings: KafkaSettings, topic: str, count: int, timeout_s: float =
 
 def test_confluent_roundtrip_decodes_every_event(kafka: KafkaSettings) -> None:
     topic = kafka.topic(REQUESTS)
-    producer = Producer(producer_config(kafka.kafka_bootstrap))
+    producer = Producer(producer_config(kafka.kafka_connection))
     sent = {}
     for n, tenant in enumerate(TENANTS):
         record = _request(tenant, n)
@@ -72,7 +72,7 @@ def test_faust_and_confluent_agree_on_partitions(kafka: KafkaSettings, tmp_path:
             cwd=app.parent, env=env, stdout=log_file, stderr=subprocess.STDOUT,
         )
     try:
-        producer = Producer(producer_config(kafka.kafka_bootstrap))
+        producer = Producer(producer_config(kafka.kafka_connection))
         sent_partition: dict[str, int] = {}
 
         def remember(err, msg) -> None:

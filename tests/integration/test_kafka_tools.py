@@ -40,7 +40,7 @@ def test_topics_list_names_the_prefixed_topics(kafka: KafkaSettings, capfd: pyte
 def test_consumer_groups_list_names_a_group_with_committed_offsets(
         kafka: KafkaSettings, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     group = f"{kafka.topic_prefix}tools-{uuid.uuid4().hex[:8]}"
-    consumer = Consumer(consumer_config(kafka.kafka_bootstrap, group))
+    consumer = Consumer(consumer_config(kafka.kafka_connection, group))
     try:
         consumer.commit(offsets=[TopicPartition(kafka.topic(LEDGER), 0, 0)], asynchronous=False)
     finally:

@@ -19,7 +19,7 @@ KEYS = [f"tenant-{i:04d}".encode() for i in range(200)] + [
 
 def test_producer_partitions_match_murmur2_partition(kafka: KafkaSettings) -> None:
     topic = kafka.topic(LEDGER)
-    producer = Producer(producer_config(kafka.kafka_bootstrap))
+    producer = Producer(producer_config(kafka.kafka_connection))
     placed: dict[bytes, int] = {}
 
     def remember(err: KafkaError | None, msg: Message) -> None:

@@ -133,7 +133,7 @@ def test_limit_changes_reach_every_period_and_the_last_one_wins(fresh_db: str) -
 
 
 def _produce(kafka: KafkaSettings, topic: str, key: bytes, values: list[bytes]) -> None:
-    producer = Producer(producer_config(kafka.kafka_bootstrap))
+    producer = Producer(producer_config(kafka.kafka_connection))
     for value in values:
         producer.produce(kafka.topic(topic), key=key, value=value)
     assert producer.flush(10) == 0

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from ledgergate.connection import KafkaConnection
 from ledgergate.errors import TopicConfigError
 from ledgergate.shared.kafka import provision
 from ledgergate.shared.settings import StackSettings
@@ -30,11 +31,12 @@ def prefix(stack: StackSettings) -> Iterator[str]:
 
 def test_an_install_keeps_its_partition_count(stack: StackSettings, prefix: str) -> None:
     bootstrap = f"127.0.0.1:{stack.kafka_port}"
+    local = KafkaConnection(bootstrap)
     default = provision.load_specs(prefix=prefix)
     assert {s.partitions for s in default} == {12}, "a new install's default"
 
-    provision.apply(bootstrap, provision.load_specs(partitions=3, prefix=prefix))
-    assert set(provision.describe(bootstrap).get(s.name) for s in default) == {3}
+    provision.apply(local, provision.load_specs(partitions=3, prefix=prefix))
+    assert set(provision.describe(local).get(s.name) for s in default) == {3}
 
     # The default (12) asked of an install with 3: kept, and a topic added later gets 3 as well.
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -43,12 +45,12 @@ def test_an_install_keeps_its_partition_count(stack: StackSettings, prefix: str)
     while default[-1].name in admin.list_topics(timeout=10).topics:
         assert time.monotonic() < deadline, "the deleted topic never went"
         time.sleep(0.2)
-    report = provision.apply(bootstrap, default)
+    report = provision.apply(local, default)
     assert any(line.startswith("kept    3 partitions") for line in report), report
-    counts = provision.describe(bootstrap)
+    counts = provision.describe(local)
     assert {counts[s.name] for s in default} == {3}
 
     # Asked explicitly (LEDGERGATE_KAFKA_PARTITIONS): refused, saying why, and nothing changes.
     with pytest.raises(TopicConfigError, match="growing one moves tenants"):
-        provision.apply(bootstrap, default, require_count=True)
-    assert {provision.describe(bootstrap)[s.name] for s in default} == {3}
+        provision.apply(local, default, require_count=True)
+    assert {provision.describe(local)[s.name] for s in default} == {3}

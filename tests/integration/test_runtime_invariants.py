@@ -17,6 +17,7 @@ from ledgergate.shared.settings import KafkaSettings
 
 SERVICE = r"""
 import sys
+from ledgergate.connection import KafkaConnection
 from ledgergate.shared.kafka.options import RuntimeOptions
 from ledgergate.shared.kafka.runtime import StreamRuntime
 from ledgergate.shared.logging import configure
@@ -33,7 +34,8 @@ class Echo:
         assert msg.value() != b"boom", "pending went negative"  # stands in for a ledger invariant
 
 
-options = RuntimeOptions(service="invariants", instance_id="0", bootstrap=bootstrap, group_id=group,
+options = RuntimeOptions(service="invariants", instance_id="0", connection=KafkaConnection(bootstrap),
+                         group_id=group,
                          topics=[source], deadletter_topic=deadletter, batch_linger_s=0.5)
 StreamRuntime(options, Echo(), configure("invariants")).run(max_seconds=60)
 """
@@ -41,7 +43,7 @@ StreamRuntime(options, Echo(), configure("invariants")).run(max_seconds=60)
 
 def test_an_assertion_in_a_handler_stops_the_process_and_commits_nothing(kafka: KafkaSettings) -> None:
     source, sink, deadletter = (kafka.topic(t) for t in (topics.REQUESTS, topics.COUNTED, topics.DEADLETTER))
-    producer = Producer(producer_config(kafka.kafka_bootstrap))
+    producer = Producer(producer_config(kafka.kafka_connection))
     for value in (b"one", b"two", b"boom", b"three"):
         producer.produce(source, key=b"tenant", value=value)
     assert producer.flush(10) == 0
@@ -52,8 +54,8 @@ def test_an_assertion_in_a_handler_stops_the_process_and_commits_nothing(kafka: 
     assert "invariant_broken" in out.stdout + out.stderr and "pending went negative" in out.stderr
     # The next instance's init_transactions aborts what the dead one left open; then nothing of that
     # batch is visible to a read_committed reader, not the outputs before the failure, not a dead letter.
-    successor = Producer(transactional_producer_config(kafka.kafka_bootstrap, f"{group}-0"))
+    successor = Producer(transactional_producer_config(kafka.kafka_connection, f"{group}-0"))
     successor.init_transactions(30)
     partitions = list(range(6))
-    assert [m.value() for m in read_to_end(kafka.kafka_bootstrap, sink, partitions)] == []
-    assert [m.value() for m in read_to_end(kafka.kafka_bootstrap, deadletter, partitions)] == []
+    assert [m.value() for m in read_to_end(kafka.kafka_connection, sink, partitions)] == []
+    assert [m.value() for m in read_to_end(kafka.kafka_connection, deadletter, partitions)] == []

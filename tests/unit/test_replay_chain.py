@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ledgergate.codec import codec
+from ledgergate.connection import KafkaConnection
 from ledgergate.services.router.core import Chain, audit_record
 from ledgergate.shared.units import day_start_ms, iso_ms, parse_instant_ms, usd, utc_day
 from ledgergate.tools.replay import AuditReplay, PartitionCheck, ReplayOptions, diff_totals
@@ -49,7 +50,7 @@ def chain_records(n: int, partition: int = 0, tenant: str = "acme") -> list[dict
 
 
 def replay(records: list[dict[str, Any]], genesis: bool = True, partition: int = 0, **opts: Any) -> AuditReplay:
-    r = AuditReplay(ReplayOptions("unused:9092", "p.audit.log", LEDGER, **opts))
+    r = AuditReplay(ReplayOptions(KafkaConnection("unused:9092"), "p.audit.log", LEDGER, **opts))
     r.checks, r.genesis = {partition: PartitionCheck(partition)}, {partition: genesis}
     for offset, rec in enumerate(records):
         value = rec if isinstance(rec, bytes) else codec().encode("AuditRecord", rec)

@@ -7,12 +7,13 @@ import sys
 
 from confluent_kafka import Consumer
 
+from ledgergate.connection import KafkaConnection
 from ledgergate.kafka_config import consumer_config
 from ledgergate.shared.kafka.fence import CGMD_MAGIC, generation_of
 
 
 def test_a_client_outside_its_group_holds_generation_minus_one() -> None:
-    consumer = Consumer(consumer_config("127.0.0.1:1", "lg-generation-test"))
+    consumer = Consumer(consumer_config(KafkaConnection("127.0.0.1:1"), "lg-generation-test"))
     try:
         metadata = consumer.consumer_group_metadata()
         assert isinstance(metadata, bytes) and metadata.startswith(CGMD_MAGIC)

@@ -17,6 +17,7 @@ from typing import Any
 
 from ledgergate import topics
 from ledgergate.client import GateClient
+from ledgergate.connection import KafkaConnection
 from ledgergate.partitioning import murmur2_partition
 from ledgergate.shared.kafka import provision
 from ledgergate.shared.settings import PROJECT_ROOT, KafkaSettings
@@ -54,11 +55,11 @@ def _tenants(count: int, partitions: int) -> list[str]:
     return chosen
 
 
-def _run(bootstrap: str, prefix: str, clients: int, mode: str, rate_per_s: float, seconds: float,
+def _run(connection: KafkaConnection, prefix: str, clients: int, mode: str, rate_per_s: float, seconds: float,
          partitions: int) -> dict[str, Any]:
     tenants = _tenants(clients, partitions)
     counters = [_Received() for _ in tenants]
-    gates = [GateClient(bootstrap, prefix, timeout_s=60, partitions=mode,
+    gates = [GateClient(topic_prefix=prefix, timeout_s=60, connection=connection, partitions=mode,
                         consumer_options={"statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": counter})
              for counter in counters]
     try:
@@ -89,10 +90,10 @@ def run_egress(kafka: KafkaSettings, counts: tuple[int, ...] = (1, 10, 50), rate
     tag = uuid.uuid4().hex[:6]
     prefix = f"bench{tag}.egress."
     specs = provision.load_specs(partitions=kafka.kafka_partitions, prefix=prefix)
-    bootstrap = kafka.kafka_bootstrap
-    provision.apply(bootstrap, specs)
+    connection = kafka.kafka_connection
+    provision.apply(connection, specs)
     partitions = specs[0].partitions
-    services = ServiceSet({"LEDGERGATE_KAFKA_BOOTSTRAP": bootstrap, "LEDGERGATE_TOPIC_PREFIX": prefix},
+    services = ServiceSet({**connection.env_vars(), "LEDGERGATE_TOPIC_PREFIX": prefix},
                           PROJECT_ROOT / ".data" / "bench" / tag)
     try:
         services.start(list(GATE_SERVICES))
@@ -102,9 +103,9 @@ def run_egress(kafka: KafkaSettings, counts: tuple[int, ...] = (1, 10, 50), rate
         for count in counts:
             for mode in ("all", "tenant"):
                 say(f"egress: {count} clients reading {mode} partitions, {rate_per_s:g} requests/s for {seconds:g} s")
-                runs.append(_run(bootstrap, prefix, count, mode, rate_per_s, seconds, partitions))
+                runs.append(_run(connection, prefix, count, mode, rate_per_s, seconds, partitions))
         return {"partitions": partitions, "rate_per_s": rate_per_s, "seconds": seconds, "runs": runs,
                 "topic": prefix + topics.DECISIONS}
     finally:
         services.stop_all()
-        floors.delete_topics(bootstrap, [s.name for s in specs])
+        floors.delete_topics(connection, [s.name for s in specs])

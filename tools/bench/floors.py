@@ -28,6 +28,7 @@ from typing import Any
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from ledgergate.connection import KafkaConnection
 from ledgergate.events import InvocationRequested
 from ledgergate.kafka_config import admin_config, consumer_config, producer_config, transactional_producer_config
 from ledgergate.shared.errors import ReadTimeoutError
@@ -69,13 +70,16 @@ class _Echo:
 
 
 def relay(spec: dict[str, Any]) -> None:
-    bootstrap, src, dst, mode = spec["bootstrap"], spec["in"], spec["out"], spec["mode"]
+    # A child process: the address comes in the spec, the security settings from the environment it
+    # inherited (LEDGERGATE_KAFKA_*), the same the parent read its own connection from.
+    connection = KafkaConnection.from_env(bootstrap=spec["bootstrap"])
+    src, dst, mode = spec["in"], spec["out"], spec["mode"]
     if mode == "runtime":
         from ledgergate.shared.kafka.options import RuntimeOptions
         from ledgergate.shared.kafka.runtime import StreamRuntime
 
         s = ServiceSettings()
-        options = RuntimeOptions(service="floor-relay", instance_id=spec["id"], bootstrap=bootstrap,
+        options = RuntimeOptions(service="floor-relay", instance_id=spec["id"], connection=connection,
                                  group_id=spec["group"], topics=[src], deadletter_topic=dst,
                                  max_batch=s.max_batch, poll_timeout_s=s.poll_timeout_ms / 1000,
                                  delivery="kafka-transaction" if spec["exactly_once"] else "produce-then-commit")
@@ -89,12 +93,12 @@ def relay(spec: dict[str, Any]) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     txn = mode == "txn"
-    consumer = Consumer(consumer_config(bootstrap, spec["group"], **({} if txn else {"enable.auto.commit": True})))
+    consumer = Consumer(consumer_config(connection, spec["group"], **({} if txn else {"enable.auto.commit": True})))
     if txn:
-        producer = Producer(transactional_producer_config(bootstrap, f"{spec['group']}-{spec['id']}"))
+        producer = Producer(transactional_producer_config(connection, f"{spec['group']}-{spec['id']}"))
         producer.init_transactions(30)
     else:
-        producer = Producer(producer_config(bootstrap))
+        producer = Producer(producer_config(connection))
     consumer.subscribe([src])
     batches, messages, commit_us = 0, 0, []
     while running:
@@ -127,24 +131,25 @@ def relay(spec: dict[str, Any]) -> None:
 # --- the echo measurement ---------------------------------------------------------------------------
 
 
-def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
-    admin = AdminClient(admin_config(bootstrap))
+def _create_topics(connection: KafkaConnection, names: list[str], partitions: int) -> None:
+    admin = AdminClient(admin_config(connection))
     for fut in admin.create_topics([NewTopic(n, partitions, 1) for n in names], operation_timeout=30).values():
         fut.result()
 
 
-def delete_topics(bootstrap: str, names: list[str]) -> None:
-    admin = AdminClient({**admin_config(bootstrap), "log_level": 4})  # no info lines on close
+def delete_topics(connection: KafkaConnection, names: list[str]) -> None:
+    admin = AdminClient(admin_config(connection, log_level=4))  # no info lines on close
     for fut in admin.delete_topics(names, operation_timeout=30).values():
         with contextlib.suppress(Exception):  # cleanup only: a leftover prefixed topic harms nothing
             fut.result()
 
 
-def _echo(bootstrap: str, first: str, last: str, rate: float, seconds: float, warm_s: float = 1.0) -> dict[str, Any]:
+def _echo(connection: KafkaConnection, first: str, last: str, rate: float, seconds: float,
+          warm_s: float = 1.0) -> dict[str, Any]:
     """Open loop at `rate`: latency is receipt minus the scheduled send time. The first `warm_s` of
     traffic is sent but not counted (connections, fetch sessions and batches settle first)."""
-    producer = Producer(producer_config(bootstrap))
-    consumer = Consumer(consumer_config(bootstrap, f"bench-echo-{uuid.uuid4().hex}", **CLIENT_CONSUMER))
+    producer = Producer(producer_config(connection))
+    consumer = Consumer(consumer_config(connection, f"bench-echo-{uuid.uuid4().hex}", **CLIENT_CONSUMER))
     assign_at_end(consumer, last)
     payload = bytes(PAYLOAD_BYTES)
     # Readiness: relays joining their groups take a moment; a probe must come back before timing starts.
@@ -204,7 +209,7 @@ def _echo(bootstrap: str, first: str, last: str, rate: float, seconds: float, wa
             "hops_ms": hops}
 
 
-def echo_floors(bootstrap: str, prefix: str, partitions: int, rate: float, seconds: float,
+def echo_floors(connection: KafkaConnection, prefix: str, partitions: int, rate: float, seconds: float,
                 low_rate: float | None = None) -> dict[str, Any]:
     """Each variant at `rate`; with `low_rate`, the runtime variant again at that rate, to set beside
     the gate's own low-load step (a hop's cost depends on how full its batches are)."""
@@ -217,11 +222,11 @@ def echo_floors(bootstrap: str, prefix: str, partitions: int, rate: float, secon
     for n, (name, mode, at) in enumerate(variants):
         key = f"{mode or 'direct'}{n}"
         topics = [f"{prefix}floor.{key}.{i}" for i in range(RELAYS + 1 if mode else 1)]
-        _create_topics(bootstrap, topics, partitions)
+        _create_topics(connection, topics, partitions)
         procs: list[subprocess.Popen[str]] = []
         try:
             for i in range(RELAYS if mode else 0):
-                spec = {"bootstrap": bootstrap, "in": topics[i], "out": topics[i + 1], "mode": mode,
+                spec = {"bootstrap": connection.bootstrap, "in": topics[i], "out": topics[i + 1], "mode": mode,
                         "group": f"{prefix}floor-{key}-{i}", "id": str(i), "exactly_once": GATE_EXACTLY_ONCE[i]}
                 procs.append(subprocess.Popen([sys.executable, "-m", "ledgergate.tools.bench.floors", "relay",
                                                json.dumps(spec)],
@@ -230,7 +235,7 @@ def echo_floors(bootstrap: str, prefix: str, partitions: int, rate: float, secon
             print(f"floors: echo {name} at {at:g} msg/s for {seconds:g} s", file=sys.stderr, flush=True)
             window = procstats.CpuWindow({**{f"relay{i}": p.pid for i, p in enumerate(procs)}, **procstats.broker(),
                                           "bench": os.getpid()})
-            out[name] = _echo(bootstrap, topics[0], topics[-1], at, seconds)
+            out[name] = _echo(connection, topics[0], topics[-1], at, seconds)
             out[name]["cpu"] = window.close()
         finally:
             for proc in procs:
@@ -245,7 +250,7 @@ def echo_floors(bootstrap: str, prefix: str, partitions: int, rate: float, secon
                     proc.wait()
             if name in out and mode != "runtime":
                 out[name]["relays"] = relays  # per relay: batches, messages, and commit time if transactional
-            delete_topics(bootstrap, topics)
+            delete_topics(connection, topics)
     return out
 
 

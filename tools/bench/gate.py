@@ -63,19 +63,19 @@ class GateBench:
         self.kafka, self.options = kafka, opts
         self.tag = uuid.uuid4().hex[:6]
         self.prefix = f"bench{self.tag}."
-        self.bootstrap = kafka.kafka_bootstrap
+        self.connection = kafka.kafka_connection
         self.specs = provision.load_specs(partitions=kafka.kafka_partitions, prefix=self.prefix)
         plan = [opts.warmup, *opts.steps, *([opts.rate] if opts.rate else [])]
         self.total = sum(int(rate * secs) for rate, secs in plan)
         self.offset = 0
         self.names = [instance_name(s, i) for s in GATE_SERVICES for i in range(opts.instances)]
-        self.services = ServiceSet({"LEDGERGATE_KAFKA_BOOTSTRAP": self.bootstrap,
+        self.services = ServiceSet({**self.connection.env_vars(),
                                     "LEDGERGATE_TOPIC_PREFIX": self.prefix}, opts.log_dir / self.tag)
         # The broker only: PostgreSQL plays no part in the gate, so its CPU here is someone else's.
         self.stack = procstats.broker()
 
     def run(self) -> dict[str, Any]:
-        provision.apply(self.bootstrap, self.specs)
+        provision.apply(self.connection, self.specs)
         client: GateClient | None = None
         # The broker is shared: what it burns before our services start is someone else's (or idle).
         before = procstats.CpuWindow(self.stack)
@@ -83,13 +83,13 @@ class GateBench:
         broker_before = before.close()
         try:
             self.services.start(self.names)
-            client = GateClient(self.bootstrap, self.prefix, timeout_s=30)
+            client = GateClient(topic_prefix=self.prefix, timeout_s=30, connection=self.connection)
             started = time.monotonic()
             self._wait_ready(client)
             work = workload(self.options.tenants, self.tag, self.total, self.options.seed, self.options.shape)
             hot = hot_tenant(work) if self.options.shape == "hot" else None
             tenant_limits = limits(work, hot)
-            seed_s = seed_budgets(self.bootstrap, self.prefix, tenant_limits)
+            seed_s = seed_budgets(self.connection, self.prefix, tenant_limits)
             say(f"gate: services answered after {time.monotonic() - started:.1f} s; "
                 f"{self.options.tenants} budgets set in {seed_s:.1f} s")
             out: dict[str, Any] = {"prefix": self.prefix, "tenants": self.options.tenants, "shape": self.options.shape,
@@ -136,8 +136,10 @@ class GateBench:
 
     def _step(self, label: str, rate: float, secs: float, max_backlog_s: float) -> dict[str, Any]:
         count = int(rate * secs)
-        spec = {"bootstrap": self.bootstrap, "prefix": self.prefix, "tag": self.tag, "tenants": self.options.tenants,
-                "requests": self.total, "seed": self.options.seed, "start": self.offset, "count": count, "rate": rate,
+        # The loadgen child reads its security settings from the environment it inherits (as this did).
+        spec = {"bootstrap": self.connection.bootstrap, "prefix": self.prefix, "tag": self.tag,
+                "tenants": self.options.tenants, "requests": self.total, "seed": self.options.seed,
+                "start": self.offset, "count": count, "rate": rate,
                 "label": label, "max_backlog_s": max_backlog_s, "drain_timeout_s": 15.0, "complete": True,
                 "shape": self.options.shape}
         self.offset += count
@@ -181,11 +183,11 @@ class GateBench:
         """Many concurrent requests against one budget that affords a fraction of them."""
         calib, tenant = f"calib-{self.tag}", f"race-{self.tag}"
         ids = {client.send_command(calib, "SET_LIMIT", 100_000_000, reason="bench")}
-        wait_for_commands(self.bootstrap, self.prefix + topics.LEDGER, ids, 30)
+        wait_for_commands(self.connection, self.prefix + topics.LEDGER, ids, 30)
         cost = client.request(calib, RACE_PROMPT, RACE_MODEL, RACE_MAX_OUTPUT, timeout_s=30)["reserved_micro_usd"]
         limit = cost * self.options.race_affords + cost // 2
         ids = {client.send_command(tenant, "SET_LIMIT", limit, reason="bench")}
-        wait_for_commands(self.bootstrap, self.prefix + topics.LEDGER, ids, 30)
+        wait_for_commands(self.connection, self.prefix + topics.LEDGER, ids, 30)
         started = time.perf_counter()
         futures = [client.submit(tenant, RACE_PROMPT, RACE_MODEL, RACE_MAX_OUTPUT, request_id=f"race-{self.tag}-{i}")
                    for i in range(self.options.race_requests)]
@@ -218,7 +220,7 @@ class GateBench:
         topic = self.prefix + topics.LEDGER
         partition = murmur2_partition(tenant.encode(), self.specs[0].partitions)
         state, worst = TenantState(tenant), None
-        for msg in read_to_end(self.bootstrap, topic, [partition]):
+        for msg in read_to_end(self.connection, topic, [partition]):
             if msg.key() != tenant.encode():
                 continue
             name, rec = codec().decode(msg.value())
@@ -254,7 +256,7 @@ class GateBench:
                                 f"{self.services.describe_logs()}")
 
     def _delete_topics(self) -> None:
-        admin = AdminClient({**admin_config(self.bootstrap), "log_level": 4})  # no info lines on close
+        admin = AdminClient(admin_config(self.connection, log_level=4))  # no info lines on close
         for fut in admin.delete_topics([s.name for s in self.specs], operation_timeout=30).values():
             with contextlib.suppress(Exception):  # cleanup only: a leftover prefixed topic harms nothing
                 fut.result()

@@ -29,6 +29,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from ledgergate.codec import codec
+from ledgergate.connection import KafkaConnection
 from ledgergate.errors import LedgergateError
 from ledgergate.events import Usage
 from ledgergate.kafka_config import producer_config
@@ -158,10 +159,11 @@ def synthetic_ledger(entries: int, tenants: int, seed: int, now_ms: int | None =
                 yield ReservationExpired(f"{rid}/expiry", t, period, now, rid, wf, amount)
 
 
-def produce_ledger(bootstrap: str, topic: str, entries: int, tenants: int, seed: int = 11) -> dict[str, Any]:
+def produce_ledger(connection: KafkaConnection, topic: str, entries: int, tenants: int,
+                   seed: int = 11) -> dict[str, Any]:
     """Batch-produce the synthetic ledger (not transactional: it is input data, produced once)."""
-    producer = Producer(producer_config(bootstrap, **{"linger.ms": 50, "batch.size": 1_000_000,
-                                                     "queue.buffering.max.messages": 500_000}))
+    producer = Producer(producer_config(connection, **{"linger.ms": 50, "batch.size": 1_000_000,
+                                                      "queue.buffering.max.messages": 500_000}))
     started, count, size = time.perf_counter(), 0, 0
     kinds: dict[str, int] = {}
     encode = codec().encode
@@ -192,13 +194,15 @@ def fold(spec: dict[str, Any]) -> dict[str, Any]:
     """The budget-manager's rebuild path, timed; then the same bytes split by stage."""
     from ledgergate.shared.kafka.reader import partition_of, read_to_end
 
-    bootstrap, topic, parts = spec["bootstrap"], spec["topic"], list(range(spec["partitions"]))
+    # A child process: the address from the spec, the security settings from the inherited environment.
+    connection = KafkaConnection.from_env(bootstrap=spec["bootstrap"])
+    topic, parts = spec["topic"], list(range(spec["partitions"]))
     decode = codec().decode
     tenants: dict[int, dict[str, TenantState]] = {p: {} for p in parts}
     sample: list[bytes] = []
     keep = spec.get("sample", 200_000)
     started, count = time.perf_counter(), 0
-    for msg in read_to_end(bootstrap, topic, parts):
+    for msg in read_to_end(connection, topic, parts):
         value = msg.value()
         name, rec = decode(value)
         entry = from_record(name, rec)
@@ -213,7 +217,7 @@ def fold(spec: dict[str, Any]) -> dict[str, Any]:
     total_s = time.perf_counter() - started
     rss_mb = rss_bytes() / 2**20
     started = time.perf_counter()
-    read_only = sum(1 for _ in read_to_end(bootstrap, topic, parts))
+    read_only = sum(1 for _ in read_to_end(connection, topic, parts))
     read_s = time.perf_counter() - started
     # Per-stage clocks on the kept sample, entry by entry as the rebuild does (no big intermediate
     # lists: they would add garbage-collector passes the real path does not pay).

@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 
 from ledgergate import topics
 from ledgergate.codec import codec
+from ledgergate.connection import KafkaConnection
 from ledgergate.errors import TopicConfigError
 from ledgergate.kafka_config import consumer_config, producer_config
 from ledgergate.shared.kafka.headers import headers_of, stage_times_us
@@ -71,10 +72,11 @@ class LoadStep:
         self.offset = int(spec["start"])
         self.n = int(spec["count"])
         self.work = workload(spec["tenants"], self.tag, spec["requests"], spec["seed"], spec.get("shape", "fleet"))
-        bootstrap, prefix = spec["bootstrap"], spec["prefix"]
+        # A child process: the address from the spec, the security settings from the inherited environment.
+        connection, prefix = KafkaConnection.from_env(bootstrap=spec["bootstrap"]), spec["prefix"]
         self.topic_requests, self.topic_completions = prefix + topics.REQUESTS, prefix + topics.COMPLETIONS
-        self.producer = Producer(producer_config(bootstrap))
-        self.consumer = Consumer(consumer_config(bootstrap, f"bench-loadgen-{self.tag}", **CLIENT_CONSUMER))
+        self.producer = Producer(producer_config(connection))
+        self.consumer = Consumer(consumer_config(connection, f"bench-loadgen-{self.tag}", **CLIENT_CONSUMER))
         assign_at_end(self.consumer, prefix + topics.DECISIONS)
         self.times = {stage: [0] * self.n for stage in STAGES}
         self.recv = [0] * self.n

@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient
 from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.events import Usage
-from ledgergate.kafka_config import producer_config
+from ledgergate.kafka_config import admin_config, producer_config
 from ledgergate.partitioning import murmur2_partition
 from ledgergate.services.router.core import Chain, audit_record, decision_for, summary_of
 from ledgergate.shared.catalogue import deployments
@@ -74,8 +74,8 @@ def history(requests: int, tenants: int, seed: int) -> list[LedgerEntry]:
 
 
 def produce(kafka: KafkaSettings, entries: list[LedgerEntry]) -> dict[str, int]:
-    producer = Producer(producer_config(kafka.kafka_bootstrap, **{"linger.ms": 50,
-                                                                   "queue.buffering.max.messages": 1_000_000}))
+    producer = Producer(producer_config(kafka.kafka_connection, **{"linger.ms": 50,
+                                                                    "queue.buffering.max.messages": 1_000_000}))
     chains = {p: Chain(p) for p in range(PARTITIONS)}
     catalogue, counts = deployments(), {"ledger": 0, "decisions": 0, "audit": 0}
 
@@ -146,7 +146,7 @@ def main() -> int:
     args = ap.parse_args()
     kafka = KafkaSettings(topic_prefix=f"pb{uuid.uuid4().hex[:8]}.")
     specs = provision.load_specs(prefix=kafka.topic_prefix, partitions=PARTITIONS)
-    provision.apply(kafka.kafka_bootstrap, specs)
+    provision.apply(kafka.kafka_connection, specs)
     admin_dsn = PostgresSettings().pg_dsn
     db = f"lg_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
@@ -159,7 +159,7 @@ def main() -> int:
         counts = produce(kafka, entries)
         produce_s = time.perf_counter() - t0
         want = (counts["ledger"], counts["decisions"], counts["audit"])
-        env = {"LEDGERGATE_KAFKA_BOOTSTRAP": kafka.kafka_bootstrap, "LEDGERGATE_TOPIC_PREFIX": kafka.topic_prefix,
+        env = {**kafka.kafka_connection.env_vars(), "LEDGERGATE_TOPIC_PREFIX": kafka.topic_prefix,
                "LEDGERGATE_PG_DSN": dsn, "LEDGERGATE_PROJECTOR_BATCH": str(args.batch)}
         with tempfile.TemporaryDirectory() as logs, ServiceSet(env, Path(logs)) as services:
             started = time.perf_counter()
@@ -190,7 +190,7 @@ def main() -> int:
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        admin = AdminClient({"bootstrap.servers": kafka.kafka_bootstrap})
+        admin = AdminClient(admin_config(kafka.kafka_connection))
         for fut in admin.delete_topics([s.name for s in specs], operation_timeout=30).values():
             with contextlib.suppress(Exception):
                 fut.result()

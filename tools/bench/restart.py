@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from ledgergate import topics
 from ledgergate.client import GateClient
 from ledgergate.codec import codec
+from ledgergate.connection import KafkaConnection
 from ledgergate.kafka_config import consumer_config, producer_config
 from ledgergate.partitioning import murmur2_partition
 from ledgergate.shared.errors import StackError
@@ -50,11 +51,11 @@ def _produce(producer: Producer, topic: str, key: bytes, value: bytes, partition
             producer.poll(0.05)
 
 
-def build(bootstrap: str, prefix: str, partitions: int, entries: int, tenants: int, periods: int,
+def build(connection: KafkaConnection, prefix: str, partitions: int, entries: int, tenants: int, periods: int,
           tail: int) -> dict[str, Any]:
     """The ledger and, `tail` entries before its end, every tenant's snapshot and each partition's marker."""
     ledger, snapshots = prefix + topics.LEDGER, prefix + topics.SNAPSHOTS
-    producer = Producer(producer_config(bootstrap, **{"linger.ms": 50, "batch.size": 1_000_000,
+    producer = Producer(producer_config(connection, **{"linger.ms": 50, "batch.size": 1_000_000,
                                                      "queue.buffering.max.messages": 500_000}))
     states: list[dict[str, TenantState]] = [{} for _ in range(partitions)]
     counts = [0] * partitions
@@ -89,15 +90,15 @@ def build(bootstrap: str, prefix: str, partitions: int, entries: int, tenants: i
             say(f"restart: {made:,} ledger entries produced ({time.perf_counter() - started:.0f} s)")
     if producer.flush(300) != 0:
         raise StackError("the restart bench's ledger was not fully delivered within 300 s")
-    _caught_up(bootstrap, prefix, ledger, counts)
+    _caught_up(connection, prefix, ledger, counts)
     return {"ledger_entries": made, "tail_entries": made - cut, "tenants": tenants, "periods": periods,
             "snapshot_mb": round(snapshot_bytes / 2**20, 1), "build_s": round(time.perf_counter() - started, 1)}
 
 
-def _caught_up(bootstrap: str, prefix: str, ledger: str, ends: list[int]) -> None:
+def _caught_up(connection: KafkaConnection, prefix: str, ledger: str, ends: list[int]) -> None:
     """The router's group at the ledger's end, as in an install whose router kept up: the bench restarts
     a gate that was running, not one meeting a ledger for the first time."""
-    consumer = Consumer(consumer_config(bootstrap, f"{prefix}ledgergate-router"))
+    consumer = Consumer(consumer_config(connection, f"{prefix}ledgergate-router"))
     try:
         consumer.commit(offsets=[TopicPartition(ledger, p, end) for p, end in enumerate(ends)], asynchronous=False)
     finally:
@@ -117,11 +118,11 @@ def _wait_logged(services: ServiceSet, name: str, event: str, timeout_s: float) 
         time.sleep(0.1)
 
 
-def restart(bootstrap: str, prefix: str, log_dir: Path, timeout_s: float = 300.0) -> dict[str, Any]:
+def restart(connection: KafkaConnection, prefix: str, log_dir: Path, timeout_s: float = 300.0) -> dict[str, Any]:
     """The two services that fold the ledger (budget-manager, policy) started while the token-counter and
     the router run, as after a crash or a deploy of them; a request sent at once; its decision timed."""
-    services = ServiceSet({"LEDGERGATE_KAFKA_BOOTSTRAP": bootstrap, "LEDGERGATE_TOPIC_PREFIX": prefix}, log_dir)
-    client = GateClient(bootstrap, prefix, timeout_s=timeout_s)
+    services = ServiceSet({**connection.env_vars(), "LEDGERGATE_TOPIC_PREFIX": prefix}, log_dir)
+    client = GateClient(topic_prefix=prefix, timeout_s=timeout_s, connection=connection)
     try:
         services.start(["token-counter", "router"])
         _wait_logged(services, "token-counter", "partitions_assigned", timeout_s)
@@ -145,13 +146,13 @@ def run_restart(kafka: KafkaSettings, entries: int, tenants: int, periods: int, 
     tag = uuid.uuid4().hex[:6]
     prefix = f"bench{tag}.restart."
     specs = provision.load_specs(partitions=kafka.kafka_partitions, prefix=prefix)
-    bootstrap = kafka.kafka_bootstrap
-    provision.apply(bootstrap, specs)
+    connection = kafka.kafka_connection
+    provision.apply(connection, specs)
     try:
         say(f"restart: producing a {entries:,}-entry ledger over {periods} months for {tenants:,} tenants, "
             f"snapshotted {tail:,} entries before its end")
-        built = build(bootstrap, prefix, specs[0].partitions, entries, tenants, periods, tail)
+        built = build(connection, prefix, specs[0].partitions, entries, tenants, periods, tail)
         say(f"restart: built in {built['build_s']} s; starting the four services cold")
-        return {**built, **restart(bootstrap, prefix, PROJECT_ROOT / ".data" / "bench" / tag)}
+        return {**built, **restart(connection, prefix, PROJECT_ROOT / ".data" / "bench" / tag)}
     finally:
-        floors.delete_topics(bootstrap, [s.name for s in specs])
+        floors.delete_topics(connection, [s.name for s in specs])

@@ -155,7 +155,7 @@ class Bench:
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         partitions = provision.load_specs(partitions=self.kafka.kafka_partitions)[0].partitions
         self.results.setdefault("floors", {})["echo"] = floors.echo_floors(
-            self.kafka.kafka_bootstrap, prefix, partitions, rate, seconds, low_rate=self.options.sizes["warmup"][0])
+            self.kafka.kafka_connection, prefix, partitions, rate, seconds, low_rate=self.options.sizes["warmup"][0])
 
     def _gate(self) -> None:
         o = self.options
@@ -209,17 +209,17 @@ class Bench:
         prefix = f"bench{uuid.uuid4().hex[:6]}.rebuild."
         spec = next(s for s in provision.load_specs(partitions=self.kafka.kafka_partitions, prefix=prefix)
                     if s.name == prefix + topics.LEDGER)
-        bootstrap = self.kafka.kafka_bootstrap
-        provision.apply(bootstrap, [spec])
+        connection = self.kafka.kafka_connection
+        provision.apply(connection, [spec])
         try:
             say(f"ledger: producing {entries:,} synthetic entries for {tenants} tenants into {spec.name}")
-            made = ledger.produce_ledger(bootstrap, spec.name, entries, tenants)
+            made = ledger.produce_ledger(connection, spec.name, entries, tenants)
             say(f"ledger: produced in {made['produce_s']} s; folding from offset 0 as the budget-manager does")
-            rebuild = ledger.run_child("fold", {"bootstrap": bootstrap, "topic": spec.name,
+            rebuild = ledger.run_child("fold", {"bootstrap": connection.bootstrap, "topic": spec.name,
                                                 "partitions": spec.partitions})
             self.results.setdefault("ledger", {})["rebuild"] = {**rebuild, "generated": made}
         finally:
-            floors.delete_topics(bootstrap, [spec.name])
+            floors.delete_topics(connection, [spec.name])
 
 
     def _restart(self) -> None:

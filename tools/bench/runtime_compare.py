@@ -49,7 +49,10 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ledgergate.connection import KafkaConnection
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -74,10 +77,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _bootstrap() -> str:
+def _connection() -> KafkaConnection:
     from ledgergate.shared.settings import KafkaSettings
 
-    return KafkaSettings().kafka_bootstrap
+    return KafkaSettings().kafka_connection
 
 
 def _modify(record: dict[str, Any]) -> None:
@@ -144,6 +147,7 @@ def ck_worker(args: argparse.Namespace) -> int:
     from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
     from ledgergate.codec import codec
+    from ledgergate.connection import KafkaConnection
     from ledgergate.kafka_config import consumer_config, producer_config, transactional_producer_config
     from ledgergate.shared.kafka.reader import offset_of, partition_of
 
@@ -157,13 +161,15 @@ def ck_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
 
     transactional = args.transactional
-    consumer = Consumer(consumer_config(args.bootstrap, args.group, **{"isolation.level": "read_committed"}))
+    # The address from the driver, the security settings from the environment inherited from it.
+    connection = KafkaConnection.from_env(bootstrap=args.bootstrap)
+    consumer = Consumer(consumer_config(connection, args.group, **{"isolation.level": "read_committed"}))
     if transactional:
         overrides = dict(kv.split("=", 1) for kv in args.producer_override)
-        producer = Producer(transactional_producer_config(args.bootstrap, args.txn_id, **overrides))
+        producer = Producer(transactional_producer_config(connection, args.txn_id, **overrides))
         producer.init_transactions(30)
     else:
-        producer = Producer(producer_config(args.bootstrap))
+        producer = Producer(producer_config(connection))
     consumer.subscribe([args.input])
     c = codec()
     decode, encode, produce, out = c.decode, c.encode, producer.produce, args.out_topic
@@ -272,21 +278,21 @@ class Bench:
         from confluent_kafka import Consumer
         from confluent_kafka.admin import AdminClient
 
-        from ledgergate.kafka_config import admin_config
+        from ledgergate.kafka_config import admin_config, consumer_config
 
         self.args = args
         self.n = args.messages
-        self.bootstrap = _bootstrap()
+        self.connection = _connection()
+        self.bootstrap = self.connection.bootstrap
         self.run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.input = f"bench.rtc.{self.run_id}.in"
-        self.admin = AdminClient(admin_config(self.bootstrap))
+        self.admin = AdminClient(admin_config(self.connection))
         self.topics: list[str] = []
         self.groups: list[str] = []
         self.app_ids: list[str] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="rtc-"))
         self.broker_pid = _broker_pid()
-        self.watch = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"rtc-watch-{self.run_id}",
-                               "enable.auto.commit": False})
+        self.watch = Consumer(consumer_config(self.connection, f"rtc-watch-{self.run_id}"))
 
     # topics ----------------------------------------------------------------------------------------
     def create_topic(self, name: str) -> None:
@@ -317,7 +323,7 @@ class Bench:
         from ledgergate.kafka_config import producer_config
 
         c = codec()
-        producer = Producer(producer_config(self.bootstrap))
+        producer = Producer(producer_config(self.connection))
         rnd = random.Random(42)
         now_ms = int(time.time() * 1000)
         t0 = time.monotonic()
@@ -349,10 +355,12 @@ class Bench:
         """Broker CPU (cores) with nothing running but this driver's progress polling."""
         from confluent_kafka import Consumer, TopicPartition
 
+        from ledgergate.kafka_config import consumer_config
+
         if self.broker_pid is None:
             return None
-        probe = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"rtc-watch-{self.run_id}",
-                          "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
+        probe = Consumer(consumer_config(self.connection, f"rtc-watch-{self.run_id}",
+                                         **{"isolation.level": "read_uncommitted"}))
         tps = [TopicPartition(self.input, p) for p in range(PARTITIONS)]
         b0, t0 = _cpu_seconds(self.broker_pid), time.monotonic()
         while time.monotonic() - t0 < seconds:
@@ -382,6 +390,8 @@ class Bench:
     def run(self, variant: str, rep: int, attempt: int = 1) -> dict[str, Any]:
         from confluent_kafka import Consumer, TopicPartition
 
+        from ledgergate.kafka_config import consumer_config
+
         tag = f"{variant.lower()}-{rep}" + (f"-{attempt}" if attempt > 1 else "")
         out = f"bench.rtc.{self.run_id}.out.{tag}"
         group = f"rtc-{self.run_id}-{tag}"
@@ -391,6 +401,10 @@ class Bench:
                "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "bench")])}
         spec = VARIANTS[variant]
         if spec["kind"] == "faust":
+            # faust configures its aiokafka clients itself; this comparison gives it only an address.
+            if self.connection.security_protocol != "PLAINTEXT":
+                raise SystemExit("variant A (faust) runs against a PLAINTEXT broker only; leave it out "
+                                 f"(--variants) for {self.connection.describe()}")
             self.app_ids.append(group)
             datadir = self.tmp / f"faust-{tag}"
             env.update(RTC_APP_ID=group, RTC_BOOTSTRAP=self.bootstrap, RTC_IN=self.input, RTC_OUT=out,
@@ -409,8 +423,7 @@ class Bench:
         # read_uncommitted: OffsetFetch without require_stable, so a pending transaction's offsets are not
         # waited for (librdkafka retries UNSTABLE_OFFSET_COMMIT for a read_committed client); the answer is
         # the last committed, i.e. stable, offsets either way.
-        probe = (Consumer({"bootstrap.servers": self.bootstrap, "group.id": group, "enable.auto.commit": False,
-                           "isolation.level": "read_uncommitted"})
+        probe = (Consumer(consumer_config(self.connection, group, **{"isolation.level": "read_uncommitted"}))
                  if transactional else None)
         in_tps = [TopicPartition(self.input, p) for p in range(PARTITIONS)]
 
@@ -544,12 +557,12 @@ class Bench:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
         from ledgergate.codec import codec
+        from ledgergate.kafka_config import consumer_config
         from ledgergate.shared.kafka.reader import partition_of
 
         c = codec()
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"rtc-verify-{uuid.uuid4().hex}",
-                             "enable.auto.commit": False, "enable.partition.eof": True,
-                             "isolation.level": "read_committed"})
+        consumer = Consumer(consumer_config(self.connection, f"rtc-verify-{uuid.uuid4().hex}",
+                                            **{"enable.partition.eof": True, "isolation.level": "read_committed"}))
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
         eof: set[int] = set()
         seen: set[str] = set()
@@ -632,13 +645,22 @@ def _machine() -> dict[str, Any]:
 
 
 def _configs_shown() -> dict[str, Any]:
-    from ledgergate.kafka_config import consumer_config, producer_config, transactional_producer_config
+    from ledgergate.connection import KafkaConnection
+    from ledgergate.kafka_config import (
+        CONNECTION_KEY_PREFIXES,
+        consumer_config,
+        producer_config,
+        transactional_producer_config,
+    )
 
     def strip(config: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in config.items() if k not in ("bootstrap.servers", "transactional.id", "group.id")}
+        # The tuning only: never the connection's keys (an address, and credentials on a secured cluster).
+        return {k: v for k, v in config.items()
+                if not k.startswith(CONNECTION_KEY_PREFIXES) and k not in ("transactional.id", "group.id")}
 
-    return {"consumer": strip(consumer_config("-", "-")), "producer": strip(producer_config("-")),
-            "transactional_producer": strip(transactional_producer_config("-", "-"))}
+    shown = KafkaConnection("-")
+    return {"consumer": strip(consumer_config(shown, "-")), "producer": strip(producer_config(shown)),
+            "transactional_producer": strip(transactional_producer_config(shown, "-"))}
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.commands import BudgetCommand
+from ledgergate.connection import KafkaConnection
 from ledgergate.kafka_config import consumer_config, producer_config
 from ledgergate.shared import catalogue
 from ledgergate.shared.errors import ServiceStartError, StackError
@@ -146,10 +147,11 @@ def mix(work: Workload, start: int, count: int) -> dict[str, Any]:
             "models": dict(models), "tiers": dict(tiers)}
 
 
-def seed_budgets(bootstrap: str, prefix: str, tenant_limits: dict[str, int], timeout_s: float = 60.0) -> float:
+def seed_budgets(connection: KafkaConnection, prefix: str, tenant_limits: dict[str, int],
+                 timeout_s: float = 60.0) -> float:
     """SET_LIMIT for every tenant in one batch, then wait until budget.ledger holds each; returns seconds."""
     started = time.monotonic()
-    producer = Producer(producer_config(bootstrap, **{"linger.ms": 20}))
+    producer = Producer(producer_config(connection, **{"linger.ms": 20}))
     ids: set[str] = set()
     now_ms = time.time_ns() // 1_000_000
     for tenant, limit in tenant_limits.items():
@@ -160,17 +162,17 @@ def seed_budgets(bootstrap: str, prefix: str, tenant_limits: dict[str, int], tim
         producer.poll(0)
     if producer.flush(timeout_s) != 0:
         raise StackError("budget commands were not delivered to Kafka")
-    missing = wait_for_commands(bootstrap, prefix + topics.LEDGER, ids, timeout_s)
+    missing = wait_for_commands(connection, prefix + topics.LEDGER, ids, timeout_s)
     if missing:
         raise ServiceStartError(f"{len(missing)} of {len(ids)} budget commands never reached the ledger; "
                               "is the budget-manager running?")
     return time.monotonic() - started
 
 
-def wait_for_commands(bootstrap: str, ledger: str, ids: set[str], timeout_s: float) -> set[str]:
+def wait_for_commands(connection: KafkaConnection, ledger: str, ids: set[str], timeout_s: float) -> set[str]:
     """Read the ledger from the start until every command id has an entry; returns those that did not."""
     waiting = set(ids)
-    consumer = Consumer(consumer_config(bootstrap, f"bench-seed-{uuid.uuid4().hex}"))
+    consumer = Consumer(consumer_config(connection, f"bench-seed-{uuid.uuid4().hex}"))
     try:
         parts = consumer.list_topics(ledger, timeout=10).topics[ledger].partitions
         consumer.assign([TopicPartition(ledger, p, 0) for p in parts])
