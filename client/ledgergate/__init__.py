@@ -19,7 +19,8 @@ from ledgergate.client import DecisionFuture, GateClient
 from ledgergate.commands import COMMAND_KINDS, BudgetCommand
 from ledgergate.errors import GateClientError, GateOverloadedError, GateTimeoutError, LedgergateError
 from ledgergate.settings import ClientSettings
+from ledgergate.signing import Credential
 
 __version__ = "0.1.0"
-__all__ = ["COMMAND_KINDS", "BudgetCommand", "ClientSettings", "DecisionFuture", "GateClient", "GateClientError",
-           "GateOverloadedError", "GateTimeoutError", "LedgergateError", "__version__"]
+__all__ = ["COMMAND_KINDS", "BudgetCommand", "ClientSettings", "Credential", "DecisionFuture", "GateClient",
+           "GateClientError", "GateOverloadedError", "GateTimeoutError", "LedgergateError", "__version__"]

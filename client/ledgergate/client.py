@@ -32,6 +32,7 @@ from ledgergate.events import ChatMessage, InvocationRequested
 from ledgergate.ids import request_problem
 from ledgergate.kafka_config import consumer_config, producer_config
 from ledgergate.settings import ClientSettings
+from ledgergate.signing import Credential, sign
 
 MAX_OUTSTANDING = 100_000
 REQUEST_ID_HEADER = "request_id"
@@ -61,9 +62,13 @@ def _now_ms() -> int:
 
 class GateClient:
     def __init__(self, bootstrap: str | None = None, topic_prefix: str | None = None, timeout_s: float = 10.0,
-                 max_outstanding: int = MAX_OUTSTANDING) -> None:
+                 max_outstanding: int = MAX_OUTSTANDING, credential: Credential | None = None) -> None:
         """`bootstrap` and `topic_prefix` default (None) to LEDGERGATE_KAFKA_BOOTSTRAP and
-        LEDGERGATE_TOPIC_PREFIX (ClientSettings: 127.0.0.1:9092 and no prefix); an argument wins."""
+        LEDGERGATE_TOPIC_PREFIX (ClientSettings: 127.0.0.1:9092 and no prefix); an argument wins.
+        `credential` (ledgergate.signing) signs every request and completion this client sends; assign
+        `client.credential` to rotate keys while it runs (each message is signed by the one set when it is
+        sent). None sends them unsigned, which a tenant in REQUIRED mode refuses."""
+        self.credential = credential
         self._topics = ClientSettings.from_env(bootstrap, topic_prefix)
         bootstrap = self._topics.kafka_bootstrap
         self.timeout_s = timeout_s
@@ -165,7 +170,11 @@ class GateClient:
         problem = request_problem(request)
         if problem is not None:
             raise GateClientError(f"invalid request: {problem}")
-        value = codec().encode("InvocationRequested", request.to_record())  # CodecError before anything waits
+        record = request.to_record()
+        credential = self.credential  # read once: a rotation meanwhile applies to the next request
+        if credential is not None:
+            record = sign("InvocationRequested", record, credential)
+        value = codec().encode("InvocationRequested", record)  # CodecError before anything waits
         fut = DecisionFuture(request_id)
         fut.set_running_or_notify_cancel()
         wait_s = self.timeout_s if timeout_s is None else timeout_s
@@ -206,8 +215,9 @@ class GateClient:
     # --- completions and commands ----------------------------------------------------------------
 
     def complete(self, tenant_id: str, request_id: str, model: str, usage: Mapping[str, int] | None,
-                 completion_text: str | None = None, status: str = "OK") -> None:
-        """Report how a granted call ended (non-blocking; `flush` or `close` waits for delivery)."""
+                 completion_text: str | None = None, status: str = "OK", agent_id: str = "") -> None:
+        """Report how a granted call ended (non-blocking; `flush` or `close` waits for delivery). `agent_id`:
+        the agent of the request, which a credential scoped to one agent must name."""
         record = {
             "request_id": request_id, "tenant_id": tenant_id, "model": model, "status": status,
             "usage": None if usage is None else {
@@ -216,7 +226,11 @@ class GateClient:
                 "output_tokens": int(usage["output_tokens"]),
                 "reasoning_tokens": int(usage.get("reasoning_tokens", 0))},
             "completion_text": completion_text, "completed_at_ms": _now_ms(), "trace_context": {},
+            "agent_id": agent_id, "signature": None,
         }
+        credential = self.credential
+        if credential is not None:
+            record = sign("InvocationCompleted", record, credential)
         value = codec().encode("InvocationCompleted", record)
         self._produce(self._topics.topic(topics.COMPLETIONS), tenant_id, value, request_id, on_error=self._count_error)
 
