@@ -27,8 +27,8 @@ from ledgergate.shared import readmodel
 from ledgergate.signing import KEY_ID_PATTERN, MAX_KEY_ID_CHARS
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}/credentials", tags=["credentials"])
-KeyIdPath = Annotated[str, Path(max_length=MAX_KEY_ID_CHARS, pattern=KEY_ID_PATTERN,
-                                description="a credential's key id, lgc_<sequence>_<16 hex>")]
+CredentialIdPath = Annotated[str, Path(max_length=MAX_KEY_ID_CHARS, pattern=KEY_ID_PATTERN,
+                                       description="a credential's key id, lgc_<sequence>_<16 hex>")]
 
 
 def _by(principal: CurrentPrincipal) -> str:
@@ -55,11 +55,11 @@ def list_credentials(tenant_id: ReadableTenant, db: DbConn) -> CredentialsPublic
                                     for k in state.keys])
 
 
-@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT,
+@router.delete("/{credential_id}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Revoke a credential; the token-counter refuses it once the change reaches it")
-def revoke_credential(tenant_id: WritableTenant, key_id: KeyIdPath, db: DbConn, publisher: Publisher,
+def revoke_credential(tenant_id: WritableTenant, credential_id: CredentialIdPath, db: DbConn, publisher: Publisher,
                       principal: CurrentPrincipal) -> None:
-    credentials.revoke(db, publisher, tenant_id, key_id, _by(principal))
+    credentials.revoke(db, publisher, tenant_id, credential_id, _by(principal))
 
 
 @router.put("/mode", response_model=AuthModePublic, summary="Require signed requests, or accept unsigned ones")
