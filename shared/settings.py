@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledgergate.settings import DEFAULT_BOOTSTRAP, TOPIC_PREFIX_MAX_CHARS, TOPIC_PREFIX_PATTERN
@@ -81,6 +81,12 @@ class CredentialSettings(BaseSettings):
     model_config = SettingsConfigDict(**_config(), hide_input_in_errors=True)
 
     credential_master_key: SecretStr | None = Field(default=None, min_length=32, max_length=1024)
+
+    @field_validator("credential_master_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker-compose's ${VAR:-} and Kubernetes' optional secrets hand over "" for "not set".
+        return None if value == "" else value
 
     def master_key_bytes(self) -> bytes | None:
         key = self.credential_master_key
