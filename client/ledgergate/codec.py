@@ -126,6 +126,11 @@ class Codec:
             raise CodecError(f"cannot encode {name}: {exc}") from exc
         return buf.getvalue()
 
+    def last_field(self, fingerprint: bytes) -> str | None:
+        """The name of the last field of the schema version with this fingerprint (None: no such version)."""
+        entry = self._by_fingerprint.get(bytes(fingerprint))
+        return None if entry is None else str(entry.parsed["fields"][-1]["name"])
+
     @staticmethod
     def fingerprint_of(data: bytes) -> bytes:
         """The writer fingerprint in a message's header (the caller has decoded it, so the header is there)."""

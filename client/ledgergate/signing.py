@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledgergate.codec import codec
+from ledgergate.codec import HEADER_LEN, codec
 from ledgergate.errors import CodecError, GateClientError
 
 DOMAIN = b"ledgergate-signature-v1"
@@ -78,6 +78,35 @@ def canonical_bytes(name: str, record: Mapping[str, Any], fingerprint: bytes | N
     writer = fingerprint if fingerprint is not None else codec().schema(name).fingerprint
     body = codec().encode_body(name, {**record, "signature": None}, writer)
     return b"".join((DOMAIN, b"\x00", name.encode(), b"\x00", writer, body))
+
+
+def message_canonical_bytes(name: str, value: bytes, record: Mapping[str, Any]) -> bytes:
+    """`canonical_bytes` of a message as it arrived (`value`, its single-object encoding) and decoded
+    (`record`), the verifier's form. When `signature` is the writer schema's last field (every version
+    so far) the body with the signature null is the message's own body up to the signature's encoding,
+    then the null branch (one 0x00 byte): a slice instead of a second Avro encoding, which measured 15-20 us
+    of a short request's 25 us of verification. Any other layout encodes again; both are the same bytes
+    (tests/unit/test_signing.py)."""
+    fingerprint = codec().fingerprint_of(value)
+    signature = record.get("signature")
+    if signature is not None and codec().last_field(fingerprint) == "signature":
+        # Avro: union branch 1 (zigzag varint 0x02), then each string as a zigzag varint length and UTF-8.
+        tail = b"\x02" + _avro_string(signature["key_id"]) + _avro_string(signature["hmac_sha256"])
+        if len(value) >= HEADER_LEN + len(tail) and value.endswith(tail):
+            body = value[HEADER_LEN:len(value) - len(tail)]
+            return b"".join((DOMAIN, b"\x00", name.encode(), b"\x00", fingerprint, body, b"\x00"))
+    return canonical_bytes(name, record, fingerprint)
+
+
+def _avro_string(text: str) -> bytes:
+    data = text.encode()
+    n = len(data) << 1  # zigzag of a non-negative length
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out) + data
 
 
 def hmac_hex(secret: bytes, message: bytes) -> str:

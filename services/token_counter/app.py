@@ -35,7 +35,7 @@ from ledgergate.shared.kafka.runtime import run_service
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import TokenCounterSettings
 from ledgergate.shared.tokenizers import encoding_for_model
-from ledgergate.signing import canonical_bytes, key_sequence
+from ledgergate.signing import key_sequence, message_canonical_bytes
 
 MAX_HOME_CACHE = 100_000  # tenant -> partition memo; cleared when full (one murmur2 each to refill)
 
@@ -136,7 +136,7 @@ class TokenCounter:
         assert value is not None  # decoded already
 
         def canonical() -> bytes:
-            return canonical_bytes(name, rec, codec().fingerprint_of(value))
+            return message_canonical_bytes(name, value, rec)
 
         what = "request" if name == "InvocationRequested" else "completion"
         why = core.authenticate(self.auth, self._keys(msg, tenant_id), tenant_id, agent_id, signature, canonical,

@@ -24,6 +24,7 @@ from ledgergate.signing import (
     canonical_bytes,
     hmac_hex,
     key_sequence,
+    message_canonical_bytes,
     sign,
     verify,
 )
@@ -54,10 +55,29 @@ def completion(**over: Any) -> dict[str, Any]:
 
 
 def on_the_wire(name: str, signed: dict[str, Any]) -> bool:
-    """What the token-counter does: decode the bytes, re-encode the body under the writer's fingerprint."""
+    """What the token-counter does: decode the bytes, take the body the signature covers from them."""
     value = codec().encode(name, signed)
     _, rec = codec().decode(value)
-    return verify(SECRET, canonical_bytes(name, rec, codec().fingerprint_of(value)), rec["signature"]["hmac_sha256"])
+    return verify(SECRET, message_canonical_bytes(name, value, rec), rec["signature"]["hmac_sha256"])
+
+
+@pytest.mark.parametrize("signature", [
+    {"key_id": KEY_ID, "hmac_sha256": "ab" * 32}, {"key_id": "", "hmac_sha256": ""},
+    {"key_id": "k" * 300, "hmac_sha256": "é" * 70},  # multi-byte lengths and UTF-8: what a forger may send
+    {"key_id": "\x00", "hmac_sha256": "\x02"}])
+@pytest.mark.parametrize(("name", "make"), [("InvocationRequested", request), ("InvocationCompleted", completion)])
+def test_the_verifiers_slice_is_the_re_encoded_body(name: str, make: Any, signature: dict[str, str]) -> None:
+    """The token-counter takes the covered body out of the message (signature is the last field) rather
+    than encoding the record again: the same bytes, whatever the signature field holds."""
+    for content in ("", "x" * 200, "Grüße"):
+        varied = ({"messages": [{"role": "user", "content": content, "name": None}]} if name == "InvocationRequested"
+                  else {"completion_text": content})
+        rec = make(**varied, signature=signature)
+        value = codec().encode(name, rec)
+        _, decoded = codec().decode(value)
+        assert message_canonical_bytes(name, value, decoded) == canonical_bytes(name, decoded,
+                                                                               codec().fingerprint_of(value))
+    assert codec().last_field(codec().schema(name).fingerprint) == "signature"
 
 
 @pytest.mark.parametrize(("name", "make"), [("InvocationRequested", request), ("InvocationCompleted", completion)])
