@@ -6,8 +6,10 @@ inputs, so the credential states it holds are exactly those of the tenants whose
 assignment it reads its partitions of tenant.credentials to their end before it handles anything, then
 consumes that topic beside the others, so a revoke applies within one fetch (fetch.wait.max.ms, 100 ms,
 when idle; behind at most the batch in hand when busy). A message that is not on its tenant's partition
-is refused outright: its tenant's credentials live with another partition, and judging it by this one's
-would let a producer pick a partition where the tenant has no state.
+is refused (a request as unauthenticated, a completion dead-lettered): its tenant's credentials live with
+another partition, and judging it by this one's would let a producer pick a partition where the tenant
+has no state. Authentication comes before the rest of the edge rule, so what a forger sends, malformed or
+not, is unauthenticated and never a request id's final outcome.
 """
 
 from __future__ import annotations
@@ -130,6 +132,21 @@ class TokenCounter:
         return (f"on partition {partition}, but tenant {tenant_id}'s partition is {home} (Kafka's murmur2 of the key; "
                 "librdkafka producers need partitioner=murmur2_random)")
 
+    def _authentic(self, msg: Message, name: str, rec: dict[str, Any], req: InvocationRequested) -> str | None:
+        """Why a request is not its tenant's, or None; checked before the rest of the edge rule, so that
+        whatever a forger sends (malformed too) is `unauthenticated`: never a request id's final outcome.
+        Only the ids it needs are checked first (derivation must not meet a NUL); a request whose ids do
+        not pass is answered by the edge rule, or dead-lettered."""
+        if core.addressable(req.request_id, req.tenant_id) or id_problem("agent_id", req.agent_id, required=False):
+            return None
+        misrouted = self._misrouted(msg, req.tenant_id)
+        if misrouted is None:
+            return self._authenticate(msg, name, rec, req.tenant_id, req.agent_id, req.signature, req.request_id)
+        # Off its tenant's partition its credentials are not here to judge it by: unauthenticated, unless its
+        # key is not its tenant either, which the edge rule answers (`invalid_request`, as documented).
+        key = msg.key()
+        return misrouted if key is not None and key == req.tenant_id.encode() else None
+
     def _authenticate(self, msg: Message, name: str, rec: dict[str, Any], tenant_id: str, agent_id: str,
                       signature: Signature | None, request_id: str) -> str | None:
         value = msg.value()
@@ -179,16 +196,19 @@ class TokenCounter:
             if core.addressable(request_id, key_tenant) is not None:
                 raise
             assert request_id is not None and key_tenant is not None
-            out.emit(self.topic_counted, msg.key(), self._invalid(request_id, key_tenant, exc.message),
+            # An unreadable body carries no signature anyone can check: for a tenant that requires them it
+            # is not the tenant's request (and takes none of its request ids), else invalid as before.
+            code = (core.UNAUTHENTICATED if self._misrouted(msg, key_tenant) is None
+                    and core.requires_signature(self.auth, self._keys(msg, key_tenant)) else None)
+            out.emit(self.topic_counted, msg.key(), self._invalid(request_id, key_tenant, exc.message, code=code),
                      stamped(msg, "count"))
             return
         req = InvocationRequested.from_record(rec)
-        reason = core.validate(req, key_tenant, self.settings.max_messages) or self._misrouted(msg, req.tenant_id)
-        code: str | None = None
-        if reason is None:
-            # Before counting: a forged request must not cost the tokenizer's time.
-            reason = self._authenticate(msg, name, rec, req.tenant_id, req.agent_id, req.signature, req.request_id)
-            code = core.UNAUTHENTICATED if reason is not None else None
+        reason, code = self._authentic(msg, name, rec, req), None
+        if reason is not None:
+            code = core.UNAUTHENTICATED
+        else:
+            reason = core.validate(req, key_tenant, self.settings.max_messages)
         counted = None
         if reason is None:
             try:

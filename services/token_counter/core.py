@@ -19,8 +19,8 @@ from ledgergate.shared.tokenizers import ACCOUNTING_ENCODING, count_chat, count_
 from ledgergate.signing import key_sequence, verify
 
 __all__ = ["FAIL_CLOSED", "MAX_ID_CHARS", "UNAUTHENTICATED", "Authenticator", "Counted", "Drift", "Metered",
-           "TenantKeys", "addressable", "authenticate", "count_request", "meter", "request_sha256", "tenant_keys",
-           "validate"]
+           "TenantKeys", "addressable", "authenticate", "count_request", "meter", "request_sha256",
+           "requires_signature", "tenant_keys", "validate"]
 
 UNAUTHENTICATED = "unauthenticated"  # the DENY reason code of a request whose signature fails
 
@@ -55,6 +55,10 @@ class Authenticator:
     default_mode: AuthMode
 
 
+def requires_signature(auth: Authenticator, keys: TenantKeys | None) -> bool:
+    return ((keys.mode if keys is not None else None) or auth.default_mode) == "REQUIRED"
+
+
 def authenticate(auth: Authenticator, keys: TenantKeys | None, tenant_id: str, agent_id: str,
                  signature: Signature | None, canonical: Callable[[], bytes], what: str = "request") -> str | None:
     """Why a request (or completion) of `tenant_id` by `agent_id` is not its tenant's, or None.
@@ -62,9 +66,9 @@ def authenticate(auth: Authenticator, keys: TenantKeys | None, tenant_id: str, a
     `canonical` gives the bytes its signature covers (ledgergate.signing.canonical_bytes), and is called
     only for a signed message. Costs one HMAC for a known key, at most two derivations and two HMACs for
     a key newer than `keys`."""
-    mode = (keys.mode if keys is not None else None) or auth.default_mode
     if signature is None:
-        return f"unsigned {what}, and tenant {tenant_id} requires signed ones" if mode == "REQUIRED" else None
+        required = requires_signature(auth, keys)
+        return f"unsigned {what}, and tenant {tenant_id} requires signed ones" if required else None
     if auth.master_key is None:
         return "signed, but this gate has no credential master key to verify signatures with"
     key_id = signature.key_id

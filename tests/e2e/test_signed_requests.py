@@ -7,7 +7,9 @@ PostgreSQL) issues and revokes credentials and sets auth modes; agents sign with
 - a forged completion settles nothing (dead-lettered as `unauthenticated`), the real one then settles;
 - an OPTIONAL tenant accepts unsigned requests, and still refuses a bad signature;
 - rotation under steady traffic: issue a second key, switch the client, revoke the first; every request
-  is ALLOWed, and the old key is refused soon after its revoke.
+  is ALLOWed, and the old key is refused soon after its revoke;
+- what a forger sends malformed, unreadable or on another partition is unauthenticated too, and takes none
+  of the tenant's request ids.
 """
 
 from __future__ import annotations
@@ -23,16 +25,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from confluent_kafka import Producer
 from fastapi.testclient import TestClient
 
 from ledgergate import topics
 from ledgergate.client import DecisionFuture, GateClient
 from ledgergate.codec import codec
+from ledgergate.kafka_config import producer_config
+from ledgergate.partitioning import murmur2_partition
 from ledgergate.services.api.app import create_app
 from ledgergate.shared.kafka.reader import read_to_end
 from ledgergate.shared.settings import KafkaSettings
-from ledgergate.signing import Credential
+from ledgergate.signing import Credential, sign
 from ledgergate.tools.servicerunner import ServiceSet
+from tests.conftest import TEST_PARTITIONS
 from tests.e2e.conftest import GATE_SERVICES, RESERVATION_TTL_MS, wait_ready
 from tests.integration.apiharness import (  # noqa: F401  (fixtures)
     MASTER_KEY,
@@ -245,3 +251,48 @@ def test_rotation_under_steady_traffic_loses_no_request(signed: Signed) -> None:
         stale.request(ACME, HELLO, MODEL, 16)) == "unauthenticated" else None, timeout_s=30)
     assert time.monotonic() - revoked_at < 30
     assert agent.request(ACME, HELLO, MODEL, 16)["outcome"] == "ALLOW"
+
+
+def test_what_a_forger_sends_malformed_unreadable_or_off_partition_takes_no_request_id(signed: Signed) -> None:
+    """Checked before the rest of the edge rule: a forger's malformed request, unreadable bytes under the
+    tenant's key, or a well-signed request on another partition are `unauthenticated` (the gate cannot tell
+    them the tenant's), never a request id's final outcome: the tenant's own requests under those ids pass."""
+    signed.budget(ACME, 100)
+    key = signed.issue(ACME)
+    signed.mode(ACME, "REQUIRED")
+    owner = signed.client(key)
+    signed.eventually("acme allows its signed requests", allowed(owner, ACME))
+    probe = signed.client()
+    signed.eventually("acme requires signatures", lambda: True if deny_reason(
+        probe.request(ACME, HELLO, MODEL, 16)) == "unauthenticated" else None)
+
+    ids = {what: f"forged-{what}-{uuid.uuid4().hex[:8]}" for what in ("malformed", "unreadable", "off-partition")}
+    producer = Producer(producer_config(signed.kafka.kafka_bootstrap))
+    topic = signed.kafka.topic(topics.REQUESTS)
+    home = murmur2_partition(ACME.encode(), TEST_PARTITIONS)
+
+    def request(request_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"request_id": request_id, "tenant_id": ACME, "workflow_id": "", "agent_id": "",
+                "requested_model": MODEL, "messages": [{**m, "name": None} for m in messages], "tools_json": None,
+                "max_output_tokens": 16, "priority": "NORMAL", "region": None, "max_cost_micro_usd": None,
+                "labels": {}, "requested_at_ms": int(time.time() * 1000), "trace_context": {}, "signature": None}
+
+    for value, request_id, partition in (
+            (codec().encode("InvocationRequested", request(ids["malformed"], [])), ids["malformed"], home),
+            (b"\xc3\x01not avro at all", ids["unreadable"], home),
+            (codec().encode("InvocationRequested", sign("InvocationRequested", request(ids["off-partition"], HELLO),
+                                                        key)), ids["off-partition"], (home + 1) % TEST_PARTITIONS)):
+        producer.produce(topic, key=ACME.encode(), value=value, partition=partition,
+                         headers=[("request_id", request_id.encode())])
+    assert producer.flush(30) == 0
+
+    def decided() -> dict[str, dict[str, Any]] | None:
+        found = {r["request_id"]: r for _, r in signed.read(topics.DECISIONS) if r["request_id"] in ids.values()}
+        return found if len(found) == len(ids) else None
+
+    for what, decision in signed.eventually("a decision per forged request", decided).items():
+        assert deny_reason(decision) == "unauthenticated", (what, decision)
+    # The tenant's own requests under the same ids: decided on their merits, not as repeats or conflicts.
+    for request_id in ids.values():
+        decision = owner.request(ACME, HELLO, MODEL, 16, request_id=request_id)
+        assert decision["outcome"] == "ALLOW", decision
