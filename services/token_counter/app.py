@@ -83,7 +83,7 @@ class TokenCounter:
         ends = end_offsets(bootstrap, self.topic_credentials, partitions)
         for msg in read_to_end(bootstrap, self.topic_credentials, partitions, end=ends):
             try:
-                self._apply_credentials(msg)
+                self._apply_credentials(msg, quiet=True)
             except LedgergateError as exc:  # the API is the only writer: a bug there, said loudly, not a stop
                 self.log.error("credentials_unreadable", partition=msg.partition(), offset=msg.offset(),
                                error=exc.message)
@@ -95,7 +95,9 @@ class TokenCounter:
         for p in partitions:
             self.credentials.pop(p, None)
 
-    def _apply_credentials(self, msg: Message) -> None:
+    def _apply_credentials(self, msg: Message, quiet: bool = False) -> None:
+        """The message's tenant state replaces the one held. `quiet` at assignment: a line per tenant there
+        would be a line per tenant the partitions ever had; the summary line says how many."""
         key = msg.key()
         tenant_id = key.decode(errors="replace") if key else ""
         states = self.credentials.setdefault(partition_of(msg), {})
@@ -111,6 +113,8 @@ class TokenCounter:
         if state.tenant_id != tenant_id:
             raise MalformedMessageError("TenantCredentials keyed by another tenant than its tenant_id")
         states[tenant_id] = core.tenant_keys(state, self.auth.master_key)
+        if quiet:
+            return
         self.log.info("credentials_applied", tenant_id=tenant_id, version=state.version, change=state.change.kind,
                       key_id=state.change.key_id, keys=len(state.keys), mode=state.mode)
 
