@@ -116,7 +116,21 @@ class ServiceSettings(KafkaSettings):
     shutdown_timeout_ms: int = Field(default=20_000, ge=100, le=600_000)
 
 
-class BudgetManagerSettings(ServiceSettings):
+class StateSettings(ServiceSettings):
+    """What a service that folds budget.ledger into tenant state needs (budget-manager, policy, snapshotter)."""
+
+    model_config = _config()
+
+    # Tenants kept unpacked (about 2.4 KB each); the rest wait packed (about 300 B: shared/ledger/packing.py)
+    # until a message or an expiry touches them. Bounds memory for a million tenants, mostly idle.
+    # 50,000 unpacked and the rest packed hold a million tenants in about 1 GB (BENCHMARKS.md, memory).
+    hot_tenants_max: int = Field(default=50_000, ge=1_000, le=10_000_000)
+    # Restore from budget.snapshots and fold only the ledger's tail; False folds from offset 0 (the
+    # snapshotter itself, and a way to rule snapshots out when chasing a problem).
+    restore_from_snapshots: bool = True
+
+
+class BudgetManagerSettings(StateSettings):
     model_config = _config()
 
     # A hold lives this long without a completion before it expires and releases its budget.
@@ -142,11 +156,23 @@ class TokenCounterSettings(ServiceSettings, CredentialSettings):
     remembered_requests: int = Field(default=200_000, ge=0, le=10_000_000)
 
 
-class PolicySettings(ServiceSettings):
+class PolicySettings(StateSettings):
     model_config = _config()
 
     # A file (YAML or JSON) that replaces the built-in default policy for tenants without one.
     default_policy_path: Path | None = None
+
+
+class SnapshotterSettings(StateSettings):
+    """The snapshotter (`ledgergate run snapshotter`): budget.ledger -> budget.snapshots."""
+
+    model_config = _config()
+
+    # A partition's dirty tenants are written (then its marker) after this many ledger entries or this
+    # long, whichever comes first: a restore folds at most about this much tail.
+    # 20,000 entries is about 1-2 s of tail fold on these 2-core machines (BENCHMARKS.md, restart).
+    snapshot_every_entries: int = Field(default=20_000, ge=1, le=10_000_000)
+    snapshot_every_ms: int = Field(default=5_000, ge=100, le=3_600_000)
 
 
 class ProjectorSettings(ServiceSettings, PostgresSettings):
@@ -182,7 +208,8 @@ class RouterSettings(ServiceSettings):
 
     # Decisions remembered to answer a repeated request id identically.
     remembered_decisions: int = Field(default=200_000, ge=0, le=10_000_000)
-    # On assignment, this many trailing ledger entries per partition refill that memory.
+    # The first repeat a partition sees after its assignment refills that memory from this many ledger
+    # entries before it (not the assignment itself: a restart reaches its first decision without a fold).
     rebuild_window: int = Field(default=20_000, ge=0, le=1_000_000)
     # The router's transaction (audit records, offsets) stays open this long across batches before it
     # commits; its decisions go out at once either way (docs/decisions/0006). 0 (the default) commits

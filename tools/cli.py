@@ -163,6 +163,12 @@ def _budget_show(tenant: str) -> int:
     return 0
 
 
+def _state(args: argparse.Namespace) -> int:
+    from ledgergate.tools.state import run_verify
+
+    return run_verify(args.partition)
+
+
 def _audit(args: argparse.Namespace) -> int:
     from ledgergate.tools.reports import run_replay
 
@@ -289,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure the gate on the local stack beside its floors (see BENCHMARKS.md)")
     p.add_argument("mode", nargs="?", default="all",
-                   choices=["all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale"],
+                   choices=["all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale", "restart"],
                    help="all (default): max search, rate 1000/s, race, floors, ledger, PostgreSQL baseline, "
                         "hot tenant (gate and baseline), scale (the max search with two instances of each "
                         "service)")
@@ -360,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the full report to this file")
     p.add_argument("--progress-every", type=int, default=100_000)
     p.set_defaults(func=_reconcile)
+
+    p = sub.add_parser("state", help="operators' checks of the services' state")
+    st = p.add_subparsers(dest="action", required=True)
+    v = st.add_parser("verify", help="fold budget.ledger from offset 0 and compare it with the latest snapshots on "
+                                     "budget.snapshots; exit 1 on a mismatch or an unusable record")
+    v.add_argument("--partition", type=int, action="append", help="only this partition (repeatable)")
+    p.set_defaults(func=_state)
     return parser
 
 

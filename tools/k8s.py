@@ -39,9 +39,11 @@ RESOURCES: dict[str, tuple[str, str, str]] = {  # process: (cpu request, memory 
     "router": ("150m", "128Mi", "256Mi"),
     "projector": ("100m", "128Mi", "256Mi"),
     "alerter": ("50m", "96Mi", "192Mi"),
+    # It holds every tenant of its partitions, as the budget-manager does (hot_tenants_max bounds it).
+    "snapshotter": ("100m", "160Mi", "512Mi"),
     "api": ("100m", "160Mi", "320Mi"),
 }
-STREAM = ("token-counter", "policy", "budget-manager", "router", "projector", "alerter")
+STREAM = ("token-counter", "policy", "budget-manager", "router", "projector", "alerter", "snapshotter")
 # The credential master key (every signing credential's secret derives from it) reaches only the two
 # processes that need it, from a Secret of its own, not the `ledgergate` Secret every process loads.
 MASTER_KEY_SECRET = "ledgergate-credential-master-key"

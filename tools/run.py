@@ -20,6 +20,7 @@ SERVICES: dict[str, str] = {
     "projector": "ledgergate.services.projector.app",
     "api": "ledgergate.services.api.app",
     "alerter": "ledgergate.services.alerter.app",
+    "snapshotter": "ledgergate.services.snapshotter.app",
 }
 
 

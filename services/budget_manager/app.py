@@ -1,7 +1,8 @@
 """budget-manager adapter: decode, call the pure core, fold the entries, produce them to the ledger.
 
 It is the only writer of budget.ledger for its partitions. State is a fold of the ledger: on partition
-assignment it rebuilds from offset 0 (snapshots are future work), and its ledger appends commit in the
+assignment it restores from budget.snapshots and folds the ledger's tail (shared/snapshots.py; offset 0
+without a usable snapshot), and its ledger appends commit in the
 same Kafka transaction as its input offsets, so a crash at any moment neither loses nor repeats an
 effect (invariant 2).
 """
@@ -24,13 +25,15 @@ from ledgergate.ids import id_problem, name_problem
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.kafka.headers import stamped
 from ledgergate.shared.kafka.outbox import Outbox
-from ledgergate.shared.kafka.reader import offset_of, partition_of, read_to_end
+from ledgergate.shared.kafka.reader import offset_of, partition_of
 from ledgergate.shared.kafka.runtime import run_service
 from ledgergate.shared.ledger import decide
-from ledgergate.shared.ledger.entries import LedgerEntry, ReservationPlaced, ThresholdCrossed, from_record, to_record
+from ledgergate.shared.ledger.entries import LedgerEntry, ReservationPlaced, ThresholdCrossed, to_record
+from ledgergate.shared.ledger.packing import TenantStore, next_expiry_ms
 from ledgergate.shared.ledger.state import TenantState, balances_view, evolve
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import BudgetManagerSettings
+from ledgergate.shared.snapshots import restore
 
 
 def reserve_from_plan(planned: InvocationPlanned) -> decide.Reserve:
@@ -82,25 +85,26 @@ class BudgetManager:
         self.topic_commands = settings.topic(topics.COMMANDS)
         self.topic_ledger = settings.topic(topics.LEDGER)
         self.topic_alerts = settings.topic(topics.ALERTS)
-        self.tenants: dict[int, dict[str, TenantState]] = {}
+        self.topic_snapshots = settings.topic(topics.SNAPSHOTS)
+        self.tenants: dict[int, TenantStore] = {}
         self.expiry_heap: list[tuple[int, int, str, str]] = []  # (expires_at_ms, partition, tenant, request)
         self.dirty = False
 
     # --- rebuild -------------------------------------------------------------------------------
 
     def assigned(self, partitions: list[int]) -> None:
-        # The revoke-all of an eager rebalance dropped every partition; folds start from scratch.
-        started = time.monotonic()
+        # The revoke-all of an eager rebalance dropped every partition; restores start from scratch.
+        self.expiry_heap = [e for e in self.expiry_heap if e[1] not in partitions]
+        heapq.heapify(self.expiry_heap)
+        restored = restore(self.settings.kafka_bootstrap, self.topic_snapshots, self.topic_ledger, partitions,
+                           self.settings.hot_tenants_max, self.log, on_entry=self._scheduled,
+                           snapshots=self.settings.restore_from_snapshots)
         for p in partitions:
-            self.tenants[p] = {}
-        count = 0
-        for msg in read_to_end(self.settings.kafka_bootstrap, self.topic_ledger, partitions):
-            name, rec = codec().decode(msg.value())
-            entry = from_record(name, rec)
-            self._apply(partition_of(msg), entry)
-            count += 1
-        self.log.info("state_rebuilt", partitions=partitions, entries=count,
-                      seconds=round(time.monotonic() - started, 3))
+            self.tenants[p] = restored.stores[p]
+            # A tenant restored packed has holds the fold did not see: one wake-up at its earliest expiry.
+            for tenant_id, usable in restored.restores[p].tenants.items():
+                if usable.next_expiry_ms > 0:
+                    heapq.heappush(self.expiry_heap, (usable.next_expiry_ms, p, tenant_id, ""))
         self.dirty = True
 
     def revoked(self, partitions: list[int]) -> None:
@@ -110,16 +114,18 @@ class BudgetManager:
         heapq.heapify(self.expiry_heap)
 
     def _state(self, partition: int, tenant_id: str) -> TenantState:
-        tenants = self.tenants.setdefault(partition, {})
-        state = tenants.get(tenant_id)
-        if state is None:
-            state = tenants[tenant_id] = TenantState(tenant_id)
-        return state
+        store = self.tenants.get(partition)
+        if store is None:
+            store = self.tenants[partition] = TenantStore(self.settings.hot_tenants_max)
+        return store.get_or_create(tenant_id)
+
+    def _scheduled(self, partition: int, offset: int, entry: LedgerEntry) -> None:
+        if isinstance(entry, ReservationPlaced):
+            heapq.heappush(self.expiry_heap, (entry.expires_at_ms, partition, entry.tenant_id, entry.request_id))
 
     def _apply(self, partition: int, entry: LedgerEntry) -> None:
         evolve(self._state(partition, entry.tenant_id), entry)
-        if isinstance(entry, ReservationPlaced):
-            heapq.heappush(self.expiry_heap, (entry.expires_at_ms, partition, entry.tenant_id, entry.request_id))
+        self._scheduled(partition, -1, entry)
 
     # --- handling ------------------------------------------------------------------------------
 
@@ -167,16 +173,25 @@ class BudgetManager:
     def idle(self, now_ms: int, out: Outbox) -> None:
         while self.expiry_heap and self.expiry_heap[0][0] <= now_ms:
             _, partition, tenant_id, request_id = heapq.heappop(self.expiry_heap)
-            state = self.tenants.get(partition, {}).get(tenant_id)
-            if state is not None:  # the heap may name holds since settled or voided: decide_expire says []
+            store = self.tenants.get(partition)
+            state = store.get(tenant_id) if store is not None else None
+            if state is None:
+                continue
+            # The heap may name holds since settled or voided: decide_expire says [].
+            if request_id:
                 self._append(partition, decide.decide_expire(state, request_id, now_ms), out, stamped(None, "budget"))
+                continue
+            # A restored tenant's wake-up: everything due, then its next one.
+            self._append(partition, decide.decide_expiry(state, now_ms), out, stamped(None, "budget"))
+            following = next_expiry_ms(state)
+            if following > 0:
+                heapq.heappush(self.expiry_heap, (following, partition, tenant_id, ""))
         if self.dirty and self.settings.state_dump_path is not None:
             self.dump_state()
             self.dirty = False
 
     def dump_state(self) -> None:
-        view = {tenant: balances_view(state) for tenants in self.tenants.values()
-                for tenant, state in tenants.items()}
+        view = {state.tenant_id: balances_view(state) for store in self.tenants.values() for state in store.states()}
         path = self.settings.state_dump_path
         assert path is not None
         tmp = path.with_suffix(".tmp")

@@ -1,7 +1,8 @@
 """policy adapter: invocation.counted (+ the tenant's budget.ledger, co-partitioned) -> invocation.planned.
 
 The ledger gives each tenant's policy document (PolicyChanged) and budget burn; it is folded with the
-same `evolve` the budget-manager uses. Burn seen here may trail the budget-manager by a few entries:
+same `evolve` the budget-manager uses, restored like the budget-manager's from budget.snapshots and the
+ledger's tail (shared/snapshots.py). Burn seen here may trail the budget-manager by a few entries:
 that only shifts a tier choice, never a limit, which the budget-manager enforces exactly.
 """
 
@@ -20,14 +21,16 @@ from ledgergate.services.policy import core
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.kafka.headers import stamped
 from ledgergate.shared.kafka.outbox import Outbox
-from ledgergate.shared.kafka.reader import end_offsets, partition_of, read_to_end
+from ledgergate.shared.kafka.reader import partition_of
 from ledgergate.shared.kafka.runtime import run_service
 from ledgergate.shared.ledger.entries import from_record
+from ledgergate.shared.ledger.packing import TenantStore
 from ledgergate.shared.ledger.periods import period_of
 from ledgergate.shared.ledger.state import TENANT, TenantState, evolve
 from ledgergate.shared.logging import configure
 from ledgergate.shared.policy import Policy, PolicyError, default_policy, parse_policy
 from ledgergate.shared.settings import PolicySettings
+from ledgergate.shared.snapshots import restore
 
 
 class PolicyService:
@@ -39,22 +42,22 @@ class PolicyService:
         self.topic_counted = settings.topic(topics.COUNTED)
         self.topic_ledger = settings.topic(topics.LEDGER)
         self.topic_planned = settings.topic(topics.PLANNED)
-        # partition -> tenant -> the fold of that partition's ledger. Per partition, so that a partition
-        # assigned again (after a rebalance moved it away and back) is folded from scratch: folding it
+        self.topic_snapshots = settings.topic(topics.SNAPSHOTS)
+        # partition -> its tenants, the fold of that partition's ledger. Per partition, so that a partition
+        # assigned again (after a rebalance moved it away and back) is restored from scratch: folding it
         # on top of the states already held counted every entry twice.
-        self.tenants: dict[int, dict[str, TenantState]] = {}
+        self.tenants: dict[int, TenantStore] = {}
         self.policies: dict[str, tuple[int, Policy]] = {}  # tenant -> (version, parsed)
         self.buckets: dict[str, core.Bucket] = {}
 
     def assigned(self, partitions: list[int]) -> dict[tuple[str, int], int]:
-        for p in partitions:
-            self.tenants[p] = {}
-        ends = end_offsets(self.settings.kafka_bootstrap, self.topic_ledger, partitions)
-        for msg in read_to_end(self.settings.kafka_bootstrap, self.topic_ledger, partitions, end=ends):
-            self._fold(msg)
+        restored = restore(self.settings.kafka_bootstrap, self.topic_snapshots, self.topic_ledger, partitions,
+                           self.settings.hot_tenants_max, self.log, snapshots=self.settings.restore_from_snapshots)
+        self.tenants.update(restored.stores)
         self.log.info("policy_state_rebuilt", partitions=partitions,
                       tenants=sum(len(self.tenants[p]) for p in partitions))
-        return {(self.topic_ledger, p): ends[p] for p in partitions}
+        # The fold continues from where the restore ended, on the ledger the service also consumes.
+        return {(self.topic_ledger, p): restored.ends[p] for p in partitions}
 
     def revoked(self, partitions: list[int]) -> None:
         for p in partitions:
@@ -65,14 +68,15 @@ class PolicyService:
 
     def _fold(self, msg: Message) -> None:
         name, rec = codec().decode(msg.value())
-        tenants = self.tenants.setdefault(partition_of(msg), {})
-        state = tenants.get(rec["tenant_id"])
-        if state is None:
-            state = tenants[rec["tenant_id"]] = TenantState(rec["tenant_id"])
-        evolve(state, from_record(name, rec))
+        p = partition_of(msg)
+        store = self.tenants.get(p)
+        if store is None:
+            store = self.tenants[p] = TenantStore(self.settings.hot_tenants_max)
+        evolve(store.get_or_create(rec["tenant_id"]), from_record(name, rec))
 
     def _state(self, partition: int, tenant_id: str) -> TenantState | None:
-        return self.tenants.get(partition, {}).get(tenant_id)
+        store = self.tenants.get(partition)
+        return store.get(tenant_id) if store is not None else None
 
     def policy_for(self, tenant_id: str, state: TenantState | None) -> Policy:
         if state is None or not state.policy_json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import OrderedDict
 
 from confluent_kafka import Message
@@ -20,7 +21,7 @@ from ledgergate.services.router import core
 from ledgergate.shared.catalogue import deployments
 from ledgergate.shared.kafka.headers import stamped
 from ledgergate.shared.kafka.outbox import Outbox
-from ledgergate.shared.kafka.reader import end_offsets, last_message, offset_of, partition_of, read_to_end, topic_of
+from ledgergate.shared.kafka.reader import last_message, offset_of, partition_of, read_to_end, topic_of
 from ledgergate.shared.kafka.runtime import run_service
 from ledgergate.shared.ledger.entries import ReservationDenied, ReservationPlaced, ReservationRepeated, from_record
 from ledgergate.shared.logging import configure
@@ -39,6 +40,7 @@ class Router:
         self.topic_audit = settings.topic(topics.AUDIT)
         self.chains: dict[int, core.Chain] = {}
         self.decisions: OrderedDict[str, GateDecision] = OrderedDict()  # entry id -> decision, bounded
+        self.refilled: set[int] = set()  # partitions whose memory holds the window before their first repeat
 
     def assigned(self, partitions: list[int]) -> None:
         for p in partitions:
@@ -48,16 +50,27 @@ class Router:
                 _, rec = codec().decode(last.value())
                 chain.next_sequence, chain.last_hash = rec["chain_sequence"] + 1, rec["hash"]
             self.chains[p] = chain
-        # Refill the memory of recent decisions, so a repeated request id is answered identically.
-        ends = end_offsets(self.settings.kafka_bootstrap, self.topic_ledger, partitions)
-        starts = {p: max(0, ends[p] - self.settings.rebuild_window) for p in partitions}
-        for msg in read_to_end(self.settings.kafka_bootstrap, self.topic_ledger, partitions, starts, end=ends):
-            name, rec = codec().decode(msg.value())
-            if name in ("ReservationPlaced", "ReservationDenied"):
-                entry = from_record(name, rec)
-                self._remember(entry.entry_id, core.decision_for(entry, self.deployments))  # type: ignore[arg-type]
+        # The memory of recent decisions (to answer a repeated request id identically) is refilled when a
+        # partition first sees a repeat, not here: a restart then costs no fold on its way to a decision.
         self.log.info("router_resumed", partitions=partitions,
                       chains={p: self.chains[p].next_sequence for p in partitions})
+        self.refilled -= set(partitions)
+
+    def _refill(self, p: int, before_offset: int) -> None:
+        """The decisions of the `rebuild_window` ledger entries before this offset, once per assignment."""
+        started = time.monotonic()
+        start = max(0, before_offset - self.settings.rebuild_window)
+        count = 0
+        for msg in read_to_end(self.settings.kafka_bootstrap, self.topic_ledger, [p], {p: start},
+                               end={p: before_offset}):
+            if codec().peek_name(msg.value()) in ("ReservationPlaced", "ReservationDenied"):
+                entry = from_record(*codec().decode(msg.value()))
+                if entry.entry_id not in self.decisions:  # a newer copy is already there
+                    self._remember(entry.entry_id, core.decision_for(entry, self.deployments))  # type: ignore[arg-type]
+                count += 1
+        self.refilled.add(p)
+        self.log.info("router_memory_refilled", partition=p, from_offset=start, to_offset=before_offset,
+                      decisions=count, seconds=round(time.monotonic() - started, 3))
 
     def revoked(self, partitions: list[int]) -> None:
         for p in partitions:
@@ -92,6 +105,9 @@ class Router:
             self._remember(entry.entry_id, decision)
         elif isinstance(entry, ReservationRepeated):
             decision = self.decisions.get(entry.original_entry_id)
+            if decision is None and p not in self.refilled:
+                self._refill(p, offset_of(msg))
+                decision = self.decisions.get(entry.original_entry_id)
             if decision is None:
                 self.log.warning("repeat_of_forgotten_decision", tenant_id=entry.tenant_id,
                                  request_id=entry.request_id)

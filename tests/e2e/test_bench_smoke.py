@@ -59,6 +59,17 @@ def test_bench_smoke_answers_every_request_and_reports_every_figure(stack: Stack
     _positive(led["rebuild"]["us_per_entry"], "kafka_read", "avro_decode", "from_record", "evolve")
     _positive(led["memory"], "bytes_per_tenant", "projected_1m_tenants_mb")
     _positive(led["memory_traced"], "bytes_per_tenant")
+    _positive(led["memory_unpacked"], "bytes_per_tenant")
+
+    # A cold start on a snapshotted ledger (and on an empty one beside it) reaches its first decision.
+    restart = r["restart"]
+    for run in (restart["empty_ledger"], restart["long_ledger"]):
+        _positive(run, "first_decision_s")
+    long = restart["long_ledger"]
+    assert long["ledger_entries"] > long["tail_entries"] > 0
+    for name in ("budget-manager", "policy"):
+        assert long["restored"][name]["snapshot_tenants"] > 0, long["restored"]
+        assert long["restored"][name]["tail_entries"] == long["tail_entries"], long["restored"]
 
     base = r["baseline"]
     for run in (base["capacity"], base["rate"]):

@@ -41,6 +41,7 @@ def test_single_writers_stay_single() -> None:
     writers = {t: {n for n, a in acls.PRINCIPALS.items() if t in a.writes} for t in topics.ALL}
     assert writers[topics.CREDENTIALS] == {"api"}
     assert writers[topics.LEDGER] == {"budget-manager"}
+    assert writers[topics.SNAPSHOTS] == {"snapshotter"}
     assert writers[topics.DECISIONS] == writers[topics.AUDIT] == {"router"}
     assert set(acls.PRINCIPALS["agent"].writes) == {topics.REQUESTS, topics.COMPLETIONS}
     assert {n for n, a in acls.PRINCIPALS.items() if topics.CREDENTIALS in a.reads} == {"token-counter", "operator"}
@@ -48,7 +49,7 @@ def test_single_writers_stay_single() -> None:
 
 def test_the_commands_name_the_codes_groups_and_transactional_ids() -> None:
     text = acls.render("p.")
-    for service in ("token-counter", "policy", "budget-manager", "router", "projector", "alerter"):
+    for service in ("token-counter", "policy", "budget-manager", "router", "projector", "alerter", "snapshotter"):
         assert f'--group "p.ledgergate-{service}"' in text  # shared/kafka/options.py: <prefix>ledgergate-<service>
     for service in ("budget-manager", "router"):  # the kafka-transaction services (shared/kafka/transaction.py)
         assert f'--transactional-id "p.ledgergate-{service}-" --resource-pattern-type prefixed' in text

@@ -14,6 +14,7 @@ The fold and the memory runs are subprocesses: `python -m ledgergate.tools.bench
 from __future__ import annotations
 
 import gc
+import heapq
 import json
 import random
 import subprocess
@@ -45,6 +46,7 @@ from ledgergate.shared.ledger.entries import (
     from_record,
     to_record,
 )
+from ledgergate.shared.ledger.packing import TenantStore
 from ledgergate.shared.ledger.periods import period_of
 from ledgergate.shared.ledger.state import TENANT, TenantState, evolve
 from ledgergate.shared.settings import PROJECT_ROOT
@@ -78,22 +80,41 @@ def _denied(tenant: str, period: str, now: int, rid: str, wf: str) -> Reservatio
         policy_version=0, request_sha256="cd" * 32, requested_at_ms=now, tenant_remaining_micro_usd=1000)
 
 
-def synthetic_ledger(entries: int, tenants: int, seed: int) -> Iterator[LedgerEntry]:
+def history_ledger(entries: int, tenants: int, seed: int, periods: int) -> Iterator[LedgerEntry]:
+    """`synthetic_ledger` spread over `periods` months ending with the current one: a long history whose
+    state (the idempotency window keeps this period and the last) does not grow with its length."""
+    assert periods >= 1, periods
+    starts = [period_of(time.time_ns() // 1_000_000)[1]]
+    while len(starts) < periods:
+        starts.insert(0, period_of(starts[0] - 1)[1])
+    for k, start_ms in enumerate(starts):
+        share = entries // periods if k < periods - 1 else entries - (periods - 1) * (entries // periods)
+        yield from synthetic_ledger(share, tenants, seed + k, now_ms=start_ms + 3_600_000, tag=f"p{k}-",
+                                    setup=k == 0, close=k < periods - 1, limits_seed=seed)
+
+
+def synthetic_ledger(entries: int, tenants: int, seed: int, now_ms: int | None = None, tag: str = "",
+                     setup: bool = True, close: bool = False, limits_seed: int | None = None) -> Iterator[LedgerEntry]:
     """A coherent mix: about 45 % placed, 42 % settled, 8 % denied, 2 % expired/voided, and the 50/80/100 %
-    threshold crossings that settlements cause. Every settle/expire/void follows its own placement."""
+    threshold crossings that settlements cause. Every settle/expire/void follows its own placement.
+    `setup` opens with each tenant's limit; `close` expires the holds still open at the end (a period
+    that ended); request ids carry `tag`, so several calls make one coherent history."""
     rng = random.Random(seed)
-    now = time.time_ns() // 1_000_000
+    now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
     period, start, end = period_of(now)
     names = [f"lt{i:05d}" for i in range(tenants)]
-    limits = {t: rng.randrange(2_000_000, 8_000_000) for t in names}
+    limit_rng = random.Random(seed if limits_seed is None else limits_seed)
+    limits = {t: limit_rng.randrange(2_000_000, 8_000_000) for t in names}
     posted = dict.fromkeys(names, 0)
     holds: dict[str, deque[tuple[str, str, int]]] = {t: deque() for t in names}
     crossed: set[tuple[str, int]] = set()
     made = 0
     for t in names:
         yield PeriodOpened(f"period/{t}/{period}", t, period, now, start, end)
-        yield BudgetLimitSet(f"cmd/{t}", t, period, now, TENANT, t, "SET", limits[t], 0, f"c-{t}")
-        made += 2
+        made += 1
+        if setup:
+            yield BudgetLimitSet(f"cmd/{t}", t, period, now, TENANT, t, "SET", limits[t], 0, f"c-{t}")
+            made += 1
     seq = 0
     while made < entries:
         t = names[rng.randrange(tenants)]
@@ -120,7 +141,7 @@ def synthetic_ledger(entries: int, tenants: int, seed: int) -> Iterator[LedgerEn
             made += 1
         else:
             seq += 1
-            rid, wf = f"r{seq:08d}", WORKFLOWS[seq % 4]
+            rid, wf = f"{tag}r{seq:08d}", WORKFLOWS[seq % 4]
             amount = rng.randrange(1_000, 40_000)
             # A placement the limit does not cover is denied, as the budget-manager would (the fold asserts
             # invariant 1 after every entry).
@@ -130,6 +151,11 @@ def synthetic_ledger(entries: int, tenants: int, seed: int) -> Iterator[LedgerEn
                 open_.append((rid, wf, amount))
                 yield _placed(t, period, now, rid, wf, amount)
             made += 1
+    if close:  # a period that ended: what was still held expired in it
+        for t in names:
+            for rid, wf, amount in holds[t]:
+                now += 1
+                yield ReservationExpired(f"{rid}/expiry", t, period, now, rid, wf, amount)
 
 
 def produce_ledger(bootstrap: str, topic: str, entries: int, tenants: int, seed: int = 11) -> dict[str, Any]:
@@ -243,12 +269,23 @@ def memory(spec: dict[str, Any]) -> dict[str, Any]:
         tracemalloc.start()
     base = rss_bytes()
     started = time.perf_counter()
+    hot_max = spec.get("hot_max")
     states: dict[str, TenantState] = {}
+    # The budget-manager's own layout when `hot_max` is given: a TenantStore (the least recently used
+    # tenants packed) and the expiry heap's entry per live hold.
+    store = TenantStore(hot_max) if hot_max else None
+    heap: list[tuple[int, int, str, str]] = []
     for i in range(n):
         entries = _tenant_entries(i, period, now)
-        state = states[entries[0].tenant_id] = TenantState(entries[0].tenant_id)
+        tenant_id = entries[0].tenant_id
+        if store is None:
+            state = states[tenant_id] = TenantState(tenant_id)
+        else:
+            state = store.get_or_create(tenant_id)
         for entry in entries:
             evolve(state, entry)
+            if store is not None and isinstance(entry, ReservationPlaced):
+                heapq.heappush(heap, (entry.expires_at_ms, 0, tenant_id, entry.request_id))
     seconds = time.perf_counter() - started
     gc.collect()
     top: list[dict[str, Any]] = []
@@ -266,7 +303,8 @@ def memory(spec: dict[str, Any]) -> dict[str, Any]:
     return {"tenants": n, "method": "tracemalloc" if traced else "rss_delta", "bytes_per_tenant": round(per),
             "projected_1m_tenants_mb": round(per * 1_000_000 / 2**20), "fold_s": round(seconds, 1),
             "tenant_holds": "limit, 2 balances (tenant + workflow), 1 settled call, 1 live hold",
-            "top_allocations": top}
+            "layout": f"TenantStore, {hot_max:,} unpacked, the rest packed; expiry heap" if hot_max
+            else "every tenant unpacked (TenantState)", "top_allocations": top}
 
 
 def run_child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:

@@ -21,15 +21,15 @@ from typing import Any
 
 from ledgergate import topics
 from ledgergate.shared.kafka import provision
-from ledgergate.shared.settings import PROJECT_ROOT, KafkaSettings, PostgresSettings
-from ledgergate.tools.bench import floors, ledger, pgbaseline, procstats, report
+from ledgergate.shared.settings import PROJECT_ROOT, KafkaSettings, PostgresSettings, SnapshotterSettings, StateSettings
+from ledgergate.tools.bench import floors, ledger, pgbaseline, procstats, report, restart
 from ledgergate.tools.bench.gate import GateBench, GateOptions, say
 from ledgergate.tools.bench.workload import request_record, workload
 
 RESULTS_DIR = PROJECT_ROOT / "tools" / "bench" / "results"
 NOISY_CORES = 0.3
 MAX_RATES = (250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
-MODES = ("all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale")
+MODES = ("all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale", "restart")
 
 
 @dataclass
@@ -50,12 +50,15 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         full = {"warmup": (100.0, 3.0), "race": (200, 20), "echo": (1000.0, 5.0), "tokenizer": (2000, 3),
-                "memory": 1_000_000, "memory_traced": 50_000, "rebuild": (1_000_000, 2000),
+                "memory": 1_000_000, "memory_unpacked": 100_000, "memory_traced": 50_000, "rebuild": (1_000_000, 2000),
+                # (entries, tenants, months, tail): a long ledger whose tail is one snapshot interval.
+                "restart": (10_000_000, 10_000, 24, SnapshotterSettings.model_fields["snapshot_every_entries"].default),
                 "pg": {"rate": self.rate, "seconds": min(self.duration_s, 10.0), "capacity": 5000, "workers": 16},
                 # The hot-tenant shape: a max search through the gate, a capacity run through the baseline.
                 "hot": {"rates": (500.0, 1000.0, 2000.0, 4000.0), "step_s": 4.0, "pg_requests": 5000}}
         smoke = {"warmup": (20.0, 1.0), "race": (40, 5), "echo": (200.0, 1.0), "tokenizer": (100, 1),
-                 "memory": 5000, "memory_traced": 2000, "rebuild": (20_000, 1000),
+                 "memory": 5000, "memory_unpacked": 2000, "memory_traced": 2000, "rebuild": (20_000, 1000),
+                 "restart": (20_000, 200, 3, 2_000),
                  "pg": {"rate": 50.0, "seconds": 2.0, "capacity": 200, "workers": 4},
                  "hot": {"rates": (40.0,), "step_s": 1.5, "pg_requests": 200}}
         self.sizes = {**(smoke if self.smoke else full), **self.sizes}
@@ -116,6 +119,8 @@ class Bench:
             self.phase("hot_baseline", self._hot_baseline)
         if mode in ("all", "ledger"):
             self.phase("rebuild", self._rebuild)
+        if mode in ("all", "restart"):
+            self.phase("restart", self._restart)
         self.results["total_s"] = round(time.monotonic() - started, 1)
         self.results["noisy"] = any(p["foreign_cores"] > NOISY_CORES for p in self.results["phases"].values())
         return self.results
@@ -131,8 +136,12 @@ class Bench:
 
     def _memory(self) -> None:
         led = self.results.setdefault("ledger", {})
-        say(f"ledger: memory of {self.options.sizes['memory']:,} tenants' state (fresh process)")
-        led["memory"] = ledger.run_child("memory", {"tenants": self.options.sizes["memory"]})
+        hot_max = StateSettings.model_fields["hot_tenants_max"].default
+        say(f"ledger: memory of {self.options.sizes['memory']:,} tenants' state as the budget-manager holds it "
+            f"({hot_max:,} unpacked; fresh process)")
+        led["memory"] = ledger.run_child("memory", {"tenants": self.options.sizes["memory"], "hot_max": hot_max})
+        say(f"ledger: memory of {self.options.sizes['memory_unpacked']:,} tenants' state, every one unpacked")
+        led["memory_unpacked"] = ledger.run_child("memory", {"tenants": self.options.sizes["memory_unpacked"]})
         led["memory_traced"] = ledger.run_child("memory", {"tenants": self.options.sizes["memory_traced"],
                                                            "tracemalloc": True})
 
@@ -206,6 +215,14 @@ class Bench:
             self.results.setdefault("ledger", {})["rebuild"] = {**rebuild, "generated": made}
         finally:
             floors.delete_topics(bootstrap, [spec.name])
+
+
+    def _restart(self) -> None:
+        entries, tenants, months, tail = self.options.sizes["restart"]
+        # The floor beside it: the same cold start on an empty ledger (process start, group joins).
+        empty = restart.run_restart(self.kafka, 0, 0, 1, 0)
+        long = restart.run_restart(self.kafka, entries, tenants, months, tail)
+        self.results["restart"] = {"empty_ledger": empty, "long_ledger": long}
 
 
 def write(results: dict[str, Any], output: Path | None) -> Path:
