@@ -136,6 +136,13 @@ class ApiKeyError(LedgergateError):
     code = "api_key_error"
 
 
+class UnauthenticatedError(LedgergateError):
+    """A completion whose signature fails (or is missing where the tenant requires one): the
+    token-counter dead-letters it under this code, and it settles nothing (invariant 5)."""
+
+    code = "unauthenticated"
+
+
 # --- process lifecycle -------------------------------------------------------------------------
 
 

@@ -366,3 +366,50 @@ def has_api_keys_table(conn: psycopg.Connection) -> bool:
     """Whether the API's migrations are applied (its readiness check)."""
     row = conn.execute("SELECT to_regclass('api_keys') IS NOT NULL").fetchone()
     return bool(row and row[0])
+
+
+# --- signing credentials (the API's own tables, written by services/api/credentials.py) -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialRow:
+    key_id: str
+    agent_id: str
+    name: str
+    created_at_ms: int
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialState:
+    mode: str | None  # None: the gate's default
+    version: int
+    keys: list[CredentialRow]
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialEventRow:
+    version: int
+    kind: str
+    key_id: str | None
+    mode: str | None
+    by_whom: str
+    at_ms: int
+
+
+def credential_state(conn: psycopg.Connection, tenant_id: str) -> CredentialState:
+    """A tenant's auth mode, version and live keys (at most MAX_LIVE_KEYS, so unpaged), oldest first."""
+    row = conn.execute("SELECT mode, version FROM credential_tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
+    keys = conn.execute("SELECT key_id, agent_id, name, created_at_ms, created_by FROM credentials "
+                        "WHERE tenant_id = %s AND revoked_at_ms IS NULL ORDER BY sequence", (tenant_id,)).fetchall()
+    return CredentialState(row[0] if row else None, row[1] if row else 0, [CredentialRow(*k) for k in keys])
+
+
+def credential_events(conn: psycopg.Connection, tenant_id: str, *, before_version: int | None,
+                      limit: int) -> Rows[CredentialEventRow]:
+    """A tenant's credential changes, newest first, below `before_version` when given."""
+    rows = conn.execute("SELECT version, kind, key_id, mode, by_whom, at_ms FROM credential_events "
+                        "WHERE tenant_id = %(t)s AND (%(b)s::bigint IS NULL OR version < %(b)s) "
+                        "ORDER BY version DESC LIMIT %(n)s",
+                        {"t": tenant_id, "b": before_version, "n": limit + 1}).fetchall()
+    return Rows([CredentialEventRow(*r) for r in rows[:limit]], len(rows) > limit)

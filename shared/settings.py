@@ -7,9 +7,9 @@ configuration once at start and nothing changes underneath it while it runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, InstanceOf, SecretStr, model_validator
+from pydantic import Field, InstanceOf, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledgergate.connection import KafkaConnection
@@ -89,6 +89,28 @@ class StackSettings(BaseSettings):
         return f"postgresql://{self.pg_user}:{self.pg_password}@127.0.0.1:{self.pg_port}/{database or self.pg_database}"
 
 
+class CredentialSettings(BaseSettings):
+    """What the API (issuing signing credentials) and the token-counter (verifying them) share. Every
+    credential's secret is derived from this key (ledgergate.shared.credentials), so it is the one secret
+    to keep: at least 32 characters, e.g. `openssl rand -hex 32`. Unset, the API issues no credentials
+    and the token-counter refuses every signed message (unsigned ones pass where a tenant's mode allows)."""
+
+    # hide_input_in_errors: a refused value (say, too short) is never echoed into an error or a log.
+    model_config = SettingsConfigDict(**_config(), hide_input_in_errors=True)
+
+    credential_master_key: SecretStr | None = Field(default=None, min_length=32, max_length=1024)
+
+    @field_validator("credential_master_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker-compose's ${VAR:-} and Kubernetes' optional secrets hand over "" for "not set".
+        return None if value == "" else value
+
+    def master_key_bytes(self) -> bytes | None:
+        key = self.credential_master_key
+        return None if key is None else key.get_secret_value().encode()
+
+
 class ServiceSettings(KafkaSettings):
     """What every stream service needs; each service subclasses it with its own knobs."""
 
@@ -137,8 +159,12 @@ class BudgetManagerSettings(StateSettings):
     state_dump_path: Path | None = None
 
 
-class TokenCounterSettings(ServiceSettings):
+class TokenCounterSettings(ServiceSettings, CredentialSettings):
     model_config = _config()
+
+    # A tenant that never set its auth mode (PUT /v1/tenants/{t}/credentials/mode): "optional" accepts its
+    # unsigned requests, "required" refuses them. A signature that is present is verified either way.
+    auth_default_mode: Literal["optional", "required"] = "optional"
 
     # Models without a known tiktoken encoding (claude-*, llama-*) are counted with this one.
     tokenizer_fallback: str | None = "o200k_base"
@@ -210,7 +236,7 @@ class RouterSettings(ServiceSettings):
     audit_commit_interval_ms: int = Field(default=0, ge=0, le=5_000)
 
 
-class ApiSettings(KafkaSettings, PostgresSettings):
+class ApiSettings(KafkaSettings, PostgresSettings, CredentialSettings):
     """The admin and query API (`ledgergate run api`): HTTP on top of the read model and budget.commands."""
 
     model_config = _config()

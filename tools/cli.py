@@ -218,6 +218,13 @@ def _apikey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _acls(args: argparse.Namespace) -> int:
+    from ledgergate.tools import acls
+
+    print(acls.render(args.prefix), end="")
+    return 0
+
+
 def _k8s(args: argparse.Namespace) -> int:
     from ledgergate.tools import k8s
 
@@ -246,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run N instances (ids 0..N-1) under a supervisor that restarts any that exits; their "
                         "logs go to <data dir>/logs/<service>[@i].log. Useful up to the topics' partition count")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("acls", help="print the kafka-acls.sh commands of a secured cluster (deploy/ACLS.md)")
+    p.add_argument("--prefix", default="${LEDGERGATE_TOPIC_PREFIX}",
+                   help="the install's topic prefix (default: left to the shell variable)")
+    p.set_defaults(func=_acls)
 
     p = sub.add_parser("k8s", help="render the Kubernetes manifests into deploy/k8s/ (generated from the code)")
     p.add_argument("action", choices=["render"])

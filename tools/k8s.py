@@ -44,6 +44,17 @@ RESOURCES: dict[str, tuple[str, str, str]] = {  # process: (cpu request, memory 
     "api": ("100m", "160Mi", "320Mi"),
 }
 STREAM = ("token-counter", "policy", "budget-manager", "router", "projector", "alerter", "snapshotter")
+# The credential master key (every signing credential's secret derives from it) reaches only the two
+# processes that need it, from a Secret of its own, not the `ledgergate` Secret every process loads.
+MASTER_KEY_SECRET = "ledgergate-credential-master-key"
+MASTER_KEY_HOLDERS = ("token-counter", "api")
+
+
+def _master_key_env(name: str) -> list[dict[str, Any]]:
+    if name not in MASTER_KEY_HOLDERS:
+        return []
+    return [{"name": "LEDGERGATE_CREDENTIAL_MASTER_KEY", "valueFrom": {"secretKeyRef": {
+        "name": MASTER_KEY_SECRET, "key": "master-key", "optional": True}}}]
 
 
 def _labels(name: str) -> dict[str, str]:
@@ -74,7 +85,7 @@ def _stream(name: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "LEDGERGATE_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "LEDGERGATE_HEALTH_HOST", "value": "0.0.0.0"},
-        {"name": "LEDGERGATE_HEALTH_PORT", "value": str(HEALTH_PORT)}]
+        {"name": "LEDGERGATE_HEALTH_PORT", "value": str(HEALTH_PORT)}, *_master_key_env(name)]
     meta = {"name": name, "namespace": NAMESPACE, "labels": _labels(name)}
     selector = {"matchLabels": _labels(name)}
     return [
@@ -96,7 +107,7 @@ def _api() -> list[dict[str, Any]]:
     name = "api"
     meta = {"name": name, "namespace": NAMESPACE, "labels": _labels(name)}
     env: list[dict[str, Any]] = [{"name": "LEDGERGATE_API_HOST", "value": "0.0.0.0"},
-                                 {"name": "LEDGERGATE_API_PORT", "value": str(API_PORT)}]
+                                 {"name": "LEDGERGATE_API_PORT", "value": str(API_PORT)}, *_master_key_env(name)]
     return [
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": {
             "replicas": REPLICAS, "selector": {"matchLabels": _labels(name)},
@@ -120,7 +131,8 @@ def _config() -> list[dict[str, Any]]:
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ledgergate", "namespace": NAMESPACE},
          # What carries a credential (LEDGERGATE_PG_DSN for the projector and the API,
-         # LEDGERGATE_ALERT_WEBHOOK_URL and _SECRET for the alerter) goes in the Secret `ledgergate`.
+         # LEDGERGATE_ALERT_WEBHOOK_URL and _SECRET for the alerter) goes in the Secret `ledgergate`; the
+         # credential master key in its own Secret (MASTER_KEY_SECRET, key `master-key`).
          "data": {"LEDGERGATE_KAFKA_BOOTSTRAP": f"{KAFKA_CLUSTER}-kafka-bootstrap:9092"}},
     ]
 

@@ -29,8 +29,10 @@ from ledgergate.errors import (
     LedgergateError,
 )
 from ledgergate.settings import ClientSettings
+from ledgergate.signing import Credential
 
 __version__ = "0.1.0"
-__all__ = ["COMMAND_KINDS", "BudgetCommand", "ClientSettings", "ConnectionSettingsError", "DecisionFuture",
-           "GateClient", "GateClientError", "GateOverloadedError", "GateTimeoutError", "KafkaAuthenticationError",
-           "KafkaConnection", "KafkaUnreachableError", "LedgergateError", "Secret", "__version__"]
+__all__ = ["COMMAND_KINDS", "BudgetCommand", "ClientSettings", "ConnectionSettingsError", "Credential",
+           "DecisionFuture", "GateClient", "GateClientError", "GateOverloadedError", "GateTimeoutError",
+           "KafkaAuthenticationError", "KafkaConnection", "KafkaUnreachableError", "LedgergateError", "Secret",
+           "__version__"]

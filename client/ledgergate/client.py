@@ -39,6 +39,7 @@ from ledgergate.kafka_config import admin_config, consumer_config, producer_conf
 from ledgergate.partitioning import murmur2_partition
 from ledgergate.preflight import check_cluster
 from ledgergate.settings import ClientSettings
+from ledgergate.signing import Credential, sign
 
 MAX_OUTSTANDING = 100_000
 READ_MODES = ("tenant", "all")
@@ -70,14 +71,19 @@ def _now_ms() -> int:
 class GateClient:
     def __init__(self, bootstrap: str | None = None, topic_prefix: str | None = None, timeout_s: float = 10.0,
                  max_outstanding: int = MAX_OUTSTANDING, *, connection: KafkaConnection | None = None,
-                 partitions: str = "tenant", consumer_options: Mapping[str, Any] | None = None) -> None:
+                 credential: Credential | None = None, partitions: str = "tenant",
+                 consumer_options: Mapping[str, Any] | None = None) -> None:
         """`bootstrap` and `topic_prefix` default (None) to LEDGERGATE_KAFKA_BOOTSTRAP and
         LEDGERGATE_TOPIC_PREFIX (ClientSettings: 127.0.0.1:9092 and no prefix); an argument wins. TLS and
         SASL come from `connection` or else the LEDGERGATE_KAFKA_* variables (ledgergate.connection).
+        `credential` (ledgergate.signing) signs every request and completion this client sends; assign
+        `client.credential` to rotate keys while it runs (each message is signed by the one set when it is
+        sent). None sends them unsigned, which a tenant in REQUIRED mode refuses.
         `partitions`: "tenant" reads the decisions partitions of the tenants this client asks for, "all"
         every partition. `consumer_options`: librdkafka options for the decisions consumer (statistics)."""
         if partitions not in READ_MODES:
             raise GateClientError(f"partitions must be one of {', '.join(READ_MODES)}, not {partitions!r}")
+        self.credential = credential
         self._topics = ClientSettings.from_env(bootstrap, topic_prefix, connection)
         kafka = self._topics.kafka_connection
         check_cluster(kafka, timeout_s=max(timeout_s, 10.0))  # a refused password fails here, typed, not as a timeout
@@ -230,7 +236,11 @@ class GateClient:
         problem = request_problem(request)
         if problem is not None:
             raise GateClientError(f"invalid request: {problem}")
-        value = codec().encode("InvocationRequested", request.to_record())  # CodecError before anything waits
+        record = request.to_record()
+        credential = self.credential  # read once: a rotation meanwhile applies to the next request
+        if credential is not None:
+            record = sign("InvocationRequested", record, credential)
+        value = codec().encode("InvocationRequested", record)  # CodecError before anything waits
         wait_s = self.timeout_s if timeout_s is None else timeout_s
         self._read_partition_of(tenant_id, max(wait_s, 1.0))  # before publishing: its decision is read
         fut = DecisionFuture(request_id)
@@ -272,8 +282,9 @@ class GateClient:
     # --- completions and commands ----------------------------------------------------------------
 
     def complete(self, tenant_id: str, request_id: str, model: str, usage: Mapping[str, int] | None,
-                 completion_text: str | None = None, status: str = "OK") -> None:
-        """Report how a granted call ended (non-blocking; `flush` or `close` waits for delivery)."""
+                 completion_text: str | None = None, status: str = "OK", agent_id: str = "") -> None:
+        """Report how a granted call ended (non-blocking; `flush` or `close` waits for delivery). `agent_id`:
+        the agent of the request, which a credential scoped to one agent must name."""
         record = {
             "request_id": request_id, "tenant_id": tenant_id, "model": model, "status": status,
             "usage": None if usage is None else {
@@ -282,7 +293,11 @@ class GateClient:
                 "output_tokens": int(usage["output_tokens"]),
                 "reasoning_tokens": int(usage.get("reasoning_tokens", 0))},
             "completion_text": completion_text, "completed_at_ms": _now_ms(), "trace_context": {},
+            "agent_id": agent_id, "signature": None,
         }
+        credential = self.credential
+        if credential is not None:
+            record = sign("InvocationCompleted", record, credential)
         value = codec().encode("InvocationCompleted", record)
         self._produce(self._topics.topic(topics.COMPLETIONS), tenant_id, value, request_id, on_error=self._count_error)
 

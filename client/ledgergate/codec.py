@@ -111,6 +111,32 @@ class Codec:
             raise CodecError(f"cannot encode {name}: {exc}") from exc
         return buf.getvalue()
 
+    def encode_body(self, name: str, record: Mapping[str, Any], fingerprint: bytes | None = None) -> bytes:
+        """The Avro binary body alone (no header) of `record` under the version of `name` whose
+        fingerprint is given (default: the current one). A signature covers this (ledgergate.signing):
+        the verifier re-encodes under the writer's own version, so a client on an older schema still
+        verifies against a newer server."""
+        entry = self.schema(name) if fingerprint is None else self._by_fingerprint.get(bytes(fingerprint))
+        if entry is None or entry.name != name:
+            raise UnknownFingerprintError(f"no version of {name} has fingerprint {bytes(fingerprint or b'').hex()}")
+        buf = io.BytesIO()
+        try:
+            schemaless_writer(buf, entry.parsed, record)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CodecError(f"cannot encode {name}: {exc}") from exc
+        return buf.getvalue()
+
+    def last_field(self, fingerprint: bytes) -> str | None:
+        """The name of the last field of the schema version with this fingerprint (None: no such version)."""
+        entry = self._by_fingerprint.get(bytes(fingerprint))
+        return None if entry is None else str(entry.parsed["fields"][-1]["name"])
+
+    @staticmethod
+    def fingerprint_of(data: bytes) -> bytes:
+        """The writer fingerprint in a message's header (the caller has decoded it, so the header is there)."""
+        assert len(data) >= HEADER_LEN and data[:2] == MAGIC, "fingerprint_of a message that is not single-object Avro"
+        return bytes(data[2:HEADER_LEN])
+
     # Both take `bytes | None` because that is what confluent-kafka's Message.value() gives: None is a
     # tombstone (a record without a value), refused like any message shorter than the header.
     def peek_name(self, data: bytes | None) -> str:

@@ -28,7 +28,7 @@ def plain(value: Any) -> Any:
 # Per record class: (field, holds records or tuples?) once. Only those fields need converting, and every
 # hop converts a record or two per message (a generic walk cost more than the Avro encoding; measured).
 _LAYOUTS: dict[type[Any], tuple[tuple[str, bool], ...]] = {}
-_NESTED_TYPES = ("tuple[", "Usage", "ChatMessage", "PlanCandidate", "PlanRejection", "Deployment")
+_NESTED_TYPES = ("tuple[", "Usage", "ChatMessage", "PlanCandidate", "PlanRejection", "Deployment", "Signature")
 
 
 def _layout(cls: type[Any]) -> tuple[tuple[str, bool], ...]:
@@ -67,6 +67,20 @@ class ChatMessage(_Record):
 
 
 @dataclass(frozen=True, slots=True)
+class Signature(_Record):
+    """Which credential signed an event, and its HMAC-SHA256 (ledgergate.signing)."""
+
+    key_id: str
+    hmac_sha256: str
+
+
+def _signature(rec: Mapping[str, Any]) -> Signature | None:
+    # .get: a record built by hand (tests, tools) may leave the optional field out.
+    signature = rec.get("signature")
+    return None if signature is None else Signature(**signature)
+
+
+@dataclass(frozen=True, slots=True)
 class InvocationRequested(_Record):
     request_id: str
     tenant_id: str
@@ -82,10 +96,12 @@ class InvocationRequested(_Record):
     labels: Mapping[str, str]
     requested_at_ms: int
     trace_context: Mapping[str, str]
+    signature: Signature | None = None
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:
-        return cls(**{**rec, "messages": tuple(ChatMessage(**m) for m in rec["messages"])})
+        return cls(**{**rec, "messages": tuple(ChatMessage(**m) for m in rec["messages"]),
+                      "signature": _signature(rec)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +127,7 @@ class InvocationCounted(_Record):
     request_sha256: str
     invalid_reason: str | None
     counted_at_ms: int
+    invalid_code: str | None = None  # with invalid_reason: the DENY reason; None means invalid_request
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +175,7 @@ class InvocationPlanned(_Record):
     rejection: PlanRejection | None
     policy_version: int
     planned_at_ms: int
+    invalid_code: str | None = None
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:
@@ -211,11 +229,13 @@ class InvocationCompleted(_Record):
     completion_text: str | None
     completed_at_ms: int
     trace_context: Mapping[str, str]
+    agent_id: str = ""
+    signature: Signature | None = None
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:
         usage = rec["usage"]
-        return cls(**{**rec, "usage": None if usage is None else Usage(**usage)})
+        return cls(**{**rec, "usage": None if usage is None else Usage(**usage), "signature": _signature(rec)})
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from ledgergate.services.api.routes import (
     alerts,
     balances,
     budgets,
+    credentials,
     decisions,
     health,
     ledger,
@@ -40,6 +41,8 @@ Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`. A tenant 
 own tenant (read-only unless created with write access); an admin key reaches every tenant.
 Writes answer **202** with a command id: the budget-manager applies the command asynchronously and the
 read model shows its effect once the projector has caught up. Money is integer micro-USD.
+Signing credentials (`/v1/tenants/{tenant_id}/credentials`) are the exception: the API is their writer,
+and a change is published to the gate before it is answered.
 """
 
 
@@ -83,7 +86,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="ledgergate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
-    for module in (health, budgets, policies, balances, ledger, decisions, reports, alerts, admin):
+    for module in (health, budgets, policies, credentials, balances, ledger, decisions, reports, alerts, admin):
         app.include_router(module.router)
     # Added last = outermost: the request id exists before the body limit can answer 413, and before an
     # unexpected exception becomes a JSON 500.

@@ -1,6 +1,7 @@
-"""Publishes BudgetCommands to budget.commands. The API never writes the ledger: the budget-manager stays
-its single writer and turns each command into ledger entries (or dead-letters it, e.g. a void of an
-unknown reservation).
+"""Publishes BudgetCommands to budget.commands, and tenants' credential states to tenant.credentials. The API
+never writes the ledger: the budget-manager stays its single writer and turns each command into ledger
+entries (or dead-letters it, e.g. a void of an unknown reservation). Of tenant.credentials the API is the
+only writer (services/api/credentials.py).
 
 One idempotent producer for the whole process, shared by every request thread. A command is answered
 202 only after Kafka acknowledged it (acks=all), so an accepted command id is never lost.
@@ -18,16 +19,19 @@ from dataclasses import replace
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from ledgergate import topics
+from ledgergate.codec import codec
 from ledgergate.commands import BudgetCommand
 from ledgergate.kafka_config import producer_config
 from ledgergate.services.api.errors import Unavailable
 from ledgergate.services.api.log import log
+from ledgergate.shared.credentials import TenantCredentials
 from ledgergate.shared.settings import KafkaSettings
 
 
 class CommandPublisher:
     def __init__(self, settings: KafkaSettings, timeout_s: float) -> None:
         self.topic = settings.topic(topics.COMMANDS)
+        self.topic_credentials = settings.topic(topics.CREDENTIALS)
         self.timeout_s = timeout_s
         # librdkafka gives up on a message when the request does, instead of retrying it for its default
         # five minutes: a command answered 503 should not quietly apply long afterwards.
@@ -47,7 +51,20 @@ class CommandPublisher:
         """Produce and wait for the broker's acknowledgement; returns the command id."""
         cmd = replace(cmd, issued_by=issued_by)
         command_id = cmd.command_id
-        value = cmd.encode()
+        # Keyed by tenant: commands land on the tenant's partition, where its budget-manager owns it.
+        self._send(self.topic, cmd.tenant_id, cmd.encode(), command_id, f"command {command_id}")
+        log().info("command_published", tenant_id=cmd.tenant_id, command_id=command_id, kind=cmd.kind,
+                  issued_by=issued_by)
+        return command_id
+
+    def publish_credentials(self, state: TenantCredentials) -> None:
+        """The tenant's whole credential state, acknowledged by Kafka before this returns (the caller holds
+        the tenant's row lock meanwhile, so the partition holds the states in the order they were made)."""
+        value = codec().encode("TenantCredentials", state.to_record())
+        label = f"credentials v{state.version} of tenant {state.tenant_id}"
+        self._send(self.topic_credentials, state.tenant_id, value, f"credentials-v{state.version}", label)
+
+    def _send(self, topic: str, tenant_id: str, value: bytes, header_id: str, label: str) -> None:
         delivered: Future[None] = Future()
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
@@ -57,22 +74,18 @@ class CommandPublisher:
                 delivered.set_exception(KafkaException(err))
 
         try:
-            # Keyed by tenant: commands land on the tenant's partition, where its budget-manager owns it.
-            self._producer.produce(self.topic, key=cmd.tenant_id.encode(), value=value, on_delivery=on_delivery,
-                                   headers=[("request_id", command_id.encode())])
+            self._producer.produce(topic, key=tenant_id.encode(), value=value, on_delivery=on_delivery,
+                                   headers=[("request_id", header_id.encode())])
         except (BufferError, KafkaException) as exc:
-            raise Unavailable(f"command could not be queued for Kafka: {exc}") from exc
+            raise Unavailable(f"{label} could not be queued for Kafka: {exc}") from exc
         try:
             delivered.result(timeout=self.timeout_s)
         except FutureTimeoutError:
             # It may still be delivered later; the caller must not assume either outcome.
-            raise Unavailable(f"Kafka did not acknowledge command {command_id} within {self.timeout_s:.0f} s; "
+            raise Unavailable(f"Kafka did not acknowledge {label} within {self.timeout_s:.0f} s; "
                               "it may or may not apply") from None
         except KafkaException as exc:
-            raise Unavailable(f"command {command_id} was not delivered: {exc.args[0]}") from exc
-        log().info("command_published", tenant_id=cmd.tenant_id, command_id=command_id, kind=cmd.kind,
-                  issued_by=issued_by)
-        return command_id
+            raise Unavailable(f"{label} was not delivered: {exc.args[0]}") from exc
 
     def ready(self, timeout_s: float = 2.0) -> str | None:
         """None when budget.commands has partitions with leaders; else what is wrong."""

@@ -52,6 +52,13 @@ class NotFound(ApiError):
     code = "not_found"
 
 
+class Conflict(ApiError):
+    """The request is well formed but the resource's state refuses it (a tenant at its credential bound)."""
+
+    status_code = 409
+    code = "conflict"
+
+
 class Unprocessable(ApiError):
     status_code = 422
     code = "invalid_request"

@@ -223,3 +223,57 @@ class ApiKeyCreated(ApiKeyPublic):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# --- signing credentials (services/api/credentials.py) ------------------------------------------------------
+
+AuthModeIn = Literal["OPTIONAL", "REQUIRED"]
+
+
+class CredentialCreate(_Input):
+    """Issue a signing credential for the tenant, or for one of its agents."""
+
+    agent_id: Id | None = Field(default=None, description="only requests and completions naming this agent; "
+                                "absent: any agent of the tenant")
+    name: Annotated[str, Field(max_length=MAX_NAME_CHARS), printable(required=False)] = ""
+
+
+class CredentialPublic(BaseModel):
+    key_id: str
+    agent_id: str | None = Field(description="null: any agent of the tenant")
+    name: str
+    created_at_ms: int
+    created_by: str
+
+
+class CredentialCreated(CredentialPublic):
+    secret: str = Field(description="64 hex digits; shown only in this response, store it now. Sign with "
+                        "ledgergate.signing (GateClient(credential=Credential(key_id, secret)))")
+    version: int = Field(description="the tenant's credential version this change made")
+
+
+class CredentialsPublic(BaseModel):
+    tenant_id: str
+    mode: AuthModeIn | None = Field(description="null: the gate's default (LEDGERGATE_AUTH_DEFAULT_MODE)")
+    version: int = Field(description="0: the tenant never had a credential change")
+    items: list[CredentialPublic]
+
+
+class AuthModeUpdate(_Input):
+    mode: AuthModeIn | None = Field(description="REQUIRED: unsigned requests are refused; OPTIONAL: they pass "
+                                    "(while clients migrate); null: the gate's default")
+
+
+class AuthModePublic(BaseModel):
+    tenant_id: str
+    mode: AuthModeIn | None
+    version: int
+
+
+class CredentialEventPublic(BaseModel):
+    version: int
+    kind: Literal["ISSUED", "REVOKED", "MODE_SET"]
+    key_id: str | None
+    mode: AuthModeIn | None = Field(description="the tenant's mode after the change")
+    by: str
+    at_ms: int

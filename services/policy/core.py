@@ -9,6 +9,9 @@ from ledgergate.events import InvocationCounted, PlanCandidate, PlanRejection
 from ledgergate.shared.catalogue import PriceCatalogue
 from ledgergate.shared.policy import Policy
 
+# The token-counter's rejection codes (InvocationCounted.invalid_code) and the binding scope each DENY names.
+_INVALID_SCOPES = {"invalid_request": "request", "unauthenticated": "credential"}
+
 
 @dataclass(frozen=True, slots=True)
 class Burn:
@@ -61,7 +64,10 @@ def plan(counted: InvocationCounted, policy: Policy, burn: Burn, prices: PriceCa
          now_ms: int) -> tuple[tuple[PlanCandidate, ...], PlanRejection | None]:
     """Candidates best-first (the requested model, then its downgrades), each priced; or a rejection."""
     if counted.invalid_reason is not None:
-        return (), PlanRejection("invalid_request", counted.invalid_reason, None, "request")
+        # The token-counter cannot decide: it hands its rejection on, so the request still gets exactly one
+        # decision and one audit record downstream (invariant 4), naming the code it chose.
+        code = counted.invalid_code if counted.invalid_code in _INVALID_SCOPES else "invalid_request"
+        return (), PlanRejection(code, counted.invalid_reason, None, _INVALID_SCOPES[code])
     requested = counted.requested_model
     if counted.input_tokens > policy.max_prompt_tokens:
         return (), PlanRejection("prompt_too_long",

@@ -1,9 +1,22 @@
-"""token-counter adapter: invocation.requests -> invocation.counted, invocation.completions -> usage.metered."""
+"""token-counter adapter: invocation.requests -> invocation.counted, invocation.completions -> usage.metered,
+with tenant.credentials (co-partitioned) folded in memory to authenticate both.
+
+Range assignment, like the policy service: one member gets the same partition numbers of all three
+inputs, so the credential states it holds are exactly those of the tenants whose messages it reads. On
+assignment it reads its partitions of tenant.credentials to their end before it handles anything, then
+consumes that topic beside the others, so a revoke applies within one fetch (fetch.wait.max.ms, 100 ms,
+when idle; behind at most the batch in hand when busy). A message that is not on its tenant's partition
+is refused (a request as unauthenticated, a completion dead-lettered): its tenant's credentials live with
+another partition, and judging it by this one's would let a producer pick a partition where the tenant
+has no state. Authentication comes before the rest of the edge rule, so what a forger sends, malformed or
+not, is unauthenticated and never a request id's final outcome.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from typing import Any
 
 import tiktoken
 from confluent_kafka import Message
@@ -11,16 +24,22 @@ from confluent_kafka import Message
 from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.errors import CodecError, LedgergateError, MalformedMessageError
-from ledgergate.events import InvocationCompleted, InvocationCounted, InvocationRequested, UsageMetered
+from ledgergate.events import InvocationCompleted, InvocationCounted, InvocationRequested, Signature, UsageMetered
 from ledgergate.ids import id_problem, name_problem, printable
+from ledgergate.partitioning import murmur2_partition
 from ledgergate.services.token_counter import core
-from ledgergate.shared.errors import TokenizerError
+from ledgergate.shared.credentials import TenantCredentials
+from ledgergate.shared.errors import TokenizerError, UnauthenticatedError
 from ledgergate.shared.kafka.headers import headers_of, stamped
 from ledgergate.shared.kafka.outbox import Outbox
+from ledgergate.shared.kafka.reader import end_offsets, partition_count, partition_of, read_to_end
 from ledgergate.shared.kafka.runtime import run_service
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import TokenCounterSettings
 from ledgergate.shared.tokenizers import encoding_for_model
+from ledgergate.signing import key_sequence, message_canonical_bytes
+
+MAX_HOME_CACHE = 100_000  # tenant -> partition memo; cleared when full (one murmur2 each to refill)
 
 
 def _header(msg: Message, name: str) -> str | None:
@@ -38,15 +57,117 @@ class TokenCounter:
         self.topic_completions = settings.topic(topics.COMPLETIONS)
         self.topic_counted = settings.topic(topics.COUNTED)
         self.topic_metered = settings.topic(topics.METERED)
+        self.topic_credentials = settings.topic(topics.CREDENTIALS)
         self.encodings: dict[str, tiktoken.Encoding] = {}
         self.input_tokens: OrderedDict[str, int] = OrderedDict()  # request id -> input tokens, bounded
         self.drift: dict[str, core.Drift] = {}
+        master_key = settings.master_key_bytes()
+        self.auth = core.Authenticator(master_key, "REQUIRED" if settings.auth_default_mode == "required"
+                                       else "OPTIONAL")
+        # partition -> tenant -> its last credential state (per partition: a partition assigned again
+        # is read from scratch, and a revoked one's states go with it).
+        self.credentials: dict[int, dict[str, core.TenantKeys]] = {}
+        self.partitions: int | None = None  # every topic's count, read at the first assignment
+        self.home: dict[str, int] = {}
+        if master_key is None:
+            self.log.warning("credentials_off", note="no LEDGERGATE_CREDENTIAL_MASTER_KEY: every signed message "
+                             "is refused, unsigned ones pass where the tenant's mode allows")
 
-    def assigned(self, partitions: list[int]) -> None:
-        pass  # drift restarts from zero; counts need no state
+    def assigned(self, partitions: list[int]) -> dict[tuple[str, int], int]:
+        # Drift restarts from zero and counts need no state; credentials are folded to the end first.
+        bootstrap = self.settings.kafka_connection
+        if self.partitions is None:
+            self.partitions = partition_count(bootstrap, self.topic_requests)
+        for p in partitions:
+            self.credentials[p] = {}
+        ends = end_offsets(bootstrap, self.topic_credentials, partitions)
+        for msg in read_to_end(bootstrap, self.topic_credentials, partitions, end=ends):
+            try:
+                self._apply_credentials(msg, quiet=True)
+            except LedgergateError as exc:  # the API is the only writer: a bug there, said loudly, not a stop
+                self.log.error("credentials_unreadable", partition=msg.partition(), offset=msg.offset(),
+                               error=exc.message)
+        self.log.info("credentials_loaded", partitions=partitions,
+                      tenants=sum(len(self.credentials[p]) for p in partitions))
+        return {(self.topic_credentials, p): ends[p] for p in partitions}
 
     def revoked(self, partitions: list[int]) -> None:
-        pass
+        for p in partitions:
+            self.credentials.pop(p, None)
+
+    def _apply_credentials(self, msg: Message, quiet: bool = False) -> None:
+        """The message's tenant state replaces the one held. `quiet` at assignment: a line per tenant there
+        would be a line per tenant the partitions ever had; the summary line says how many."""
+        key = msg.key()
+        tenant_id = key.decode(errors="replace") if key else ""
+        states = self.credentials.setdefault(partition_of(msg), {})
+        if msg.value() is None:
+            states[tenant_id] = core.FAIL_CLOSED
+            self.log.warning("credentials_tombstone", tenant_id=tenant_id, note="every key refused until the API "
+                             "publishes the tenant's credentials again")
+            return
+        name, rec = codec().decode(msg.value())
+        if name != "TenantCredentials":
+            raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
+        state = TenantCredentials.from_record(rec)
+        if state.tenant_id != tenant_id:
+            raise MalformedMessageError("TenantCredentials keyed by another tenant than its tenant_id")
+        states[tenant_id] = core.tenant_keys(state, self.auth.master_key)
+        if quiet:
+            return
+        self.log.info("credentials_applied", tenant_id=tenant_id, version=state.version, change=state.change.kind,
+                      key_id=state.change.key_id, keys=len(state.keys), mode=state.mode)
+
+    def _keys(self, msg: Message, tenant_id: str) -> core.TenantKeys | None:
+        return self.credentials.get(partition_of(msg), {}).get(tenant_id)
+
+    def _misrouted(self, msg: Message, tenant_id: str) -> str | None:
+        """Why a message is not on its tenant's partition, or None (where producers with Kafka's default
+        partitioner, or librdkafka's murmur2_random, put it)."""
+        assert self.partitions is not None, "a message before the first assignment"
+        home = self.home.get(tenant_id)
+        if home is None:
+            if len(self.home) >= MAX_HOME_CACHE:
+                self.home.clear()
+            home = self.home[tenant_id] = murmur2_partition(tenant_id.encode(), self.partitions)
+        partition = partition_of(msg)
+        if partition == home:
+            return None
+        return (f"on partition {partition}, but tenant {tenant_id}'s partition is {home} (Kafka's murmur2 of the key; "
+                "librdkafka producers need partitioner=murmur2_random)")
+
+    def _authentic(self, msg: Message, name: str, rec: dict[str, Any], req: InvocationRequested) -> str | None:
+        """Why a request is not its tenant's, or None; checked before the rest of the edge rule, so that
+        whatever a forger sends (malformed too) is `unauthenticated`: never a request id's final outcome.
+        Only the ids it needs are checked first (derivation must not meet a NUL); a request whose ids do
+        not pass is answered by the edge rule, or dead-lettered."""
+        if core.addressable(req.request_id, req.tenant_id) or id_problem("agent_id", req.agent_id, required=False):
+            return None
+        misrouted = self._misrouted(msg, req.tenant_id)
+        if misrouted is None:
+            return self._authenticate(msg, name, rec, req.tenant_id, req.agent_id, req.signature, req.request_id)
+        # Off its tenant's partition its credentials are not here to judge it by: unauthenticated, unless its
+        # key is not its tenant either, which the edge rule answers (`invalid_request`, as documented).
+        key = msg.key()
+        return misrouted if key is not None and key == req.tenant_id.encode() else None
+
+    def _authenticate(self, msg: Message, name: str, rec: dict[str, Any], tenant_id: str, agent_id: str,
+                      signature: Signature | None, request_id: str) -> str | None:
+        value = msg.value()
+        assert value is not None  # decoded already
+
+        def canonical() -> bytes:
+            return message_canonical_bytes(name, value, rec)
+
+        what = "request" if name == "InvocationRequested" else "completion"
+        why = core.authenticate(self.auth, self._keys(msg, tenant_id), tenant_id, agent_id, signature, canonical,
+                                what)
+        if why is not None:
+            # Never the secret, the signature or prompt text: the key id only when it has the shape of one.
+            key_id = signature.key_id if signature is not None and key_sequence(signature.key_id) else None
+            self.log.info("unauthenticated", tenant_id=tenant_id, request_id=request_id, what=what, key_id=key_id,
+                          reason=why)
+        return why
 
     def idle(self, now_ms: int, out: Outbox) -> None:
         pass
@@ -58,8 +179,11 @@ class TokenCounter:
         return enc
 
     def handle(self, msg: Message, out: Outbox) -> None:
-        if msg.topic() == self.topic_requests:
+        topic = msg.topic()
+        if topic == self.topic_requests:
             self._count(msg, out)
+        elif topic == self.topic_credentials:
+            self._apply_credentials(msg)
         else:
             self._meter(msg, out)
 
@@ -76,11 +200,19 @@ class TokenCounter:
             if core.addressable(request_id, key_tenant) is not None:
                 raise
             assert request_id is not None and key_tenant is not None
-            out.emit(self.topic_counted, msg.key(), self._invalid(request_id, key_tenant, exc.message),
+            # An unreadable body carries no signature anyone can check: for a tenant that requires them it
+            # is not the tenant's request (and takes none of its request ids), else invalid as before.
+            code = (core.UNAUTHENTICATED if self._misrouted(msg, key_tenant) is None
+                    and core.requires_signature(self.auth, self._keys(msg, key_tenant)) else None)
+            out.emit(self.topic_counted, msg.key(), self._invalid(request_id, key_tenant, exc.message, code=code),
                      stamped(msg, "count"))
             return
         req = InvocationRequested.from_record(rec)
-        reason = core.validate(req, key_tenant, self.settings.max_messages)
+        reason, code = self._authentic(msg, name, rec, req), None
+        if reason is not None:
+            code = core.UNAUTHENTICATED
+        else:
+            reason = core.validate(req, key_tenant, self.settings.max_messages)
         counted = None
         if reason is None:
             try:
@@ -95,9 +227,10 @@ class TokenCounter:
             if unaddressable is not None:
                 raise MalformedMessageError(f"{unaddressable}; {reason}")
             assert tenant is not None
-            self.log.info("invalid_request", tenant_id=tenant, request_id=req.request_id, reason=reason)
+            if code is None:
+                self.log.info("invalid_request", tenant_id=tenant, request_id=req.request_id, reason=reason)
             out.emit(self.topic_counted, tenant.encode(),
-                     self._invalid(req.request_id, tenant, reason, req), stamped(msg, "count"))
+                     self._invalid(req.request_id, tenant, reason, req, code), stamped(msg, "count"))
             return
         assert counted is not None
         self._remember(req.request_id, counted.input_tokens)
@@ -110,9 +243,11 @@ class TokenCounter:
         out.emit(self.topic_counted, req.tenant_id.encode(), codec().encode("InvocationCounted", body.to_record()),
                  stamped(msg, "count"))
 
-    def _invalid(self, request_id: str, tenant_id: str, reason: str, req: InvocationRequested | None = None) -> bytes:
-        """A DENY-to-be. Only fields that pass the edge rule are carried on: the reason may be that
-        one of them holds a NUL, and the decision and the read model must not."""
+    def _invalid(self, request_id: str, tenant_id: str, reason: str, req: InvocationRequested | None = None,
+                 code: str | None = None) -> bytes:
+        """A DENY-to-be, `code` its reason (None: invalid_request). Only fields that pass the edge rule are
+        carried on: the reason may be that one of them holds a NUL, and the decision and the read model
+        must not."""
         now_ms = time.time_ns() // 1_000_000
         workflow, agent, model = (req.workflow_id, req.agent_id, req.requested_model) if req else ("", "", "")
         body = InvocationCounted(
@@ -120,7 +255,7 @@ class TokenCounter:
             agent if id_problem("agent_id", agent, required=False) is None else "",
             model if name_problem("model", model, required=False) is None else "", 0,
             req.priority if req else "NORMAL", None, None, {}, req.requested_at_ms if req else now_ms, {},
-            0, 0, "", 0, "", printable(reason)[:500], now_ms)
+            0, 0, "", 0, "", printable(reason)[:500], now_ms, code)
         return codec().encode("InvocationCounted", body.to_record())
 
     def _remember(self, request_id: str, input_tokens: int) -> None:
@@ -138,13 +273,21 @@ class TokenCounter:
         # A completion settles money: one with an invalid id or model, or sent under another tenant's
         # key, is dead-lettered with the reason, never metered.
         problem = core.addressable(completion.request_id, completion.tenant_id) or name_problem(
-            "model", completion.model)
+            "model", completion.model) or id_problem("agent_id", completion.agent_id, required=False)
         key = msg.key()
         key_tenant = key.decode(errors="replace") if key else None
         if problem is None and key_tenant != completion.tenant_id:
             problem = "the message key must be the tenant_id"
+        if problem is None:
+            problem = self._misrouted(msg, completion.tenant_id)
         if problem is not None:
             raise MalformedMessageError(f"completion refused: {problem}")
+        # Only the tenant's own credentials settle its budget: a completion that fails is dead-lettered
+        # under the code `unauthenticated`, and nothing downstream ever sees it.
+        why = self._authenticate(msg, name, rec, completion.tenant_id, completion.agent_id, completion.signature,
+                                 completion.request_id)
+        if why is not None:
+            raise UnauthenticatedError(f"completion refused: {why}")
         try:
             encoding = self.encoding_for(completion.model)
         except TokenizerError as exc:
@@ -163,5 +306,7 @@ class TokenCounter:
 def run(settings: TokenCounterSettings | None = None) -> None:
     s = settings or TokenCounterSettings()
     counter = TokenCounter(s)
-    run_service("token-counter", s, counter, [counter.topic_requests, counter.topic_completions], counter.log,
-                assignment_strategy="cooperative-sticky", delivery="produce-then-commit")
+    # Range assignment (the runtime's default): the credentials it folds must be the same partitions as the
+    # requests and completions it reads (co-partitioned), which cooperative-sticky does not promise.
+    run_service("token-counter", s, counter, [counter.topic_requests, counter.topic_completions,
+                                              counter.topic_credentials], counter.log, delivery="produce-then-commit")

@@ -1,22 +1,97 @@
-"""token-counter's pure core: count a request's input tokens, estimate its output, and reconcile
-a completion's reported usage with our own count. Encodings are passed in; nothing here does I/O."""
+"""token-counter's pure core: authenticate a request or completion against its tenant's credentials,
+count a request's input tokens, estimate its output, and reconcile a completion's reported usage with our
+own count. Encodings and credential states are passed in; nothing here does I/O."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import orjson
 import tiktoken
 
-from ledgergate.events import InvocationCompleted, InvocationRequested, Usage
+from ledgergate.events import InvocationCompleted, InvocationRequested, Signature, Usage
 from ledgergate.ids import MAX_ID_CHARS, id_problem, request_problem
+from ledgergate.shared.credentials import MAX_KEY_SEQUENCE, AuthMode, TenantCredentials, derive_secret
 from ledgergate.shared.tokenizers import ACCOUNTING_ENCODING, count_chat, count_text, get_encoding
+from ledgergate.signing import key_sequence, verify
 
-__all__ = ["MAX_ID_CHARS", "Counted", "Drift", "Metered", "addressable", "count_request", "meter", "request_sha256",
-           "validate"]
+__all__ = ["FAIL_CLOSED", "MAX_ID_CHARS", "UNAUTHENTICATED", "Authenticator", "Counted", "Drift", "Metered",
+           "TenantKeys", "addressable", "authenticate", "count_request", "meter", "request_sha256",
+           "requires_signature", "tenant_keys", "validate"]
+
+UNAUTHENTICATED = "unauthenticated"  # the DENY reason code of a request whose signature fails
+
+
+# --- authentication (invariant 5: only a tenant's own credentials spend or settle its budget) ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class TenantKeys:
+    """A tenant's credential state as verification needs it: each live key's agent scope and secret,
+    derived once when the state arrives (not per request)."""
+
+    mode: AuthMode | None  # None: the gate's default
+    issued_through: int
+    live: Mapping[str, tuple[str, bytes]]  # key id -> (agent scope, "" for any agent; secret)
+
+
+# A tombstone on tenant.credentials (the API never writes one): every key revoked and signatures required,
+# until the API publishes the tenant's state again. Failing open would make every revoked key valid.
+FAIL_CLOSED = TenantKeys("REQUIRED", MAX_KEY_SEQUENCE, {})
+
+
+def tenant_keys(state: TenantCredentials, master_key: bytes | None) -> TenantKeys:
+    live = {} if master_key is None else {
+        k.key_id: (k.agent_id, derive_secret(master_key, state.tenant_id, k.agent_id, k.key_id)) for k in state.keys}
+    return TenantKeys(state.mode, state.issued_through, live)
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticator:
+    master_key: bytes | None  # None: nothing can be verified, so every signed message fails
+    default_mode: AuthMode
+
+
+def requires_signature(auth: Authenticator, keys: TenantKeys | None) -> bool:
+    return ((keys.mode if keys is not None else None) or auth.default_mode) == "REQUIRED"
+
+
+def authenticate(auth: Authenticator, keys: TenantKeys | None, tenant_id: str, agent_id: str,
+                 signature: Signature | None, canonical: Callable[[], bytes], what: str = "request") -> str | None:
+    """Why a request (or completion) of `tenant_id` by `agent_id` is not its tenant's, or None.
+    `keys` is the tenant's last credential state this instance has read (None: it never had one);
+    `canonical` gives the bytes its signature covers (ledgergate.signing.canonical_bytes), and is called
+    only for a signed message. Costs one HMAC for a known key, at most two derivations and two HMACs for
+    a key newer than `keys`."""
+    if signature is None:
+        required = requires_signature(auth, keys)
+        return f"unsigned {what}, and tenant {tenant_id} requires signed ones" if required else None
+    if auth.master_key is None:
+        return "signed, but this gate has no credential master key to verify signatures with"
+    key_id = signature.key_id
+    sequence = key_sequence(key_id)
+    if sequence is None:
+        return "the signature's key id is not a ledgergate credential id (lgc_<sequence>_<16 hex>)"
+    message = canonical()
+    known = keys.live.get(key_id) if keys is not None else None
+    if known is not None:
+        scope, secret = known
+        if scope and scope != agent_id:
+            return f"key {key_id} is scoped to another agent than {agent_id or 'the empty agent id'}"
+        if not verify(secret, message, signature.hmac_sha256):
+            return f"the signature does not verify under key {key_id}"
+        return None
+    if keys is not None and sequence <= keys.issued_through:
+        return f"key {key_id} is revoked, or is not tenant {tenant_id}'s"
+    # Issued after the last state this instance read (its record may still be on its way): only the API
+    # (the master key's other holder) can have made a secret that verifies, for this tenant and scope.
+    for scope in dict.fromkeys((agent_id, "")):
+        if verify(derive_secret(auth.master_key, tenant_id, scope, key_id), message, signature.hmac_sha256):
+            return None
+    return f"the signature does not verify under key {key_id} for tenant {tenant_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,27 @@ def _high_watermark(consumer: Consumer, topic: str, partition: int, timeout_s: f
             time.sleep(0.2)
 
 
+def partition_count(connection: KafkaConnection, topic: str, timeout_s: float = 30.0) -> int:
+    """How many partitions `topic` has (every ledgergate topic has the same count); retries a topic that
+    has no metadata yet for up to `timeout_s`."""
+    consumer = Consumer(consumer_config(connection, "ledgergate-reader", **{"enable.auto.commit": False}))
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+                if meta is not None and meta.error is None and meta.partitions:
+                    return len(meta.partitions)
+                problem = f"{meta.error if meta is not None else 'no metadata'}"
+            except KafkaException as exc:
+                problem = str(exc.args[0])
+            if time.monotonic() > deadline:
+                raise ReadTimeoutError(f"no partitions of {topic} after {timeout_s:.0f} s: {problem}")
+            time.sleep(0.2)
+    finally:
+        consumer.close()
+
+
 def end_offsets(connection: KafkaConnection, topic: str, partitions: list[int],
                 timeout_s: float = 10.0) -> dict[int, int]:
     consumer = Consumer(consumer_config(connection, "ledgergate-reader", **{"enable.auto.commit": False}))

@@ -29,7 +29,15 @@ from ledgergate.shared.ledger.entries import (
     ThresholdCrossed,
 )
 from ledgergate.shared.ledger.periods import period_of
-from ledgergate.shared.ledger.state import CONFLICT_REASON, RATE_LIMITED_REASON, TENANT, WORKFLOW, ScopeKey, TenantState
+from ledgergate.shared.ledger.state import (
+    CONFLICT_REASON,
+    RATE_LIMITED_REASON,
+    TENANT,
+    UNAUTHENTICATED_REASON,
+    WORKFLOW,
+    ScopeKey,
+    TenantState,
+)
 
 THRESHOLDS_PCT = (50, 80, 100)
 MAX_CANDIDATES = 8
@@ -144,9 +152,14 @@ def decide_reserve(state: TenantState, cmd: Reserve, now_ms: int, ttl_ms: int,
     """`cause` names the input message (partition:offset) so a repeated entry gets a unique, stable id."""
     entries = open_period(state, now_ms)
     period = period_of(now_ms)[0]
-    seen = state.outcome(cmd.request_id)
     common = _Common(tenant_id=cmd.tenant_id, period_id=period, recorded_at_ms=now_ms, request_id=cmd.request_id,
                      workflow_id=cmd.workflow_id)
+    if cmd.rejection_reason == UNAUTHENTICATED_REASON:
+        # Not the tenant's request (its signature failed): decided before the state is consulted, so a
+        # forger learns nothing of it (whether the id was used, the remaining budget) and takes no id.
+        return [*entries, _deny(cmd, common, f"{cmd.request_id}/unauthenticated@{cause}", UNAUTHENTICATED_REASON,
+                                cmd.rejection_detail, cmd.rejection_scope, 0)]
+    seen = state.outcome(cmd.request_id)
     if seen is not None:
         entry_id, sha = seen
         if sha == cmd.request_sha256:

@@ -32,6 +32,8 @@ TENANT = "TENANT"
 WORKFLOW = "WORKFLOW"
 CONFLICT_REASON = "idempotency_conflict"
 RATE_LIMITED_REASON = "rate_limited"
+# A request whose signature failed: not the tenant's request, so never its request id's outcome.
+UNAUTHENTICATED_REASON = "unauthenticated"
 
 ScopeKey = tuple[str, str]  # (scope_type, scope_id)
 RESERVATION_SUFFIX = "/reservation"
@@ -242,8 +244,9 @@ def evolve(state: TenantState, entry: LedgerEntry) -> TenantState:
             _first_outcome(state, entry)
         case ReservationDenied():
             # A conflict is not this request's outcome, and a throttle is not final: the client is told
-            # to come back after retry_after_ms, with the same request id.
-            if entry.reason not in (CONFLICT_REASON, RATE_LIMITED_REASON):
+            # to come back after retry_after_ms, with the same request id. An unauthenticated request is
+            # not the tenant's at all: a forger must not be able to use up one of its request ids.
+            if entry.reason not in (CONFLICT_REASON, RATE_LIMITED_REASON, UNAUTHENTICATED_REASON):
                 _first_outcome(state, entry)
         case ReservationSettled():
             assert not state.was_settled(entry.request_id), f"a second settlement for {entry.request_id}"

@@ -27,6 +27,8 @@ from ledgergate.shared.settings import ApiSettings, KafkaSettings, PostgresSetti
 
 A, B = "acme", "globex"
 HOUR = 3_600_000
+# The API's credential master key in these tests (every route works; test_api_credentials.py also runs one without).
+MASTER_KEY = "integration-test-master-key-0123456789"
 
 
 @pytest.fixture(name="api_db")
@@ -42,8 +44,8 @@ def api_db_fixture(postgres: PostgresSettings) -> Iterator[str]:
 
 
 def api_settings(kafka: KafkaSettings, dsn: str, **overrides: Any) -> ApiSettings:
-    return ApiSettings(kafka_bootstrap=kafka.kafka_bootstrap, topic_prefix=kafka.topic_prefix, pg_dsn=dsn,
-                       api_pool_max=4, **overrides)
+    return ApiSettings(**{"kafka_bootstrap": kafka.kafka_bootstrap, "topic_prefix": kafka.topic_prefix, "pg_dsn": dsn,
+                          "api_pool_max": 4, "credential_master_key": MASTER_KEY, **overrides})
 
 
 def wait_ready(client: TestClient, timeout_s: float = 30.0) -> None:

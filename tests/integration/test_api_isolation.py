@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
@@ -27,10 +28,12 @@ from tests.integration.apiharness import (  # noqa: F401  (fixtures)
 pytestmark = pytest.mark.integration
 H = Keys.h
 # Plausible values for the other path parameters, so only the tenant can make the answer differ.
-PATH_VALUES = {"request_id": "req-shared", "key_id": "0123456789ab"}  # req-shared: both tenants have it
+PATH_VALUES = {"request_id": "req-shared", "key_id": "0123456789ab",  # req-shared: both tenants have it
+               "credential_id": "lgc_1_0123456789abcdef"}  # seeded below for both tenants
 # A valid body per write route: the refusal must come from the tenant check, not from validation.
 BODIES = {"budgets": {"limit_micro_usd": 1}, "raise": {"amount_micro_usd": 1}, "lower": {"amount_micro_usd": 1},
-          "credits": {"amount_micro_usd": 1}, "void": {}, "policy": {"max_output_tokens": 100}}
+          "credits": {"amount_micro_usd": 1}, "void": {}, "policy": {"max_output_tokens": 100},
+          "credentials": {}, "mode": {"mode": "REQUIRED"}}
 PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 ADMIN_ONLY = {("GET", "/v1/tenants"), ("GET", "/v1/api-keys"), ("POST", "/v1/api-keys"),
               ("DELETE", "/v1/api-keys/{key_id}")}
@@ -69,13 +72,19 @@ def test_every_route_is_classified(api: TestClient) -> None:
 def test_tenant_b_cannot_reach_tenant_a_through_any_route(api: TestClient, api_db: str, keys: Keys,
                                                           kafka: KafkaSettings) -> None:
     seed(api_db)
+    with psycopg.connect(api_db) as conn:  # a live credential each, so B's own revoke below has one to revoke
+        for tenant in (A, B):
+            conn.execute("INSERT INTO credential_tenants (tenant_id, issued_through, updated_at_ms) VALUES (%s, 1, 0)",
+                         (tenant,))
+            conn.execute("INSERT INTO credentials (tenant_id, key_id, sequence, created_at_ms, created_by) "
+                         "VALUES (%s, %s, 1, 0, 'seed')", (tenant, PATH_VALUES["credential_id"]))
     routes = _routes(api)
     tenant_routes = [(m, p) for m, p in routes if "{tenant_id}" in p]
-    assert len(tenant_routes) >= 13, tenant_routes  # 6 writes, 7 reads at the time of writing
+    assert len(tenant_routes) >= 18, tenant_routes  # 9 writes, 9 reads at the time of writing
     # The same requests on B's own tenant succeed (so 403 below is the tenant check, not a broken request).
     for method, path in tenant_routes:
         resp = api.request(method, _fill(path, B), headers=H(keys.b_write), json=_body(path))
-        assert resp.status_code in (200, 202), f"{method} {path}: {resp.status_code} {resp.text}"
+        assert 200 <= resp.status_code < 300, f"{method} {path}: {resp.status_code} {resp.text}"
     commands_before = len(_commands(kafka))
     a_marks = ("acme", "wf-b", "req-3", "100000000", "=HYPERLINK")
     for key in (keys.b_read, keys.b_write):
@@ -100,3 +109,7 @@ def test_tenant_b_cannot_reach_tenant_a_through_any_route(api: TestClient, api_d
     commands = _commands(kafka)
     assert len(commands) == commands_before
     assert {c["tenant_id"] for c in commands} == {B}
+    # Nor any credential change: every state on tenant.credentials is B's.
+    states = [codec().decode(m.value())[1]
+              for m in read_to_end(kafka.kafka_connection, kafka.topic(topics.CREDENTIALS), list(range(6)))]
+    assert states and {s["tenant_id"] for s in states} == {B}

@@ -262,6 +262,23 @@ def test_plan_rejection_becomes_denial_with_its_reason_scope_and_retry_after() -
     assert "r1" not in state.outcomes and denied.entry_id == "r1/throttle@c"
 
 
+def test_an_unauthenticated_request_is_denied_without_touching_the_tenants_state() -> None:
+    state = with_limit(1_000_000)
+    apply(state, decide_reserve(state, reserve("used", cand("gpt-4o", 10)), T0, TTL, "0:1"))
+    forged = reserve("r1", rejection_reason="unauthenticated", rejection_detail="bad signature",
+                     rejection_scope="credential", sha="")
+    denied = only(apply(state, decide_reserve(state, forged, T0, TTL, "0:2")), ReservationDenied)
+    assert (denied.reason, denied.binding_scope, denied.entry_id) == ("unauthenticated", "credential",
+                                                                      "r1/unauthenticated@0:2")
+    # Nothing of the tenant leaks to the forger (its remaining budget), and the id stays the tenant's: the
+    # real request under it is decided on its merits.
+    assert denied.tenant_remaining_micro_usd == 0 and "r1" not in state.outcomes
+    only(apply(state, decide_reserve(state, reserve("r1", cand("gpt-4o", 10)), T0, TTL, "0:3")), ReservationPlaced)
+    # Under an id the tenant already used: still unauthenticated, never a conflict (which would say it is used).
+    again = only(decide_reserve(state, forged, T0, TTL, "0:4"), ReservationDenied)
+    assert again.reason == "unauthenticated" and again.entry_id == "r1/unauthenticated@0:4"
+
+
 # ---------------------------------------------------------------------------------------------- settle
 
 

@@ -46,6 +46,7 @@ from ledgergate.shared.ledger.state import (
     CONFLICT_REASON,
     RATE_LIMITED_REASON,
     TENANT,
+    UNAUTHENTICATED_REASON,
     WORKFLOW,
     TenantState,
     balances_view,
@@ -77,7 +78,8 @@ credit = st.tuples(st.just("credit"), tenant_idx, scope, st.integers(0, 300_000)
 candidates = st.tuples(st.sampled_from([True] * 9 + [False]),
                        st.lists(st.tuples(st.sampled_from(MODELS), cost, st.integers(1, 4096)), min_size=1,
                                 max_size=MAX_CANDIDATES + 2)).map(lambda x: x[1] if x[0] else [])
-rejection = st.sampled_from([None] * 6 + [("rate_limited", "rate", 250), ("prompt_too_long", "policy", None)])
+rejection = st.sampled_from([None] * 6 + [("rate_limited", "rate", 250), ("prompt_too_long", "policy", None),
+                                        ("unauthenticated", "credential", None)])
 envelope = st.one_of(st.none(), st.none(), st.integers(0, 300_000))
 reserve = st.tuples(st.just("reserve"), tenant_idx, request_id, st.sampled_from(WORKFLOWS), candidates,
                     st.sampled_from([0, 0, 0, 1]), envelope, rejection,
@@ -204,6 +206,9 @@ def _check_after(t: Tenant, entry: LedgerEntry) -> None:
             assert rid in t.first_outcome
             assert t.first_outcome[rid][1] != entry.request_sha256
             assert s.outcome(rid) == t.first_outcome[rid]  # the conflict never overwrites the original
+        case ReservationDenied() if entry.reason == UNAUTHENTICATED_REASON:
+            # Not the tenant's request: whatever the id's outcome was, it stays (a forger takes no id).
+            assert s.outcome(rid) == t.first_outcome.get(rid) and entry.tenant_remaining_micro_usd == 0
         case ReservationDenied() if entry.reason == RATE_LIMITED_REASON:
             # A throttle is not final: the id stays free for the retry the client was told to make.
             assert rid not in t.first_outcome and s.outcome(rid) is None

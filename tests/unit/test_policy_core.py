@@ -3,6 +3,8 @@ bucket and policy document parsing."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from ledgergate.events import InvocationCounted, PlanCandidate, PlanRejection
@@ -118,6 +120,16 @@ def test_invalid_request_is_rejected_first() -> None:
                                  default_policy(), NO_BURN, prices(), T0)
     assert candidates == ()
     assert rejection == PlanRejection("invalid_request", "messages is empty", None, "request")
+
+
+def test_the_token_counters_code_names_the_rejection() -> None:
+    """An unauthenticated request travels as an invalid one with its own code (and binding scope); a code
+    the policy does not know is an invalid_request, never a new reason made up downstream."""
+    base = counted(invalid="the signature does not verify under key lgc_1_0123456789abcdef")
+    _, rejection = plan(replace(base, invalid_code="unauthenticated"), default_policy(), NO_BURN, prices(), T0)
+    assert rejection == PlanRejection("unauthenticated", base.invalid_reason, None, "credential")
+    _, rejection = plan(replace(base, invalid_code="made_up"), default_policy(), NO_BURN, prices(), T0)
+    assert rejection is not None and (rejection.reason, rejection.binding_scope) == ("invalid_request", "request")
 
 
 def test_allowed_models_filters_candidates() -> None:
