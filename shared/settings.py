@@ -143,8 +143,8 @@ class StateSettings(ServiceSettings):
     # until a message or an expiry touches them. Bounds memory for a million tenants, mostly idle.
     # 50,000 unpacked and the rest packed hold a million tenants in about 1 GB (BENCHMARKS.md, memory).
     hot_tenants_max: int = Field(default=50_000, ge=1_000, le=10_000_000)
-    # Restore from budget.snapshots and fold only the ledger's tail; False folds from offset 0 (the
-    # snapshotter itself, and a way to rule snapshots out when chasing a problem).
+    # Restore from budget.snapshots and fold only the ledger's tail; False folds from offset 0 (a way to
+    # rule snapshots out when chasing a problem).
     restore_from_snapshots: bool = True
 
 

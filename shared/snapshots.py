@@ -23,7 +23,7 @@ from ledgergate.shared.kafka.reader import end_offsets, offset_of, partition_of,
 from ledgergate.shared.ledger.entries import LedgerEntry, from_record
 from ledgergate.shared.ledger.packing import CHECKSUM_HEADER, MARKER, MARKER_KEY, TenantStore, checksum, pack
 from ledgergate.shared.ledger.restore import PartitionRestore
-from ledgergate.shared.ledger.state import TenantState, evolve
+from ledgergate.shared.ledger.state import TenantState
 
 
 def _crc(msg: Message) -> bytes | None:
@@ -90,7 +90,7 @@ def restore(connection: KafkaConnection, snapshot_topic: str, ledger_topic: str,
         name, rec = decode(msg.value())
         assert rec["tenant_id"] == key, f"ledger entry at {p}:{offset} of {rec['tenant_id']} keyed {key!r}"
         entry = from_record(name, rec)
-        evolve(stores[p].get_or_create(entry.tenant_id), entry)
+        stores[p].defer(entry.tenant_id, entry)
         folded += 1
         if on_entry is not None:
             on_entry(p, offset, entry)

@@ -44,7 +44,8 @@ class Snapshotter:
 
     def assigned(self, partitions: list[int]) -> dict[tuple[str, int], int]:
         restored = restore(self.settings.kafka_connection, self.topic_snapshots, self.topic_ledger, partitions,
-                           self.settings.hot_tenants_max, self.log, on_entry=self._touched)
+                           self.settings.hot_tenants_max, self.log, on_entry=self._touched,
+                           snapshots=self.settings.restore_from_snapshots)
         now_ms = time.time_ns() // 1_000_000
         for p in partitions:
             self.stores[p] = restored.stores[p]

@@ -14,12 +14,13 @@ import struct
 import sys
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ledgergate.codec import HEADER_LEN, codec
 from ledgergate.errors import CodecError
-from ledgergate.shared.ledger.state import Balance, Hold, TenantState
+from ledgergate.shared.ledger.entries import LedgerEntry
+from ledgergate.shared.ledger.state import Balance, Hold, TenantState, evolve
 
 SNAPSHOT = "TenantSnapshot"
 MARKER = "SnapshotMarker"
@@ -158,25 +159,29 @@ def peek(data: bytes) -> tuple[int, int]:
 
 
 class TenantStore:
-    """One partition's tenants: the `hot_max` most recently used as TenantState, the others packed.
+    """One partition's tenants: the `hot_max` most recently used as TenantState, the others packed, and
+    entries deferred for tenants not unpacked yet (a restore's tail: `defer`).
 
     A state handed out by `get` stays valid until `hot_max` other tenants are touched; callers use one
     tenant at a time (a message, an expiry), so with `hot_max` in the thousands none is packed under them.
     """
 
-    __slots__ = ("cold", "hot", "hot_max")
+    __slots__ = ("cold", "hot", "hot_max", "pending")
 
     def __init__(self, hot_max: int) -> None:
         assert hot_max >= 1, hot_max
         self.hot: OrderedDict[str, TenantState] = OrderedDict()
         self.cold: dict[str, bytes] = {}
+        # Entries of tenants that are packed (or have no state yet), folded in when the tenant is next
+        # unpacked: a restore's tail then costs a decode per entry, not an unpack per tenant it touches.
+        self.pending: dict[str, list[LedgerEntry]] = {}
         self.hot_max = hot_max
 
     def __len__(self) -> int:
-        return len(self.hot) + len(self.cold)
+        return len(self.hot) + len(self.cold) + sum(1 for t in self.pending if t not in self.cold)
 
     def __contains__(self, tenant_id: str) -> bool:
-        return tenant_id in self.hot or tenant_id in self.cold
+        return tenant_id in self.hot or tenant_id in self.cold or tenant_id in self.pending
 
     def get(self, tenant_id: str) -> TenantState | None:
         state = self.hot.get(tenant_id)
@@ -184,9 +189,9 @@ class TenantStore:
             self.hot.move_to_end(tenant_id)
             return state
         data = self.cold.pop(tenant_id, None)
-        if data is None:
+        if data is None and tenant_id not in self.pending:
             return None
-        state = unpack(data)[0]
+        state = self._materialized(tenant_id, data, self.pending.pop(tenant_id, ()))
         self._admit(tenant_id, state)
         return state
 
@@ -197,10 +202,26 @@ class TenantStore:
             self._admit(tenant_id, state)
         return state
 
+    def defer(self, tenant_id: str, entry: LedgerEntry) -> None:
+        """Fold an entry now if the tenant is unpacked, else when it next is."""
+        state = self.hot.get(tenant_id)
+        if state is not None:
+            evolve(state, entry)
+        else:
+            self.pending.setdefault(tenant_id, []).append(entry)
+
     def put_packed(self, tenant_id: str, data: bytes) -> None:
         """A restored tenant, kept packed until first used."""
+        assert tenant_id not in self.pending, tenant_id  # records come before the tail they precede
         self.hot.pop(tenant_id, None)
         self.cold[tenant_id] = data
+
+    @staticmethod
+    def _materialized(tenant_id: str, data: bytes | None, entries: Iterable[LedgerEntry]) -> TenantState:
+        state = unpack(data)[0] if data is not None else TenantState(tenant_id)
+        for entry in entries:
+            evolve(state, entry)
+        return state
 
     def _admit(self, tenant_id: str, state: TenantState) -> None:
         assert state.tenant_id == tenant_id, (state.tenant_id, tenant_id)
@@ -215,13 +236,17 @@ class TenantStore:
         if state is not None:
             return state
         data = self.cold.get(tenant_id)
-        return None if data is None else unpack(data)[0]
+        if data is None and tenant_id not in self.pending:
+            return None
+        return self._materialized(tenant_id, data, self.pending.get(tenant_id, ()))
 
     def tenant_ids(self) -> list[str]:
-        return [*self.hot, *self.cold]
+        return [*self.hot, *self.cold, *(t for t in self.pending if t not in self.cold)]
 
     def states(self) -> Iterator[TenantState]:
         """Every tenant's state, cold ones unpacked as copies (not promoted): for reports and verification."""
         yield from self.hot.values()
-        for data in self.cold.values():
-            yield unpack(data)[0]
+        for tenant_id in [*self.cold, *(t for t in self.pending if t not in self.cold)]:
+            state = self.peek(tenant_id)
+            assert state is not None, tenant_id
+            yield state

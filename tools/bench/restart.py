@@ -152,7 +152,8 @@ def run_restart(kafka: KafkaSettings, entries: int, tenants: int, periods: int, 
         say(f"restart: producing a {entries:,}-entry ledger over {periods} months for {tenants:,} tenants, "
             f"snapshotted {tail:,} entries before its end")
         built = build(connection, prefix, specs[0].partitions, entries, tenants, periods, tail)
-        say(f"restart: built in {built['build_s']} s; starting the four services cold")
+        say(f"restart: built in {built['build_s']} s; starting budget-manager and policy beside a running "
+            "token-counter and router")
         return {**built, **restart(connection, prefix, PROJECT_ROOT / ".data" / "bench" / tag)}
     finally:
         floors.delete_topics(connection, [s.name for s in specs])
