@@ -66,8 +66,9 @@ def restore(connection: KafkaConnection, snapshot_topic: str, ledger_topic: str,
             hot_max: int, log: Any, on_entry: Callable[[int, int, LedgerEntry], None] | None = None,
             snapshots: bool = True) -> Restored:
     """Each partition's tenants from its snapshot and the ledger from the snapshot's offset to the end
-    (from 0 with `snapshots` False); `on_entry(partition, offset, entry)` after each entry folded (the
-    budget-manager schedules expiry)."""
+    (from 0 with `snapshots` False). Records stay packed and tail entries wait in the store until their
+    tenant is first used (TenantStore.defer); `on_entry(partition, offset, entry)` sees each tail entry
+    (the budget-manager schedules expiry)."""
     started = time.monotonic()
     restores = (read_snapshots(connection, snapshot_topic, partitions) if snapshots
                 else {p: PartitionRestore(p) for p in partitions})

@@ -35,6 +35,9 @@ from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import BudgetManagerSettings
 from ledgergate.shared.snapshots import restore
 
+# Holds released per idle call (one transaction), so a backlog of due holds never holds requests back long.
+EXPIRIES_PER_IDLE_MAX = 500
+
 
 def reserve_from_plan(planned: InvocationPlanned) -> decide.Reserve:
     rejection = planned.rejection
@@ -171,7 +174,11 @@ class BudgetManager:
             self.dirty = True
 
     def idle(self, now_ms: int, out: Outbox) -> None:
-        while self.expiry_heap and self.expiry_heap[0][0] <= now_ms:
+        # Bounded per call: after a long stop thousands of holds can be due at once, and requests wait
+        # behind an idle call's transaction; the rest are expired on the next calls, interleaved.
+        released = 0
+        while self.expiry_heap and self.expiry_heap[0][0] <= now_ms and released < EXPIRIES_PER_IDLE_MAX:
+            released += 1
             _, partition, tenant_id, request_id = heapq.heappop(self.expiry_heap)
             store = self.tenants.get(partition)
             state = store.get(tenant_id) if store is not None else None

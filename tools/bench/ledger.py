@@ -88,11 +88,12 @@ def history_ledger(entries: int, tenants: int, seed: int, periods: int) -> Itera
     starts = [period_of(time.time_ns() // 1_000_000)[1]]
     while len(starts) < periods:
         starts.insert(0, period_of(starts[0] - 1)[1])
-    now_ms = time.time_ns() // 1_000_000
     for k, start_ms in enumerate(starts):
         share = entries // periods if k < periods - 1 else entries - (periods - 1) * (entries // periods)
-        # Entries are 1 ms apart; the current period's end just before now, so its live holds are not yet
-        # due (in a running ledger, due holds were expired as they came due).
+        # Entries are 1 ms apart; the current period ends just before now, read when it begins (building a
+        # long history takes longer than a hold's TTL), so its live holds are not yet due at the restart:
+        # in a running ledger due holds were expired as they came due.
+        now_ms = time.time_ns() // 1_000_000
         at_ms = start_ms + 3_600_000 if k < periods - 1 else max(start_ms, now_ms - share - 60_000)
         yield from synthetic_ledger(share, tenants, seed + k, now_ms=at_ms, tag=f"p{k}-",
                                     setup=k == 0, close=k < periods - 1, limits_seed=seed)
