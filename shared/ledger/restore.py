@@ -33,8 +33,6 @@ class PartitionRestore:
     tenants: dict[str, Usable] = field(default_factory=dict)
     marker_offset: int = 0
     marker_sequence: int = -1
-    # The lowest covered offset a fallback needs the fold to start from (None: no fallback).
-    floor: int | None = None
     problems: list[str] = field(default_factory=list)
     _fell_back: dict[str, int] = field(default_factory=dict)
 
@@ -66,11 +64,10 @@ class PartitionRestore:
         self.problems.append(f"marker at snapshot offset {at}: {why}; the previous marker stands")
 
     def start_offset(self) -> int:
-        """Where the ledger fold starts."""
-        floors = list(self._fell_back.values())
-        self.floor = min(floors) if floors else None
+        """Where the ledger fold starts: the marker's offset (0 without one), or lower, at the covered
+        offset of a tenant that fell back."""
         start = self.marker_offset if self.marker_sequence >= 0 else 0
-        return min(start, self.floor) if self.floor is not None else start
+        return min([start, *self._fell_back.values()])
 
     def covers(self, tenant_id: str, ledger_offset: int) -> bool:
         """True when the tenant's restored record already holds this entry (the fold skips it)."""
