@@ -158,6 +158,11 @@ def peek(data: bytes) -> tuple[int, int]:
     return covered, expiry
 
 
+# Deferred entries are decoded records held in memory (~0.5 KB each): bounded per tenant and in all.
+PENDING_PER_TENANT_MAX = 32
+PENDING_MAX = 50_000
+
+
 class TenantStore:
     """One partition's tenants: the `hot_max` most recently used as TenantState, the others packed, and
     entries deferred for tenants not unpacked yet (a restore's tail: `defer`).
@@ -166,7 +171,7 @@ class TenantStore:
     tenant at a time (a message, an expiry), so with `hot_max` in the thousands none is packed under them.
     """
 
-    __slots__ = ("cold", "hot", "hot_max", "pending")
+    __slots__ = ("cold", "hot", "hot_max", "pending", "pending_count")
 
     def __init__(self, hot_max: int) -> None:
         assert hot_max >= 1, hot_max
@@ -175,6 +180,7 @@ class TenantStore:
         # Entries of tenants that are packed (or have no state yet), folded in when the tenant is next
         # unpacked: a restore's tail then costs a decode per entry, not an unpack per tenant it touches.
         self.pending: dict[str, list[LedgerEntry]] = {}
+        self.pending_count = 0
         self.hot_max = hot_max
 
     def __len__(self) -> int:
@@ -191,7 +197,9 @@ class TenantStore:
         data = self.cold.pop(tenant_id, None)
         if data is None and tenant_id not in self.pending:
             return None
-        state = self._materialized(tenant_id, data, self.pending.pop(tenant_id, ()))
+        entries = self.pending.pop(tenant_id, [])
+        self.pending_count -= len(entries)
+        state = self._materialized(tenant_id, data, entries)
         self._admit(tenant_id, state)
         return state
 
@@ -203,12 +211,21 @@ class TenantStore:
         return state
 
     def defer(self, tenant_id: str, entry: LedgerEntry) -> None:
-        """Fold an entry now if the tenant is unpacked, else when it next is."""
+        """Fold an entry now if the tenant is unpacked or has no packed state (nothing to unpack: a fold
+        from offset 0), else when it is next unpacked. Bounded: a tenant with PENDING_PER_TENANT_MAX
+        entries waiting, or any tenant once PENDING_MAX wait in all, is unpacked and folded at once."""
         state = self.hot.get(tenant_id)
+        if state is None and tenant_id not in self.cold:
+            state = self.get_or_create(tenant_id)
         if state is not None:
             evolve(state, entry)
-        else:
-            self.pending.setdefault(tenant_id, []).append(entry)
+            return
+        entries = self.pending.setdefault(tenant_id, [])
+        entries.append(entry)
+        self.pending_count += 1
+        if len(entries) >= PENDING_PER_TENANT_MAX or self.pending_count > PENDING_MAX:
+            self.get(tenant_id)
+        assert self.pending_count <= PENDING_MAX, self.pending_count
 
     def put_packed(self, tenant_id: str, data: bytes) -> None:
         """A restored tenant, kept packed until first used."""

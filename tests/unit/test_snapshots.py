@@ -138,3 +138,24 @@ def test_the_store_packs_what_it_evicts_and_gives_it_back_equal() -> None:
     assert store.peek("a") == TenantState("a", entries=11) and "a" in store.cold  # peeking promotes nothing
     assert store.get("a") == TenantState("a", entries=11) and set(store.cold) == {"b"}
     assert unpack(pack(store.get("c") or TenantState("x"), 4)) == (TenantState("c", entries=11), 4)
+
+
+def test_deferred_entries_are_bounded_per_tenant_and_a_new_tenant_is_folded_at_once() -> None:
+    from ledgergate.shared.ledger.entries import ThresholdCrossed
+    from ledgergate.shared.ledger.packing import PENDING_PER_TENANT_MAX
+
+    def crossed(tenant_id: str, pct: int) -> ThresholdCrossed:
+        return ThresholdCrossed(f"t/{tenant_id}/{pct}", tenant_id, "2026-12", 1, "TENANT", tenant_id, pct, 1, 2)
+
+    store = TenantStore(hot_max=1)
+    store.get_or_create("a")
+    store.get_or_create("b")  # "a" is packed now
+    for pct in range(PENDING_PER_TENANT_MAX - 1):
+        store.defer("a", crossed("a", pct))
+    assert "a" in store.cold and store.pending_count == PENDING_PER_TENANT_MAX - 1
+    assert len((store.peek("a") or TenantState("x")).thresholds) == PENDING_PER_TENANT_MAX - 1
+    store.defer("a", crossed("a", 99))  # the bound: unpacked and folded at once
+    assert "a" in store.hot and store.pending_count == 0 and not store.pending
+    assert len((store.get("a") or TenantState("x")).thresholds) == PENDING_PER_TENANT_MAX
+    store.defer("c", crossed("c", 1))  # no packed state: nothing to unpack, folded now, nothing waits
+    assert "c" in store.hot and store.pending_count == 0 and len(store) == 3
