@@ -250,6 +250,7 @@ class UsageMetered(_Record):
     drift_ppm: int
     completed_at_ms: int
     metered_at_ms: int
+    workflow_id: str = ""
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:
@@ -267,6 +268,14 @@ class BudgetAlert(_Record):
     spent_micro_usd: int
     limit_micro_usd: int
     crossed_at_ms: int
+    # ANOMALY alerts (services/anomaly/): the rate that left its band; THRESHOLD alerts keep the defaults.
+    kind: str = "THRESHOLD"
+    metric: str = ""
+    observed_per_min: int = 0
+    expected_per_min: int = 0
+    band_upper_per_min: int = 0
+    window_start_ms: int = 0
+    window_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,9 @@ class TokenCounter:
         self.topic_metered = settings.topic(topics.METERED)
         self.topic_credentials = settings.topic(topics.CREDENTIALS)
         self.encodings: dict[str, tiktoken.Encoding] = {}
-        self.input_tokens: OrderedDict[str, int] = OrderedDict()  # request id -> input tokens, bounded
+        # request id -> (input tokens, workflow id), bounded: the count fills in a completion without usage,
+        # the workflow goes on its usage.metered record (the anomaly detector's per-workflow rates).
+        self.remembered: OrderedDict[str, tuple[int, str]] = OrderedDict()
         self.drift: dict[str, core.Drift] = {}
         master_key = settings.master_key_bytes()
         self.auth = core.Authenticator(master_key, "REQUIRED" if settings.auth_default_mode == "required"
@@ -233,7 +235,7 @@ class TokenCounter:
                      self._invalid(req.request_id, tenant, reason, req, code), stamped(msg, "count"))
             return
         assert counted is not None
-        self._remember(req.request_id, counted.input_tokens)
+        self._remember(req.request_id, counted.input_tokens, req.workflow_id)
         body = InvocationCounted(
             req.request_id, req.tenant_id, req.workflow_id, req.agent_id, req.requested_model, req.max_output_tokens,
             req.priority, req.region, req.max_cost_micro_usd, req.labels, req.requested_at_ms, req.trace_context,
@@ -258,12 +260,12 @@ class TokenCounter:
             0, 0, "", 0, "", printable(reason)[:500], now_ms, code)
         return codec().encode("InvocationCounted", body.to_record())
 
-    def _remember(self, request_id: str, input_tokens: int) -> None:
+    def _remember(self, request_id: str, input_tokens: int, workflow_id: str) -> None:
         if self.settings.remembered_requests == 0:
             return
-        self.input_tokens[request_id] = input_tokens
-        if len(self.input_tokens) > self.settings.remembered_requests:
-            self.input_tokens.popitem(last=False)
+        self.remembered[request_id] = (input_tokens, workflow_id)
+        if len(self.remembered) > self.settings.remembered_requests:
+            self.remembered.popitem(last=False)
 
     def _meter(self, msg: Message, out: Outbox) -> None:
         name, rec = codec().decode(msg.value())
@@ -292,13 +294,14 @@ class TokenCounter:
             encoding = self.encoding_for(completion.model)
         except TokenizerError as exc:
             raise LedgergateError(exc.message) from exc
-        metered = core.meter(completion, encoding, self.input_tokens.get(completion.request_id))
+        input_tokens, workflow_id = self.remembered.get(completion.request_id, (None, ""))
+        metered = core.meter(completion, encoding, input_tokens)
         drift = self.drift.setdefault(completion.model, core.Drift())
         if not metered.estimated and metered.counted_output_tokens:
             drift.add(metered.usage.output_tokens, metered.counted_output_tokens)
         body = UsageMetered(completion.request_id, completion.tenant_id, completion.model, completion.status,
                             metered.usage, metered.estimated, metered.counted_output_tokens, drift.ppm,
-                            completion.completed_at_ms, time.time_ns() // 1_000_000)
+                            completion.completed_at_ms, time.time_ns() // 1_000_000, workflow_id)
         out.emit(self.topic_metered, completion.tenant_id.encode(), codec().encode("UsageMetered", body.to_record()),
                  stamped(msg, "meter"))
 
