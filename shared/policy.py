@@ -24,6 +24,25 @@ class TierRule(BaseModel):
     max_tier: str
 
 
+class AnomalyRule(BaseModel):
+    """The spend/token-rate anomaly detector's thresholds (services/anomaly/core.py). A window is anomalous
+    when the detector has seen `warmup_windows` windows of the series, its rate is at least the metric's
+    minimum, and it is above the band: max(mean + z_threshold * std, mean * min_ratio) of the EWMA."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    z_threshold: float = Field(default=4.0, ge=1.0, le=100.0)
+    min_ratio: float = Field(default=2.0, ge=1.0, le=1000.0)
+    ewma_alpha: float = Field(default=0.1, gt=0.0, le=1.0)
+    # So that a quiet tenant's first requests are no anomaly: that many windows seen (empty ones count) first.
+    warmup_windows: int = Field(default=10, ge=1, le=10_000)
+    # An episode ends after this many windows back inside the band; only then can the next one alert.
+    cooldown_windows: int = Field(default=5, ge=1, le=10_000)
+    min_spend_micro_usd_per_min: int = Field(default=100_000, ge=0, le=10**15)
+    min_tokens_per_min: int = Field(default=20_000, ge=0, le=10**12)
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -35,6 +54,7 @@ class Policy(BaseModel):
     tier_rules: tuple[TierRule, ...] = ()
     rate_limit_per_s: int | None = Field(default=None, ge=1, le=1_000_000)
     rate_burst: int = Field(default=100, ge=1, le=10_000_000)
+    anomaly: AnomalyRule = AnomalyRule()
 
 
 @cache
@@ -51,6 +71,9 @@ def parse_policy(policy_json: str, base: Policy) -> Policy:
         doc = json.loads(policy_json)
         if not isinstance(doc, dict):
             raise PolicyError("a policy document must be a JSON object")
-        return Policy.model_validate({**base.model_dump(), **doc})
+        merged = {**base.model_dump(), **doc}
+        if isinstance(doc.get("anomaly"), dict):  # nested: the tenant's keys override the base's one by one
+            merged["anomaly"] = {**base.anomaly.model_dump(), **doc["anomaly"]}
+        return Policy.model_validate(merged)
     except (ValueError, ValidationError) as exc:
         raise PolicyError(f"invalid policy document: {exc}") from exc

@@ -13,6 +13,7 @@ from ledgergate.shared.errors import AlerterConfigError
 from ledgergate.shared.units import iso_ms, usd
 
 EVENT_TYPE = "budget.threshold_crossed"
+ANOMALY_EVENT_TYPE = "budget.anomaly"  # kind ANOMALY: a rate left its band (services/anomaly/)
 # A client error will not fix itself on retry, except these: timeout, too early, rate limited.
 RETRYABLE_4XX = frozenset({408, 425, 429})
 
@@ -35,11 +36,22 @@ def redacted(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{port}/..."
 
 
+def event_type(alert: BudgetAlert) -> str:
+    return ANOMALY_EVENT_TYPE if alert.kind == "ANOMALY" else EVENT_TYPE
+
+
 def payload(alert: BudgetAlert) -> bytes:
-    """The JSON body: the alert's fields plus USD strings and an ISO time for humans and chat tools."""
-    body = {"type": EVENT_TYPE, **alert.to_record(),
-            "spent_usd": usd(alert.spent_micro_usd), "limit_usd": usd(alert.limit_micro_usd),
-            "crossed_at": iso_ms(alert.crossed_at_ms)}
+    """The JSON body: the alert's fields plus USD strings and an ISO time for humans and chat tools; an
+    anomaly's observed and expected rates, and for a spend anomaly the same in USD per minute."""
+    body: dict[str, object] = {"type": event_type(alert), **alert.to_record(),
+                               "crossed_at": iso_ms(alert.crossed_at_ms)}
+    if alert.kind == "ANOMALY":
+        body["window_start"] = iso_ms(alert.window_start_ms)
+        if alert.metric == "spend_micro_usd_per_min":
+            body["observed_usd_per_min"] = usd(alert.observed_per_min)
+            body["expected_usd_per_min"] = usd(alert.expected_per_min)
+    else:
+        body["spent_usd"], body["limit_usd"] = usd(alert.spent_micro_usd), usd(alert.limit_micro_usd)
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -47,7 +59,7 @@ def headers(alert: BudgetAlert, body: bytes, secret: str | None) -> dict[str, st
     # Delivery is at least once (a crash after the POST and before the commit repeats it), so the
     # alert id travels as an idempotency key for receivers to deduplicate on.
     out = {"Content-Type": "application/json", "User-Agent": "ledgergate-alerter/1",
-           "Idempotency-Key": alert.alert_id, "X-Ledgergate-Event": EVENT_TYPE}
+           "Idempotency-Key": alert.alert_id, "X-Ledgergate-Event": event_type(alert)}
     if secret:
         out["X-Ledgergate-Signature"] = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     return out
