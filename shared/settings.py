@@ -6,6 +6,7 @@ configuration once at start and nothing changes underneath it while it runs.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -219,6 +220,32 @@ class AlerterSettings(ServiceSettings):
     alert_backoff_initial_ms: int = Field(default=500, ge=1, le=60_000)
     alert_backoff_max_ms: int = Field(default=30_000, ge=1, le=600_000)
     alert_timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+
+class AnomalySettings(ServiceSettings, PostgresSettings):
+    """The spend/token-rate anomaly detector (`ledgergate run anomaly`, a faust app): usage.metered ->
+    tumbling windows per tenant and workflow -> ANOMALY alerts on budget.alerts. Thresholds are per tenant,
+    in its policy (`anomaly`), read from the read model's latest PolicyChanged (pg_dsn)."""
+
+    model_config = _config()
+
+    # The tumbling window. Rates are per minute whatever its length; tests and the demo use seconds.
+    anomaly_window_s: int = Field(default=60, ge=1, le=3600)
+    # A window closes once the wall clock is this far past its end (late completions still count), at the
+    # next table sweep, which runs every anomaly_sweep_s.
+    anomaly_late_s: int = Field(default=10, ge=1, le=3600)
+    anomaly_sweep_s: float = Field(default=5.0, gt=0, le=600)
+    # A series idle for more windows than this starts over (warm-up) instead of folding that many zeros.
+    anomaly_max_gap_windows: int = Field(default=1440, ge=0, le=100_000)
+    # How long a tenant's thresholds are used before its policy is read again.
+    anomaly_policy_refresh_s: int = Field(default=60, ge=1, le=86_400)
+    # Where a new consumer group starts on usage.metered (afterwards: its committed offsets).
+    anomaly_start_from: Literal["latest", "earliest"] = "latest"
+    # The consumer group evicts a worker that stopped heartbeating (kill -9, a lost host) after this long;
+    # only then does a restarted or surviving worker get its partitions.
+    anomaly_session_timeout_s: int = Field(default=30, ge=6, le=300)
+    # faust's data directory (its memory-store tables keep only offsets there).
+    anomaly_data_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "ledgergate-anomaly")
 
 
 class RouterSettings(ServiceSettings):

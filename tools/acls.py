@@ -62,6 +62,13 @@ PRINCIPALS: dict[str, Access] = {
                           group="snapshotter", reader=True),
     "alerter": Access("budget alerts to a webhook", reads=(topics.ALERTS,), writes=(topics.DEADLETTER,),
                       group="alerter"),
+    # A faust app: its group is <prefix>ledgergate-anomaly too; it writes and reads its own windows topic
+    # and table changelogs (faust reads a changelog back on assignment).
+    "anomaly": Access("spend and token-rate anomalies, as budget alerts",
+                      reads=(topics.METERED, topics.ANOMALY_WINDOWS, topics.ANOMALY_RATES_CHANGELOG,
+                             topics.ANOMALY_BANDS_CHANGELOG),
+                      writes=(topics.ALERTS, topics.DEADLETTER, topics.ANOMALY_WINDOWS, topics.ANOMALY_RATES_CHANGELOG,
+                              topics.ANOMALY_BANDS_CHANGELOG), group="anomaly"),
     # The only writer of tenant.credentials: nothing else may publish a tenant's keys or mode.
     "api": Access("the admin API: operators' commands and the tenants' credential states",
                   writes=(topics.COMMANDS, topics.CREDENTIALS)),

@@ -21,6 +21,7 @@ SERVICES: dict[str, str] = {
     "api": "ledgergate.services.api.app",
     "alerter": "ledgergate.services.alerter.app",
     "snapshotter": "ledgergate.services.snapshotter.app",
+    "anomaly": "ledgergate.services.anomaly.app",
 }
 
 

@@ -16,6 +16,11 @@ AUDIT = "audit.log"
 CREDENTIALS = "tenant.credentials"
 DEADLETTER = "deadletter"
 SNAPSHOTS = "budget.snapshots"
+# The anomaly detector's (a faust app, services/anomaly/): closed windows between its two agents, and the
+# changelogs of its two tables, which faust names <app id>-<table>-changelog.
+ANOMALY_WINDOWS = "anomaly.windows"
+ANOMALY_RATES_CHANGELOG = "ledgergate-anomaly-rates-changelog"
+ANOMALY_BANDS_CHANGELOG = "ledgergate-anomaly-bands-changelog"
 
 ALL = (REQUESTS, COUNTED, PLANNED, COMMANDS, LEDGER, DECISIONS, COMPLETIONS, METERED, ALERTS, AUDIT, CREDENTIALS,
-       DEADLETTER, SNAPSHOTS)
+       DEADLETTER, SNAPSHOTS, ANOMALY_WINDOWS, ANOMALY_RATES_CHANGELOG, ANOMALY_BANDS_CHANGELOG)

@@ -18,11 +18,18 @@ ERROR_HEADER_MAX_CHARS = 500
 
 def dead_letter(msg: Message, service: str, code: str, message: str) -> tuple[bytes, Headers]:
     """(DeadLetter value, headers) for a message `service` could not handle, with its error code and text."""
-    topic, partition, offset = msg.topic() or "", msg.partition(), msg.offset()
+    partition, offset = msg.partition(), msg.offset()
     assert partition is not None and offset is not None, "a consumed message has coordinates"
+    return dead_letter_at(msg.topic() or "", partition, offset, msg.key(), msg.value(), service, code, message)
+
+
+def dead_letter_at(topic: str, partition: int, offset: int, key: bytes | None, original: bytes | None, service: str,
+                   code: str, message: str) -> tuple[bytes, Headers]:
+    """The same from the coordinates and bytes alone (the faust-based anomaly detector has no librdkafka
+    Message)."""
     value = codec().encode("DeadLetter", {
         "original_topic": topic, "original_partition": partition, "original_offset": offset,
-        "original_key": msg.key(), "original_value": msg.value(), "error_code": code,
+        "original_key": key, "original_value": original, "error_code": code,
         "error_message": message[:ERROR_MESSAGE_MAX_CHARS], "service": service,
         "failed_at_ms": time.time_ns() // 1_000_000})
     headers: Headers = [("original_topic", topic.encode()), ("original_partition", str(partition).encode()),
