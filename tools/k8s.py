@@ -43,9 +43,12 @@ RESOURCES: dict[str, tuple[str, str, str]] = {  # process: (cpu request, memory 
     "projector": ("100m", "128Mi", "256Mi"),
     "alerter": ("50m", "96Mi", "192Mi"),
     "snapshotter": ("100m", "512Mi", "1536Mi"),
+    # A faust app (services/anomaly/): its tables hold a band per series and the open windows; not measured
+    # under load yet, sized like the alerter's plus faust's own ~100 MB.
+    "anomaly": ("100m", "192Mi", "384Mi"),
     "api": ("100m", "160Mi", "320Mi"),
 }
-STREAM = ("token-counter", "policy", "budget-manager", "router", "projector", "alerter", "snapshotter")
+STREAM = ("token-counter", "policy", "budget-manager", "router", "projector", "alerter", "snapshotter", "anomaly")
 # The credential master key (every signing credential's secret derives from it) reaches only the two
 # processes that need it, from a Secret of its own, not the `ledgergate` Secret every process loads.
 MASTER_KEY_SECRET = "ledgergate-credential-master-key"
@@ -132,7 +135,7 @@ def _config() -> list[dict[str, Any]]:
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ledgergate", "namespace": NAMESPACE},
-         # What carries a credential (LEDGERGATE_PG_DSN for the projector and the API,
+         # What carries a credential (LEDGERGATE_PG_DSN for the projector, the API and anomaly,
          # LEDGERGATE_ALERT_WEBHOOK_URL and _SECRET for the alerter) goes in the Secret `ledgergate`; the
          # credential master key in its own Secret (MASTER_KEY_SECRET, key `master-key`).
          "data": {"LEDGERGATE_KAFKA_BOOTSTRAP": f"{KAFKA_CLUSTER}-kafka-bootstrap:9092"}},

@@ -38,6 +38,7 @@ from ledgergate.services.anomaly import core
 from ledgergate.shared import readmodel
 from ledgergate.shared.catalogue import PriceCatalogue, prices
 from ledgergate.shared.errors import PolicyError, UnknownPriceError
+from ledgergate.shared.health import Health
 from ledgergate.shared.kafka.deadletter import dead_letter_at
 from ledgergate.shared.kafka.seek import partition_count
 from ledgergate.shared.ledger.periods import period_of
@@ -165,6 +166,16 @@ def build(settings: AnomalySettings) -> faust.App:
     deadletter = app.topic(s.topic(topics.DEADLETTER), key_type=bytes, value_type=bytes)
     catalogue = prices()
     thresholds = Thresholds(s.pg_dsn, s.anomaly_policy_refresh_s, log)
+    # /healthz and /readyz like every stream process (shared/health.py): the event loop turns (a timer),
+    # and the windows the detector folds are counted in the report.
+    health = Health(SERVICE, s.stall_after_ms)
+    health.detail = {"windows_folded": 0, "alerts": 0}
+    if s.health_port:
+        health.serve(s.health_host, s.health_port)
+
+    @app.timer(interval=1.0)
+    async def heartbeat() -> None:
+        health.backlog_is(False)  # faust does not tell its lag here; the loop turning is what is checked
 
     async def closed(key: tuple[str, tuple[float, float]], total: int) -> None:
         series_key, (start_s, _end_s) = key
@@ -228,6 +239,8 @@ def build(settings: AnomalySettings) -> faust.App:
                          observed_per_min=round(anomaly.observed_per_min),
                          expected_per_min=round(anomaly.expected_per_min))
             bands[rec["series"]] = band.to_record()
+            health.detail["windows_folded"] += 1
+            health.detail["alerts"] += anomaly is not None
 
     log.info("anomaly_built", partitions=partitions, window_s=s.anomaly_window_s, late_s=s.anomaly_late_s,
              sweep_s=s.anomaly_sweep_s, start_from=s.anomaly_start_from)
