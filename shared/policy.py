@@ -32,8 +32,8 @@ class AnomalyRule(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = True
-    z_threshold: float = Field(default=4.0, ge=1.0, le=100.0)
-    min_ratio: float = Field(default=2.0, ge=1.0, le=1000.0)
+    z_threshold: float = Field(default=5.0, ge=1.0, le=100.0)
+    min_ratio: float = Field(default=3.0, ge=1.0, le=1000.0)
     ewma_alpha: float = Field(default=0.1, gt=0.0, le=1.0)
     # So that a quiet tenant's first requests are no anomaly: that many windows seen (empty ones count) first.
     warmup_windows: int = Field(default=10, ge=1, le=10_000)

@@ -4,6 +4,12 @@ Tenants get a per-run suffix (acme-<tag>) so every run starts from empty budgets
 never-expiring ledger. Budgets are set as shares of each tenant's expected demand over the run, so
 `acme` crosses 80 % and then runs out (downgrades, then denials) whatever the rate and duration.
 Prompts are generated filler text from a fixed word list; they are never logged or printed.
+
+The anomaly detector (`ledgergate run anomaly`) runs beside them with 2 s windows: in the last part of the
+run most requests go to one tenant (the last, `hooli`), a spike in its spend and token rates, and the
+summary lists the ANOMALY alerts it raised on budget.alerts (one per series: the tenant and its workflows,
+spend and tokens). The other tenants should get none; on an overloaded machine, where decisions come back
+in bursts, some may: a burst of completions is a burst of spend.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from ledgergate.codec import codec
 from ledgergate.errors import CodecError, GateTimeoutError
 from ledgergate.kafka_config import consumer_config
 from ledgergate.shared import catalogue, tokenizers
+from ledgergate.shared.kafka.reader import read_to_end
+from ledgergate.shared.kafka.seek import partition_count
 from ledgergate.shared.settings import KafkaSettings, StackSettings
 from ledgergate.tools.provider_standin import WORDS, standin_call
 from ledgergate.tools.servicerunner import GATE_SERVICES, ServiceSet, ServiceStartError
@@ -43,6 +51,13 @@ MAX_OUTPUT = (256, 512, 1024, 2048)
 PRIORITIES = {"LOW": 0.15, "NORMAL": 0.75, "HIGH": 0.10}
 CHAT_OVERHEAD_TOKENS = 3 + 2 * 4  # reply priming + two messages with their role token
 READY_TIMEOUT_S = 90.0
+# The spike: between these fractions of the schedule, this share of requests goes to the last tenant's agents
+# (about 6x its usual rate). Late enough for the detector's warm-up (10 windows of 2 s by the default policy).
+SPIKE_SPAN = (0.72, 0.9)
+SPIKE_SHARE = 0.6
+ANOMALY_ENV = {"LEDGERGATE_ANOMALY_WINDOW_S": "2", "LEDGERGATE_ANOMALY_LATE_S": "1",
+               "LEDGERGATE_ANOMALY_SWEEP_S": "0.5"}
+ANOMALY_WAIT_S = 12.0  # after the fleet: the spike's last windows close (window + late + sweep)
 ALLOWED = ("ALLOW", "DOWNGRADE")
 K = TypeVar("K")
 
@@ -99,7 +114,17 @@ def build_workload(tenants: list[str], agents: int, requests: int, seed: int) ->
         a = rng.randrange(len(fleet))
         lo, hi = fleet[a].sizes
         schedule.append((a, rng.randint(lo, hi), _pick(rng, PRIORITIES), rng.choice(MAX_OUTPUT)))
+    _spike(schedule, [i for i, agent in enumerate(fleet) if agent.tenant == tenants[-1]], random.Random(seed + 2))
     return Workload(systems, users, fleet, schedule)
+
+
+def _spike(schedule: list[tuple[int, int, str, int]], agents: list[int], rng: random.Random) -> None:
+    """Hand SPIKE_SHARE of the requests in SPIKE_SPAN to the spiking tenant's agents (same sizes and options)."""
+    first, last = (int(f * len(schedule)) for f in SPIKE_SPAN)
+    for i in range(first, last):
+        if agents and rng.random() < SPIKE_SHARE:
+            _, user, prio, max_out = schedule[i]
+            schedule[i] = (rng.choice(agents), user, prio, max_out)
 
 
 def demand(work: Workload) -> dict[tuple[str, str], int]:
@@ -191,8 +216,8 @@ def run_demo(settings: KafkaSettings, agents: int = 300, tenants: int = 5, durat
     if start_services:
         services = ServiceSet({**settings.kafka_connection.env_vars(),
                                "LEDGERGATE_TOPIC_PREFIX": settings.topic_prefix}, StackSettings().data_dir / "demo",
-                              supervise=True)
-        services.start(GATE_SERVICES)
+                              supervise=True, env_for={"anomaly": ANOMALY_ENV})
+        services.start([*GATE_SERVICES, "anomaly"])
     try:
         with GateClient(topic_prefix=settings.topic_prefix, timeout_s=timeout_s,
                         connection=settings.kafka_connection) as client:
@@ -200,7 +225,10 @@ def run_demo(settings: KafkaSettings, agents: int = 300, tenants: int = 5, durat
             _log(f"run {run}: waiting for {', '.join(GATE_SERVICES)} to answer a probe request")
             _wait_ready(client, services, run)
             budgets = _seed(client, settings, work, names, rate_per_s)
-            return _fleet(client, work, budgets, run, rate_per_s, seed, settle_s)
+            summary = _fleet(client, work, budgets, run, rate_per_s, seed, settle_s)
+            summary["anomalies"] = _anomalies(settings, names, ANOMALY_WAIT_S if services is not None else 0.0)
+            print(format_summary(summary))
+            return summary
     finally:
         if services is not None:
             services.close()
@@ -315,9 +343,21 @@ def _fleet(client: GateClient, work: Workload, budgets: dict[str, Any], run: str
     elapsed = time.perf_counter() - start
     client.flush(30.0)
     time.sleep(settle_s)  # let the budget-manager settle the last completions before the services stop
-    summary = _summary(tally, budgets, run, elapsed, rate_per_s, sent)
-    print(format_summary(summary))
-    return summary
+    return _summary(tally, budgets, run, elapsed, rate_per_s, sent)
+
+
+def _anomalies(settings: KafkaSettings, names: list[str], wait_s: float) -> list[dict[str, Any]]:
+    """The run's ANOMALY alerts on budget.alerts, waiting up to wait_s for the spiking tenant's first."""
+    topic = settings.topic(topics.ALERTS)
+    deadline = time.monotonic() + wait_s
+    while True:
+        parts = list(range(partition_count(settings.kafka_connection, topic)))
+        found = [rec for msg in read_to_end(settings.kafka_connection, topic, parts)
+                 for name, rec in [codec().decode(msg.value())]
+                 if name == "BudgetAlert" and rec.get("kind") == "ANOMALY" and rec["tenant_id"] in names]
+        if any(a["tenant_id"] == names[-1] for a in found) or time.monotonic() > deadline:
+            return sorted(found, key=lambda a: (a["tenant_id"], a["scope_type"], a["scope_id"], a["metric"]))
+        time.sleep(1.0)
 
 
 def _summary(t: _Tally, budgets: dict[str, Any], run: str, elapsed: float, rate: float, sent: int) -> dict[str, Any]:
@@ -361,6 +401,13 @@ def format_summary(s: dict[str, Any]) -> str:
     lines += ["", f"downgrades: {s['downgrades']}", f"denials by binding scope: {scopes}",
               f"request->decision latency: p50 {lat['p50']:.1f} ms  p99 {lat['p99']:.1f} ms  max {lat['max']:.1f} ms",
               f"completions reported (provider stand-in): {ends}"]
+    anomalies = s.get("anomalies", [])
+    lines += ["", f"anomaly alerts (budget.alerts, kind ANOMALY): {len(anomalies) or 'none'}"]
+    for a in anomalies:
+        def rate(v: int, spend: bool = a["metric"].startswith("spend")) -> str:
+            return f"${v / 1_000_000:.4f}/min" if spend else f"{v:,} tokens/min"
+        lines.append(f"  {a['tenant_id']:<16} {a['scope_type']:<9}{a['scope_id']:<18}"
+                     f"observed {rate(a['observed_per_min']):>20}  expected {rate(a['expected_per_min']):>20}")
     return "\n".join(lines)
 
 

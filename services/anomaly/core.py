@@ -6,12 +6,12 @@ A series is one tenant (scope TENANT) or one of its workflows (scope WORKFLOW) a
 Rates are per minute whatever the window's length, so thresholds mean the same in a test's 2 s windows
 and production's 60 s ones.
 
-The detector is an EWMA of the rate and of its variance. A window is anomalous when the series is warm
-(`warmup_windows` seen, empty ones included), the rate reaches the metric's minimum, and it is above the
-band, max(mean + z * std, mean * min_ratio). The first anomalous window opens an episode and is the one
-alert; the episode ends after `cooldown_windows` windows back inside the band. An anomalous window moves
-the baseline only as far as the band's edge (a winsorised update), so a spike does not hide itself, yet
-a lasting new level is learnt in a few dozen windows.
+The detector is an EWMA of the rate and of its variance (the plain running mean and variance during the
+warm-up). A window is anomalous when the series is warm (`warmup_windows` seen, empty ones included), the
+rate reaches the metric's minimum, and it is above the band, max(mean + z * std, mean * min_ratio). The
+first anomalous window opens an episode and is the one alert; the episode ends after `cooldown_windows`
+windows back inside the band. An anomalous window moves the baseline only as far as the band's edge (a
+winsorised update), so a spike does not hide itself, yet a lasting new level is learnt in a few dozen windows.
 """
 
 from __future__ import annotations
@@ -110,12 +110,17 @@ def upper(band: Band, rule: AnomalyRule) -> float:
 
 
 def _step(band: Band, rate: float, rule: AnomalyRule, floor: int) -> tuple[Band, bool]:
-    """Fold one window's rate; True when it is anomalous."""
-    if band.windows == 0:
-        return replace(band, windows=1, mean=rate, var=0.0), False
+    """Fold one window's rate; True when it is anomalous. During the warm-up the mean and variance are the
+    plain running ones (Welford): an EWMA started from one window underestimates the spread for its first
+    1/alpha windows, which on a small, noisy series (a workflow with a few requests a window) is a false
+    alert waiting to happen."""
+    if band.windows < rule.warmup_windows:
+        n = band.windows + 1
+        mean = band.mean + (rate - band.mean) / n
+        var = (band.var * band.windows + (rate - band.mean) * (rate - mean)) / n
+        return replace(band, windows=n, mean=mean, var=max(0.0, var)), False
     edge = upper(band, rule)
-    warm = band.windows >= rule.warmup_windows
-    anomalous = warm and rate >= floor and rate > edge
+    anomalous = rate >= floor and rate > edge
     x = min(rate, edge) if anomalous else rate
     a = rule.ewma_alpha
     diff = x - band.mean

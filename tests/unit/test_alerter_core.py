@@ -65,3 +65,18 @@ def test_webhook_url_must_be_http_and_is_never_shown_whole() -> None:
     with pytest.raises(AlerterConfigError) as err:
         core.check_url("file:///run/secret-token")
     assert "secret-token" not in err.value.message
+
+
+def test_an_anomaly_goes_out_as_budget_anomaly_with_observed_and_expected_rates() -> None:
+    anomaly = BudgetAlert("anomaly/acme/TENANT/acme/spend_micro_usd_per_min/1795000020000", "acme", "TENANT", "acme",
+                          "2026-11", 0, 0, 0, 1_795_000_025_000, kind="ANOMALY", metric="spend_micro_usd_per_min",
+                          observed_per_min=2_500_000, expected_per_min=400_000, band_upper_per_min=1_200_000,
+                          window_start_ms=1_795_000_020_000, window_ms=60_000)
+    body = json.loads(core.payload(anomaly))
+    assert body["type"] == "budget.anomaly" and body["kind"] == "ANOMALY"
+    assert (body["observed_per_min"], body["expected_per_min"]) == (2_500_000, 400_000)
+    assert (body["observed_usd_per_min"], body["expected_usd_per_min"]) == ("2.500000", "0.400000")
+    assert "spent_usd" not in body and body["window_start"].endswith("Z")
+    headers = core.headers(anomaly, core.payload(anomaly), None)
+    assert headers["X-Ledgergate-Event"] == "budget.anomaly" and headers["Idempotency-Key"] == anomaly.alert_id
+    assert json.loads(core.payload(ALERT))["kind"] == "THRESHOLD", "a threshold alert keeps its type and fields"
