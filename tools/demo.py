@@ -347,17 +347,27 @@ def _fleet(client: GateClient, work: Workload, budgets: dict[str, Any], run: str
 
 
 def _anomalies(settings: KafkaSettings, names: list[str], wait_s: float) -> list[dict[str, Any]]:
-    """The run's ANOMALY alerts on budget.alerts, waiting up to wait_s for the spiking tenant's first."""
+    """The run's ANOMALY alerts on budget.alerts, waiting up to wait_s for the spiking tenant's own (scope
+    TENANT), then a moment for its workflows' windows, which close in the same sweep or the next."""
     topic = settings.topic(topics.ALERTS)
+    parts = list(range(partition_count(settings.kafka_connection, topic)))
+
+    def read() -> list[dict[str, Any]]:
+        return [rec for msg in read_to_end(settings.kafka_connection, topic, parts)
+                for name, rec in [codec().decode(msg.value())]
+                if name == "BudgetAlert" and rec.get("kind") == "ANOMALY" and rec["tenant_id"] in names]
+
     deadline = time.monotonic() + wait_s
-    while True:
-        parts = list(range(partition_count(settings.kafka_connection, topic)))
-        found = [rec for msg in read_to_end(settings.kafka_connection, topic, parts)
-                 for name, rec in [codec().decode(msg.value())]
-                 if name == "BudgetAlert" and rec.get("kind") == "ANOMALY" and rec["tenant_id"] in names]
-        if any(a["tenant_id"] == names[-1] for a in found) or time.monotonic() > deadline:
-            return sorted(found, key=lambda a: (a["tenant_id"], a["scope_type"], a["scope_id"], a["metric"]))
+    found = read()
+    while time.monotonic() < deadline and not any(
+            a["tenant_id"] == names[-1] and a["scope_type"] == "TENANT" for a in found):
         time.sleep(1.0)
+        found = read()
+    if wait_s:
+        time.sleep(2.0)
+        found = read()
+    return sorted(found, key=lambda a: (a["tenant_id"] != names[-1], a["tenant_id"], a["scope_type"] != "TENANT",
+                                        a["scope_id"], a["metric"]))
 
 
 def _summary(t: _Tally, budgets: dict[str, Any], run: str, elapsed: float, rate: float, sent: int) -> dict[str, Any]:
