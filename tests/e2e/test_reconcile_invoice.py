@@ -56,7 +56,9 @@ def test_invoice_drift_is_flagged_per_model_and_day(gate: Gate, cli_env: None, t
     rows = metered(gate)
     assert len(rows) == len(traffic.completed)
     sent = {c.request_id: c.usage for c in traffic.completed}
+    workflows = {c.request_id: c.workflow for c in traffic.completed}
     for r in rows:  # measured usage is the provider's own figure, passed through untouched
+        assert r["workflow_id"] == workflows[r["request_id"]], "the token-counter carries the request's workflow"
         assert r["estimated"] == (sent[r["request_id"]] is None)
         if not r["estimated"]:
             assert r["usage"] == sent[r["request_id"]]

@@ -26,6 +26,7 @@ class Completed:
     request_id: str
     model: str
     usage: dict[str, int] | None  # None: reported without usage, so the token-counter estimates it
+    workflow: str = ""
 
 
 @dataclass
@@ -41,7 +42,8 @@ def drive(gate: Gate, per_tenant: int = 8) -> Traffic:
     for i in range(per_tenant):
         for t, tenant in enumerate(TENANTS):
             model = MODELS[(i + t) % len(MODELS)]
-            d = gate.client.request(tenant, PROMPT, model, 400, workflow_id=f"wf{i % 2}", timeout_s=30)
+            workflow = f"wf{i % 2}"
+            d = gate.client.request(tenant, PROMPT, model, 400, workflow_id=workflow, timeout_s=30)
             traffic.decisions += 1
             if d["outcome"] not in ("ALLOW", "DOWNGRADE"):
                 continue
@@ -50,7 +52,7 @@ def drive(gate: Gate, per_tenant: int = 8) -> Traffic:
                                               "output_tokens": 40 + 7 * i, "reasoning_tokens": i % 2 * 5}
             gate.client.complete(tenant, d["request_id"], granted, usage,
                                  completion_text=COMPLETION_TEXT if usage is None else None)
-            traffic.completed.append(Completed(tenant, d["request_id"], granted, usage))
+            traffic.completed.append(Completed(tenant, d["request_id"], granted, usage, workflow))
     gate.client.flush()
     wait_quiet(gate, len(traffic.completed))
     return traffic

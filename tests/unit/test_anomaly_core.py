@@ -160,7 +160,8 @@ def _small_noisy_series(rng: random.Random, windows: int, requests_per_window: f
 def test_a_small_noisy_series_rarely_alerts_with_the_default_thresholds() -> None:
     """A few skewed requests a window is the noisiest series a tenant has (one workflow, short windows): the
     defaults hold it (0 of these 300; with z 4 and ratio 2, 17 alerted within 25 windows). Heavier tails
-    (sigma 1: 34 of 300 even with the defaults) need a higher min_ratio or longer windows (docs/anomaly.md)."""
+    (sigma 1: 34 of 300 even with the defaults) need a higher min_ratio or longer windows
+    (docs/decisions/0011-anomaly-on-faust.md)."""
     rng = random.Random(11)
     alerted = sum(bool(run(_small_noisy_series(rng, 25, 7.5), window_ms=2_000)) for _ in range(300))
     assert alerted <= 3, f"{alerted} of 300 steady series alerted"
