@@ -103,6 +103,9 @@ def test_invalid_queries_paths_and_policies_are_422(api: TestClient, keys: Keys)
     err = _error(api.put(f"/v1/tenants/{A}/policy", headers=admin, json={"allowed_modles": ["x"]}), 422,
                  "invalid_request")
     assert "allowed_modles" in err["message"]
+    err = _error(api.put(f"/v1/tenants/{A}/policy", headers=admin, json={"anomaly": {"ewma_alpha": 2}}), 422,
+                 "invalid_request")
+    assert "anomaly.ewma_alpha" in err["message"], err
     _error(api.put(f"/v1/tenants/{A}/policy", headers=admin, json=["not", "an", "object"]), 422, "invalid_request")
     _error(api.post(f"/v1/tenants/{A}/budgets", headers={**admin, "content-type": "application/json"},
                     content=b"{not json"), 422, "invalid_request")
