@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from ledgergate import topics
 from ledgergate.client import GateClient
@@ -101,8 +101,19 @@ def _caught_up(connection: KafkaConnection, prefix: str, ledger: str, ends: list
     """The router's group at the ledger's end, as in an install whose router kept up: the bench restarts
     a gate that was running, not one meeting a ledger for the first time."""
     consumer = Consumer(consumer_config(connection, f"{prefix}ledgergate-router"))
+    deadline = time.monotonic() + 30
     try:
-        consumer.commit(offsets=[TopicPartition(ledger, p, end) for p, end in enumerate(ends)], asynchronous=False)
+        while True:
+            try:
+                consumer.commit(offsets=[TopicPartition(ledger, p, end) for p, end in enumerate(ends)],
+                                asynchronous=False)
+                return
+            except KafkaException as exc:
+                # A topic created a moment ago may be unknown to the group coordinator for a while (seen
+                # on a loaded machine): retried, within a bound.
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         consumer.close()
 
