@@ -115,9 +115,14 @@ def seed(dsn: str) -> None:
                          for t, e, st, sid, pct, sp, lim, ago in ALERTS])
 
 
-def add_decision(dsn: str, tenant: str, rid: str, outcome: str = "ALLOW") -> None:
-    """One more decision, made now: what a live page must pick up without a reload."""
-    model = "gpt-4o" if outcome in ("ALLOW", "DOWNGRADE") else None
+def add_allow(dsn: str, tenant: str, rid: str) -> None:
+    """One more ALLOW (decision and placement), made now: what a live page must pick up without a reload."""
+    now_ms = time.time_ns() // 1_000_000
+    body = {"entry_id": f"{rid}/reservation", "tenant_id": tenant, "request_id": rid, "tier": "premium"}
     with psycopg.connect(dsn) as conn:
-        conn.execute(INSERT_DECISION, decision_row(tenant, rid, "wf-a", outcome, "gpt-4o", model, None,
-                                                   ["within_budget"], time.time_ns() // 1_000_000, 10))
+        conn.execute(INSERT_DECISION, decision_row(tenant, rid, "wf-a", "ALLOW", "gpt-4o", "gpt-4o", None,
+                                                   ["within_budget"], now_ms, 10))
+        conn.execute("INSERT INTO ledger_entries (entry_id, tenant_id, period_id, entry_type, request_id, workflow_id, "
+                     "model, amount_micro_usd, recorded_at_ms, source_partition, source_offset, body) "
+                     "VALUES (%s, %s, %s, 'ReservationPlaced', %s, 'wf-a', 'gpt-4o', 100, %s, 0, 1000, %s)",
+                     (f"{rid}/reservation", tenant, period_of(now_ms)[0], rid, now_ms, json.dumps(body)))

@@ -120,7 +120,7 @@ function render(d) {
       "runs_out_on", b.runs_out_on),
   ], "no budget or spend in this period");
   chart("chart-budgets", {type: "bar", data: {
-    labels: d.budgets.map((b) => `${b.scope_type === "TENANT" ? "tenant" : "wf"} ${b.scope_id}`),
+    labels: d.budgets.map((b) => `${b.scope_type === "TENANT" ? "tenant" : "workflow"} ${b.scope_id}`),
     datasets: [
       {label: "posted", data: d.budgets.map((b) => dollars(b.posted_micro_usd)), backgroundColor: "#1565c0"},
       {label: "pending", data: d.budgets.map((b) => dollars(b.pending_micro_usd)), backgroundColor: "#90caf9"},
@@ -153,10 +153,11 @@ function render(d) {
     labels: Array.from({length: tl.buckets}, (_, i) => bucketLabel(tl.from_ms + i * tl.bucket_ms, tl.bucket_ms)),
     datasets: outcomes.map((o) => ({label: o, data: tl.series[o], backgroundColor: COLOURS[o] || "#9e9e9e"})),
   }, options: {scales: {x: {stacked: true}, y: {stacked: true, beginAtZero: true, ticks: {precision: 0}}}}});
-  const head = $("outcomes").querySelector("thead tr");
-  const totals = $("outcomes").querySelector("tbody tr");
-  head.replaceChildren(...outcomes.map((o) => Object.assign(document.createElement("th"), {textContent: o})));
-  totals.replaceChildren(...outcomes.map((o) => cell(int(tl.totals[o]), `total:${o}`, tl.totals[o])));
+  const totals = document.createElement("tr");
+  totals.append(...outcomes.map((o) => cell(int(tl.totals[o]), `total:${o}`, tl.totals[o])));
+  $("outcomes").querySelector("thead tr").replaceChildren(
+    ...outcomes.map((o) => Object.assign(document.createElement("th"), {textContent: o})));
+  $("outcomes").querySelector("tbody").replaceChildren(totals);
 
   fillTable("bound", d.bound, (b) => `${b.outcome}:${b.binding_scope}:${b.reason}`, (b) => [
     cell(b.outcome), cell(b.binding_scope || "—"), cell(b.reason), cell(int(b.decisions), "decisions", b.decisions),
