@@ -185,6 +185,12 @@ def test_dashboard_in_chromium(server: str, browser: Browser, keys: Keys, api_db
     remaining = balances["items"][0]["remaining_micro_usd"]
     cell = admin.page.locator('#budgets tr[data-key="TENANT:acme"] td[data-field=remaining_micro_usd]')
     assert cell.inner_text() == usd_text(remaining) == "$15.68"
+    money = admin.page.evaluate("""() => [...document.querySelectorAll(
+        '#board td[data-field$="_micro_usd"], #board td[data-field="burn_rate_micro_usd_per_day"]')]
+        .map(td => [td.dataset.value, td.textContent])""")
+    assert len(money) > 20
+    for value, text in money:  # every amount's text is its exact value in dollars, truncated to cents
+        assert text == ("no limit" if value == "" else usd_text(int(value))), (value, text)
     # The charts drew the same series (Chart.js, from the package).
     timeline = admin.page.evaluate("() => Chart.getChart('chart-timeline').data.datasets"
                                    ".map(d => [d.label, d.data])")

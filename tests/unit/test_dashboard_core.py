@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from ledgergate.services.api.dashboard import HOUR_MS, MAX_RUNWAY_DAYS, TIMELINE_BUCKETS, per_day, runway, window
@@ -42,3 +45,15 @@ def test_window_bounds_and_per_day() -> None:
     with pytest.raises(AssertionError):
         window(JAN_1, 745)
     assert per_day(10, 3) == 3 and per_day(10, 0) == 0
+
+
+def test_the_wheel_carries_every_file_of_the_page() -> None:
+    """pyproject's package data names each file under services/api/static/, so a wheel serves the page."""
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "ledgergate.services.api"]
+    static = root / "services" / "api"
+    files = {p for p in (static / "static").rglob("*") if p.is_file()}
+    assert {static / "static" / "index.html", static / "static" / "vendor" / "chartjs" / "chart.umd.min.js"} <= files
+    covered = {p for g in globs for p in static.glob(g)}  # glob's `*` stops at `/`, as setuptools' does
+    assert sorted(str(p.relative_to(static)) for p in files - covered) == []
