@@ -210,7 +210,9 @@ async function refresh() {
     clearBoard();
     document.body.dataset.state = "error";
     setStatus(err.message, "error");
-    if (err.status === 401) return; // a revoked or wrong key: stop polling until another is typed
+    // A wrong or revoked key, or a tenant this key may not read: asking again cannot help, so stop
+    // polling until another key or tenant is chosen. Anything else (a 503, a network error) is retried.
+    if (err.status === 401 || err.status === 403) return;
   }
   state.timer = setTimeout(refresh, REFRESH_MS);
 }
@@ -258,7 +260,14 @@ async function start() {
   $("controls").hidden = false;
   document.body.dataset.role = state.who.admin ? "admin" : "tenant";
   if (state.who.admin) {
-    const tenants = await allTenants();
+    let tenants;
+    try {
+      tenants = await allTenants();
+    } catch (err) {
+      document.body.dataset.state = "error";
+      setStatus(`The tenant list failed: ${err.message}`, "error");
+      return;
+    }
     for (const t of tenants) picker.append(Object.assign(document.createElement("option"), {value: t, textContent: t}));
     picker.hidden = false;
     $("tenant-fixed").textContent = "";
