@@ -23,17 +23,22 @@ class OutcomeBucket:
     decisions: int
 
 
-def outcome_buckets(conn: psycopg.Connection, tenant_id: str, *, from_ms: int, bucket_ms: int,
-                    buckets: int) -> list[OutcomeBucket]:
+# Each query below takes an optional workflow id: None counts every workflow of the tenant.
+_WORKFLOW = "(%(wf)s::text IS NULL OR workflow_id = %(wf)s)"
+
+
+def outcome_buckets(conn: psycopg.Connection, tenant_id: str, *, from_ms: int, bucket_ms: int, buckets: int,
+                    workflow_id: str | None = None) -> list[OutcomeBucket]:
     """Decisions made in [from_ms, from_ms + buckets * bucket_ms), counted per bucket and outcome, the
     empty ones left out. Every row of `decisions` counts, as in the decisions route's listing (a later
     idempotency_conflict DENY under a request id is a decision of its own)."""
     assert bucket_ms > 0 and buckets > 0, (bucket_ms, buckets)
     rows = conn.execute(
         "SELECT (decided_at_ms - %(lo)s) / %(width)s, outcome, count(*) FROM decisions "
-        "WHERE tenant_id = %(t)s AND decided_at_ms >= %(lo)s AND decided_at_ms < %(hi)s "
+        f"WHERE tenant_id = %(t)s AND decided_at_ms >= %(lo)s AND decided_at_ms < %(hi)s AND {_WORKFLOW} "
         "GROUP BY 1, 2 ORDER BY 1, 2",
-        {"t": tenant_id, "lo": from_ms, "hi": from_ms + buckets * bucket_ms, "width": bucket_ms}).fetchall()
+        {"t": tenant_id, "lo": from_ms, "hi": from_ms + buckets * bucket_ms, "width": bucket_ms,
+         "wf": workflow_id}).fetchall()
     return [OutcomeBucket(int(r[0]), r[1], r[2]) for r in rows]
 
 
@@ -47,15 +52,17 @@ class BoundCount:
     decisions: int
 
 
-def bound_counts(conn: psycopg.Connection, tenant_id: str, *, from_ms: int, to_ms: int) -> list[BoundCount]:
+def bound_counts(conn: psycopg.Connection, tenant_id: str, *, from_ms: int, to_ms: int,
+                 workflow_id: str | None = None) -> list[BoundCount]:
     """DENY, THROTTLE and DOWNGRADE decisions in [from_ms, to_ms), per (outcome, binding scope, reason),
     most frequent first."""
     rows = conn.execute(
         "SELECT outcome, coalesce(binding_scope, ''), coalesce(reason_codes[cardinality(reason_codes)], ''), "
         "count(*) FROM decisions "
-        "WHERE tenant_id = %s AND decided_at_ms >= %s AND decided_at_ms < %s "
+        f"WHERE tenant_id = %(t)s AND decided_at_ms >= %(lo)s AND decided_at_ms < %(hi)s AND {_WORKFLOW} "
         "AND outcome IN ('DENY', 'THROTTLE', 'DOWNGRADE') "
-        "GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3", (tenant_id, from_ms, to_ms)).fetchall()
+        "GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3",
+        {"t": tenant_id, "lo": from_ms, "hi": to_ms, "wf": workflow_id}).fetchall()
     return [BoundCount(*r) for r in rows]
 
 
@@ -80,12 +87,14 @@ SELECT coalesce(le.body ->> 'tier', ''), count(*),
 FROM decisions d
 LEFT JOIN ledger_entries le ON le.tenant_id = d.tenant_id AND le.entry_id = d.ledger_entry_id
                            AND le.entry_type = 'ReservationPlaced'
-WHERE d.tenant_id = %s AND d.decided_at_ms >= %s AND d.decided_at_ms < %s
+WHERE d.tenant_id = %(t)s AND d.decided_at_ms >= %(lo)s AND d.decided_at_ms < %(hi)s
+  AND (%(wf)s::text IS NULL OR d.workflow_id = %(wf)s)
 GROUP BY 1 ORDER BY 1
 """
 
 
-def latency_by_tier(conn: psycopg.Connection, tenant_id: str, *, from_ms: int, to_ms: int) -> list[TierLatency]:
+def latency_by_tier(conn: psycopg.Connection, tenant_id: str, *, from_ms: int, to_ms: int,
+                    workflow_id: str | None = None) -> list[TierLatency]:
     """Latency percentiles per tier of the decisions made in [from_ms, to_ms)."""
-    return [TierLatency(r[0], r[1], int(r[2][0]), int(r[2][1]), int(r[3]))
-            for r in conn.execute(_LATENCY, (tenant_id, from_ms, to_ms))]
+    params = {"t": tenant_id, "lo": from_ms, "hi": to_ms, "wf": workflow_id}
+    return [TierLatency(r[0], r[1], int(r[2][0]), int(r[2][1]), int(r[3])) for r in conn.execute(_LATENCY, params)]

@@ -107,6 +107,8 @@ class LatencyPublic(BaseModel):
 
 class DashboardPublic(BaseModel):
     tenant_id: str
+    workflow_id: str | None = Field(description="the workflow the top models and decision panels are narrowed "
+                                    "to; null: every workflow")
     generated_at_ms: int
     period_id: str
     period_from_ms: int

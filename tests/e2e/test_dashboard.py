@@ -153,19 +153,19 @@ def _api(base: str, key: str, path: str) -> httpx.Response:
     return httpx.get(f"{base}{path}", headers=Keys.h(key), timeout=10)
 
 
-def _dashboard(base: str, key: str, tenant: str) -> dict[str, Any]:
-    resp = _api(base, key, f"/v1/tenants/{tenant}/dashboard")
+def _dashboard(base: str, key: str, tenant: str, workflow: str | None = None) -> dict[str, Any]:
+    resp = _api(base, key, f"/v1/tenants/{tenant}/dashboard" + (f"?workflow={workflow}" if workflow else ""))
     assert resp.status_code == 200, resp.text
     body: dict[str, Any] = resp.json()
     return body
 
 
-def assert_page_shows_api(watched: Watched, base: str, key: str, tenant: str) -> None:
+def assert_page_shows_api(watched: Watched, base: str, key: str, tenant: str, workflow: str | None = None) -> None:
     """The page's figures equal the API's answer. The page polls every 5 s and a figure may move between
     its poll and ours (a day rolling over changes the burn rate), so compare for up to 3 polls."""
     deadline = time.monotonic() + 15
     while True:
-        shown, answer = watched.cells(), expected_cells(_dashboard(base, key, tenant))
+        shown, answer = watched.cells(), expected_cells(_dashboard(base, key, tenant, workflow))
         if shown == answer or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -202,6 +202,13 @@ def test_dashboard_in_chromium(server: str, browser: Browser, keys: Keys, api_db
     admin.page.wait_for_function(f"() => document.querySelector('#outcomes td[data-field=\"total:ALLOW\"]')"
                                  f"?.dataset.value === '{before + 1}'", timeout=20_000)
     admin.page.screenshot(path=str(tmp_path / "dashboard-admin.png"), full_page=True)
+    # One workflow: the top models and the decision panels narrow to it.
+    assert admin.page.eval_on_selector_all("#workflow option", "os => os.map(o => o.value)") == ["", "wf-a", "wf-b"]
+    admin.page.select_option("#workflow", "wf-b")
+    admin.page.wait_for_selector("body[data-state=loaded][data-workflow=wf-b]", timeout=20_000)
+    assert_page_shows_api(admin, server, keys.admin, A, "wf-b")
+    assert set(admin.cells()["models"]) == {"gpt-4o", "claude-x"}
+    assert admin.page.inner_text("#panel-models h2 .wf-note") == "(workflow wf-b)"
     admin.page.select_option("#tenant", B)
     admin.wait_loaded(B)
     assert_page_shows_api(admin, server, keys.admin, B)

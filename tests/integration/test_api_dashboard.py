@@ -46,13 +46,15 @@ def percentile_disc(values: list[int], p: float) -> int:
 
 
 def expected_from_routes(client: TestClient, key: str, tenant: str, dash: dict[str, Any]) -> dict[str, Any]:
-    """The dashboard's figures, rebuilt from the API's other routes alone."""
+    """The dashboard's figures, rebuilt from the API's other routes alone (narrowed to the dashboard's
+    workflow where it is)."""
+    wf = {"workflow": dash["workflow_id"]} if dash["workflow_id"] else {}
     balances = _get(client, key, f"/v1/tenants/{tenant}/balances")
-    by_model = _get(client, key, f"/v1/tenants/{tenant}/reports/spend", group_by="model")["rows"]
+    by_model = _get(client, key, f"/v1/tenants/{tenant}/reports/spend", group_by="model", **wf)["rows"]
     by_workflow = _get(client, key, f"/v1/tenants/{tenant}/reports/spend", group_by="workflow")["rows"]
     alerts = _get(client, key, f"/v1/tenants/{tenant}/alerts", limit=10)["items"]
     window = {"from_ms": dash["window_from_ms"], "to_ms": dash["window_to_ms"]}
-    decisions = _get(client, key, f"/v1/tenants/{tenant}/decisions", limit=500, **window)["items"]
+    decisions = _get(client, key, f"/v1/tenants/{tenant}/decisions", limit=500, **window, **wf)["items"]
     placed = {e["entry_id"]: e["body"].get("tier") or "" for e in _get(
         client, key, f"/v1/tenants/{tenant}/ledger", limit=500, entry_type="ReservationPlaced")["items"]}
     bucket_ms = dash["timeline"]["bucket_ms"]
@@ -82,10 +84,11 @@ def expected_from_routes(client: TestClient, key: str, tenant: str, dash: dict[s
 
 
 def test_dashboard_figures_equal_the_other_routes(seeded: TestClient, keys: Keys) -> None:
-    for key, tenant in ((keys.a_read, A), (keys.admin, A), (keys.admin, B)):
-        dash = _get(seeded, key, f"/v1/tenants/{tenant}/dashboard")
+    for key, tenant, workflow in ((keys.a_read, A, None), (keys.admin, A, None), (keys.admin, B, None),
+                                  (keys.a_read, A, "wf-b"), (keys.a_read, A, "wf-none")):
+        dash = _get(seeded, key, f"/v1/tenants/{tenant}/dashboard", **({"workflow": workflow} if workflow else {}))
         want = expected_from_routes(seeded, key, tenant, dash)
-        assert dash["tenant_id"] == tenant and dash["window_h"] == 24
+        assert dash["tenant_id"] == tenant and dash["window_h"] == 24 and dash["workflow_id"] == workflow
         assert [{k: v for k, v in b.items() if k != "runs_out_on"} for b in dash["budgets"]] == want["budgets"]
         assert {t["workflow_id"]: (t["requests"], t["input_tokens"], t["output_tokens"], t["spend_micro_usd"],
                                    t["input_tokens_per_day"]) for t in dash["tokens"]} == want["tokens"]
@@ -117,6 +120,12 @@ def test_dashboard_seeded_values(seeded: TestClient, keys: Keys) -> None:
         ("DENY", "TENANT"), ("DENY", "WORKFLOW"), ("DENY", ""), ("THROTTLE", ""), ("DOWNGRADE", "")}
     assert [a["alert_id"] for a in dash["alerts"]] == ["wf-a/50"]
     assert str(B_SPEND) not in seeded.get(f"/v1/tenants/{A}/dashboard", headers=H(keys.admin)).text
+    wf_b = _get(seeded, keys.a_read, f"/v1/tenants/{A}/dashboard", workflow="wf-b")
+    assert wf_b["timeline"]["totals"] == {"ALLOW": 0, "DOWNGRADE": 1, "DENY": 1, "THROTTLE": 1, "CACHE_HIT": 0}
+    assert [(m["model"], m["spend_micro_usd"]) for m in wf_b["top_models"]] == [("gpt-4o", 3_000_000),
+                                                                                ("claude-x", 420_000)]
+    assert {r["tier"] for r in wf_b["latency"]} == {"", "standard"}
+    assert wf_b["budgets"] == dash["budgets"] and wf_b["tokens"] == dash["tokens"]  # every scope, always
     hour = _get(seeded, keys.a_read, f"/v1/tenants/{A}/dashboard", window_h=1)
     assert hour["timeline"]["bucket_ms"] == 150_000 and hour["window_to_ms"] - hour["window_from_ms"] == 3_600_000
 
@@ -136,6 +145,8 @@ def test_dashboard_keys_and_tenant_isolation(seeded: TestClient, keys: Keys) -> 
                       params={"window_h": 745}).status_code == 422
     assert seeded.get(f"/v1/tenants/{A}/dashboard", headers=H(keys.a_read),
                       params={"period": "2026-13"}).status_code == 422
+    assert seeded.get(f"/v1/tenants/{A}/dashboard", headers=H(keys.a_read),
+                      params={"workflow": "bad id!"}).status_code == 422
 
 
 def test_dashboard_page_and_assets_are_served_from_the_package(seeded: TestClient) -> None:

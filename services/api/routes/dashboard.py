@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from ledgergate.services.api import dashboard as dash
 from ledgergate.services.api.deps import CurrentPrincipal, DbConn, ReadableTenant
 from ledgergate.services.api.models import Outcome
-from ledgergate.services.api.paging import Period
+from ledgergate.services.api.paging import FilterId, Period
 from ledgergate.services.api.routes.alerts import alert_public
 from ledgergate.services.api.routes.balances import balances_public
 from ledgergate.services.api.routes.reports import report_range
@@ -65,10 +65,11 @@ WindowH = Annotated[int, Query(ge=1, le=dash.MAX_WINDOW_H, description="hours of
 
 @router.get("/v1/tenants/{tenant_id}/dashboard", response_model=dash.DashboardPublic,
             summary="The spend dashboard's figures for one tenant")
-def tenant_dashboard(tenant_id: ReadableTenant, db: DbConn, period: Period = None,
-                     window_h: WindowH = 24) -> dash.DashboardPublic:
+def tenant_dashboard(tenant_id: ReadableTenant, db: DbConn, period: Period = None, window_h: WindowH = 24,
+                     workflow: FilterId = None) -> dash.DashboardPublic:
     """Budgets, token rates and top models over `period` (default: this month); decisions, what bound them
-    and latency over the last `window_h` hours."""
+    and latency over the last `window_h` hours. `workflow` narrows the top models and the decision panels
+    to one workflow; budgets, token rates and alerts always list every scope."""
     now_ms = time.time_ns() // 1_000_000
     balances = balances_public(db, tenant_id, period, now_ms)
     period_lo, period_hi = report_range(balances.period_id, None, None, now_ms)
@@ -83,7 +84,8 @@ def tenant_dashboard(tenant_id: ReadableTenant, db: DbConn, period: Period = Non
                              input_tokens_per_day=dash.per_day(s.input_tokens, days),
                              output_tokens_per_day=dash.per_day(s.output_tokens, days))
               for s in readmodel.usage_sums(db, ("workflow",), tenant_id=tenant_id, from_ms=period_lo, to_ms=period_hi)]
-    by_model = readmodel.usage_sums(db, ("model",), tenant_id=tenant_id, from_ms=period_lo, to_ms=period_hi)
+    by_model = readmodel.usage_sums(db, ("model",), tenant_id=tenant_id, from_ms=period_lo, to_ms=period_hi,
+                                    workflow_id=workflow)
     top = sorted(by_model, key=lambda s: (-s.cost_micro_usd, str(s.key[0])))[:dash.TOP_MODELS]
     top_models = [dash.ModelSpend(model=str(s.key[0]), requests=s.requests, input_tokens=s.input_tokens,
                                   output_tokens=s.output_tokens, spend_micro_usd=s.cost_micro_usd) for s in top]
@@ -92,21 +94,22 @@ def tenant_dashboard(tenant_id: ReadableTenant, db: DbConn, period: Period = Non
     hi = lo + dash.TIMELINE_BUCKETS * bucket_ms
     series = {o: [0] * dash.TIMELINE_BUCKETS for o in OUTCOMES}
     for row in readmodel_dashboard.outcome_buckets(db, tenant_id, from_ms=lo, bucket_ms=bucket_ms,
-                                                   buckets=dash.TIMELINE_BUCKETS):
+                                                   buckets=dash.TIMELINE_BUCKETS, workflow_id=workflow):
         series.setdefault(row.outcome, [0] * dash.TIMELINE_BUCKETS)[row.bucket] = row.decisions
     timeline = dash.Timeline(from_ms=lo, bucket_ms=bucket_ms, buckets=dash.TIMELINE_BUCKETS, series=series,
                              totals={o: sum(counts) for o, counts in series.items()})
     bound = [dash.BoundPublic(outcome=r.outcome, binding_scope=r.binding_scope, reason=r.reason,
                               decisions=r.decisions)
-             for r in readmodel_dashboard.bound_counts(db, tenant_id, from_ms=lo, to_ms=hi)]
+             for r in readmodel_dashboard.bound_counts(db, tenant_id, from_ms=lo, to_ms=hi, workflow_id=workflow)]
     latency = [dash.LatencyPublic(tier=r.tier, decisions=r.decisions, p50_ms=r.p50_ms, p95_ms=r.p95_ms,
                                   max_ms=r.max_ms)
-               for r in readmodel_dashboard.latency_by_tier(db, tenant_id, from_ms=lo, to_ms=hi)]
+               for r in readmodel_dashboard.latency_by_tier(db, tenant_id, from_ms=lo, to_ms=hi, workflow_id=workflow)]
     # As GET /alerts answers its first page: newest first, every threshold, every period.
     alert_rows = readmodel.alerts(db, tenant_id, page=readmodel.Keyset("desc"), limit=dash.RECENT_ALERTS)
     alerts = [alert_public(r) for r in alert_rows.items]
     return dash.DashboardPublic(
-        tenant_id=tenant_id, generated_at_ms=now_ms, period_id=balances.period_id, period_from_ms=period_lo,
+        tenant_id=tenant_id, workflow_id=workflow, generated_at_ms=now_ms, period_id=balances.period_id,
+        period_from_ms=period_lo,
         period_to_ms=period_hi, days_elapsed=days, window_h=window_h, window_from_ms=lo, window_to_ms=hi,
         budgets=budgets, tokens=tokens, top_models=top_models, timeline=timeline, bound=bound, latency=latency,
         alerts=alerts)

@@ -11,7 +11,8 @@ const TENANT_PAGES_MAX = 20; // admin tenant picker: at most 20 pages of 500 ten
 const COLOURS = {ALLOW: "#2e7d32", DOWNGRADE: "#f9a825", DENY: "#c62828", THROTTLE: "#6a1b9a",
   CACHE_HIT: "#0277bd"};
 
-const state = {key: null, who: null, tenant: null, windowH: 24, timer: null, charts: {}, generation: 0};
+const state = {key: null, who: null, tenant: null, workflow: "", windowH: 24, timer: null, charts: {},
+  generation: 0};
 const $ = (id) => document.getElementById(id);
 
 class ApiError extends Error {
@@ -103,7 +104,26 @@ function bucketLabel(ms, bucketMs) {
 
 // --- rendering --------------------------------------------------------------------------------------------
 
+function workflowPicker(d) {
+  // The tenant's workflows: those with a budget scope or settled usage this period (and the one chosen).
+  const ids = new Set(d.budgets.filter((b) => b.scope_type === "WORKFLOW").map((b) => b.scope_id));
+  for (const t of d.tokens) if (t.workflow_id) ids.add(t.workflow_id);
+  if (state.workflow) ids.add(state.workflow);
+  const wanted = ["", ...[...ids].sort()];
+  const picker = $("workflow");
+  const have = [...picker.options].map((o) => o.value);
+  if (have.join("\n") !== wanted.join("\n")) {
+    picker.replaceChildren(...wanted.map((w) => Object.assign(document.createElement("option"),
+      {value: w, textContent: w || "all workflows"})));
+  }
+  picker.value = state.workflow;
+  for (const note of document.querySelectorAll(".wf-note")) {
+    note.textContent = d.workflow_id ? `(workflow ${d.workflow_id})` : "";
+  }
+}
+
 function render(d) {
+  workflowPicker(d);
   $("period").textContent = d.period_id;
   $("days").textContent = `(day ${d.days_elapsed})`;
   $("window-label").textContent = d.window_h === 1 ? "hour" : `${d.window_h} hours`;
@@ -197,11 +217,13 @@ async function refresh() {
   clearTimeout(state.timer);
   try {
     const tenant = encodeURIComponent(state.tenant);
-    const data = await api(`/v1/tenants/${tenant}/dashboard?window_h=${state.windowH}`);
+    const workflow = state.workflow ? `&workflow=${encodeURIComponent(state.workflow)}` : "";
+    const data = await api(`/v1/tenants/${tenant}/dashboard?window_h=${state.windowH}${workflow}`);
     if (generation !== state.generation) return; // the tenant or key changed while this was in flight
     render(data);
     $("board").hidden = false;
     document.body.dataset.tenant = data.tenant_id;
+    document.body.dataset.workflow = data.workflow_id || "";
     document.body.dataset.generatedAt = String(data.generated_at_ms);
     document.body.dataset.state = "loaded";
     setStatus(`Tenant ${data.tenant_id}: updated ${utc(data.generated_at_ms)} UTC`, "ok");
@@ -220,6 +242,9 @@ async function refresh() {
 function selectTenant(tenant) {
   state.generation += 1;
   state.tenant = tenant;
+  state.workflow = "";
+  $("workflow").replaceChildren(Object.assign(document.createElement("option"),
+    {value: "", textContent: "all workflows"}));
   clearBoard();
   history.replaceState(null, "", `#tenant=${encodeURIComponent(tenant)}`);
   refresh();
@@ -310,6 +335,11 @@ function init() {
     setStatus("Key forgotten. Type an API key to continue.", "");
   });
   $("tenant").addEventListener("change", (ev) => selectTenant(ev.target.value));
+  $("workflow").addEventListener("change", (ev) => {
+    state.workflow = ev.target.value;
+    state.generation += 1;
+    refresh();
+  });
   $("window").addEventListener("change", (ev) => {
     state.windowH = Number(ev.target.value);
     state.generation += 1;
