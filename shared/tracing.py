@@ -17,6 +17,7 @@ gen_ai.usage.input_tokens, ...), else `ledgergate.*`; never prompt or completion
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -212,7 +213,7 @@ class Tracing:
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
         resource = Resource.create({"service.name": settings.otel_service_name or f"ledgergate-{self.service}",
-                                    "service.namespace": "ledgergate"})
+                                    "service.namespace": "ledgergate", "process.pid": os.getpid()})
         # A request's sampled flag decides its own trace; the ratio applies to traces a hop starts itself.
         provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.otel_sample_ratio)))
         if processor is None:
