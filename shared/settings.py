@@ -121,8 +121,8 @@ class TracingSettings(BaseSettings):
     otlp_endpoint: str = Field(default="", max_length=2048)
     # The resource's service.name; empty: ledgergate-<service> (ledgergate-router, ...).
     otel_service_name: str = Field(default="", max_length=128)
-    # For traces a hop starts itself (input without a trace context): the share it records. A request that
-    # carries a traceparent is recorded or not by its sampled flag.
+    # The share of traces recorded, decided by trace id (the same at every hop: a trace is whole or absent);
+    # a request whose traceparent says "not sampled" is never recorded.
     otel_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     # The batch span processor exports every this long (or sooner, at 512 spans), and at exit.
     otlp_schedule_delay_ms: int = Field(default=5_000, ge=10, le=60_000)

@@ -38,7 +38,7 @@ from ledgergate.shared.ledger.entries import (
     ThresholdCrossed,
 )
 from ledgergate.shared.settings import TracingSettings
-from ledgergate.tracecontext import TRACEPARENT, TRACESTATE, TraceParent, from_carrier, to_carrier
+from ledgergate.tracecontext import KNOWN_FLAGS, TRACEPARENT, TRACESTATE, TRACESTATE_MAX_CHARS, from_carrier, to_carrier
 
 Carrier = dict[str, str]
 _EMPTY: Mapping[str, str] = {}
@@ -98,11 +98,13 @@ class Untraced:
         return to_carrier(*parsed) if parsed is not None else {}
 
     def headers(self, headers: Headers) -> Headers:
-        """An output message's headers (for records whose schema has no trace_context)."""
+        """An output message's headers (for records whose schema has no trace_context). Off, the record's
+        values go on unparsed (bounded): the router checks what it puts on a decision (header_carrier)."""
         if not self._record:
             return headers  # the inbound header is carried forward already (shared/kafka/headers.py: stamped)
-        parsed = from_carrier(self._record)
-        return with_carrier(headers, to_carrier(*parsed)) if parsed is not None else headers
+        bounded = {k: v for k, v in self._record.items()
+                   if k in _KEYS and isinstance(v, str) and len(v) <= TRACESTATE_MAX_CHARS}
+        return with_carrier(headers, bounded) if TRACEPARENT in bounded else headers
 
     def describe(self, *_events: object) -> None:
         return None
@@ -116,13 +118,14 @@ class Hop(Untraced):
     """A hop's span, started when first needed (so the input record's context can still be its parent),
     timed from when the hop began."""
 
-    __slots__ = ("_name", "_span", "_start_ns", "_tracer")
+    __slots__ = ("_carrier", "_name", "_span", "_start_ns", "_tracer")
 
     def __init__(self, tracer: otel.Tracer, name: str, msg: Message | None) -> None:
         super().__init__(msg)
         self._tracer = tracer
         self._name = name
         self._span: otel.Span | None = None
+        self._carrier: Carrier | None = None
         self._start_ns = time.time_ns()
 
     def __enter__(self) -> Hop:
@@ -155,22 +158,26 @@ class Hop(Untraced):
                                  trace_flags=TraceFlags(tp.flags & TraceFlags.SAMPLED),
                                  trace_state=TraceState.from_header([state]) if state else None)
             parent = otel.set_span_in_context(NonRecordingSpan(remote))
-        attributes: dict[str, Any] = {"messaging.system": "kafka", "messaging.operation.type": "process"}
+        # Where the input was: three attributes (each costs the SDK a validation; the rest describe() adds).
         msg = self._msg
-        if msg is not None:
-            attributes["messaging.destination.name"] = msg.topic() or ""
-            attributes["messaging.destination.partition.id"] = str(msg.partition())
-            attributes["messaging.kafka.offset"] = msg.offset() or 0
+        attributes: dict[str, Any] | None = None if msg is None else {
+            "messaging.destination.name": msg.topic() or "", "messaging.destination.partition.id": str(msg.partition()),
+            "messaging.kafka.offset": msg.offset() or 0}
         return self._tracer.start_span(self._name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes,
                                        start_time=self._start_ns, record_exception=False,
                                        set_status_on_exception=False)
 
     @property
     def context(self) -> Mapping[str, str]:
-        ctx = self.span.get_span_context()
-        tp = TraceParent(f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}", int(ctx.trace_flags))
-        state = ctx.trace_state.to_header() if ctx.trace_state else None
-        return to_carrier(tp, state or None)
+        if self._carrier is None:
+            ctx = self.span.get_span_context()
+            flags = int(ctx.trace_flags) & KNOWN_FLAGS
+            carrier = {TRACEPARENT: f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{flags:02x}"}
+            state = ctx.trace_state.to_header() if ctx.trace_state else ""
+            if state:
+                carrier[TRACESTATE] = state
+            self._carrier = carrier
+        return self._carrier
 
     def headers(self, headers: Headers) -> Headers:
         return with_carrier(headers, self.context)
@@ -214,8 +221,10 @@ class Tracing:
 
         resource = Resource.create({"service.name": settings.otel_service_name or f"ledgergate-{self.service}",
                                     "service.namespace": "ledgergate", "process.pid": os.getpid()})
-        # A request's sampled flag decides its own trace; the ratio applies to traces a hop starts itself.
-        provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.otel_sample_ratio)))
+        # By trace id, the same at every hop, so a trace is kept whole or not at all: the ratio applies to
+        # traces a hop starts and to requests whose context is sampled; an unsampled one stays unsampled.
+        ratio = TraceIdRatioBased(settings.otel_sample_ratio)
+        provider = TracerProvider(resource=resource, sampler=ParentBased(ratio, remote_parent_sampled=ratio))
         if processor is None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             from opentelemetry.sdk.trace.export import BatchSpanProcessor

@@ -160,3 +160,21 @@ def test_settings_take_an_http_endpoint_or_none() -> None:
             TracingSettings(otlp_endpoint=bad)
     with pytest.raises(ValidationError):
         TracingSettings(otel_sample_ratio=1.5)
+
+
+def test_the_sample_ratio_decides_by_trace_id_the_same_at_every_hop(exporter: InMemorySpanExporter) -> None:
+    settings = TracingSettings(otel_sample_ratio=0.5)
+    hops = [Tracing(s, settings, processor=SimpleSpanProcessor(exporter)) for s in ("policy", "router")]
+    kept = set()
+    for i in range(64):
+        spread = (i + 1) * 0x9E3779B97F4A7C15 % 2**64  # the sampler reads the low 64 bits
+        parent = {"traceparent": f"00-{i + 1:016x}{spread:016x}-00f067aa0ba902b7-01"}
+        decided = set()
+        for tracing in hops:
+            with tracing.hop("x", FakeMessage()) as hop:
+                hop.continues(parent)
+                decided.add(parse_traceparent(hop.context["traceparent"]).sampled)
+        assert len(decided) == 1  # both hops agree: a trace is whole or absent
+        kept |= decided
+    assert kept == {True, False}
+    assert len({s.context.trace_id for s in exporter.get_finished_spans()}) * 2 == len(exporter.get_finished_spans())
