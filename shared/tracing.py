@@ -157,6 +157,10 @@ class Hop(Untraced):
             remote = SpanContext(int(tp.trace_id, 16), int(tp.parent_id, 16), is_remote=True,
                                  trace_flags=TraceFlags(tp.flags & TraceFlags.SAMPLED),
                                  trace_state=TraceState.from_header([state]) if state else None)
+            if not tp.flags & TraceFlags.SAMPLED:
+                # Not recorded anywhere: take no part (the spec lets a hop forward the context as it came),
+                # which costs no SDK span, so a sample ratio thins the whole trace's cost, not only its export.
+                return NonRecordingSpan(remote)
             parent = otel.set_span_in_context(NonRecordingSpan(remote))
         # Where the input was: three attributes (each costs the SDK a validation; the rest describe() adds).
         msg = self._msg
