@@ -17,7 +17,9 @@ gen_ai.usage.input_tokens, ...), else `ledgergate.*`; never prompt or completion
 
 from __future__ import annotations
 
+import atexit
 import os
+import threading
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -41,6 +43,9 @@ from ledgergate.shared.settings import TracingSettings
 from ledgergate.tracecontext import KNOWN_FLAGS, TRACEPARENT, TRACESTATE, TRACESTATE_MAX_CHARS, from_carrier, to_carrier
 
 Carrier = dict[str, str]
+# At exit the batch still queued gets this long to reach the collector; then the exporter's retries are cut
+# short, so a collector that is away never holds up a SIGTERM (LEDGERGATE_SHUTDOWN_TIMEOUT_MS is 20 s).
+EXIT_FLUSH_MS = 2_000
 _EMPTY: Mapping[str, str] = {}
 _KEYS = (TRACEPARENT, TRACESTATE)
 
@@ -214,6 +219,7 @@ class Tracing:
         self.enabled = bool(settings.otlp_endpoint) or processor is not None
         self._tracer: otel.Tracer | None = None
         self.provider: Any = None
+        self._exporter: Any = None
         if self.enabled:
             self._tracer = self._start_provider(settings, processor)
 
@@ -228,15 +234,19 @@ class Tracing:
         # By trace id, the same at every hop, so a trace is kept whole or not at all: the ratio applies to
         # traces a hop starts and to requests whose context is sampled; an unsampled one stays unsampled.
         ratio = TraceIdRatioBased(settings.otel_sample_ratio)
-        provider = TracerProvider(resource=resource, sampler=ParentBased(ratio, remote_parent_sampled=ratio))
+        # Its own exit hook would wait up to 30 s per batch for a collector that is away: ours is bounded.
+        provider = TracerProvider(resource=resource, sampler=ParentBased(ratio, remote_parent_sampled=ratio),
+                                  shutdown_on_exit=False)
         if processor is None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-            exporter = OTLPSpanExporter(endpoint=settings.otlp_traces_url(), timeout=settings.otlp_timeout_ms / 1000)
-            processor = BatchSpanProcessor(exporter, schedule_delay_millis=settings.otlp_schedule_delay_ms)
+            self._exporter = OTLPSpanExporter(endpoint=settings.otlp_traces_url(),
+                                              timeout=settings.otlp_timeout_ms / 1000)
+            processor = BatchSpanProcessor(self._exporter, schedule_delay_millis=settings.otlp_schedule_delay_ms)
         provider.add_span_processor(processor)
-        self.provider = provider  # shut down (flushing its batch) at exit: TracerProvider registers that itself
+        self.provider = provider
+        atexit.register(self.shutdown)
         return provider.get_tracer(f"ledgergate.{self.service}")
 
     def hop(self, operation: str, msg: Message | None, root: bool = True) -> Untraced:
@@ -247,9 +257,17 @@ class Tracing:
             return Untraced(msg)
         return Hop(self._tracer, f"{self.service} {operation}", msg)
 
-    def shutdown(self) -> None:
-        if self.provider is not None:
-            self.provider.shutdown()
+    def shutdown(self, timeout_ms: int = EXIT_FLUSH_MS) -> None:
+        """Export what is queued, for at most `timeout_ms`; then drop the rest (at exit, by atexit)."""
+        provider, self.provider = self.provider, None
+        if provider is None:
+            return
+        flushing = threading.Thread(target=provider.shutdown, name="trace-flush", daemon=True)
+        flushing.start()
+        flushing.join(timeout_ms / 1000)
+        if flushing.is_alive() and self._exporter is not None:
+            self._exporter.shutdown()  # ends the exporter's retry waits: the worker finishes what it has
+            flushing.join(1.0)
 
 
 def _request_attributes(tenant_id: str, request_id: str, workflow_id: str = "", agent_id: str = "") -> dict[str, Any]:
