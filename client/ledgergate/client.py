@@ -36,7 +36,7 @@ from ledgergate.connection import KafkaConnection
 from ledgergate.errors import CodecError, GateClientError, GateOverloadedError, GateTimeoutError, TopicConfigError
 from ledgergate.events import ChatMessage, InvocationRequested
 from ledgergate.ids import request_problem
-from ledgergate.kafka_config import admin_config, consumer_config, producer_config
+from ledgergate.kafka_config import admin_config, assign_promptly, connect_now, consumer_config, producer_config
 from ledgergate.partitioning import murmur2_partition
 from ledgergate.preflight import check_cluster
 from ledgergate.settings import ClientSettings
@@ -107,6 +107,7 @@ class GateClient:
         self._closed = False
         self.delivery_errors = 0
         self._producer = Producer(producer_config(kafka))
+        connect_now(self._producer, self._requests_topic)  # the first request is not 0.6 s late
         self._consumer = Consumer(consumer_config(kafka, f"ledgergate-client-{uuid.uuid4().hex}", **{
             "enable.auto.commit": False, "isolation.level": "read_committed",
             "enable.partition.eof": False, "auto.offset.reset": "latest", **(consumer_options or {})}))
@@ -171,7 +172,7 @@ class GateClient:
                     time.sleep(0.1)
             tps = [TopicPartition(topic, p, ends[p]) for p in todo]
             if self._thread is None:  # the constructor, before the decisions thread runs
-                self._consumer.incremental_assign(tps)
+                assign_promptly(self._consumer, tps, incremental=True)
             else:
                 # Only the decisions thread touches the consumer: an assign from another thread while
                 # it polls blocked for minutes here (librdkafka 2.16 through confluent-kafka).
@@ -383,7 +384,7 @@ class GateClient:
                     with self._lock:
                         pending, self._assignments = self._assignments, []
                     for tps, done in pending:
-                        self._consumer.incremental_assign(tps)
+                        assign_promptly(self._consumer, tps, incremental=True)
                         done.set()
                 self._producer.poll(0)
                 # poll() returns on the first message; consume(n, t) would wait out t unless n arrived,

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import psycopg
 import uvicorn
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from psycopg_pool import ConnectionPool
 
 from ledgergate.services.api import errors
@@ -24,6 +25,7 @@ from ledgergate.services.api.routes import (
     balances,
     budgets,
     credentials,
+    dashboard,
     decisions,
     health,
     ledger,
@@ -86,8 +88,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="ledgergate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
-    for module in (health, budgets, policies, credentials, balances, ledger, decisions, reports, alerts, admin):
+    for module in (health, budgets, policies, credentials, balances, ledger, decisions, reports, alerts, admin,
+                   dashboard):
         app.include_router(module.router)
+    # The dashboard's scripts, styles and the vendored chart library, from this package (never a CDN).
+    app.mount("/dashboard/assets", StaticFiles(directory=dashboard.STATIC_DIR), name="dashboard-assets")
     # Added last = outermost: the request id exists before the body limit can answer 413, and before an
     # unexpected exception becomes a JSON 500.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)

@@ -162,4 +162,5 @@ def run(settings: RouterSettings | None = None) -> None:
     # default, docs/decisions/0006) the audit records and offsets commit on that cadence instead of per
     # batch, so the router then takes a lone message at once rather than lingering for a batch.
     run_service("router", s, router, [router.topic_ledger], router.log, commit_interval_ms=s.audit_commit_interval_ms,
+                early_records=True,
                 batch_linger_s=0.0 if s.audit_commit_interval_ms else s.batch_linger_ms / 1000)

@@ -45,6 +45,9 @@ class RuntimeOptions:
     # (0: commit every batch). Only for a service whose transaction is off the request's way, its
     # outputs on the way being early records (the router): fewer transactions, no added latency.
     commit_interval_ms: int = 0
+    # kafka-transaction only: the handler emits early records (Outbox.emit_early), so their producer is
+    # made and connected at start rather than on the first one, which it would delay (connect_now).
+    early_records: bool = False
     # A commit or abort that the broker cannot take for this long (an outage past the transaction
     # timeout) ends the process: a fresh instance recovers faster than a client in an unknown state.
     commit_deadline_ms: int = 90_000

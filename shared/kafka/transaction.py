@@ -36,6 +36,8 @@ CALL_GRACE_MS = 5_000
 INIT_TIMEOUT_S = 30
 # An offset commit still pending this long after the wait began outlived every live transaction.
 HANGING_AFTER_MS = TRANSACTION_TIMEOUT_MS + 10_000
+# A transaction step that took this long is logged: the first decision after a restart names its slow part.
+SLOW_CALL_MS = 200
 
 
 class KafkaTransaction:
@@ -51,7 +53,8 @@ class KafkaTransaction:
         self.producer = Producer(transactional_producer_config(
             o.connection, f"{o.group_id}-{o.instance_id}",
             **{"client.id": f"{o.service}-{o.instance_id}-tx", "error_cb": ctx.errors.on_error}))
-        # Made on first use: only a service that has early records pays for the connection.
+        # Only a service that has early records pays for the connection: made at start when the options
+        # say it has them, else on first use.
         self._early: Producer | None = None
         # The consumer fetches committed offsets itself (waiting out unstable ones), unless the last
         # `positions` had to read past a hanging offset commit: then it must start where they say.
@@ -70,6 +73,8 @@ class KafkaTransaction:
         try:
             with self.ctx.health.call("init_transactions", INIT_TIMEOUT_S * 1000 + CALL_GRACE_MS):
                 self.producer.init_transactions(INIT_TIMEOUT_S)
+            if self.ctx.options.early_records:
+                self._early_producer()
         except KafkaException as exc:  # no broker within 30 s: let the supervisor try again
             raise FatalClientError(
                 f"{self.ctx.options.service}: cannot initialise transactions: {exc.args[0]}") from exc
@@ -228,20 +233,27 @@ class KafkaTransaction:
             pending, self._pending = self._pending, None
             raise pending
 
-    def _produce_early(self, out: Outbox) -> None:
+    def _early_producer(self) -> Producer:
         if self._early is None:
             o = self.ctx.options
             self._early = self.out.producer(**{"linger.ms": 0, "client.id": f"{o.service}-{o.instance_id}-early"})
-        self.out.produce(self._early, out.early)
-        self._early.poll(0)
+        return self._early
+
+    def _produce_early(self, out: Outbox) -> None:
+        early = self._early_producer()
+        self.out.produce(early, out.early)
+        early.poll(0)
 
     def _retrying(self, what: str, deadline_ms: int, call: Callable[[], None], retry: bool = True) -> None:
         ctx = self.ctx
         timeout_s = CALL_TIMEOUT_S if retry else COMMIT_TIMEOUT_S
         while True:
             try:
+                called_ms = mono_ms()
                 with ctx.health.call(what, int(timeout_s * 1000) + CALL_GRACE_MS):
                     call()
+                if mono_ms() - called_ms >= SLOW_CALL_MS:  # a slow first decision names its slow call
+                    ctx.log.info("slow_transaction_call", step=what, ms=mono_ms() - called_ms)
                 return
             except KafkaException as exc:
                 kerr = exc.args[0]
