@@ -111,7 +111,37 @@ class CredentialSettings(BaseSettings):
         return None if key is None else key.get_secret_value().encode()
 
 
-class ServiceSettings(KafkaSettings):
+class TracingSettings(BaseSettings):
+    """OpenTelemetry traces (ledgergate.shared.tracing; README, "Traces"). Off unless an endpoint is set."""
+
+    model_config = _config()
+
+    # OTLP/HTTP (protobuf) base URL of a collector, e.g. http://127.0.0.1:4318: spans go to <it>/v1/traces.
+    # Empty (the default): no tracing, no span objects.
+    otlp_endpoint: str = Field(default="", max_length=2048)
+    # The resource's service.name; empty: ledgergate-<service> (ledgergate-router, ...).
+    otel_service_name: str = Field(default="", max_length=128)
+    # The share of traces recorded, decided by trace id (the same at every hop: a trace is whole or absent);
+    # a request whose traceparent says "not sampled" is never recorded.
+    otel_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    # The batch span processor exports every this long (or sooner, at 512 spans), and at exit.
+    otlp_schedule_delay_ms: int = Field(default=5_000, ge=10, le=60_000)
+    otlp_timeout_ms: int = Field(default=10_000, ge=100, le=60_000)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("otlp_endpoint must be an http:// or https:// URL (OTLP/HTTP), or empty for no tracing")
+        return value
+
+    def otlp_traces_url(self) -> str:
+        base = self.otlp_endpoint.rstrip("/")
+        return base if base.endswith("/v1/traces") else f"{base}/v1/traces"
+
+
+class ServiceSettings(KafkaSettings, TracingSettings):
     """What every stream service needs; each service subclasses it with its own knobs."""
 
     model_config = _config()

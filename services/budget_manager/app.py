@@ -34,7 +34,10 @@ from ledgergate.shared.ledger.state import TenantState, balances_view, evolve
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import BudgetManagerSettings
 from ledgergate.shared.snapshots import restore
+from ledgergate.shared.tracing import Tracing, Untraced
 
+# The span of each input's handling: "budget-manager reserve", ... (shared/tracing.py).
+OPERATIONS = {"InvocationPlanned": "reserve", "UsageMetered": "settle", "BudgetCommand": "command"}
 # Holds released per idle call (one transaction), so a backlog of due holds never holds requests back long.
 EXPIRIES_PER_IDLE_MAX = 500
 
@@ -82,6 +85,7 @@ class BudgetManager:
     def __init__(self, settings: BudgetManagerSettings) -> None:
         self.settings = settings
         self.log = configure("budget-manager")
+        self.tracing = Tracing("budget-manager", settings)
         self.prices = prices()
         self.topic_planned = settings.topic(topics.PLANNED)
         self.topic_metered = settings.topic(topics.METERED)
@@ -134,6 +138,10 @@ class BudgetManager:
 
     def handle(self, msg: Message, out: Outbox) -> None:
         name, rec = codec().decode(msg.value())
+        with self.tracing.hop(OPERATIONS.get(name, "handle"), msg) as hop:
+            self._handle(msg, out, name, rec, hop)
+
+    def _handle(self, msg: Message, out: Outbox, name: str, rec: dict[str, Any], hop: Untraced) -> None:
         if msg.key() != rec["tenant_id"].encode():
             # State lives under the input partition and entries go to the tenant's ledger partition:
             # the two agree only when the key is the tenant id.
@@ -142,12 +150,17 @@ class BudgetManager:
         partition = partition_of(msg)
         state = self._state(partition, rec["tenant_id"])
         if name == "InvocationPlanned":
+            planned = InvocationPlanned.from_record(rec)
+            hop.continues(planned.trace_context)
             entries: list[LedgerEntry] | decide.Rejected = decide.decide_reserve(
-                state, reserve_from_plan(InvocationPlanned.from_record(rec)), now_ms, self.settings.reservation_ttl_ms,
+                state, reserve_from_plan(planned), now_ms, self.settings.reservation_ttl_ms,
                 f"{partition}:{offset_of(msg)}")
-        elif name == "UsageMetered":
-            entries = decide.decide_settle(state, settle_from_usage(UsageMetered.from_record(rec)), now_ms, self.prices)
+        elif name == "UsageMetered":  # its trace context is in the headers (shared/tracing.py)
+            metered = UsageMetered.from_record(rec)
+            hop.describe(metered)
+            entries = decide.decide_settle(state, settle_from_usage(metered), now_ms, self.prices)
             if not entries:
+                hop.outcome("ignored")
                 self.log.info("settlement_ignored", tenant_id=rec["tenant_id"], request_id=rec["request_id"],
                               why="no reservation or already settled")
         elif name == "BudgetCommand":
@@ -156,7 +169,9 @@ class BudgetManager:
             raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
         if isinstance(entries, decide.Rejected):
             raise MalformedMessageError(f"{entries.code}: {entries.message}")
-        self._append(partition, entries, out, stamped(msg, "budget"))
+        hop.describe(*entries)
+        # Ledger entries have no trace_context field: the hop's context rides in the headers, to the router.
+        self._append(partition, entries, out, hop.headers(stamped(msg, "budget")))
 
     def _append(self, partition: int, entries: list[LedgerEntry], out: Outbox, headers: list) -> None:
         for entry in entries:
