@@ -39,7 +39,11 @@ def lag_from_stats(stats_json: str, group: str) -> dict[Labels, float]:
             position = p.get("app_offset", -1)
             if position is None or position < 0:
                 position = p.get("committed_offset", -1)
-            if end is None or position is None or end < 0 or position < 0:
-                continue  # not fetched yet: unknown, rather than a made-up figure
+            if end is None or end < 0:
+                continue  # no end known yet: unknown, rather than a made-up figure
+            if position is None or position < 0:
+                if end > 0:
+                    continue  # nothing read or committed yet: where this member starts is unknown
+                position = 0  # an empty partition: nothing to read
             found[(group, topic, number)] = float(max(0, end - position))
     return found
