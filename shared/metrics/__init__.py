@@ -17,7 +17,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 
-from ledgergate.shared.kafka.headers import Headers, stage_times_us
+from ledgergate.shared.kafka.headers import PREFIX as HOP_PREFIX
+from ledgergate.shared.kafka.headers import Headers
 from ledgergate.shared.metrics.families import (
     LATENCY_BUCKETS_S,
     REBUILD_BUCKETS_S,
@@ -37,6 +38,8 @@ NONE = "none"
 # `send` by the SDK (and the load generator), then one per service. Other lg-t-* headers are ignored,
 # so what a producer adds cannot grow the label set.
 STAGES = ("send", "count", "policy", "budget", "route")
+_STAGE_INDEX = {HOP_PREFIX + stage: i for i, stage in enumerate(STAGES)}
+_STAGE_KEYS = [(stage,) for stage in STAGES]
 # The usage record's token kinds, named as the OpenTelemetry GenAI convention's gen_ai.token.type values
 # where it has them (input, output); cached input and reasoning tokens as kinds of their own.
 TOKEN_TYPES = ("input", "cached_input", "output", "reasoning")
@@ -184,28 +187,33 @@ def observe_rebuild(seconds: float, entries_folded: int) -> None:
 def observe_decision(outcome: str, tier: str, model: str | None, reasons: tuple[str, ...], tenant_id: str,
                      headers: Headers | None, requested_at_ms: int) -> None:
     """One decision published: its count, and its latencies from the hop stamps its headers carry (the
-    router's own `route` stamp last). Negative spans (clocks of two hosts) count as 0."""
+    router's own `route` stamp last). Negative spans (clocks of two hosts) count as 0. Written for the
+    router's hot path: one pass over the headers, no intermediate dict, the label tuples made once."""
     m = _active
     if m is None:
         return
-    stamps_us = stage_times_us(headers)
     key: tuple[str, ...] = (outcome, tier or NONE, m.model(model), reasons[-1] if reasons else NONE)
     if m.tenants.enabled:
         key = (*key, m.tenants.label(tenant_id))
     m.decisions.add(key)
-    route_us = stamps_us.get("route")
-    if route_us is None:
+    at: list[int] = [0] * len(STAGES)
+    for name, value in headers or ():
+        i = _STAGE_INDEX.get(name)
+        if i is not None and value:
+            at[i] = int(value)
+    route_us = at[-1]
+    if not route_us:
         return
-    start_us = stamps_us.get("send", requested_at_ms * 1000)
-    m.decision_latency.observe((), max(0, route_us - start_us) / 1e6)
-    previous = None
-    for stage in STAGES:
-        at = stamps_us.get(stage)
-        if at is None:
+    start_us = at[0] or requested_at_ms * 1000
+    m.decision_latency.observe((), (route_us - start_us) / 1e6 if route_us > start_us else 0.0)
+    previous, hops = 0, m.hop_latency
+    for i in range(len(STAGES)):
+        now_us = at[i]
+        if not now_us:
             continue
-        if previous is not None:
-            m.hop_latency.observe((stage,), max(0, at - previous) / 1e6)
-        previous = at
+        if previous:
+            hops.observe(_STAGE_KEYS[i], (now_us - previous) / 1e6 if now_us > previous else 0.0)
+        previous = now_us
 
 
 # --- the ledger (budget-manager) ------------------------------------------------------------------

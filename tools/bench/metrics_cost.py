@@ -1,0 +1,90 @@
+"""What the Prometheus metrics cost the hot path (`ledgergate bench metrics`): the gate's max search and
+fixed-rate run with the services' metrics on (the default) and off (LEDGERGATE_METRICS_ENABLED=false:
+nothing recorded), in the order on, off, off, on (ABBA), so that a machine that warms up or gets busier
+during the run weighs on both sides alike. The smoke run does one pair.
+
+Three figures, each as with / without: the throughput while saturated (decisions/s at the first step the
+gate could not sustain: a capacity figure, unlike the highest sustained step, which moves in steps of
+2x), the fixed-rate run's p50 and p99, and the CPU per decision of each service at the fixed rate. Plus
+what one scrape costs the scrape thread (render of a populated registry).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from ledgergate.shared import metrics
+from ledgergate.shared.settings import KafkaSettings
+from ledgergate.tools.bench.gate import GateBench, GateOptions, say
+
+SERVICES = ("token-counter", "policy", "budget-manager", "router")
+
+
+def _summary(gate: dict[str, Any]) -> dict[str, Any]:
+    m, rate = gate.get("max", {}), gate.get("rate", {})
+    return {"highest_sustained_per_s": m.get("highest_sustained_per_s"),
+            "saturated_per_s": m.get("throughput_when_saturated_per_s"),
+            "rate_p50_ms": rate.get("latency_ms", {}).get("p50"), "rate_p99_ms": rate.get("latency_ms", {}).get("p99"),
+            "rate_sustained": rate.get("sustained"),
+            "rate_cpu_us_per_decision": {k: v for k, v in rate.get("cpu_us_per_decision", {}).items() if k in SERVICES}}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
+
+
+def _side(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs of one side (on or off), averaged."""
+    sums = [r["summary"] for r in runs]
+    cpu = {s: _mean([x["rate_cpu_us_per_decision"].get(s) for x in sums]) for s in SERVICES}
+    return {"runs": len(runs), **{k: _mean([x[k] for x in sums]) for k in
+                                  ("highest_sustained_per_s", "saturated_per_s", "rate_p50_ms", "rate_p99_ms")},
+            "rate_cpu_us_per_decision": cpu,
+            "rate_cpu_us_per_decision_services": sum(v for v in cpu.values() if v is not None)}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 4)
+
+
+def scrape_cost(repeats: int = 20) -> dict[str, Any]:
+    """Milliseconds one /metrics render takes for a router-sized registry (on the HTTP thread, not the loop)."""
+    m = metrics.Metrics("bench", known_models=frozenset({"gpt-4o", "gpt-4o-mini"}))
+    for outcome in ("ALLOW", "DOWNGRADE", "DENY", "THROTTLE"):
+        for model in ("gpt-4o", "gpt-4o-mini", "none"):
+            for reason in ("within_budget", "downgraded_by_budget", "budget_exhausted", "rate_limited"):
+                m.decisions.add((outcome, "standard", model, reason))
+    for stage in ("count", "policy", "budget", "route"):
+        m.hop_latency.observe((stage,), 0.002)
+    for p in range(12):
+        m.lag.set(("g", "budget.ledger", str(p)), 0)
+    from prometheus_client import generate_latest
+
+    started = time.perf_counter()
+    for _ in range(repeats):
+        size = len(generate_latest(m.registry))
+    return {"render_ms": round((time.perf_counter() - started) * 1000 / repeats, 3), "bytes": size}
+
+
+def run_metrics_cost(kafka: KafkaSettings, base: GateOptions, pairs: int) -> dict[str, Any]:
+    """`pairs` = 1: on, off; 2: on, off, off, on."""
+    order = [True, False] if pairs == 1 else [True, False, False, True]
+    runs = []
+    for i, enabled in enumerate(order):
+        say(f"metrics: run {i + 1}/{len(order)}, services with metrics {'on' if enabled else 'off'}")
+        opts = GateOptions(**{**vars(base), "env": {**base.env,
+                                                    "LEDGERGATE_METRICS_ENABLED": "true" if enabled else "false"}})
+        gate = GateBench(kafka, opts).run()
+        runs.append({"metrics_enabled": enabled, "order": i, "summary": _summary(gate), "gate": gate})
+    on, off = _side([r for r in runs if r["metrics_enabled"]]), _side([r for r in runs if not r["metrics_enabled"]])
+    return {"order": ["on" if e else "off" for e in order], "with": on, "without": off, "runs": runs,
+            "ratios": {"saturated_throughput": _ratio(on["saturated_per_s"], off["saturated_per_s"]),
+                       "highest_sustained": _ratio(on["highest_sustained_per_s"], off["highest_sustained_per_s"]),
+                       "rate_p50": _ratio(on["rate_p50_ms"], off["rate_p50_ms"]),
+                       "rate_p99": _ratio(on["rate_p99_ms"], off["rate_p99_ms"]),
+                       "rate_cpu_per_decision": _ratio(on["rate_cpu_us_per_decision_services"],
+                                                       off["rate_cpu_us_per_decision_services"])},
+            "scrape": scrape_cost()}
