@@ -256,3 +256,20 @@ def test_health_listener_serves_metrics(active: Metrics) -> None:
         server.shutdown()
     assert 'ledgergate_transactions_total{result="committed",service="router"} 1.0' in text
     assert "ledgergate_process_cpu_seconds_total" in text
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+def test_metrics_settings_are_typed_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from ledgergate.shared.settings import ApiSettings, ProjectorSettings
+
+    assert RouterSettings().metrics_enabled and RouterSettings().metrics_tenant_label == "off"
+    monkeypatch.setenv("LEDGERGATE_METRICS_ENABLED", "false")
+    monkeypatch.setenv("LEDGERGATE_METRICS_TENANT_LABEL", "top")
+    assert not ProjectorSettings().metrics_enabled and ApiSettings().metrics_tenant_label == "top"
+    for bad in ({"metrics_tenant_label": "some"}, {"metrics_tenant_top_n": 0}, {"metrics_tenant_top_n": 501},
+                {"metrics_lag_interval_ms": 10}):
+        with pytest.raises(ValidationError):
+            RouterSettings(**bad)
