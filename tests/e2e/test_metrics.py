@@ -5,44 +5,18 @@ latency histograms counted each of them."""
 from __future__ import annotations
 
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import GATE_SERVICES, Projected
+from tests.scrape import Samples, by, scrape, total
 
 pytestmark = pytest.mark.e2e
 
 USD = 1_000_000
 PROMPT = [{"role": "user", "content": "Summarise the quarterly ledger in three bullets."}]
-Samples = dict[str, list[tuple[dict[str, str], float]]]
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    found: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            found.setdefault(s.name, []).append((s.labels, s.value))
-    return found
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    return sum(v for got, v in samples.get(name, []) if all(got.get(k) == x for k, x in labels.items()))
-
-
-def by(samples: Samples, name: str, label: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for got, v in samples.get(name, []):
-        out[got[label]] = out.get(got[label], 0) + v
-    return out
-
-
 def eventually(check: Callable[[], Any], timeout_s: float = 30.0) -> Any:
     """The check's value once it stops raising AssertionError (scrapes trail the work by a poll or two)."""
     deadline = time.monotonic() + timeout_s
