@@ -54,7 +54,8 @@ class Metrics:
         self.tenants = TenantLabels(tenant_mode, tenant_top_n)  # type: ignore[arg-type]
         self.known_models = known_models
         self.lag_interval_ms = lag_interval_ms
-        t: tuple[str, ...] = ("tenant",) if self.tenants.enabled else ()
+        self.tenant_labels = self.tenants.enabled  # an attribute, read on every decision
+        t: tuple[str, ...] = ("tenant",) if self.tenant_labels else ()
         p = PREFIX
         # --- the decision (router)
         self.decisions = Counts(S(p + "decisions_total", "Gate decisions by outcome, tier, model and reason "
@@ -193,7 +194,7 @@ def observe_decision(outcome: str, tier: str, model: str | None, reasons: tuple[
     if m is None:
         return
     key: tuple[str, ...] = (outcome, tier or NONE, m.model(model), reasons[-1] if reasons else NONE)
-    if m.tenants.enabled:
+    if m.tenant_labels:
         key = (*key, m.tenants.label(tenant_id))
     m.decisions.add(key)
     at: list[int] = [0] * len(STAGES)
@@ -232,7 +233,7 @@ def observe_ledger_entry(entry: Any, tier_of: Any) -> None:
         except Exception:  # a price the catalogue no longer has: spend still counts, under no tier
             tier = NONE
         key: tuple[str, ...] = (model, tier)
-        if m.tenants.enabled:
+        if m.tenant_labels:
             key = (*key, m.tenants.label(entry.tenant_id))
         m.spend.add(key, entry.actual_micro_usd)
         if entry.overage_micro_usd > 0:
@@ -274,7 +275,7 @@ def observe_usage(tenant_id: str, model: str, usage: Any, estimated: bool) -> No
     if m is None:
         return
     base: tuple[str, ...] = (m.model(model), "estimated" if estimated else "measured")
-    if m.tenants.enabled:
+    if m.tenant_labels:
         base = (*base, m.tenants.label(tenant_id))
     for token_type, count in zip(TOKEN_TYPES, (usage.input_tokens, usage.cached_input_tokens, usage.output_tokens,
                                                usage.reasoning_tokens), strict=True):

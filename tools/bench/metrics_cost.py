@@ -6,17 +6,24 @@ during the run weighs on both sides alike. The smoke run does one pair.
 Three figures, each as with / without: the throughput while saturated (decisions/s at the first step the
 gate could not sustain: a capacity figure, unlike the highest sustained step, which moves in steps of
 2x), the fixed-rate run's p50 and p99, and the CPU per decision of each service at the fixed rate. Plus
-what one scrape costs the scrape thread (render of a populated registry).
+two that no broker noise reaches: the router's handler on the same synthetic ledger entries in this
+process, on and off alternately (the best of several rounds each), and what one scrape costs the scrape
+thread (render of a populated registry).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any
 
+from ledgergate.codec import codec
 from ledgergate.shared import metrics
-from ledgergate.shared.settings import KafkaSettings
+from ledgergate.shared.kafka.headers import Headers
+from ledgergate.shared.kafka.outbox import Outbox
+from ledgergate.shared.ledger.entries import ReservationPlaced, to_record
+from ledgergate.shared.settings import KafkaSettings, RouterSettings
 from ledgergate.tools.bench.gate import GateBench, GateOptions, say
 
 SERVICES = ("token-counter", "policy", "budget-manager", "router")
@@ -48,6 +55,71 @@ def _side(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else round(a / b, 4)
+
+
+@dataclass
+class _Message:
+    """What the router's handler reads of a consumed message."""
+
+    _value: bytes
+    _offset: int
+    _headers: Headers
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes:
+        return b"bench-tenant"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def topic(self) -> str:
+        return "bench.budget.ledger"
+
+    def headers(self) -> Headers:
+        return self._headers
+
+
+def _ledger_messages(count: int) -> list[_Message]:
+    now_us = time.time_ns() // 1000
+    out = []
+    for i in range(count):
+        entry = ReservationPlaced(
+            entry_id=f"r{i}/reservation", tenant_id="bench-tenant", period_id="2026-12", recorded_at_ms=now_us // 1000,
+            request_id=f"r{i}", workflow_id="", agent_id="agent", requested_model="gpt-4o-mini", model="gpt-4o-mini",
+            tier="standard", candidate_index=0, amount_micro_usd=1_000, input_tokens=100, granted_output_tokens=256,
+            price_version="2026-11-01", policy_version=1, priority="NORMAL", region=None, expires_at_ms=0,
+            request_sha256="0" * 64, requested_at_ms=now_us // 1000, tenant_remaining_micro_usd=1_000_000)
+        headers: Headers = [("request_id", f"r{i}".encode())]
+        headers += [(f"lg-t-{stage}", str(now_us + 1000 * k).encode())
+                    for k, stage in enumerate(("send", "count", "policy", "budget"))]
+        out.append(_Message(codec().encode(*to_record(entry)), i, headers))
+    return out
+
+
+def handler_cost(count: int = 2000, rounds: int = 7) -> dict[str, Any]:
+    """Microseconds per decision in the router's handler, metrics on and off, in this process."""
+    from ledgergate.services.router.app import Router
+
+    messages = _ledger_messages(count)
+    best: dict[bool, float] = {}
+    for _ in range(rounds):
+        for enabled in (True, False):
+            metrics.configure("router", RouterSettings(metrics_enabled=enabled))
+            router = Router(RouterSettings(remembered_decisions=0))
+            out = Outbox()
+            started = time.perf_counter()
+            for msg in messages:
+                router.handle(msg, out)  # type: ignore[arg-type]
+            per_us = (time.perf_counter() - started) * 1e6 / count
+            best[enabled] = min(best.get(enabled, per_us), per_us)
+    metrics.configure("bench", RouterSettings(metrics_enabled=False))
+    return {"router_handle_us_with": round(best[True], 2), "router_handle_us_without": round(best[False], 2),
+            "ratio": round(best[True] / best[False], 4), "decisions": count, "rounds": rounds}
 
 
 def scrape_cost(repeats: int = 20) -> dict[str, Any]:
@@ -87,4 +159,4 @@ def run_metrics_cost(kafka: KafkaSettings, base: GateOptions, pairs: int) -> dic
                        "rate_p99": _ratio(on["rate_p99_ms"], off["rate_p99_ms"]),
                        "rate_cpu_per_decision": _ratio(on["rate_cpu_us_per_decision_services"],
                                                        off["rate_cpu_us_per_decision_services"])},
-            "scrape": scrape_cost()}
+            "scrape": scrape_cost(), "handler": handler_cost()}

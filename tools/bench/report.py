@@ -289,6 +289,10 @@ def _metrics(c: dict[str, Any]) -> list[str]:
     for service, us in on["rate_cpu_us_per_decision"].items():
         other = off["rate_cpu_us_per_decision"].get(service)
         lines.append(f"    {service:<32}{us or 0:>10.0f}{other or 0:>10.0f} CPU us/dec")
+    h = c.get("handler")
+    if h:
+        lines.append(f"  the router's handler in-process, best of {h['rounds']} rounds: {h['router_handle_us_with']} "
+                     f"us with, {h['router_handle_us_without']} us without per decision = {h['ratio']:.3f}")
     lines.append(f"  one /metrics render (HTTP thread, not the loop): {c['scrape']['render_ms']} ms, "
                  f"{c['scrape']['bytes']:,} B; saturated throughput ratio {ratio['saturated_throughput']}")
     return lines
