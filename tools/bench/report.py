@@ -292,7 +292,8 @@ def _metrics(c: dict[str, Any]) -> list[str]:
     h = c.get("handler")
     if h:
         lines.append(f"  the router's handler in-process, best of {h['rounds']} rounds: {h['router_handle_us_with']} "
-                     f"us with, {h['router_handle_us_without']} us without per decision = {h['ratio']:.3f}")
+                     f"us with, {h['router_handle_us_without']} us without per decision = {h['ratio']:.3f} "
+                     f"(medians: {h.get('median_ratio', 0):.3f})")
     lines.append(f"  one /metrics render (HTTP thread, not the loop): {c['scrape']['render_ms']} ms, "
                  f"{c['scrape']['bytes']:,} B; saturated throughput ratio {ratio['saturated_throughput']}")
     return lines
