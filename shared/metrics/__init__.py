@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 
+from ledgergate.shared.catalogue import deployments, prices
 from ledgergate.shared.kafka.headers import PREFIX as HOP_PREFIX
 from ledgergate.shared.kafka.headers import Headers
 from ledgergate.shared.metrics.families import (
@@ -29,7 +30,8 @@ from ledgergate.shared.metrics.families import (
 )
 from ledgergate.shared.metrics.families import Spec as S
 from ledgergate.shared.metrics.lag import lag_from_stats
-from ledgergate.shared.metrics.tenants import TenantLabels
+from ledgergate.shared.metrics.tenants import Mode, TenantLabels
+from ledgergate.shared.settings import MetricsSettings
 
 PREFIX = "ledgergate_"
 OTHER_MODEL = "other"
@@ -48,10 +50,10 @@ TOKEN_TYPES = ("input", "cached_input", "output", "reasoning")
 class Metrics:
     """Every family of one process, and the rules its labels follow."""
 
-    def __init__(self, service: str, tenant_mode: str = "off", tenant_top_n: int = 20,
+    def __init__(self, service: str, tenant_mode: Mode = "off", tenant_top_n: int = 20,
                  known_models: frozenset[str] = frozenset(), lag_interval_ms: int = 5000) -> None:
         self.service = service
-        self.tenants = TenantLabels(tenant_mode, tenant_top_n)  # type: ignore[arg-type]
+        self.tenants = TenantLabels(tenant_mode, tenant_top_n)
         self.known_models = known_models
         self.lag_interval_ms = lag_interval_ms
         self.tenant_labels = self.tenants.enabled  # an attribute, read on every decision
@@ -117,14 +119,12 @@ class Metrics:
 _active: Metrics | None = None
 
 
-def configure(service: str, settings: Any) -> Metrics | None:
-    """Start recording for this process (settings: a MetricsSettings); None when metrics are off."""
+def configure(service: str, settings: MetricsSettings) -> Metrics | None:
+    """Start recording for this process (replacing what an earlier call set up); None when metrics are off."""
     global _active
     if not settings.metrics_enabled:
         _active = None
         return None
-    from ledgergate.shared.catalogue import deployments, prices
-
     known = {m for v in prices().versions for m in v.models} | set(deployments().by_model)
     _active = Metrics(service, settings.metrics_tenant_label, settings.metrics_tenant_top_n, frozenset(known),
                       settings.metrics_lag_interval_ms)
