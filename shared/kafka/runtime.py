@@ -95,7 +95,8 @@ class StreamRuntime:
         self.consumer = Consumer(consumer_config(options.connection, options.group_id, **{
             "partition.assignment.strategy": options.assignment_strategy,
             "client.id": f"{options.service}-{options.instance_id}", "error_cb": self.errors.on_error,
-            **metrics.consumer_options(options.group_id), **options.consumer_overrides}))
+            **metrics.consumer_options(options.group_id, options.statistics_interval_ms),
+            **options.consumer_overrides}))
         ctx = Context(options, self.health, self.errors, self.log, self.consumer, lambda: self.running)
         self.delivery: Delivery
         if options.delivery == "kafka-transaction":

@@ -51,11 +51,10 @@ class Metrics:
     """Every family of one process, and the rules its labels follow."""
 
     def __init__(self, service: str, tenant_mode: Mode = "off", tenant_top_n: int = 20,
-                 known_models: frozenset[str] = frozenset(), lag_interval_ms: int = 5000) -> None:
+                 known_models: frozenset[str] = frozenset()) -> None:
         self.service = service
         self.tenants = TenantLabels(tenant_mode, tenant_top_n)
         self.known_models = known_models
-        self.lag_interval_ms = lag_interval_ms
         self.tenant_labels = self.tenants.enabled  # an attribute, read on every decision
         t: tuple[str, ...] = ("tenant",) if self.tenant_labels else ()
         p = PREFIX
@@ -126,8 +125,7 @@ def configure(service: str, settings: MetricsSettings) -> Metrics | None:
         _active = None
         return None
     known = {m for v in prices().versions for m in v.models} | set(deployments().by_model)
-    _active = Metrics(service, settings.metrics_tenant_label, settings.metrics_tenant_top_n, frozenset(known),
-                      settings.metrics_lag_interval_ms)
+    _active = Metrics(service, settings.metrics_tenant_label, settings.metrics_tenant_top_n, frozenset(known))
     return _active
 
 
@@ -141,16 +139,17 @@ def render() -> tuple[bytes, str]:
     return (generate_latest(m.registry) if m is not None else b""), CONTENT_TYPE_LATEST
 
 
-def consumer_options(group: str) -> dict[str, Any]:
-    """librdkafka options for a stream consumer: statistics every interval, parsed into the lag gauge."""
+def consumer_options(group: str, interval_ms: int) -> dict[str, Any]:
+    """librdkafka options for a stream consumer: statistics every `interval_ms` (RuntimeOptions'
+    statistics_interval_ms), parsed into the lag gauge; none while metrics are off or the interval is 0."""
     m = _active
-    if m is None:
+    if m is None or interval_ms <= 0:
         return {}
 
     def on_stats(stats_json: str) -> None:
         m.lag.replace(lag_from_stats(stats_json, group))
 
-    return {"statistics.interval.ms": m.lag_interval_ms, "stats_cb": on_stats}
+    return {"statistics.interval.ms": interval_ms, "stats_cb": on_stats}
 
 
 # --- the stream runtime --------------------------------------------------------------------------

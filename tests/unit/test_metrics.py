@@ -171,7 +171,7 @@ def test_off_records_nothing() -> None:
     metrics.observe_decision("ALLOW", "", "gpt-4o-mini", (), "t", [("lg-t-route", b"5")], 0)
     metrics.transaction("committed")
     assert metrics.render()[0] == b""
-    assert metrics.consumer_options("g") == {}
+    assert metrics.consumer_options("g", 5000) == {}
 
 
 def test_tenant_values_in_the_exposition_follow_the_setting() -> None:
@@ -203,7 +203,8 @@ def test_lag_from_librdkafka_statistics() -> None:
 
 
 def test_consumer_options_feed_the_lag_gauge(active: Metrics) -> None:
-    options = metrics.consumer_options("grp")
+    assert metrics.consumer_options("grp", 0) == {}
+    options = metrics.consumer_options("grp", 5000)
     assert options["statistics.interval.ms"] == 5000
     options["stats_cb"](json.dumps({"type": "consumer", "topics": {"t": {"partitions": {
         "0": {"desired": True, "ls_offset": 10, "app_offset": 4}}}}}))
@@ -273,3 +274,11 @@ def test_metrics_settings_are_typed_and_bounded(monkeypatch: pytest.MonkeyPatch)
                 {"metrics_lag_interval_ms": 10}):
         with pytest.raises(ValidationError):
             RouterSettings(**bad)
+
+
+def test_the_runtime_options_carry_the_statistics_interval() -> None:
+    from ledgergate.shared.kafka.options import options_for
+
+    assert options_for("router", RouterSettings(), ["t"]).statistics_interval_ms == 5000
+    assert options_for("router", RouterSettings(metrics_lag_interval_ms=1000), ["t"]).statistics_interval_ms == 1000
+    assert options_for("router", RouterSettings(metrics_enabled=False), ["t"]).statistics_interval_ms == 0
