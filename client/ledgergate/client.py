@@ -49,6 +49,8 @@ MAX_OUTSTANDING = 100_000
 TRACES_REMEMBERED = 10_000
 READ_MODES = ("tenant", "all")
 REQUEST_ID_HEADER = "request_id"
+# The SDK's hop stamp (the services add lg-t-count, lg-t-policy, ...: the server's shared/kafka/headers.py).
+SEND_STAMP_HEADER = "lg-t-send"
 
 # stdlib logging: a library must not configure the application's logging; structured fields go in `extra`.
 _log = logging.getLogger("ledgergate.client")
@@ -350,8 +352,11 @@ class GateClient:
 
         while True:
             try:
+                # lg-t-send: the hop stamp the gate's request-to-decision latency is measured from
+                # (microseconds since the epoch, as every service stamps its own hop).
                 self._producer.produce(topic, key=tenant_id.encode(), value=value, on_delivery=delivered,
-                                       headers=[(REQUEST_ID_HEADER, request_id.encode())])
+                                       headers=[(REQUEST_ID_HEADER, request_id.encode()),
+                                                (SEND_STAMP_HEADER, str(time.time_ns() // 1000).encode())])
                 return
             except BufferError:  # local queue full: let librdkafka drain it, then retry
                 self._producer.poll(0.05)

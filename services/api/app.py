@@ -18,7 +18,12 @@ from psycopg_pool import ConnectionPool
 
 from ledgergate.services.api import errors
 from ledgergate.services.api.commands import CommandPublisher
-from ledgergate.services.api.middleware import BodyLimitMiddleware, RequestContextMiddleware, UnhandledErrorMiddleware
+from ledgergate.services.api.middleware import (
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    RequestContextMiddleware,
+    UnhandledErrorMiddleware,
+)
 from ledgergate.services.api.routes import (
     admin,
     alerts,
@@ -32,7 +37,7 @@ from ledgergate.services.api.routes import (
     policies,
     reports,
 )
-from ledgergate.shared import db
+from ledgergate.shared import db, metrics
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import ApiSettings
 
@@ -63,6 +68,7 @@ def _migrate(settings: ApiSettings) -> list[str]:
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
     log = configure("api")
+    metrics.configure("api", settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,6 +103,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     # unexpected exception becomes a JSON 500.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(UnhandledErrorMiddleware)
+    app.add_middleware(MetricsMiddleware)  # outside the 500 backstop and the 413: it sees their status
     app.add_middleware(RequestContextMiddleware)
     return app
 

@@ -22,6 +22,7 @@ from ledgergate.codec import codec
 from ledgergate.errors import MalformedMessageError
 from ledgergate.events import InvocationPlanned, UsageMetered
 from ledgergate.ids import id_problem, name_problem
+from ledgergate.shared import metrics
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.kafka.headers import stamped
 from ledgergate.shared.kafka.outbox import Outbox
@@ -32,6 +33,7 @@ from ledgergate.shared.ledger.entries import LedgerEntry, ReservationPlaced, Thr
 from ledgergate.shared.ledger.packing import TenantStore, next_expiry_ms
 from ledgergate.shared.ledger.state import TenantState, balances_view, evolve
 from ledgergate.shared.logging import configure
+from ledgergate.shared.metrics.holds import HoldCounter
 from ledgergate.shared.settings import BudgetManagerSettings
 from ledgergate.shared.snapshots import restore
 from ledgergate.shared.tracing import Tracing, Untraced
@@ -96,6 +98,7 @@ class BudgetManager:
         self.tenants: dict[int, TenantStore] = {}
         self.expiry_heap: list[tuple[int, int, str, str]] = []  # (expires_at_ms, partition, tenant, request)
         self.dirty = False
+        self.holds = HoldCounter()  # the open-holds gauges
 
     # --- rebuild -------------------------------------------------------------------------------
 
@@ -103,8 +106,9 @@ class BudgetManager:
         # The revoke-all of an eager rebalance dropped every partition; restores start from scratch.
         self.expiry_heap = [e for e in self.expiry_heap if e[1] not in partitions]
         heapq.heapify(self.expiry_heap)
+        self.holds.assigned(partitions)
         restored = restore(self.settings.kafka_connection, self.topic_snapshots, self.topic_ledger, partitions,
-                           self.settings.hot_tenants_max, self.log, on_entry=self._scheduled,
+                           self.settings.hot_tenants_max, self.log, on_entry=self._restored_entry,
                            snapshots=self.settings.restore_from_snapshots)
         for p in partitions:
             self.tenants[p] = restored.stores[p]
@@ -112,11 +116,13 @@ class BudgetManager:
             for tenant_id, usable in restored.restores[p].tenants.items():
                 if usable.next_expiry_ms > 0:
                     heapq.heappush(self.expiry_heap, (usable.next_expiry_ms, p, tenant_id, ""))
+                    self.holds.restored(p, tenant_id)
         self.dirty = True
 
     def revoked(self, partitions: list[int]) -> None:
         for p in partitions:
             self.tenants.pop(p, None)
+        self.holds.revoked(partitions)
         self.expiry_heap = [e for e in self.expiry_heap if e[1] not in partitions]
         heapq.heapify(self.expiry_heap)
 
@@ -124,14 +130,26 @@ class BudgetManager:
         store = self.tenants.get(partition)
         if store is None:
             store = self.tenants[partition] = TenantStore(self.settings.hot_tenants_max)
-        return store.get_or_create(tenant_id)
+        state = store.get_or_create(tenant_id)
+        self.holds.touched(partition, state)
+        return state
 
     def _scheduled(self, partition: int, offset: int, entry: LedgerEntry) -> None:
         if isinstance(entry, ReservationPlaced):
             heapq.heappush(self.expiry_heap, (entry.expires_at_ms, partition, entry.tenant_id, entry.request_id))
 
+    def _restored_entry(self, partition: int, offset: int, entry: LedgerEntry) -> None:
+        self._scheduled(partition, offset, entry)
+        if isinstance(entry, ReservationPlaced):
+            self.holds.restored(partition, entry.tenant_id)
+
     def _apply(self, partition: int, entry: LedgerEntry) -> None:
-        evolve(self._state(partition, entry.tenant_id), entry)
+        state = self._state(partition, entry.tenant_id)
+        request_id = getattr(entry, "request_id", None)
+        before = state.holds.get(request_id) if request_id else None
+        evolve(state, entry)
+        self.holds.changed(partition, before, state.holds.get(request_id) if request_id else None)
+        metrics.observe_ledger_entry(entry, self.prices.tier_of)
         self._scheduled(partition, -1, entry)
 
     # --- handling ------------------------------------------------------------------------------
@@ -199,6 +217,7 @@ class BudgetManager:
             state = store.get(tenant_id) if store is not None else None
             if state is None:
                 continue
+            self.holds.touched(partition, state)
             # The heap may name holds since settled or voided: decide_expire says [].
             if request_id:
                 self._append(partition, decide.decide_expire(state, request_id, now_ms), out, stamped(None, "budget"))

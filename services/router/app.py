@@ -18,6 +18,7 @@ from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.events import GateDecision
 from ledgergate.services.router import core
+from ledgergate.shared import metrics
 from ledgergate.shared.catalogue import deployments
 from ledgergate.shared.kafka.headers import stamped
 from ledgergate.shared.kafka.outbox import Outbox
@@ -136,6 +137,9 @@ class Router:
         encoded = codec().encode("GateDecision", decision.to_record())
         # Early: a function of the committed ledger entry, so the client need not wait for the commit.
         out.emit_early(self.topic_decisions, msg.key(), encoded, headers)
+        metrics.observe_decision(decision.outcome, entry.tier if isinstance(entry, ReservationPlaced) else "",
+                                 decision.deployment.model if decision.deployment else None, decision.reason_codes,
+                                 decision.tenant_id, headers, decision.requested_at_ms)
         out.emit(self.topic_audit, msg.key(), codec().encode("AuditRecord", core.audit_record(
             chain, kind="DECISION", event_type="GateDecision", subject_id=decision.request_id,
             source_topic=self.topic_decisions, source_partition=p, source_offset=-1,

@@ -29,6 +29,7 @@ from ledgergate.events import InvocationCompleted, InvocationCounted, Invocation
 from ledgergate.ids import id_problem, name_problem, printable
 from ledgergate.partitioning import murmur2_partition
 from ledgergate.services.token_counter import core
+from ledgergate.shared import metrics
 from ledgergate.shared.credentials import TenantCredentials
 from ledgergate.shared.errors import TokenizerError, UnauthenticatedError
 from ledgergate.shared.kafka.headers import headers_of, stamped
@@ -314,6 +315,7 @@ class TokenCounter:
         # usage.metered has no trace_context field: the settlement's parent rides in the headers.
         out.emit(self.topic_metered, completion.tenant_id.encode(), codec().encode("UsageMetered", body.to_record()),
                  hop.headers(stamped(msg, "meter")))
+        metrics.observe_usage(completion.tenant_id, completion.model, metered.usage, metered.estimated)
 
 
 def run(settings: TokenCounterSettings | None = None) -> None:

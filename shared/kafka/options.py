@@ -55,6 +55,9 @@ class RuntimeOptions:
     shutdown_timeout_ms: int = 20_000
     health_host: str = "127.0.0.1"
     health_port: int = 0
+    # librdkafka statistics.interval.ms of the consumer, parsed into the consumer-lag gauge
+    # (shared/metrics/lag.py); 0 (metrics off) emits none.
+    statistics_interval_ms: int = 0
 
 
 def options_for(service: str, settings: ServiceSettings, input_topics: list[str], **overrides: Any) -> RuntimeOptions:
@@ -67,5 +70,6 @@ def options_for(service: str, settings: ServiceSettings, input_topics: list[str]
         "deadletter_topic": settings.topic(DEADLETTER), "max_batch": settings.max_batch,
         "poll_timeout_s": settings.poll_timeout_ms / 1000, "stall_after_ms": settings.stall_after_ms,
         "shutdown_timeout_ms": settings.shutdown_timeout_ms, "health_host": settings.health_host,
-        "health_port": settings.health_port}
+        "health_port": settings.health_port,
+        "statistics_interval_ms": settings.metrics_lag_interval_ms if settings.metrics_enabled else 0}
     return RuntimeOptions(**{**fields, **overrides})

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from ledgergate.kafka_config import TRANSACTION_TIMEOUT_MS, consumer_config, transactional_producer_config
+from ledgergate.shared import metrics
 from ledgergate.shared.errors import FatalClientError
 from ledgergate.shared.kafka.delivery import Context, Offsets, Producing, Stopping, mono_ms
 from ledgergate.shared.kafka.outbox import Outbox
@@ -198,6 +199,7 @@ class KafkaTransaction:
                 self.out.await_acks(self._early, deadline_ms, "flush_early", "early outputs", "the batch")
             self._retrying("commit", deadline_ms, lambda: self.producer.commit_transaction(COMMIT_TIMEOUT_S),
                            retry=False)
+            metrics.transaction("committed")
         except KafkaException as exc:
             return self._failed(exc, deadline_ms)
         except (FatalClientError, Stopping):
@@ -214,6 +216,7 @@ class KafkaTransaction:
             self.ctx.log.warning("transaction_discarded", note="staged under a generation that is gone")
             self._retrying("abort", mono_ms() + self.ctx.options.commit_deadline_ms,
                            lambda: self.producer.abort_transaction(CALL_TIMEOUT_S))
+            metrics.transaction("aborted")
             self._closed()
 
     def _failed(self, exc: KafkaException, deadline_ms: int) -> bool:
@@ -222,6 +225,7 @@ class KafkaTransaction:
             raise FatalClientError(f"{self.ctx.options.service}: transaction failed: {kerr}") from exc
         self.ctx.log.warning("transaction_aborted", error=str(kerr))
         self._retrying("abort", deadline_ms, lambda: self.producer.abort_transaction(CALL_TIMEOUT_S))
+        metrics.transaction("aborted")
         self._closed()
         return False
 
