@@ -234,6 +234,14 @@ def _k8s(args: argparse.Namespace) -> int:
     return 0
 
 
+def _monitoring(args: argparse.Namespace) -> int:
+    from ledgergate.tools import monitoring
+
+    for path in monitoring.write():
+        print(path)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from ledgergate.tools import run
 
@@ -263,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("k8s", help="render the Kubernetes manifests into deploy/k8s/ (generated from the code)")
     p.add_argument("action", choices=["render"])
     p.set_defaults(func=_k8s)
+
+    p = sub.add_parser("monitoring", help="render deploy/prometheus/prometheus.yml and the Grafana dashboard in "
+                                          "deploy/grafana/ (generated from the code)")
+    p.add_argument("action", choices=["render"])
+    p.set_defaults(func=_monitoring)
 
     p = sub.add_parser("stack", help="start, stop or report the local Kafka + PostgreSQL stack; clean = stop and "
                                      "delete its data directory (LEDGERGATE_DATA_DIR)")
