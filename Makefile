@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up down status topics test test-unit lint typecheck demo bench client-wheel clean
+.PHONY: install browser up down status topics test test-unit lint typecheck demo bench client-wheel clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,14 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Debian's chromium, for the dashboard's browser test (tests/e2e/test_dashboard.py drives it with Playwright's
+# Python API; `playwright install` is never run: it downloads browsers). Skipped when it is installed.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
 up: install
 	$(BIN)/ledgergate stack up
@@ -41,7 +49,7 @@ typecheck: install
 test-unit: install
 	$(BIN)/pytest tests/unit -q
 
-test: up lint
+test: up lint browser
 	$(BIN)/pytest -q -p no:cacheprovider
 
 demo: up

@@ -6,8 +6,9 @@ that has stopped fetching while its partitions have a backlog, reports not ready
 `stall_after_ms`. A fatal client error reports not ready at once (the process is about to exit).
 
 `GET /healthz` answers 200 while the loop turns (a supervisor restarts a process that fails it);
-`GET /readyz` answers 200 or 503 with the reasons, as JSON. Served on a daemon thread, only when a
-port is configured.
+`GET /readyz` answers 200 or 503 with the reasons, as JSON; `GET /metrics` is the process's Prometheus
+metrics (shared/metrics/), so each process has one small HTTP listener. Served on a daemon thread, only
+when a port is configured.
 
 SIGTERM/SIGINT ask the loop to stop; if the process has not exited `shutdown_timeout_ms` later (a
 client call that does not return), a watchdog ends it with exit code 3, so SIGTERM always ends a
@@ -32,6 +33,8 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from ledgergate.shared import metrics
 
 EXIT_SHUTDOWN_TIMEOUT = 3
 EXIT_WEDGED = 4
@@ -146,17 +149,22 @@ class Health:
 
         class Probe(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if self.path == "/metrics":
+                    self._answer(200, *metrics.render())
+                    return
                 if self.path == "/healthz":
                     ok, body = health.live(), {"service": health.service, "live": health.live()}
                 elif self.path == "/readyz":
                     body = health.report()
                     ok = bool(body["ready"])
                 else:
-                    self.send_error(404, "only /healthz and /readyz")
+                    self.send_error(404, "only /healthz, /readyz and /metrics")
                     return
-                data = json.dumps(body).encode()
-                self.send_response(200 if ok else 503)
-                self.send_header("Content-Type", "application/json")
+                self._answer(200 if ok else 503, json.dumps(body).encode(), "application/json")
+
+            def _answer(self, status: int, data: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

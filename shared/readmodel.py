@@ -311,13 +311,17 @@ class UsageSums:
 
 
 def usage_sums(conn: psycopg.Connection, group_by: Sequence[UsageGroup], *, tenant_id: str | None = None,
-               from_ms: int | None = None, to_ms: int | None = None) -> list[UsageSums]:
-    """Usage settled in [from_ms, to_ms) (either bound optional), of one tenant or all, summed per group
-    of `group_by` and ordered by it."""
+               from_ms: int | None = None, to_ms: int | None = None,
+               workflow_id: str | None = None) -> list[UsageSums]:
+    """Usage settled in [from_ms, to_ms) (either bound optional), of one tenant or all (and of one workflow
+    when given), summed per group of `group_by` and ordered by it."""
     if not group_by:
         raise ValueError("usage_sums needs at least one grouping")
     where: list[str] = [] if tenant_id is None else ["tenant_id = %s"]
     params: list[object] = [] if tenant_id is None else [tenant_id]
+    if workflow_id is not None:
+        where.append("workflow_id = %s")
+        params.append(workflow_id)
     time_where, time_params = _time_filters("settled_at_ms", from_ms, to_ms)
     where += time_where
     params += time_params

@@ -112,7 +112,54 @@ class CredentialSettings(BaseSettings):
         return None if key is None else key.get_secret_value().encode()
 
 
-class ServiceSettings(KafkaSettings):
+class TracingSettings(BaseSettings):
+    """OpenTelemetry traces (ledgergate.shared.tracing; README, "Traces"). Off unless an endpoint is set."""
+
+    model_config = _config()
+
+    # OTLP/HTTP (protobuf) base URL of a collector, e.g. http://127.0.0.1:4318: spans go to <it>/v1/traces.
+    # Empty (the default): no tracing, no span objects.
+    otlp_endpoint: str = Field(default="", max_length=2048)
+    # The resource's service.name; empty: ledgergate-<service> (ledgergate-router, ...).
+    otel_service_name: str = Field(default="", max_length=128)
+    # The share of traces recorded, decided by trace id (the same at every hop: a trace is whole or absent);
+    # a request whose traceparent says "not sampled" is never recorded.
+    otel_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    # The batch span processor exports every this long (or sooner, at 512 spans), and at exit.
+    otlp_schedule_delay_ms: int = Field(default=5_000, ge=10, le=60_000)
+    otlp_timeout_ms: int = Field(default=10_000, ge=100, le=60_000)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("otlp_endpoint must be an http:// or https:// URL (OTLP/HTTP), or empty for no tracing")
+        return value
+
+    def otlp_traces_url(self) -> str:
+        base = self.otlp_endpoint.rstrip("/")
+        return base if base.endswith("/v1/traces") else f"{base}/v1/traces"
+
+
+class MetricsSettings(BaseSettings):
+    """Prometheus metrics (shared/metrics/, GET /metrics): what every process records and how tenants are labelled."""
+
+    model_config = _config()
+
+    # False records nothing and /metrics answers an empty page (the bench's "without metrics" run).
+    metrics_enabled: bool = True
+    # The tenant label, bounded because every tenant value is a series per label combination: "off" (no
+    # tenant label), "top" (the metrics_tenant_top_n busiest tenants by name, every other one "other"),
+    # "all" (every tenant: only for installs with few tenants). shared/metrics/tenants.py says how "top" picks.
+    metrics_tenant_label: Literal["off", "top", "all"] = "off"
+    metrics_tenant_top_n: int = Field(default=20, ge=1, le=500)
+    # librdkafka statistics (statistics.interval.ms), the source of the consumer lag gauge: one JSON
+    # document per interval parsed on the loop's thread, no broker round trip.
+    metrics_lag_interval_ms: int = Field(default=5_000, ge=500, le=600_000)
+
+
+class ServiceSettings(KafkaSettings, TracingSettings, MetricsSettings):
     """What every stream service needs; each service subclasses it with its own knobs."""
 
     model_config = _config()
@@ -125,7 +172,7 @@ class ServiceSettings(KafkaSettings):
     poll_timeout_ms: int = Field(default=20, ge=0, le=1000)
     # Transactional services only: wait this long for a batch to fill (see RuntimeOptions.batch_linger_s).
     batch_linger_ms: int = Field(default=2, ge=0, le=100)
-    # /healthz and /readyz (shared/health.py) on this port; 0 serves none.
+    # /healthz, /readyz and /metrics (shared/health.py) on this port; 0 serves none.
     health_host: str = "127.0.0.1"
     health_port: int = Field(default=0, ge=0, le=65535)
     # Not ready once the loop has not turned, or waiting input has not moved, for this long.
@@ -263,7 +310,7 @@ class RouterSettings(ServiceSettings):
     audit_commit_interval_ms: int = Field(default=0, ge=0, le=5_000)
 
 
-class ApiSettings(KafkaSettings, PostgresSettings, CredentialSettings):
+class ApiSettings(KafkaSettings, PostgresSettings, CredentialSettings, MetricsSettings):
     """The admin and query API (`ledgergate run api`): HTTP on top of the read model and budget.commands."""
 
     model_config = _config()

@@ -18,6 +18,7 @@ from confluent_kafka import Message
 from ledgergate.codec import codec
 from ledgergate.connection import KafkaConnection
 from ledgergate.errors import CodecError
+from ledgergate.shared import metrics
 from ledgergate.shared.kafka.headers import Headers, headers_of
 from ledgergate.shared.kafka.reader import end_offsets, offset_of, partition_of, read_to_end
 from ledgergate.shared.ledger.entries import LedgerEntry, from_record
@@ -102,6 +103,7 @@ def restore(connection: KafkaConnection, snapshot_topic: str, ledger_topic: str,
              markers={p: restores[p].marker_sequence for p in partitions}, from_offsets=starts, to_offsets=ends,
              snapshot_tenants=sum(len(r.tenants) for r in restores.values()), tail_entries=folded,
              tail_skipped=skipped, snapshot_read_s=round(read_s, 3), seconds=round(time.monotonic() - started, 3))
+    metrics.observe_rebuild(time.monotonic() - started, folded)
     return Restored(stores, ends, restores)
 
 

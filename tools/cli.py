@@ -85,9 +85,10 @@ def _bench(args: argparse.Namespace) -> int:
         opts.rates = tuple(float(r) for r in args.rates.split(","))
     results = run_bench(opts)
     # Harness correctness only: a lost decision fails the run, a slow one does not.
-    steps = [step for run in ("gate", "hot") if run in results for step in (
-        results[run]["warmup"], *results[run].get("max", {}).get("steps", []),
-        *([results[run]["rate"]] if "rate" in results[run] else []))]
+    gates = [results[run] for run in ("gate", "hot") if run in results]
+    gates += [r["gate"] for r in results.get("metrics", {}).get("runs", [])]
+    steps = [step for g in gates for step in (
+        g["warmup"], *g.get("max", {}).get("steps", []), *([g["rate"]] if "rate" in g else []))]
     return 1 if any(s["missing"] and not s["aborted"] for s in steps) else 0
 
 
@@ -233,6 +234,14 @@ def _k8s(args: argparse.Namespace) -> int:
     return 0
 
 
+def _monitoring(args: argparse.Namespace) -> int:
+    from ledgergate.tools import monitoring
+
+    for path in monitoring.write():
+        print(path)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from ledgergate.tools import run
 
@@ -262,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("k8s", help="render the Kubernetes manifests into deploy/k8s/ (generated from the code)")
     p.add_argument("action", choices=["render"])
     p.set_defaults(func=_k8s)
+
+    p = sub.add_parser("monitoring", help="render deploy/prometheus/prometheus.yml and the Grafana dashboard in "
+                                          "deploy/grafana/ (generated from the code)")
+    p.add_argument("action", choices=["render"])
+    p.set_defaults(func=_monitoring)
 
     p = sub.add_parser("stack", help="start, stop or report the local Kafka + PostgreSQL stack; clean = stop and "
                                      "delete its data directory (LEDGERGATE_DATA_DIR)")
@@ -295,11 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure the gate on the local stack beside its floors (see BENCHMARKS.md)")
     p.add_argument("mode", nargs="?", default="all",
-                   choices=["all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale", "restart", "egress"],
+                   choices=["all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale", "restart", "egress",
+                            "metrics"],
                    help="all (default): max search, rate 1000/s, race, floors, ledger, PostgreSQL baseline, "
                         "hot tenant (gate and baseline), scale (the max search with two instances of each "
                         "service), restart (to the first decision on a long snapshotted ledger), egress (bytes "
-                        "per decision to 1/10/50 clients)")
+                        "per decision to 1/10/50 clients); metrics (not in all: the max search and the rate "
+                        "run with the services' metrics on and off, ABBA, as ratios)")
     p.add_argument("rate", nargs="?", type=float, help="requests per second for `bench rate R`")
     p.add_argument("--duration-s", type=float, default=20.0, help="length of the fixed-rate run")
     p.add_argument("--step-s", type=float, default=4.0, help="length of each max-search step")

@@ -86,6 +86,11 @@ def _container(name: str, port: int, env: list[dict[str, Any]]) -> dict[str, Any
     }
 
 
+def _scraped(port: int) -> dict[str, str]:
+    """The pod annotations Prometheus' usual Kubernetes discovery reads: every process serves GET /metrics."""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+
+
 def _stream(name: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "LEDGERGATE_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -98,7 +103,7 @@ def _stream(name: str) -> list[dict[str, Any]]:
             "serviceName": name, "replicas": 1 if name == "alerter" else REPLICAS, "selector": selector,
             # Pods start and stop in parallel: ordering buys nothing, the consumer group rebalances anyway.
             "podManagementPolicy": "Parallel",
-            "template": {"metadata": {"labels": _labels(name)}, "spec": {
+            "template": {"metadata": {"labels": _labels(name), "annotations": _scraped(HEALTH_PORT)}, "spec": {
                 # Below SIGTERM's 20 s shutdown deadline plus slack (LEDGERGATE_SHUTDOWN_TIMEOUT_MS).
                 "terminationGracePeriodSeconds": 30,
                 "containers": [_container(name, HEALTH_PORT, env)]}}}},
@@ -116,7 +121,7 @@ def _api() -> list[dict[str, Any]]:
     return [
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": {
             "replicas": REPLICAS, "selector": {"matchLabels": _labels(name)},
-            "template": {"metadata": {"labels": _labels(name)}, "spec": {
+            "template": {"metadata": {"labels": _labels(name), "annotations": _scraped(API_PORT)}, "spec": {
                 "terminationGracePeriodSeconds": 30, "containers": [_container(name, API_PORT, env)]}}}},
         {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": {
             "selector": _labels(name), "ports": [{"name": "http", "port": API_PORT, "targetPort": "http"}]}},

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -35,15 +36,21 @@ from ledgergate.connection import KafkaConnection
 from ledgergate.errors import CodecError, GateClientError, GateOverloadedError, GateTimeoutError, TopicConfigError
 from ledgergate.events import ChatMessage, InvocationRequested
 from ledgergate.ids import request_problem
-from ledgergate.kafka_config import admin_config, consumer_config, producer_config
+from ledgergate.kafka_config import admin_config, assign_promptly, connect_now, consumer_config, producer_config
 from ledgergate.partitioning import murmur2_partition
 from ledgergate.preflight import check_cluster
 from ledgergate.settings import ClientSettings
 from ledgergate.signing import Credential, sign
+from ledgergate.tracecontext import TraceContextError, current_span_carrier, outgoing
 
 MAX_OUTSTANDING = 100_000
+# Request id -> the trace context its request carried, so its completion continues the same trace when
+# neither an argument nor a current OpenTelemetry span says otherwise. Bounded: older ones start a new trace.
+TRACES_REMEMBERED = 10_000
 READ_MODES = ("tenant", "all")
 REQUEST_ID_HEADER = "request_id"
+# The SDK's hop stamp (the services add lg-t-count, lg-t-policy, ...: the server's shared/kafka/headers.py).
+SEND_STAMP_HEADER = "lg-t-send"
 
 # stdlib logging: a library must not configure the application's logging; structured fields go in `extra`.
 _log = logging.getLogger("ledgergate.client")
@@ -58,6 +65,7 @@ class DecisionFuture(Future[dict[str, Any]]):
         self.request_id = request_id
         self.sent_at = 0.0
         self.received_at: float | None = None
+        self.trace_context: dict[str, str] = {}  # what the request carried (W3C traceparent, tracestate)
 
     @property
     def latency_s(self) -> float | None:
@@ -92,6 +100,7 @@ class GateClient:
         self._requests_topic = self._topics.topic(topics.REQUESTS)
         self._decisions_topic = self._topics.topic(topics.DECISIONS)
         self._waiters: dict[str, DecisionFuture] = {}
+        self._traces: OrderedDict[str, dict[str, str]] = OrderedDict()
         # (deadline, tie-breaker, request id, future, timeout it was given)
         self._deadlines: list[tuple[float, int, str, DecisionFuture, float]] = []
         self._seq = itertools.count()
@@ -100,6 +109,7 @@ class GateClient:
         self._closed = False
         self.delivery_errors = 0
         self._producer = Producer(producer_config(kafka))
+        connect_now(self._producer, self._requests_topic)  # the first request is not 0.6 s late
         self._consumer = Consumer(consumer_config(kafka, f"ledgergate-client-{uuid.uuid4().hex}", **{
             "enable.auto.commit": False, "isolation.level": "read_committed",
             "enable.partition.eof": False, "auto.offset.reset": "latest", **(consumer_options or {})}))
@@ -164,7 +174,7 @@ class GateClient:
                     time.sleep(0.1)
             tps = [TopicPartition(topic, p, ends[p]) for p in todo]
             if self._thread is None:  # the constructor, before the decisions thread runs
-                self._consumer.incremental_assign(tps)
+                assign_promptly(self._consumer, tps, incremental=True)
             else:
                 # Only the decisions thread touches the consumer: an assign from another thread while
                 # it polls blocked for minutes here (librdkafka 2.16 through confluent-kafka).
@@ -221,16 +231,19 @@ class GateClient:
                request_id: str | None = None, workflow_id: str = "", agent_id: str = "", priority: str = "NORMAL",
                region: str | None = None, max_cost_micro_usd: int | None = None,
                labels: Mapping[str, str] | None = None, tools: Any = None,
-               timeout_s: float | None = None) -> DecisionFuture:
+               timeout_s: float | None = None, trace_context: Mapping[str, str] | None = None) -> DecisionFuture:
         """Publish one InvocationRequested; the future resolves to the decoded GateDecision, or fails with
-        GateTimeoutError after `timeout_s` (the client's default when None)."""
+        GateTimeoutError after `timeout_s` (the client's default when None). The request carries
+        `trace_context` (a W3C traceparent, and tracestate), else the current OpenTelemetry span's, else a
+        new trace's (ledgergate.tracecontext); the decision's "trace_context" returns it."""
         if self._closed:
             raise GateClientError("client is closed")
         request_id = request_id or str(uuid.uuid4())
+        carrier = _trace_context(trace_context)
         request = InvocationRequested(
             request_id, tenant_id, workflow_id, agent_id, model,
             tuple(ChatMessage(m["role"], m["content"], m.get("name")) for m in messages), _tools_json(tools),
-            max_output_tokens, priority, region, max_cost_micro_usd, dict(labels or {}), _now_ms(), {})
+            max_output_tokens, priority, region, max_cost_micro_usd, dict(labels or {}), _now_ms(), carrier)
         # The gate's edge rule, checked before publishing: a caller's typo is an exception here, not
         # a DENY invalid_request (or a dead letter) a round trip later.
         problem = request_problem(request)
@@ -244,6 +257,7 @@ class GateClient:
         wait_s = self.timeout_s if timeout_s is None else timeout_s
         self._read_partition_of(tenant_id, max(wait_s, 1.0))  # before publishing: its decision is read
         fut = DecisionFuture(request_id)
+        fut.trace_context = carrier
         fut.set_running_or_notify_cancel()
         with self._lock:
             if request_id in self._waiters:
@@ -252,6 +266,9 @@ class GateClient:
                 raise GateOverloadedError(f"{len(self._waiters)} requests already wait for decisions "
                                           f"(bound {self.max_outstanding}); slow down or raise max_outstanding")
             self._waiters[request_id] = fut
+            self._traces[request_id] = carrier
+            if len(self._traces) > TRACES_REMEMBERED:
+                self._traces.popitem(last=False)
             heapq.heappush(self._deadlines, (time.monotonic() + wait_s, next(self._seq), request_id, fut, wait_s))
         fut.sent_at = time.perf_counter()
         try:
@@ -282,9 +299,16 @@ class GateClient:
     # --- completions and commands ----------------------------------------------------------------
 
     def complete(self, tenant_id: str, request_id: str, model: str, usage: Mapping[str, int] | None,
-                 completion_text: str | None = None, status: str = "OK", agent_id: str = "") -> None:
+                 completion_text: str | None = None, status: str = "OK", agent_id: str = "",
+                 trace_context: Mapping[str, str] | None = None) -> None:
         """Report how a granted call ended (non-blocking; `flush` or `close` waits for delivery). `agent_id`:
-        the agent of the request, which a credential scoped to one agent must name."""
+        the agent of the request, which a credential scoped to one agent must name. The settlement joins the
+        request's trace: `trace_context`, else the current OpenTelemetry span's, else what this client's
+        request with that id carried (the last TRACES_REMEMBERED), else a new trace."""
+        if not trace_context:
+            with self._lock:
+                remembered = self._traces.pop(request_id, None)
+            trace_context = None if current_span_carrier() is not None else remembered
         record = {
             "request_id": request_id, "tenant_id": tenant_id, "model": model, "status": status,
             "usage": None if usage is None else {
@@ -292,7 +316,8 @@ class GateClient:
                 "cached_input_tokens": int(usage.get("cached_input_tokens", 0)),
                 "output_tokens": int(usage["output_tokens"]),
                 "reasoning_tokens": int(usage.get("reasoning_tokens", 0))},
-            "completion_text": completion_text, "completed_at_ms": _now_ms(), "trace_context": {},
+            "completion_text": completion_text, "completed_at_ms": _now_ms(),
+            "trace_context": _trace_context(trace_context),
             "agent_id": agent_id, "signature": None,
         }
         credential = self.credential
@@ -327,8 +352,11 @@ class GateClient:
 
         while True:
             try:
+                # lg-t-send: the hop stamp the gate's request-to-decision latency is measured from
+                # (microseconds since the epoch, as every service stamps its own hop).
                 self._producer.produce(topic, key=tenant_id.encode(), value=value, on_delivery=delivered,
-                                       headers=[(REQUEST_ID_HEADER, request_id.encode())])
+                                       headers=[(REQUEST_ID_HEADER, request_id.encode()),
+                                                (SEND_STAMP_HEADER, str(time.time_ns() // 1000).encode())])
                 return
             except BufferError:  # local queue full: let librdkafka drain it, then retry
                 self._producer.poll(0.05)
@@ -361,7 +389,7 @@ class GateClient:
                     with self._lock:
                         pending, self._assignments = self._assignments, []
                     for tps, done in pending:
-                        self._consumer.incremental_assign(tps)
+                        assign_promptly(self._consumer, tps, incremental=True)
                         done.set()
                 self._producer.poll(0)
                 # poll() returns on the first message; consume(n, t) would wait out t unless n arrived,
@@ -410,6 +438,13 @@ class GateClient:
         for request_id, fut, wait_s in expired:
             self._resolve(fut, exc=GateTimeoutError(
                 f"no gate decision for request {request_id} within {wait_s:.1f} s"))
+
+
+def _trace_context(explicit: Mapping[str, str] | None) -> dict[str, str]:
+    try:
+        return outgoing(explicit)
+    except TraceContextError as exc:
+        raise GateClientError(f"invalid trace_context: {exc.message}") from None
 
 
 def _tools_json(tools: Any) -> str | None:

@@ -10,7 +10,7 @@ one against schemas/avro/), so a schema change that the records miss fails a tes
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Self
 
 
@@ -211,6 +211,8 @@ class GateDecision(_Record):
     policy_version: int
     requested_at_ms: int
     decided_at_ms: int
+    # The request's W3C trace context as the ledger entry that decided it carried it (docs: README, Traces).
+    trace_context: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:

@@ -25,6 +25,7 @@ from ledgergate.codec import codec
 from ledgergate.errors import MalformedMessageError
 from ledgergate.events import BudgetAlert
 from ledgergate.services.alerter import core
+from ledgergate.shared import metrics
 from ledgergate.shared.errors import DeliveryError
 from ledgergate.shared.kafka.errorpolicy import DeadLetter, Retry, Stop, Verdict
 from ledgergate.shared.kafka.outbox import Outbox
@@ -89,6 +90,7 @@ class Alerter:
         body = core.payload(alert)
         started = time.monotonic()
         self.post(self.url, body, core.headers(alert, body, self.secret), self.settings.alert_timeout_s)
+        metrics.observe_alert("delivered")
         self.log.info("alert_delivered", ms=round((time.monotonic() - started) * 1000), tenant_id=alert.tenant_id,
                       alert_id=alert.alert_id)
 
@@ -104,6 +106,7 @@ class Alerter:
             return Retry(core.backoff_ms(attempt, s.alert_backoff_initial_ms, s.alert_backoff_max_ms,
                                          exc.retry_after_ms))
         self.log.error("alert_dead_lettered", partition=msg.partition(), offset=msg.offset(), error=exc.code)
+        metrics.observe_alert("dead_lettered")
         return DeadLetter(f"{attempt} attempt(s) to {core.redacted(self.url)}, last: ")
 
 

@@ -13,24 +13,31 @@ from contextlib import asynccontextmanager
 import psycopg
 import uvicorn
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from psycopg_pool import ConnectionPool
 
 from ledgergate.services.api import errors
 from ledgergate.services.api.commands import CommandPublisher
-from ledgergate.services.api.middleware import BodyLimitMiddleware, RequestContextMiddleware, UnhandledErrorMiddleware
+from ledgergate.services.api.middleware import (
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    RequestContextMiddleware,
+    UnhandledErrorMiddleware,
+)
 from ledgergate.services.api.routes import (
     admin,
     alerts,
     balances,
     budgets,
     credentials,
+    dashboard,
     decisions,
     health,
     ledger,
     policies,
     reports,
 )
-from ledgergate.shared import db
+from ledgergate.shared import db, metrics
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import ApiSettings
 
@@ -61,6 +68,7 @@ def _migrate(settings: ApiSettings) -> list[str]:
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
     log = configure("api")
+    metrics.configure("api", settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,12 +94,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="ledgergate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
-    for module in (health, budgets, policies, credentials, balances, ledger, decisions, reports, alerts, admin):
+    for module in (health, budgets, policies, credentials, balances, ledger, decisions, reports, alerts, admin,
+                   dashboard):
         app.include_router(module.router)
+    # The dashboard's scripts, styles and the vendored chart library, from this package (never a CDN).
+    app.mount("/dashboard/assets", StaticFiles(directory=dashboard.STATIC_DIR), name="dashboard-assets")
     # Added last = outermost: the request id exists before the body limit can answer 413, and before an
     # unexpected exception becomes a JSON 500.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(UnhandledErrorMiddleware)
+    app.add_middleware(MetricsMiddleware)  # outside the 500 backstop and the 413: it sees their status
     app.add_middleware(RequestContextMiddleware)
     return app
 

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids and access logs, the JSON 500 backstop, and the request body size limit.
+"""Pure ASGI middleware: request ids and access logs, the JSON 500 backstop, the request body size limit and
+the HTTP metrics.
 
 Pure ASGI rather than BaseHTTPMiddleware: the body limit has to wrap `receive` so a chunked upload
 without Content-Length is cut off at the limit instead of being read whole first.
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledgergate.services.api.errors import INTERNAL_ERROR_MESSAGE, error_body, log_unhandled
 from ledgergate.services.api.log import log
+from ledgergate.shared import metrics
 
 REQUEST_ID_HEADER = "x-request-id"
 # A caller's request id is echoed into logs and headers only when it looks like an id, never arbitrary text.
@@ -151,6 +153,40 @@ class RequestContextMiddleware:
                 log().info("http_request", method=scope.get("method"), path=scope.get("path"), status=status,
                           tenant_id=state.get("tenant_id"), key_id=state.get("key_id"),
                           ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class MetricsMiddleware:
+    """Counts and times every request by method, route template and status. The template
+    (`/v1/tenants/{tenant_id}/balances`), never the path, which holds tenant and request ids: the label
+    set stays the size of the route table."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_status(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            # The router writes the matched route into this same scope dict; none matched: "unmatched".
+            template = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope.get("method", "")
+            metrics.observe_http(method if method in _METHODS else "other", template, status,
+                                 time.perf_counter() - started)
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

@@ -22,6 +22,7 @@ from ledgergate.codec import codec
 from ledgergate.errors import MalformedMessageError
 from ledgergate.events import InvocationPlanned, UsageMetered
 from ledgergate.ids import id_problem, name_problem
+from ledgergate.shared import metrics
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.kafka.headers import stamped
 from ledgergate.shared.kafka.outbox import Outbox
@@ -32,9 +33,13 @@ from ledgergate.shared.ledger.entries import LedgerEntry, ReservationPlaced, Thr
 from ledgergate.shared.ledger.packing import TenantStore, next_expiry_ms
 from ledgergate.shared.ledger.state import TenantState, balances_view, evolve
 from ledgergate.shared.logging import configure
+from ledgergate.shared.metrics.holds import HoldCounter
 from ledgergate.shared.settings import BudgetManagerSettings
 from ledgergate.shared.snapshots import restore
+from ledgergate.shared.tracing import Tracing, Untraced
 
+# The span of each input's handling: "budget-manager reserve", ... (shared/tracing.py).
+OPERATIONS = {"InvocationPlanned": "reserve", "UsageMetered": "settle", "BudgetCommand": "command"}
 # Holds released per idle call (one transaction), so a backlog of due holds never holds requests back long.
 EXPIRIES_PER_IDLE_MAX = 500
 
@@ -82,6 +87,7 @@ class BudgetManager:
     def __init__(self, settings: BudgetManagerSettings) -> None:
         self.settings = settings
         self.log = configure("budget-manager")
+        self.tracing = Tracing("budget-manager", settings)
         self.prices = prices()
         self.topic_planned = settings.topic(topics.PLANNED)
         self.topic_metered = settings.topic(topics.METERED)
@@ -92,6 +98,7 @@ class BudgetManager:
         self.tenants: dict[int, TenantStore] = {}
         self.expiry_heap: list[tuple[int, int, str, str]] = []  # (expires_at_ms, partition, tenant, request)
         self.dirty = False
+        self.holds = HoldCounter()  # the open-holds gauges
 
     # --- rebuild -------------------------------------------------------------------------------
 
@@ -99,8 +106,9 @@ class BudgetManager:
         # The revoke-all of an eager rebalance dropped every partition; restores start from scratch.
         self.expiry_heap = [e for e in self.expiry_heap if e[1] not in partitions]
         heapq.heapify(self.expiry_heap)
+        self.holds.assigned(partitions)
         restored = restore(self.settings.kafka_connection, self.topic_snapshots, self.topic_ledger, partitions,
-                           self.settings.hot_tenants_max, self.log, on_entry=self._scheduled,
+                           self.settings.hot_tenants_max, self.log, on_entry=self._restored_entry,
                            snapshots=self.settings.restore_from_snapshots)
         for p in partitions:
             self.tenants[p] = restored.stores[p]
@@ -108,11 +116,13 @@ class BudgetManager:
             for tenant_id, usable in restored.restores[p].tenants.items():
                 if usable.next_expiry_ms > 0:
                     heapq.heappush(self.expiry_heap, (usable.next_expiry_ms, p, tenant_id, ""))
+                    self.holds.restored(p, tenant_id)
         self.dirty = True
 
     def revoked(self, partitions: list[int]) -> None:
         for p in partitions:
             self.tenants.pop(p, None)
+        self.holds.revoked(partitions)
         self.expiry_heap = [e for e in self.expiry_heap if e[1] not in partitions]
         heapq.heapify(self.expiry_heap)
 
@@ -120,20 +130,36 @@ class BudgetManager:
         store = self.tenants.get(partition)
         if store is None:
             store = self.tenants[partition] = TenantStore(self.settings.hot_tenants_max)
-        return store.get_or_create(tenant_id)
+        state = store.get_or_create(tenant_id)
+        self.holds.touched(partition, state)
+        return state
 
     def _scheduled(self, partition: int, offset: int, entry: LedgerEntry) -> None:
         if isinstance(entry, ReservationPlaced):
             heapq.heappush(self.expiry_heap, (entry.expires_at_ms, partition, entry.tenant_id, entry.request_id))
 
+    def _restored_entry(self, partition: int, offset: int, entry: LedgerEntry) -> None:
+        self._scheduled(partition, offset, entry)
+        if isinstance(entry, ReservationPlaced):
+            self.holds.restored(partition, entry.tenant_id)
+
     def _apply(self, partition: int, entry: LedgerEntry) -> None:
-        evolve(self._state(partition, entry.tenant_id), entry)
+        state = self._state(partition, entry.tenant_id)
+        request_id = getattr(entry, "request_id", None)
+        before = state.holds.get(request_id) if request_id else None
+        evolve(state, entry)
+        self.holds.changed(partition, before, state.holds.get(request_id) if request_id else None)
+        metrics.observe_ledger_entry(entry, self.prices.tier_of)
         self._scheduled(partition, -1, entry)
 
     # --- handling ------------------------------------------------------------------------------
 
     def handle(self, msg: Message, out: Outbox) -> None:
         name, rec = codec().decode(msg.value())
+        with self.tracing.hop(OPERATIONS.get(name, "handle"), msg) as hop:
+            self._handle(msg, out, name, rec, hop)
+
+    def _handle(self, msg: Message, out: Outbox, name: str, rec: dict[str, Any], hop: Untraced) -> None:
         if msg.key() != rec["tenant_id"].encode():
             # State lives under the input partition and entries go to the tenant's ledger partition:
             # the two agree only when the key is the tenant id.
@@ -142,12 +168,17 @@ class BudgetManager:
         partition = partition_of(msg)
         state = self._state(partition, rec["tenant_id"])
         if name == "InvocationPlanned":
+            planned = InvocationPlanned.from_record(rec)
+            hop.continues(planned.trace_context)
             entries: list[LedgerEntry] | decide.Rejected = decide.decide_reserve(
-                state, reserve_from_plan(InvocationPlanned.from_record(rec)), now_ms, self.settings.reservation_ttl_ms,
+                state, reserve_from_plan(planned), now_ms, self.settings.reservation_ttl_ms,
                 f"{partition}:{offset_of(msg)}")
-        elif name == "UsageMetered":
-            entries = decide.decide_settle(state, settle_from_usage(UsageMetered.from_record(rec)), now_ms, self.prices)
+        elif name == "UsageMetered":  # its trace context is in the headers (shared/tracing.py)
+            metered = UsageMetered.from_record(rec)
+            hop.describe(metered)
+            entries = decide.decide_settle(state, settle_from_usage(metered), now_ms, self.prices)
             if not entries:
+                hop.outcome("ignored")
                 self.log.info("settlement_ignored", tenant_id=rec["tenant_id"], request_id=rec["request_id"],
                               why="no reservation or already settled")
         elif name == "BudgetCommand":
@@ -156,7 +187,9 @@ class BudgetManager:
             raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
         if isinstance(entries, decide.Rejected):
             raise MalformedMessageError(f"{entries.code}: {entries.message}")
-        self._append(partition, entries, out, stamped(msg, "budget"))
+        hop.describe(*entries)
+        # Ledger entries have no trace_context field: the hop's context rides in the headers, to the router.
+        self._append(partition, entries, out, hop.headers(stamped(msg, "budget")))
 
     def _append(self, partition: int, entries: list[LedgerEntry], out: Outbox, headers: list) -> None:
         for entry in entries:
@@ -184,6 +217,7 @@ class BudgetManager:
             state = store.get(tenant_id) if store is not None else None
             if state is None:
                 continue
+            self.holds.touched(partition, state)
             # The heap may name holds since settled or voided: decide_expire says [].
             if request_id:
                 self._append(partition, decide.decide_expire(state, request_id, now_ms), out, stamped(None, "budget"))

@@ -31,12 +31,14 @@ from ledgergate.shared.logging import configure
 from ledgergate.shared.policy import Policy, PolicyError, default_policy, parse_policy
 from ledgergate.shared.settings import PolicySettings
 from ledgergate.shared.snapshots import restore
+from ledgergate.shared.tracing import Tracing, Untraced
 
 
 class PolicyService:
     def __init__(self, settings: PolicySettings) -> None:
         self.settings = settings
         self.log = configure("policy")
+        self.tracing = Tracing("policy", settings)
         self.prices = prices()
         self.base = default_policy(settings.default_policy_path) if settings.default_policy_path else default_policy()
         self.topic_counted = settings.topic(topics.COUNTED)
@@ -108,10 +110,15 @@ class PolicyService:
         if msg.topic() == self.topic_ledger:
             self._fold(msg)
             return
+        with self.tracing.hop("plan", msg) as hop:
+            self._plan(msg, out, hop)
+
+    def _plan(self, msg: Message, out: Outbox, hop: Untraced) -> None:
         name, rec = codec().decode(msg.value())
         if name != "InvocationCounted":
             raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
         counted = InvocationCounted.from_record(rec)
+        hop.continues(counted.trace_context)
         now_ms = time.time_ns() // 1_000_000
         tenant_id = counted.tenant_id
         # Co-partitioned: the tenant's ledger entries are on the same partition number as this message.
@@ -126,9 +133,10 @@ class PolicyService:
                                                           wait_ms, "rate")
         envelope = _min_known(counted.max_cost_micro_usd, policy.request_envelope_micro_usd)
         carried = {name: getattr(counted, name) for name in _CARRIED}
-        planned = InvocationPlanned(**{**carried, "max_cost_micro_usd": envelope}, candidates=candidates,
-                                    rejection=rejection, policy_version=state.policy_version if state else 0,
-                                    planned_at_ms=now_ms)
+        planned = InvocationPlanned(**{**carried, "max_cost_micro_usd": envelope, "trace_context": hop.context},
+                                    candidates=candidates, rejection=rejection,
+                                    policy_version=state.policy_version if state else 0, planned_at_ms=now_ms)
+        hop.describe(planned)
         out.emit(self.topic_planned, msg.key(), codec().encode("InvocationPlanned", planned.to_record()),
                  stamped(msg, "policy"))
 

@@ -18,22 +18,32 @@ from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.events import GateDecision
 from ledgergate.services.router import core
+from ledgergate.shared import metrics
 from ledgergate.shared.catalogue import deployments
 from ledgergate.shared.kafka.headers import stamped
 from ledgergate.shared.kafka.outbox import Outbox
 from ledgergate.shared.kafka.reader import last_message, offset_of, partition_of, read_to_end, topic_of
 from ledgergate.shared.kafka.runtime import run_service
-from ledgergate.shared.ledger.entries import ReservationDenied, ReservationPlaced, ReservationRepeated, from_record
+from ledgergate.shared.ledger.entries import (
+    LedgerEntry,
+    ReservationDenied,
+    ReservationPlaced,
+    ReservationRepeated,
+    from_record,
+)
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import RouterSettings
+from ledgergate.shared.tracing import Tracing, header_carrier
 
 DECIDING = (ReservationPlaced, ReservationDenied)
+ANSWERED = (*DECIDING, ReservationRepeated)  # the entries that become a decision: a "router decide" span
 
 
 class Router:
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
         self.log = configure("router")
+        self.tracing = Tracing("router", settings)
         self.deployments = deployments()
         self.topic_ledger = settings.topic(topics.LEDGER)
         self.topic_decisions = settings.topic(topics.DECISIONS)
@@ -66,7 +76,8 @@ class Router:
             if codec().peek_name(msg.value()) in ("ReservationPlaced", "ReservationDenied"):
                 entry = from_record(*codec().decode(msg.value()))
                 if entry.entry_id not in self.decisions:  # a newer copy is already there
-                    self._remember(entry.entry_id, core.decision_for(entry, self.deployments))  # type: ignore[arg-type]
+                    self._remember(entry.entry_id, core.decision_for(
+                        entry, self.deployments, header_carrier(msg)))  # type: ignore[arg-type]
                 count += 1
         self.refilled.add(p)
         self.log.info("router_memory_refilled", partition=p, from_offset=start, to_offset=before_offset,
@@ -91,6 +102,15 @@ class Router:
         name, rec = codec().decode(raw)
         assert raw is not None  # decode refuses a message without a value
         entry = from_record(name, rec)
+        answered = isinstance(entry, ANSWERED)
+        with self.tracing.hop("decide" if answered else "audit", msg, root=answered) as hop:
+            hop.describe(entry)
+            decision = self._route(msg, out, raw, name, entry)
+            if decision is not None:
+                hop.describe(decision)
+
+    def _route(self, msg: Message, out: Outbox, raw: bytes, name: str, entry: LedgerEntry) -> GateDecision | None:
+        """The entry's audit record, and its decision (returned) with that decision's audit record."""
         p = partition_of(msg)
         chain = self.chains.setdefault(p, core.Chain(p))
         headers = stamped(msg, "route")
@@ -101,7 +121,7 @@ class Router:
             recorded_at_ms=entry.recorded_at_ms).to_record()), partition=p)
         decision: GateDecision | None = None
         if isinstance(entry, DECIDING):
-            decision = core.decision_for(entry, self.deployments)
+            decision = core.decision_for(entry, self.deployments, header_carrier(msg))
             self._remember(entry.entry_id, decision)
         elif isinstance(entry, ReservationRepeated):
             decision = self.decisions.get(entry.original_entry_id)
@@ -111,12 +131,15 @@ class Router:
             if decision is None:
                 self.log.warning("repeat_of_forgotten_decision", tenant_id=entry.tenant_id,
                                  request_id=entry.request_id)
-                decision = _forgotten(entry)
+                decision = _forgotten(entry, header_carrier(msg))
         if decision is None:
-            return
+            return None
         encoded = codec().encode("GateDecision", decision.to_record())
         # Early: a function of the committed ledger entry, so the client need not wait for the commit.
         out.emit_early(self.topic_decisions, msg.key(), encoded, headers)
+        metrics.observe_decision(decision.outcome, entry.tier if isinstance(entry, ReservationPlaced) else "",
+                                 decision.deployment.model if decision.deployment else None, decision.reason_codes,
+                                 decision.tenant_id, headers, decision.requested_at_ms)
         out.emit(self.topic_audit, msg.key(), codec().encode("AuditRecord", core.audit_record(
             chain, kind="DECISION", event_type="GateDecision", subject_id=decision.request_id,
             source_topic=self.topic_decisions, source_partition=p, source_offset=-1,
@@ -126,13 +149,14 @@ class Router:
                                      "reason_codes": list(decision.reason_codes),
                                      "binding_scope": decision.binding_scope}, sort_keys=True),
             tenant_id=entry.tenant_id, recorded_at_ms=entry.recorded_at_ms).to_record()), partition=p)
+        return decision
 
 
-def _forgotten(entry: ReservationRepeated) -> GateDecision:
+def _forgotten(entry: ReservationRepeated, trace_context: dict[str, str]) -> GateDecision:
     """A repeat older than the router's memory: answer DENY rather than guess the original outcome."""
     return GateDecision(entry.request_id, entry.tenant_id, entry.workflow_id, "", "DENY", "", None, 0, 0, 0,
                         ("repeat_of_forgotten_request",), "conflict", None, None, entry.entry_id, 0,
-                        entry.requested_at_ms, entry.recorded_at_ms)
+                        entry.requested_at_ms, entry.recorded_at_ms, trace_context)
 
 
 def run(settings: RouterSettings | None = None) -> None:
@@ -142,4 +166,5 @@ def run(settings: RouterSettings | None = None) -> None:
     # default, docs/decisions/0006) the audit records and offsets commit on that cadence instead of per
     # batch, so the router then takes a lone message at once rather than lingering for a batch.
     run_service("router", s, router, [router.topic_ledger], router.log, commit_interval_ms=s.audit_commit_interval_ms,
+                early_records=True,
                 batch_linger_s=0.0 if s.audit_commit_interval_ms else s.batch_linger_ms / 1000)

@@ -5,6 +5,7 @@ ledger entry (decided_at_ms is the entry's time), so a repeated request gets an 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 from ledgergate.events import AuditRecord, Deployment, GateDecision
@@ -18,7 +19,11 @@ _FIELDS_BEFORE_HASH = tuple(f.name for f in fields(AuditRecord))[:13]
 assert _FIELDS_BEFORE_HASH[-1] == "prev_hash", _FIELDS_BEFORE_HASH
 
 
-def decision_for(entry: ReservationPlaced | ReservationDenied, deployments: DeploymentCatalogue) -> GateDecision:
+def decision_for(entry: ReservationPlaced | ReservationDenied, deployments: DeploymentCatalogue,
+                 trace_context: Mapping[str, str] | None = None) -> GateDecision:
+    """`trace_context`: the ledger message's (shared/tracing.py: header_carrier), so the decision stays a
+    function of the committed message and a replay writes the same bytes."""
+    carried = dict(trace_context or {})
     if isinstance(entry, ReservationPlaced):
         downgraded = entry.model != entry.requested_model
         reasons = ["within_budget"]
@@ -30,12 +35,13 @@ def decision_for(entry: ReservationPlaced | ReservationDenied, deployments: Depl
             entry.request_id, entry.tenant_id, entry.workflow_id, entry.agent_id,
             "DOWNGRADE" if downgraded else "ALLOW", entry.requested_model, deployment, entry.granted_output_tokens,
             entry.amount_micro_usd, entry.tenant_remaining_micro_usd, tuple(reasons), None, None, entry.request_id,
-            entry.entry_id, entry.policy_version, entry.requested_at_ms, entry.recorded_at_ms)
+            entry.entry_id, entry.policy_version, entry.requested_at_ms, entry.recorded_at_ms, carried)
     throttled = entry.reason in THROTTLE_REASONS
     return GateDecision(
         entry.request_id, entry.tenant_id, entry.workflow_id, entry.agent_id, "THROTTLE" if throttled else "DENY",
         entry.requested_model, None, 0, 0, entry.tenant_remaining_micro_usd, (entry.reason,), entry.binding_scope,
-        entry.retry_after_ms, None, entry.entry_id, entry.policy_version, entry.requested_at_ms, entry.recorded_at_ms)
+        entry.retry_after_ms, None, entry.entry_id, entry.policy_version, entry.requested_at_ms, entry.recorded_at_ms,
+        carried)
 
 
 @dataclass(slots=True)

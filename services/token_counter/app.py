@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import tiktoken
@@ -28,6 +29,7 @@ from ledgergate.events import InvocationCompleted, InvocationCounted, Invocation
 from ledgergate.ids import id_problem, name_problem, printable
 from ledgergate.partitioning import murmur2_partition
 from ledgergate.services.token_counter import core
+from ledgergate.shared import metrics
 from ledgergate.shared.credentials import TenantCredentials
 from ledgergate.shared.errors import TokenizerError, UnauthenticatedError
 from ledgergate.shared.kafka.headers import headers_of, stamped
@@ -37,6 +39,7 @@ from ledgergate.shared.kafka.runtime import run_service
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import TokenCounterSettings
 from ledgergate.shared.tokenizers import encoding_for_model
+from ledgergate.shared.tracing import Tracing, Untraced
 from ledgergate.signing import key_sequence, message_canonical_bytes
 
 MAX_HOME_CACHE = 100_000  # tenant -> partition memo; cleared when full (one murmur2 each to refill)
@@ -53,6 +56,7 @@ class TokenCounter:
     def __init__(self, settings: TokenCounterSettings) -> None:
         self.settings = settings
         self.log = configure("token-counter")
+        self.tracing = Tracing("token-counter", settings)
         self.topic_requests = settings.topic(topics.REQUESTS)
         self.topic_completions = settings.topic(topics.COMPLETIONS)
         self.topic_counted = settings.topic(topics.COUNTED)
@@ -183,13 +187,15 @@ class TokenCounter:
     def handle(self, msg: Message, out: Outbox) -> None:
         topic = msg.topic()
         if topic == self.topic_requests:
-            self._count(msg, out)
+            with self.tracing.hop("count", msg) as hop:
+                self._count(msg, out, hop)
         elif topic == self.topic_credentials:
             self._apply_credentials(msg)
         else:
-            self._meter(msg, out)
+            with self.tracing.hop("meter", msg) as hop:
+                self._meter(msg, out, hop)
 
-    def _count(self, msg: Message, out: Outbox) -> None:
+    def _count(self, msg: Message, out: Outbox, hop: Untraced) -> None:
         key = msg.key()
         key_tenant = key.decode(errors="replace") if key else None
         try:
@@ -206,10 +212,13 @@ class TokenCounter:
             # is not the tenant's request (and takes none of its request ids), else invalid as before.
             code = (core.UNAUTHENTICATED if self._misrouted(msg, key_tenant) is None
                     and core.requires_signature(self.auth, self._keys(msg, key_tenant)) else None)
-            out.emit(self.topic_counted, msg.key(), self._invalid(request_id, key_tenant, exc.message, code=code),
+            hop.outcome(code or "invalid_request", tenant_id=key_tenant, request_id=request_id)
+            out.emit(self.topic_counted, msg.key(), self._invalid(request_id, key_tenant, exc.message, code=code,
+                                                                  trace_context=hop.valid_context),
                      stamped(msg, "count"))
             return
         req = InvocationRequested.from_record(rec)
+        hop.continues(req.trace_context)
         reason, code = self._authentic(msg, name, rec, req), None
         if reason is not None:
             code = core.UNAUTHENTICATED
@@ -231,33 +240,35 @@ class TokenCounter:
             assert tenant is not None
             if code is None:
                 self.log.info("invalid_request", tenant_id=tenant, request_id=req.request_id, reason=reason)
+            hop.outcome(code or "invalid_request", tenant_id=tenant, request_id=req.request_id)
             out.emit(self.topic_counted, tenant.encode(),
-                     self._invalid(req.request_id, tenant, reason, req, code), stamped(msg, "count"))
+                     self._invalid(req.request_id, tenant, reason, req, code, hop.valid_context), stamped(msg, "count"))
             return
         assert counted is not None
         self._remember(req.request_id, counted.input_tokens, req.workflow_id)
         body = InvocationCounted(
             req.request_id, req.tenant_id, req.workflow_id, req.agent_id, req.requested_model, req.max_output_tokens,
-            req.priority, req.region, req.max_cost_micro_usd, req.labels, req.requested_at_ms, req.trace_context,
+            req.priority, req.region, req.max_cost_micro_usd, req.labels, req.requested_at_ms, hop.context,
             counted.input_tokens, counted.accounting_input_tokens, counted.encoding, counted.estimated_output_tokens,
             counted.request_sha256, None, time.time_ns() // 1_000_000)
+        hop.describe(body)
         # Re-keyed by the tenant in the body: every later hop and the ledger rely on that key.
         out.emit(self.topic_counted, req.tenant_id.encode(), codec().encode("InvocationCounted", body.to_record()),
                  stamped(msg, "count"))
 
     def _invalid(self, request_id: str, tenant_id: str, reason: str, req: InvocationRequested | None = None,
-                 code: str | None = None) -> bytes:
+                 code: str | None = None, trace_context: Mapping[str, str] | None = None) -> bytes:
         """A DENY-to-be, `code` its reason (None: invalid_request). Only fields that pass the edge rule are
         carried on: the reason may be that one of them holds a NUL, and the decision and the read model
-        must not."""
+        must not (the trace context is one the W3C rules accept, or none)."""
         now_ms = time.time_ns() // 1_000_000
         workflow, agent, model = (req.workflow_id, req.agent_id, req.requested_model) if req else ("", "", "")
         body = InvocationCounted(
             request_id, tenant_id, workflow if id_problem("workflow_id", workflow, required=False) is None else "",
             agent if id_problem("agent_id", agent, required=False) is None else "",
             model if name_problem("model", model, required=False) is None else "", 0,
-            req.priority if req else "NORMAL", None, None, {}, req.requested_at_ms if req else now_ms, {},
-            0, 0, "", 0, "", printable(reason)[:500], now_ms, code)
+            req.priority if req else "NORMAL", None, None, {}, req.requested_at_ms if req else now_ms,
+            dict(trace_context or {}), 0, 0, "", 0, "", printable(reason)[:500], now_ms, code)
         return codec().encode("InvocationCounted", body.to_record())
 
     def _remember(self, request_id: str, input_tokens: int, workflow_id: str) -> None:
@@ -267,11 +278,12 @@ class TokenCounter:
         if len(self.remembered) > self.settings.remembered_requests:
             self.remembered.popitem(last=False)
 
-    def _meter(self, msg: Message, out: Outbox) -> None:
+    def _meter(self, msg: Message, out: Outbox, hop: Untraced) -> None:
         name, rec = codec().decode(msg.value())
         if name != "InvocationCompleted":
             raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
         completion = InvocationCompleted.from_record(rec)
+        hop.continues(completion.trace_context)
         # A completion settles money: one with an invalid id or model, or sent under another tenant's
         # key, is dead-lettered with the reason, never metered.
         problem = core.addressable(completion.request_id, completion.tenant_id) or name_problem(
@@ -302,8 +314,11 @@ class TokenCounter:
         body = UsageMetered(completion.request_id, completion.tenant_id, completion.model, completion.status,
                             metered.usage, metered.estimated, metered.counted_output_tokens, drift.ppm,
                             completion.completed_at_ms, time.time_ns() // 1_000_000, workflow_id)
+        hop.describe(body)
+        # usage.metered has no trace_context field: the settlement's parent rides in the headers.
         out.emit(self.topic_metered, completion.tenant_id.encode(), codec().encode("UsageMetered", body.to_record()),
-                 stamped(msg, "meter"))
+                 hop.headers(stamped(msg, "meter")))
+        metrics.observe_usage(completion.tenant_id, completion.model, metered.usage, metered.estimated)
 
 
 def run(settings: TokenCounterSettings | None = None) -> None:

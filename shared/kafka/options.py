@@ -45,6 +45,9 @@ class RuntimeOptions:
     # (0: commit every batch). Only for a service whose transaction is off the request's way, its
     # outputs on the way being early records (the router): fewer transactions, no added latency.
     commit_interval_ms: int = 0
+    # kafka-transaction only: the handler emits early records (Outbox.emit_early), so their producer is
+    # made and connected at start rather than on the first one, which it would delay (connect_now).
+    early_records: bool = False
     # A commit or abort that the broker cannot take for this long (an outage past the transaction
     # timeout) ends the process: a fresh instance recovers faster than a client in an unknown state.
     commit_deadline_ms: int = 90_000
@@ -52,6 +55,9 @@ class RuntimeOptions:
     shutdown_timeout_ms: int = 20_000
     health_host: str = "127.0.0.1"
     health_port: int = 0
+    # librdkafka statistics.interval.ms of the consumer, parsed into the consumer-lag gauge
+    # (shared/metrics/lag.py); 0 (metrics off) emits none.
+    statistics_interval_ms: int = 0
 
 
 def options_for(service: str, settings: ServiceSettings, input_topics: list[str], **overrides: Any) -> RuntimeOptions:
@@ -64,5 +70,6 @@ def options_for(service: str, settings: ServiceSettings, input_topics: list[str]
         "deadletter_topic": settings.topic(DEADLETTER), "max_batch": settings.max_batch,
         "poll_timeout_s": settings.poll_timeout_ms / 1000, "stall_after_ms": settings.stall_after_ms,
         "shutdown_timeout_ms": settings.shutdown_timeout_ms, "health_host": settings.health_host,
-        "health_port": settings.health_port}
+        "health_port": settings.health_port,
+        "statistics_interval_ms": settings.metrics_lag_interval_ms if settings.metrics_enabled else 0}
     return RuntimeOptions(**{**fields, **overrides})

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from ledgergate.connection import KafkaConnection
-from ledgergate.kafka_config import consumer_config
+from ledgergate.kafka_config import assign_promptly, consumer_config
 from ledgergate.shared.errors import ReadTimeoutError
 
 # confluent-kafka types a message's topic, partition and offset as Optional: they are None only on a
@@ -102,7 +102,7 @@ def read_to_end(connection: KafkaConnection, topic: str, partitions: list[int], 
         todo = {p for p in partitions if ends[p] > max(0, begin[p] if begin[p] >= 0 else 0)}
         if not todo:
             return
-        consumer.assign([TopicPartition(topic, p, begin[p]) for p in todo])
+        assign_promptly(consumer, [TopicPartition(topic, p, begin[p]) for p in todo])
         last_progress = time.monotonic()
         while todo:
             msgs = consumer.consume(batch, 0.1)

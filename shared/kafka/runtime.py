@@ -37,6 +37,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from ledgergate.kafka_config import consumer_config
+from ledgergate.shared import metrics
 from ledgergate.shared.errors import FatalClientError
 from ledgergate.shared.health import Health, on_stop_signal
 from ledgergate.shared.kafka.deadletter import dead_letter
@@ -74,6 +75,7 @@ def run_service(service: str, settings: ServiceSettings, handler: Handler, input
                 log: Any, on_error: ErrorPolicy = dead_letter_first, sink: Sink | None = None,
                 **overrides: Any) -> None:
     options = options_for(service, settings, input_topics, **overrides)
+    metrics.configure(service, settings)
     StreamRuntime(options, handler, log, on_error=on_error, sink=sink).run()
 
 
@@ -93,6 +95,7 @@ class StreamRuntime:
         self.consumer = Consumer(consumer_config(options.connection, options.group_id, **{
             "partition.assignment.strategy": options.assignment_strategy,
             "client.id": f"{options.service}-{options.instance_id}", "error_cb": self.errors.on_error,
+            **metrics.consumer_options(options.group_id, options.statistics_interval_ms),
             **options.consumer_overrides}))
         ctx = Context(options, self.health, self.errors, self.log, self.consumer, lambda: self.running)
         self.delivery: Delivery
@@ -292,6 +295,7 @@ class StreamRuntime:
         if not offsets and not out.records and not out.early:
             self.health.turned()
             return
+        metrics.observe_batch(len(msgs))
         if transactional and generation_of(group) < 0:
             # Read while this instance was not a member of its group: a zombie woken after its session
             # expired, whose client has already dropped its generation. The broker would take offsets sent
@@ -347,5 +351,6 @@ class StreamRuntime:
     def _dead_letter(self, msg: Message, exc: Exception, note: str, out: Outbox) -> None:
         code, message = error_code(exc)
         self.log.info("dead_lettered", topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), error=code)
+        metrics.dead_lettered(code)
         envelope, headers = dead_letter(msg, self.options.service, code, f"{note}{message}")
         out.emit(self.options.deadletter_topic, msg.key(), envelope, headers)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from ledgergate.kafka_config import TRANSACTION_TIMEOUT_MS, consumer_config, transactional_producer_config
+from ledgergate.shared import metrics
 from ledgergate.shared.errors import FatalClientError
 from ledgergate.shared.kafka.delivery import Context, Offsets, Producing, Stopping, mono_ms
 from ledgergate.shared.kafka.outbox import Outbox
@@ -36,6 +37,8 @@ CALL_GRACE_MS = 5_000
 INIT_TIMEOUT_S = 30
 # An offset commit still pending this long after the wait began outlived every live transaction.
 HANGING_AFTER_MS = TRANSACTION_TIMEOUT_MS + 10_000
+# A transaction step that took this long is logged: the first decision after a restart names its slow part.
+SLOW_CALL_MS = 200
 
 
 class KafkaTransaction:
@@ -51,7 +54,8 @@ class KafkaTransaction:
         self.producer = Producer(transactional_producer_config(
             o.connection, f"{o.group_id}-{o.instance_id}",
             **{"client.id": f"{o.service}-{o.instance_id}-tx", "error_cb": ctx.errors.on_error}))
-        # Made on first use: only a service that has early records pays for the connection.
+        # Only a service that has early records pays for the connection: made at start when the options
+        # say it has them, else on first use.
         self._early: Producer | None = None
         # The consumer fetches committed offsets itself (waiting out unstable ones), unless the last
         # `positions` had to read past a hanging offset commit: then it must start where they say.
@@ -70,6 +74,8 @@ class KafkaTransaction:
         try:
             with self.ctx.health.call("init_transactions", INIT_TIMEOUT_S * 1000 + CALL_GRACE_MS):
                 self.producer.init_transactions(INIT_TIMEOUT_S)
+            if self.ctx.options.early_records:
+                self._early_producer()
         except KafkaException as exc:  # no broker within 30 s: let the supervisor try again
             raise FatalClientError(
                 f"{self.ctx.options.service}: cannot initialise transactions: {exc.args[0]}") from exc
@@ -193,6 +199,7 @@ class KafkaTransaction:
                 self.out.await_acks(self._early, deadline_ms, "flush_early", "early outputs", "the batch")
             self._retrying("commit", deadline_ms, lambda: self.producer.commit_transaction(COMMIT_TIMEOUT_S),
                            retry=False)
+            metrics.transaction("committed")
         except KafkaException as exc:
             return self._failed(exc, deadline_ms)
         except (FatalClientError, Stopping):
@@ -209,6 +216,7 @@ class KafkaTransaction:
             self.ctx.log.warning("transaction_discarded", note="staged under a generation that is gone")
             self._retrying("abort", mono_ms() + self.ctx.options.commit_deadline_ms,
                            lambda: self.producer.abort_transaction(CALL_TIMEOUT_S))
+            metrics.transaction("aborted")
             self._closed()
 
     def _failed(self, exc: KafkaException, deadline_ms: int) -> bool:
@@ -217,6 +225,7 @@ class KafkaTransaction:
             raise FatalClientError(f"{self.ctx.options.service}: transaction failed: {kerr}") from exc
         self.ctx.log.warning("transaction_aborted", error=str(kerr))
         self._retrying("abort", deadline_ms, lambda: self.producer.abort_transaction(CALL_TIMEOUT_S))
+        metrics.transaction("aborted")
         self._closed()
         return False
 
@@ -228,20 +237,27 @@ class KafkaTransaction:
             pending, self._pending = self._pending, None
             raise pending
 
-    def _produce_early(self, out: Outbox) -> None:
+    def _early_producer(self) -> Producer:
         if self._early is None:
             o = self.ctx.options
             self._early = self.out.producer(**{"linger.ms": 0, "client.id": f"{o.service}-{o.instance_id}-early"})
-        self.out.produce(self._early, out.early)
-        self._early.poll(0)
+        return self._early
+
+    def _produce_early(self, out: Outbox) -> None:
+        early = self._early_producer()
+        self.out.produce(early, out.early)
+        early.poll(0)
 
     def _retrying(self, what: str, deadline_ms: int, call: Callable[[], None], retry: bool = True) -> None:
         ctx = self.ctx
         timeout_s = CALL_TIMEOUT_S if retry else COMMIT_TIMEOUT_S
         while True:
             try:
+                called_ms = mono_ms()
                 with ctx.health.call(what, int(timeout_s * 1000) + CALL_GRACE_MS):
                     call()
+                if mono_ms() - called_ms >= SLOW_CALL_MS:  # a slow first decision names its slow call
+                    ctx.log.info("slow_transaction_call", step=what, ms=mono_ms() - called_ms)
                 return
             except KafkaException as exc:
                 kerr = exc.args[0]

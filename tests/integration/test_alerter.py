@@ -18,6 +18,7 @@ from ledgergate.partitioning import murmur2_partition
 from ledgergate.shared.kafka.reader import read_to_end
 from ledgergate.shared.settings import KafkaSettings
 from ledgergate.tools.servicerunner import ServiceSet
+from tests.scrape import Samples, free_port, scrape, total
 from tests.webhook import webhook
 
 
@@ -53,8 +54,9 @@ def _committed(kafka: KafkaSettings, partition: int) -> int:
         consumer.close()
 
 
-def _alerter(kafka: KafkaSettings, url: str, logs: Path, attempts: int = 4) -> ServiceSet:
+def _alerter(kafka: KafkaSettings, url: str, logs: Path, attempts: int = 4, health_port: int = 0) -> ServiceSet:
     services = ServiceSet({"LEDGERGATE_KAFKA_BOOTSTRAP": kafka.kafka_bootstrap,
+                           "LEDGERGATE_HEALTH_PORT": str(health_port),  # /metrics; 0: none
                            "LEDGERGATE_TOPIC_PREFIX": kafka.topic_prefix, "LEDGERGATE_ALERT_WEBHOOK_URL": url,
                            "LEDGERGATE_ALERT_WEBHOOK_SECRET": "test-secret",
                            "LEDGERGATE_ALERT_MAX_ATTEMPTS": str(attempts),
@@ -97,7 +99,8 @@ def test_dead_webhook_dead_letters_the_alert_with_the_error(kafka: KafkaSettings
     failing, gone = _alert("initech", 100), _alert("hooli", 50)
     _publish(kafka, failing)
     with webhook(lambda n: 404 if n == 4 else 500) as hook:
-        services = _alerter(kafka, hook.url, tmp_path / "logs", attempts=3)
+        port = free_port()
+        services = _alerter(kafka, hook.url, tmp_path / "logs", attempts=3, health_port=port)
         try:
             dead = _wait(lambda: [codec().decode(m.value())[1] for m in read_to_end(
                 kafka.kafka_connection, kafka.topic(topics.DEADLETTER), list(range(6)))], 60, "dead letter")
@@ -116,5 +119,13 @@ def test_dead_webhook_dead_letters_the_alert_with_the_error(kafka: KafkaSettings
             _wait(lambda: len(list(read_to_end(kafka.kafka_connection, kafka.topic(topics.DEADLETTER),
                                                list(range(6))))) == 2, 30, "second dead letter")
             assert len(hook.received) == 4
+            # Its /metrics on the health listener: both given up, both dead-lettered under their code.
+            def given_up() -> Samples | None:
+                now = scrape(port)
+                return now if total(now, "ledgergate_alert_deliveries_total", result="dead_lettered") == 2 else None
+
+            seen = _wait(given_up, 10, "the alerter's metrics")
+            assert total(seen, "ledgergate_dead_letters_total", service="alerter", error_code="webhook_failed") == 2
+            assert total(seen, "ledgergate_alert_deliveries_total", result="delivered") == 0
         finally:
             services.stop_all()

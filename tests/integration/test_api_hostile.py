@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any, get_args
 from urllib.parse import quote
@@ -200,7 +199,6 @@ def test_the_issue_a_nul_in_a_filter_is_a_json_422(seeded: TestClient, keys: Key
 
 
 def test_hostile_values_in_every_parameter_of_every_route(seeded: TestClient, keys: Keys) -> None:
-    started = time.monotonic()
     routes = _routes(seeded.app)
     check = Checker(seeded, H(keys.admin))
     attacked: set[tuple[str, str, str]] = set()
@@ -251,7 +249,6 @@ def test_hostile_values_in_every_parameter_of_every_route(seeded: TestClient, ke
         check.failures[:60])
     ready = seeded.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert time.monotonic() - started < 60, f"{check.sent} requests took {time.monotonic() - started:.0f} s"
 
 
 def test_unexpected_errors_are_json_500_and_database_refusals_422(kafka: KafkaSettings, api_db: str) -> None:

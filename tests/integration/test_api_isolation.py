@@ -34,11 +34,15 @@ PATH_VALUES = {"request_id": "req-shared", "key_id": "0123456789ab",  # req-shar
 BODIES = {"budgets": {"limit_micro_usd": 1}, "raise": {"amount_micro_usd": 1}, "lower": {"amount_micro_usd": 1},
           "credits": {"amount_micro_usd": 1}, "void": {}, "policy": {"max_output_tokens": 100},
           "credentials": {}, "mode": {"mode": "REQUIRED"}}
-PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# The dashboard's page is static (its figures come from the tenant routes, with the key typed into it).
+PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/dashboard",
+          "/dashboard/"}
 ADMIN_ONLY = {("GET", "/v1/tenants"), ("GET", "/v1/api-keys"), ("POST", "/v1/api-keys"),
               ("DELETE", "/v1/api-keys/{key_id}")}
 # Not under /v1/tenants/{tenant_id}: scoped by the key's own tenant instead (another tenant's id is a 404).
 PRINCIPAL_SCOPED = {("GET", "/v1/decisions/{request_id}")}
+# About the calling key itself, nothing else.
+SELF = {("GET", "/v1/whoami")}
 
 
 def _routes(client: TestClient) -> list[tuple[str, str]]:
@@ -66,7 +70,8 @@ def _commands(kafka: KafkaSettings) -> list[dict[str, Any]]:
 def test_every_route_is_classified(api: TestClient) -> None:
     for method, path in _routes(api):
         assert (path in PUBLIC or "{tenant_id}" in path or (method, path) in ADMIN_ONLY
-                or (method, path) in PRINCIPAL_SCOPED), f"{method} {path}: how is this route tenant-isolated?"
+                or (method, path) in PRINCIPAL_SCOPED or (method, path) in SELF), (
+            f"{method} {path}: how is this route tenant-isolated?")
 
 
 def test_tenant_b_cannot_reach_tenant_a_through_any_route(api: TestClient, api_db: str, keys: Keys,
@@ -105,6 +110,9 @@ def test_tenant_b_cannot_reach_tenant_a_through_any_route(api: TestClient, api_d
                 resp = api.request(method, path.replace("{request_id}", rid), headers=H(key),
                                    params={"tenant_id": A})
                 assert resp.status_code == 404 and A not in resp.text, resp.text
+        for method, path in SELF:
+            resp = api.request(method, path, headers=H(key))
+            assert resp.status_code == 200 and resp.json()["tenant_id"] == B and A not in resp.text, resp.text
     # Not one forbidden write reached budget.commands, and B's accepted ones carry B only.
     commands = _commands(kafka)
     assert len(commands) == commands_before

@@ -68,7 +68,7 @@ def test_placed_same_model_allows() -> None:
         "deployment": {"model": "gpt-4o", "endpoint": "https://eu-west.provider.local/v1/gpt-4o",
                        "region": "eu-west"},
         "granted_output_tokens": 4_096, "reserved_micro_usd": 43_460, "reason_codes": ["within_budget"],
-        "binding_scope": None, "retry_after_ms": None, "reservation_id": "req-1"}
+        "binding_scope": None, "retry_after_ms": None, "reservation_id": "req-1", "trace_context": {}}
     assert roundtrip(d) == d
 
 
@@ -253,3 +253,15 @@ def test_moving_text_between_fields_is_detected() -> None:
     forged = dict(rec, subject_id="req-0", source_topic="gate\x1fdecisions")
     assert verify_chain([(0, rec)]) is None
     assert verify_chain([(0, forged)]) == "offset 0: hash does not match the record's content (edited)"
+
+
+def test_a_decision_carries_the_ledger_messages_trace_context_and_is_the_same_each_time() -> None:
+    # The router passes the ledger message's context (shared/tracing.py: header_carrier); the decision is a
+    # function of it and the entry, so the same message gives the same bytes (a replay, a repeat's refill).
+    tc = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "congo=t61rcWkgMzE"}
+    for entry in (placed(), denied()):
+        d = decided(entry, deployments(), tc)
+        assert d["trace_context"] == tc
+        assert roundtrip(d) == d
+        assert codec().encode("GateDecision", d) == codec().encode("GateDecision", decided(entry, deployments(), tc))
+    assert decided(placed(), deployments())["trace_context"] == {}

@@ -51,6 +51,7 @@ class GateOptions:
     idle_s: float = 3.0
     shape: str = "fleet"  # "hot": one tenant sends half the traffic (tools/bench/workload.py)
     instances: int = 1  # of each of the four services (`service`, `service@1`, ...)
+    env: dict[str, str] = field(default_factory=dict)  # laid over every service's environment
     log_dir: Path = PROJECT_ROOT / ".data" / "bench"
 
 
@@ -69,8 +70,8 @@ class GateBench:
         self.total = sum(int(rate * secs) for rate, secs in plan)
         self.offset = 0
         self.names = [instance_name(s, i) for s in GATE_SERVICES for i in range(opts.instances)]
-        self.services = ServiceSet({**self.connection.env_vars(),
-                                    "LEDGERGATE_TOPIC_PREFIX": self.prefix}, opts.log_dir / self.tag)
+        self.services = ServiceSet({**self.connection.env_vars(), "LEDGERGATE_TOPIC_PREFIX": self.prefix,
+                                    **opts.env}, opts.log_dir / self.tag)
         # The broker only: PostgreSQL plays no part in the gate, so its CPU here is someone else's.
         self.stack = procstats.broker()
 

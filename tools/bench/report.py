@@ -16,6 +16,7 @@ TARGET_TOKENIZER_RATIO = 0.70
 TARGET_REBUILD_PER_S = 200_000
 TARGET_1M_TENANTS_MB = 1024
 TARGET_RESTART_S = 5.0  # to the first decision, with a 10M-entry ledger
+TARGET_METRICS_THROUGHPUT = 0.97  # with metrics / without: they cost at most 3 % of throughput
 
 
 def _lat(lat: dict[str, float]) -> str:
@@ -126,6 +127,13 @@ def targets(r: dict[str, Any]) -> list[str]:
                 over == (0, 0))
     else:
         _target(lines, "hot tenant: neither overspends", "-", None)
+    cost = r.get("metrics")
+    if cost:
+        ratio = cost["ratios"]["saturated_throughput"]
+        _target(lines, "metrics cost <= 3 % of throughput (saturated, with / without)",
+                f"{cost['with']['saturated_per_s'] or 0:.0f} / {cost['without']['saturated_per_s'] or 0:.0f} = "
+                f"{ratio:.3f}" if ratio is not None else "- (no step saturated)",
+                None if ratio is None else ratio >= TARGET_METRICS_THROUGHPUT)
     restart = r.get("restart")
     if restart:
         long, empty = restart["long_ledger"], restart["empty_ledger"]
@@ -264,6 +272,33 @@ def _egress(e: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _metrics(c: dict[str, Any]) -> list[str]:
+    on, off, ratio = c["with"], c["without"], c["ratios"]
+
+    def cell(key: str, unit: str, fmt: str = ".0f") -> str:
+        a, b = on[key], off[key]
+        if a is None or b is None:
+            return f"  {key}: -"
+        return f"  {key:<34}{a:>10{fmt}}{b:>10{fmt}} {unit:<12}{a / b if b else 0:>8.3f}"
+
+    lines = [f"METRICS COST: the gate with the services' metrics on and off, runs in the order {', '.join(c['order'])}",
+             f"  {'':<34}{'with':>10}{'without':>10} {'':<12}{'ratio':>8}",
+             cell("saturated_per_s", "decisions/s"), cell("highest_sustained_per_s", "decisions/s"),
+             cell("rate_p50_ms", "ms", ".1f"), cell("rate_p99_ms", "ms", ".1f"),
+             cell("rate_cpu_us_per_decision_services", "CPU us/dec")]
+    for service, us in on["rate_cpu_us_per_decision"].items():
+        other = off["rate_cpu_us_per_decision"].get(service)
+        lines.append(f"    {service:<32}{us or 0:>10.0f}{other or 0:>10.0f} CPU us/dec")
+    h = c.get("handler")
+    if h:
+        lines.append(f"  the router's handler in-process, best of {h['rounds']} rounds: {h['router_handle_us_with']} "
+                     f"us with, {h['router_handle_us_without']} us without per decision = {h['ratio']:.3f} "
+                     f"(medians: {h.get('median_ratio', 0):.3f})")
+    lines.append(f"  one /metrics render (HTTP thread, not the loop): {c['scrape']['render_ms']} ms, "
+                 f"{c['scrape']['bytes']:,} B; saturated throughput ratio {ratio['saturated_throughput']}")
+    return lines
+
+
 def table(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [f"ledgergate bench {r['run']} ({r['mode']}): {m['nproc']} x {m['cpu_model']}, {m['memory_gb']} GB, "
@@ -285,6 +320,8 @@ def table(r: dict[str, Any]) -> str:
         lines += [*_restart(r["restart"]), ""]
     if "egress" in r:
         lines += [*_egress(r["egress"]), ""]
+    if "metrics" in r:
+        lines += [*_metrics(r["metrics"]), ""]
     noise = {k: v.get("foreign_cores") for k, v in r.get("phases", {}).items()}
     lines.append("other work on the machine during each phase (cores not ours): "
                  + ", ".join(f"{k} {v:.2f}" for k, v in noise.items() if v is not None))

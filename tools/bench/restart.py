@@ -16,10 +16,11 @@ import itertools
 import json
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from ledgergate import topics
 from ledgergate.client import GateClient
@@ -29,6 +30,7 @@ from ledgergate.kafka_config import consumer_config, producer_config
 from ledgergate.partitioning import murmur2_partition
 from ledgergate.shared.errors import StackError
 from ledgergate.shared.kafka import provision
+from ledgergate.shared.kafka.headers import headers_of, stage_times_us
 from ledgergate.shared.ledger.entries import to_record
 from ledgergate.shared.ledger.state import TenantState, evolve
 from ledgergate.shared.settings import PROJECT_ROOT, KafkaSettings
@@ -99,8 +101,19 @@ def _caught_up(connection: KafkaConnection, prefix: str, ledger: str, ends: list
     """The router's group at the ledger's end, as in an install whose router kept up: the bench restarts
     a gate that was running, not one meeting a ledger for the first time."""
     consumer = Consumer(consumer_config(connection, f"{prefix}ledgergate-router"))
+    deadline = time.monotonic() + 30
     try:
-        consumer.commit(offsets=[TopicPartition(ledger, p, end) for p, end in enumerate(ends)], asynchronous=False)
+        while True:
+            try:
+                consumer.commit(offsets=[TopicPartition(ledger, p, end) for p, end in enumerate(ends)],
+                                asynchronous=False)
+                return
+            except KafkaException as exc:
+                # A topic created a moment ago may be unknown to the group coordinator for a while (seen
+                # on a loaded machine): retried, within a bound.
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         consumer.close()
 
@@ -127,19 +140,51 @@ def restart(connection: KafkaConnection, prefix: str, log_dir: Path, timeout_s: 
         services.start(["token-counter", "router"])
         _wait_logged(services, "token-counter", "partitions_assigned", timeout_s)
         _wait_logged(services, "router", "router_resumed", timeout_s)
-        started = time.monotonic()
+        started, started_us = time.monotonic(), time.time_ns() // 1000
         services.start(list(STATEFUL))
         decision = client.request("lt00001", PROBE, "gpt-4o-mini", 8, timeout_s=timeout_s)
         first_s = time.monotonic() - started
+        done_us = time.time_ns() // 1000
         rss = {name: round(procstats.rss_bytes(services.pid(name)) / 2**20) for name in STATEFUL}
         restored = {name: (_events(services.log_path(name), "state_restored") or [{}])[-1] for name in STATEFUL}
         return {"first_decision_s": round(first_s, 2), "outcome": decision["outcome"], "rss_mb": rss,
+                "timeline_s": _timeline(connection, prefix, services, started_us, done_us),
                 "restored": {name: {k: r.get(k) for k in ("seconds", "snapshot_read_s", "snapshot_tenants",
                                                           "tail_entries", "tail_skipped")}
                              for name, r in restored.items()}}
     finally:
         client.close()
         services.stop_all()
+
+
+def _timeline(connection: KafkaConnection, prefix: str, services: ServiceSet, started_us: int,
+              done_us: int) -> dict[str, float]:
+    """Where the first decision's time went, in seconds from the start of the two services: each
+    process's own log events (started, partitions assigned, state restored) and the probe's hop stamps
+    (the lg-t-* headers on its decision), so a slow restart names its slow part."""
+    marks: dict[str, float] = {}
+    for name in STATEFUL:
+        for event in ("stream_starting", "partitions_assigned", "state_restored"):
+            found = _events(services.log_path(name), event)
+            if found:
+                at = datetime.fromisoformat(found[-1]["timestamp"].replace("Z", "+00:00")).timestamp()
+                marks[f"{name}.{event}"] = round(at - started_us / 1e6, 3)
+    consumer = Consumer(consumer_config(connection, f"{prefix}restart-timeline", **{"enable.auto.commit": False}))
+    try:
+        decisions = prefix + topics.DECISIONS
+        parts = consumer.list_topics(decisions, timeout=10).topics[decisions].partitions
+        consumer.assign([TopicPartition(decisions, p, 0) for p in parts])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                for stage, at_us in stage_times_us(headers_of(msg)).items():
+                    marks[f"hop.{stage}"] = round((at_us - started_us) / 1e6, 3)
+                break
+    finally:
+        consumer.close()
+    marks["decision_received"] = round((done_us - started_us) / 1e6, 3)
+    return dict(sorted(marks.items(), key=lambda kv: kv[1]))
 
 
 def run_restart(kafka: KafkaSettings, entries: int, tenants: int, periods: int, tail: int) -> dict[str, Any]:

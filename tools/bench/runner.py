@@ -22,14 +22,15 @@ from typing import Any
 from ledgergate import topics
 from ledgergate.shared.kafka import provision
 from ledgergate.shared.settings import PROJECT_ROOT, KafkaSettings, PostgresSettings, SnapshotterSettings, StateSettings
-from ledgergate.tools.bench import egress, floors, ledger, pgbaseline, procstats, report, restart
+from ledgergate.tools.bench import egress, floors, ledger, metrics_cost, pgbaseline, procstats, report, restart
 from ledgergate.tools.bench.gate import GateBench, GateOptions, say
 from ledgergate.tools.bench.workload import request_record, workload
 
 RESULTS_DIR = PROJECT_ROOT / "tools" / "bench" / "results"
 NOISY_CORES = 0.3
 MAX_RATES = (250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
-MODES = ("all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale", "restart", "egress")
+# `metrics` is not part of `all`: it runs the gate four times (metrics on and off, ABBA).
+MODES = ("all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale", "restart", "egress", "metrics")
 
 
 @dataclass
@@ -126,6 +127,8 @@ class Bench:
             self.phase("restart", self._restart)
         if mode in ("all", "egress"):
             self.phase("egress", self._egress)
+        if mode == "metrics":
+            self.phase("metrics", self._metrics)
         self.results["total_s"] = round(time.monotonic() - started, 1)
         self.results["noisy"] = any(p["foreign_cores"] > NOISY_CORES for p in self.results["phases"].values())
         return self.results
@@ -233,6 +236,15 @@ class Bench:
     def _egress(self) -> None:
         counts, rate, seconds = self.options.sizes["egress"]
         self.results["egress"] = egress.run_egress(self.kafka, tuple(counts), rate, seconds)
+
+
+    def _metrics(self) -> None:
+        """The max search and the fixed-rate run with the services' metrics on and off (tools/bench/metrics_cost.py)."""
+        o = self.options
+        opts = GateOptions(tenants=o.tenants, seed=o.seed, warmup=o.sizes["warmup"],
+                           steps=[(r, o.step_s) for r in o.rates], rate=(o.rate, o.duration_s), race_requests=0,
+                           idle_s=1.0 if o.smoke else 3.0)
+        self.results["metrics"] = metrics_cost.run_metrics_cost(self.kafka, opts, pairs=1 if o.smoke else 2)
 
 
 def write(results: dict[str, Any], output: Path | None) -> Path:

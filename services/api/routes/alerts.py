@@ -14,6 +14,12 @@ from ledgergate.shared import readmodel
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["alerts"])
 
 
+def alert_public(r: readmodel.AlertRow) -> AlertPublic:
+    return AlertPublic(alert_id=r.entry_id, scope_type=r.scope_type, scope_id=r.scope_id, period_id=r.period_id,
+                       threshold_pct=r.threshold_pct, spent_micro_usd=r.spent_micro_usd,
+                       limit_micro_usd=r.limit_micro_usd, crossed_at_ms=r.recorded_at_ms)
+
+
 @router.get("/alerts", response_model=Page[AlertPublic], summary="Budget thresholds crossed, newest first")
 def list_alerts(tenant_id: ReadableTenant, db: DbConn, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None,
                 offset: Offset = None, order: Order = "desc",
@@ -22,8 +28,6 @@ def list_alerts(tenant_id: ReadableTenant, db: DbConn, limit: Limit = DEFAULT_PA
                 ) -> Page[AlertPublic]:
     rows = readmodel.alerts(db, tenant_id, page=keyset_page(order, cursor, offset), limit=limit, min_pct=min_pct,
                             period_id=period)
-    items = [AlertPublic(alert_id=r.entry_id, scope_type=r.scope_type, scope_id=r.scope_id, period_id=r.period_id,
-                         threshold_pct=r.threshold_pct, spent_micro_usd=r.spent_micro_usd,
-                         limit_micro_usd=r.limit_micro_usd, crossed_at_ms=r.recorded_at_ms) for r in rows.items]
+    items = [alert_public(r) for r in rows.items]
     return Page(items=items,
                 next_cursor=encode_cursor(items[-1].crossed_at_ms, items[-1].alert_id) if rows.more else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 from fastapi import APIRouter
 
 from ledgergate.services.api.deps import DbConn, ReadableTenant
@@ -27,10 +28,8 @@ def days_elapsed(period_id: str, now_ms: int) -> int:
     return -(-(min(now_ms, end_ms) - start_ms) // MS_PER_DAY) or 1  # ceiling division, integers only
 
 
-@router.get("/balances", response_model=BalancesPublic, summary="Balances per scope for a period")
-def get_balances(tenant_id: ReadableTenant, db: DbConn, period: Period = None) -> BalancesPublic:
-    """`period` defaults to the current month."""
-    now_ms = time.time_ns() // 1_000_000
+def balances_public(db: psycopg.Connection, tenant_id: str, period: str | None, now_ms: int) -> BalancesPublic:
+    """The tenant's balances in `period` (default: the month of now_ms); the dashboard answers the same."""
     period_id = period or period_of(now_ms)[0]
     days = days_elapsed(period_id, now_ms)
     items = []
@@ -42,3 +41,9 @@ def get_balances(tenant_id: ReadableTenant, db: DbConn, period: Period = None) -
             remaining_micro_usd=None if limit is None else limit + credit - posted - pending,
             burn_rate_micro_usd_per_day=posted // days if days else 0, updated_at_ms=b.updated_at_ms))
     return BalancesPublic(tenant_id=tenant_id, period_id=period_id, days_elapsed=days, items=items)
+
+
+@router.get("/balances", response_model=BalancesPublic, summary="Balances per scope for a period")
+def get_balances(tenant_id: ReadableTenant, db: DbConn, period: Period = None) -> BalancesPublic:
+    """`period` defaults to the current month."""
+    return balances_public(db, tenant_id, period, time.time_ns() // 1_000_000)

@@ -1,4 +1,5 @@
-"""Liveness and readiness, unauthenticated (orchestrators probe them without keys).
+"""Liveness, readiness and Prometheus metrics, unauthenticated (orchestrators and Prometheus call them
+without keys; the metrics carry no tenant unless LEDGERGATE_METRICS_TENANT_LABEL says so).
 
 /healthz answers while the process serves HTTP at all; /readyz only when a real query reaches PostgreSQL
 (with the API's tables migrated) and Kafka answers a metadata request for budget.commands.
@@ -6,13 +7,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg_pool import ConnectionPool
 
 from ledgergate.services.api.commands import CommandPublisher
 from ledgergate.services.api.models import Health
-from ledgergate.shared import readmodel
+from ledgergate.shared import metrics, readmodel
 
 router = APIRouter(tags=["health"])
 _PROBE_TIMEOUT_S = 2.0
@@ -30,6 +31,13 @@ def _postgres(pool: ConnectionPool) -> str | None:
     except Exception as exc:  # any failure means not ready; the reason goes to the probe's body
         return f"postgres: {type(exc).__name__}: {exc}"
     return None if migrated else "postgres: table api_keys missing (migrations not applied)"
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def metrics_page() -> Response:
+    """The API process's metrics, Prometheus text format (README, section "Metrics")."""
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
