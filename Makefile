@@ -50,7 +50,7 @@ test-unit: install
 	$(BIN)/pytest tests/unit -q
 
 test: up lint browser
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25
 
 demo: up
 	$(BIN)/ledgergate demo
