@@ -65,7 +65,8 @@ def _demo(args: argparse.Namespace) -> int:
     from ledgergate.tools.demo import run_demo
 
     summary = run_demo(KafkaSettings(), agents=args.agents, tenants=args.tenants, duration_s=args.duration_s,
-                       rate_per_s=args.rate, seed=args.seed, start_services=not args.no_services)
+                       rate_per_s=args.rate, seed=args.seed, start_services=not args.no_services,
+                       keep_up=not args.exit)
     # Every request must get exactly one decision; a timeout means the pipeline lost one.
     return 1 if summary["timeouts"] or summary["errors"] else 0
 
@@ -305,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=150.0, help="requests per second, open loop")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--no-services", action="store_true", help="use services that are already running")
+    p.add_argument("--exit", action="store_true",
+                   help="end after the summary instead of leaving the dashboard and /metrics up until Ctrl-C")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("bench", help="measure the gate on the local stack beside its floors (see BENCHMARKS.md)")

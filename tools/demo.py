@@ -38,6 +38,7 @@ from ledgergate.shared import catalogue, tokenizers
 from ledgergate.shared.kafka.reader import read_to_end
 from ledgergate.shared.kafka.seek import partition_count
 from ledgergate.shared.settings import KafkaSettings, StackSettings
+from ledgergate.tools import demo_console
 from ledgergate.tools.provider_standin import WORDS, standin_call
 from ledgergate.tools.servicerunner import GATE_SERVICES, ServiceSet, ServiceStartError
 
@@ -208,7 +209,7 @@ def _pct(values: list[float], q: float) -> float:
 
 def run_demo(settings: KafkaSettings, agents: int = 300, tenants: int = 5, duration_s: float = 30,
              rate_per_s: float = 150, *, seed: int = 42, start_services: bool = True,
-             timeout_s: float = 10.0, settle_s: float = 2.0) -> dict[str, Any]:
+             timeout_s: float = 10.0, settle_s: float = 2.0, keep_up: bool = False) -> dict[str, Any]:
     run = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     tag = run[-4:]
     names = [f"{TENANTS[i] if i < len(TENANTS) else f'tenant{i + 1}'}-{tag}" for i in range(max(1, tenants))]
@@ -216,8 +217,8 @@ def run_demo(settings: KafkaSettings, agents: int = 300, tenants: int = 5, durat
     if start_services:
         services = ServiceSet({**settings.kafka_connection.env_vars(),
                                "LEDGERGATE_TOPIC_PREFIX": settings.topic_prefix}, StackSettings().data_dir / "demo",
-                              supervise=True, env_for={"anomaly": ANOMALY_ENV})
-        services.start([*GATE_SERVICES, "anomaly"])
+                              supervise=True, env_for=demo_console.env_for({"anomaly": ANOMALY_ENV}))
+        services.start(demo_console.CONSOLE_SERVICES)
     try:
         with GateClient(topic_prefix=settings.topic_prefix, timeout_s=timeout_s,
                         connection=settings.kafka_connection) as client:
@@ -228,6 +229,12 @@ def run_demo(settings: KafkaSettings, agents: int = 300, tenants: int = 5, durat
             summary = _fleet(client, work, budgets, run, rate_per_s, seed, settle_s)
             summary["anomalies"] = _anomalies(settings, names, ANOMALY_WAIT_S if services is not None else 0.0)
             print(format_summary(summary))
+            if services is not None:
+                demo_console.wait_api()
+                summary["console"] = demo_console.where(demo_console.admin_key(run))
+                print(demo_console.format_where(summary["console"]), flush=True)
+                if keep_up:
+                    demo_console.hold()
             return summary
     finally:
         if services is not None:

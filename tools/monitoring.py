@@ -55,6 +55,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Threshold alerts", "short",
      [("sum by (scope_type, threshold_pct) (increase(ledgergate_threshold_alerts_total[1h]))",
        "{{scope_type}} {{threshold_pct}}%")]),
+    ("Anomaly alerts (episodes)", "short",
+     [("sum by (scope_type, metric) (increase(ledgergate_anomaly_alerts_total[1h]))", "{{scope_type}} {{metric}}")]),
     ("Consumer lag by group", "short",
      [("sum by (group) (ledgergate_consumer_lag_messages)", "{{group}}")]),
     ("Dead letters", "short",

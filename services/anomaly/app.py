@@ -36,7 +36,7 @@ from ledgergate.codec import codec
 from ledgergate.errors import LedgergateError
 from ledgergate.events import UsageMetered
 from ledgergate.services.anomaly import core
-from ledgergate.shared import readmodel
+from ledgergate.shared import metrics, readmodel
 from ledgergate.shared.catalogue import PriceCatalogue, prices
 from ledgergate.shared.errors import PolicyError, UnknownPriceError
 from ledgergate.shared.health import Health
@@ -176,6 +176,7 @@ def build(settings: AnomalySettings) -> faust.App:
     # and the windows the detector folds are counted in the report.
     health = Health(SERVICE, s.stall_after_ms)
     health.detail = {"windows_folded": 0, "alerts": 0}
+    metrics.configure(SERVICE, s)
     if s.health_port:
         health.serve(s.health_host, s.health_port)
 
@@ -253,6 +254,7 @@ def build(settings: AnomalySettings) -> faust.App:
             bands[rec["series"]] = band.to_record()
             health.detail["windows_folded"] += 1
             health.detail["alerts"] += anomaly is not None
+            metrics.observe_window(series.metric, series.scope_type, anomaly is not None)
 
     log.info("anomaly_built", partitions=partitions, window_s=s.anomaly_window_s, late_s=s.anomaly_late_s,
              sweep_s=s.anomaly_sweep_s, start_from=s.anomaly_start_from)

@@ -95,6 +95,11 @@ class Metrics:
                               "ledger's tail folded.", ("service",)), REBUILD_BUCKETS_S)
         self.rebuild_entries = Counts(S(p + "rebuild_entries_folded_total", "Ledger entries folded by rebuilds.",
                                         ("service",)))
+        # --- the anomaly detector
+        self.anomaly_windows = Counts(S(p + "anomaly_windows_total", "Closed rate windows the anomaly detector "
+                                        "folded, by metric (spend, tokens).", ("metric",)))
+        self.anomalies = Counts(S(p + "anomaly_alerts_total", "ANOMALY alerts emitted (one per episode), by scope "
+                                  "type and metric.", ("scope_type", "metric")))
         # --- the alerter and the API
         self.alerts = Counts(S(p + "alert_deliveries_total", "Alerts POSTed to the webhook, by result (delivered, "
                                "dead_lettered).", ("result",)))
@@ -280,6 +285,16 @@ def observe_usage(tenant_id: str, model: str, usage: Any, estimated: bool) -> No
                                                usage.reasoning_tokens), strict=True):
         if count:
             m.tokens.add((token_type, *base), count)
+
+
+# --- the anomaly detector -------------------------------------------------------------------------
+
+def observe_window(metric: str, scope_type: str, alerted: bool) -> None:
+    m = _active
+    if m is not None:
+        m.anomaly_windows.add((metric,))
+        if alerted:
+            m.anomalies.add((scope_type, metric))
 
 
 # --- the alerter and the API ----------------------------------------------------------------------
