@@ -174,3 +174,10 @@ def seed(dsn: str) -> None:
                          [(A, "TENANT", A, PERIOD, 100_000_000, 5_000_000, 30_000_000, 2_000_000, T0),
                           (A, "WORKFLOW", "wf-a", PERIOD, None, 0, 10_000_000, 0, T0),
                           (B, "TENANT", B, PERIOD, 50, 0, 7, 0, T0)])
+
+
+def get_json(client: TestClient, key: str, path: str, **params: Any) -> Any:
+    """A GET that must answer 200, as JSON."""
+    resp = client.get(path, headers=Keys.h(key), params=params)
+    assert resp.status_code == 200, resp.text
+    return resp.json()

@@ -19,6 +19,7 @@ from tests.integration.apiharness import (  # noqa: F401  (fixtures)
     Keys,
     api_db_fixture,
     api_fixture,
+    get_json,
     keys_fixture,
 )
 from tests.integration.dashboardseed import B_SPEND, seed
@@ -33,10 +34,7 @@ def seeded_fixture(api: TestClient, api_db: str) -> TestClient:
     return api
 
 
-def _get(client: TestClient, key: str, path: str, **params: Any) -> Any:
-    resp = client.get(path, headers=H(key), params=params)
-    assert resp.status_code == 200, resp.text
-    return resp.json()
+_get = get_json
 
 
 def percentile_disc(values: list[int], p: float) -> int:

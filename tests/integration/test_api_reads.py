@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -20,6 +19,7 @@ from tests.integration.apiharness import (  # noqa: F401  (fixtures)
     Keys,
     api_db_fixture,
     api_fixture,
+    get_json,
     keys_fixture,
     seed,
 )
@@ -34,10 +34,7 @@ def seeded_fixture(api: TestClient, api_db: str) -> TestClient:
     return api
 
 
-def _get(client: TestClient, key: str, path: str, **params: Any) -> Any:
-    resp = client.get(path, headers=H(key), params=params)
-    assert resp.status_code == 200, resp.text
-    return resp.json()
+_get = get_json
 
 
 def test_balances_join_limits_and_compute_remaining_and_burn(seeded: TestClient, keys: Keys) -> None:
