@@ -35,8 +35,10 @@ BODIES = {"budgets": {"limit_micro_usd": 1}, "raise": {"amount_micro_usd": 1}, "
           "credits": {"amount_micro_usd": 1}, "void": {}, "policy": {"max_output_tokens": 100},
           "credentials": {}, "mode": {"mode": "REQUIRED"}}
 # The dashboard's page is static (its figures come from the tenant routes, with the key typed into it).
-PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/dashboard",
-          "/dashboard/"}
+# /metrics, like /healthz, is for the scraper: the API's families are labelled by route template, never a
+# tenant (tests/integration/test_api_metrics.py checks no tenant id is in it).
+PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+          "/dashboard", "/dashboard/"}
 ADMIN_ONLY = {("GET", "/v1/tenants"), ("GET", "/v1/api-keys"), ("POST", "/v1/api-keys"),
               ("DELETE", "/v1/api-keys/{key_id}")}
 # Not under /v1/tenants/{tenant_id}: scoped by the key's own tenant instead (another tenant's id is a 404).

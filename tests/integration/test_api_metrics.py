@@ -39,5 +39,6 @@ def test_api_metrics_count_requests_by_route_template_and_status(api: TestClient
     assert delta(("GET", "unmatched", "404")) == 1
     assert not any(A in route for _, route, _ in after)  # the tenant id never becomes a label value
     text = api.get("/metrics").text
+    assert A not in text  # unauthenticated like /healthz: no tenant id anywhere in it
     assert "ledgergate_http_request_duration_seconds_bucket" in text
     assert "ledgergate_process_resident_memory_bytes" in text
