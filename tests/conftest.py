@@ -24,8 +24,8 @@ def stack() -> StackSettings:
     return settings
 
 
-@pytest.fixture
-def kafka(stack: StackSettings) -> Iterator[KafkaSettings]:
+@contextlib.contextmanager
+def fresh_topics(stack: StackSettings) -> Iterator[KafkaSettings]:
     """A fresh set of every ledgergate topic under a unique prefix, deleted afterwards."""
     from confluent_kafka.admin import AdminClient
 
@@ -45,6 +45,19 @@ def kafka(stack: StackSettings) -> Iterator[KafkaSettings]:
         # Cleanup only: a leftover prefixed topic harms nothing.
         with contextlib.suppress(Exception):
             fut.result()
+
+
+@pytest.fixture
+def kafka(stack: StackSettings) -> Iterator[KafkaSettings]:
+    with fresh_topics(stack) as settings:
+        yield settings
+
+
+@pytest.fixture(scope="module")
+def kafka_module(stack: StackSettings) -> Iterator[KafkaSettings]:
+    """`kafka` shared by a module's tests (each test then uses tenants of its own)."""
+    with fresh_topics(stack) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,14 @@ from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.commands import BudgetCommand
 from ledgergate.connection import KafkaConnection
-from ledgergate.errors import CodecError, GateClientError, GateOverloadedError, GateTimeoutError, TopicConfigError
+from ledgergate.errors import (
+    CodecError,
+    GateClientError,
+    GateOverloadedError,
+    GateTimeoutError,
+    InvalidRequestError,
+    TopicConfigError,
+)
 from ledgergate.events import ChatMessage, InvocationRequested
 from ledgergate.ids import request_problem
 from ledgergate.kafka_config import admin_config, assign_promptly, connect_now, consumer_config, producer_config
@@ -248,7 +255,7 @@ class GateClient:
         # a DENY invalid_request (or a dead letter) a round trip later.
         problem = request_problem(request)
         if problem is not None:
-            raise GateClientError(f"invalid request: {problem}")
+            raise InvalidRequestError(f"invalid request: {problem}")
         record = request.to_record()
         credential = self.credential  # read once: a rotation meanwhile applies to the next request
         if credential is not None:
@@ -444,7 +451,7 @@ def _trace_context(explicit: Mapping[str, str] | None) -> dict[str, str]:
     try:
         return outgoing(explicit)
     except TraceContextError as exc:
-        raise GateClientError(f"invalid trace_context: {exc.message}") from None
+        raise InvalidRequestError(f"invalid trace_context: {exc.message}") from None
 
 
 def _tools_json(tools: Any) -> str | None:

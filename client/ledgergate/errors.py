@@ -7,6 +7,8 @@ so `except LedgergateError` catches both families.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LedgergateError(Exception):
     """Base of every deliberate ledgergate error."""
@@ -83,3 +85,45 @@ class KafkaUnreachableError(GateClientError):
     does not speak, e.g. PLAINTEXT to a TLS port); the message carries the last error librdkafka saw."""
 
     code = "kafka_unreachable"
+
+
+class InvalidRequestError(GateClientError):
+    """The SDK refused to publish a request that breaks the gate's edge rule (ledgergate.ids): the gate would
+    answer it DENY invalid_request."""
+
+    code = "invalid_request"
+
+
+class GateDeniedError(LedgergateError):
+    """The gate answered DENY: `reason` (its first reason code), `binding_scope` (which budget or rule bound
+    it, e.g. "TENANT:acme" or "policy") and the whole `decision`."""
+
+    code = "gate_denied"
+
+    def __init__(self, decision: dict[str, Any], message: str | None = None) -> None:
+        self.decision = decision
+        self.request_id: str = decision["request_id"]
+        self.reason_codes: tuple[str, ...] = tuple(decision.get("reason_codes") or ())
+        self.reason: str = self.reason_codes[0] if self.reason_codes else "denied"
+        self.binding_scope: str | None = decision.get("binding_scope")
+        super().__init__(message or f"the gate denied request {self.request_id}: {self.reason}"
+                         + (f" (bound by {self.binding_scope})" if self.binding_scope else ""))
+
+
+class GateThrottledError(GateDeniedError):
+    """The gate answered THROTTLE and the caller chose not to wait (or waited its limit): `retry_after_ms`."""
+
+    code = "gate_throttled"
+
+    def __init__(self, decision: dict[str, Any], waited_ms: int = 0) -> None:
+        self.retry_after_ms: int = int(decision.get("retry_after_ms") or 0)
+        self.waited_ms = waited_ms
+        super().__init__(decision, f"the gate throttled request {decision['request_id']}: retry after "
+                         f"{self.retry_after_ms} ms" + (f" (already waited {waited_ms} ms)" if waited_ms else ""))
+
+
+class GateUnavailableError(LedgergateError):
+    """No decision came (the broker or the gate is away or slow) and the call may not fail open: this client
+    fails closed, the tenant's policy forbids failing open, or the local fail-open envelope is spent."""
+
+    code = "gate_unavailable"

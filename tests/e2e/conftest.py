@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -128,13 +129,14 @@ def wait_ready(client: GateClient, timeout_s: float = 120.0) -> None:
                 raise
 
 
-@pytest.fixture
-def gate(kafka: KafkaSettings, tmp_path: Path) -> Iterator[Gate]:
-    dump = tmp_path / "budget-state.json"
+@contextlib.contextmanager
+def running_gate(kafka: KafkaSettings, work_dir: Path) -> Iterator[Gate]:
+    """The four gate services as processes on `kafka`'s topics, and a client; ready for a decision."""
+    dump = work_dir / "budget-state.json"
     env = {"LEDGERGATE_KAFKA_BOOTSTRAP": kafka.kafka_bootstrap, "LEDGERGATE_TOPIC_PREFIX": kafka.topic_prefix,
            "LEDGERGATE_RESERVATION_TTL_MS": str(RESERVATION_TTL_MS), "LEDGERGATE_EXPIRY_INTERVAL_MS": "200",
            "LEDGERGATE_STATE_DUMP_PATH": str(dump)}
-    services, ports = service_set(env, tmp_path / "logs", GATE_SERVICES)
+    services, ports = service_set(env, work_dir / "logs", GATE_SERVICES)
     services.start(GATE_SERVICES)
     client = GateClient(kafka.kafka_bootstrap, topic_prefix=kafka.topic_prefix, timeout_s=30)
     try:
@@ -143,6 +145,19 @@ def gate(kafka: KafkaSettings, tmp_path: Path) -> Iterator[Gate]:
     finally:
         client.close()
         services.close()
+
+
+@pytest.fixture
+def gate(kafka: KafkaSettings, tmp_path: Path) -> Iterator[Gate]:
+    with running_gate(kafka, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def gate_module(kafka_module: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
+    """`gate` shared by a module's tests: they must use tenants of their own."""
+    with running_gate(kafka_module, tmp_path_factory.mktemp("gate")) as running:
+        yield running
 
 
 @dataclass

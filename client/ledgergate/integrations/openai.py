@@ -1,0 +1,254 @@
+"""An `openai.OpenAI` or `openai.AsyncOpenAI` client whose chat completions are gated.
+
+    from openai import OpenAI
+    from ledgergate import Gate, GateClient, GateSettings
+    from ledgergate.integrations.openai import gated
+
+    client = gated(OpenAI(), Gate(GateClient(), GateSettings(tenant_id="acme", workflow_id="support")))
+    reply = client.chat.completions.create(model="gpt-4o", messages=[...], max_tokens=256)
+
+Each `chat.completions.create` (sync, async, `stream=True`) asks the gate first, then calls the model the
+gate decided with at most the output tokens it granted, then settles with the usage the provider reported
+(streams ask for it with `stream_options.include_usage`; a usage-only chunk the caller did not ask for is
+not passed on). A stream that breaks or is abandoned (closed, or dropped before its end) is settled from the
+text received, marked estimated; a call that fails before any output voids its reservation. Everything else
+on the client (embeddings, files, ...) passes through untouched. Per-call gate options ride in the
+`ledgergate` keyword: {"workflow_id", "agent_id", "labels", "request_id", "max_cost_micro_usd"}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import openai
+
+from ledgergate.admission import Gate, Grant
+from ledgergate.integrations.wire import gate_messages, usage_from_openai
+
+__all__ = ["AsyncGatedOpenAI", "GatedOpenAI", "gated"]
+
+GATE_OPTIONS = frozenset({"workflow_id", "agent_id", "labels", "request_id", "max_cost_micro_usd"})
+
+
+def gated(client: Any, gate: Gate) -> Any:
+    """`client` with its chat completions gated (an AsyncOpenAI gives an async wrapper)."""
+    if isinstance(client, openai.AsyncOpenAI):
+        return AsyncGatedOpenAI(client, gate)
+    if isinstance(client, openai.OpenAI):
+        return GatedOpenAI(client, gate)
+    raise TypeError(f"gated() wraps an openai.OpenAI or openai.AsyncOpenAI, not {type(client).__name__}")
+
+
+class _Passthrough:
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _prepare(gate: Gate, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """The gate's arguments and the options popped from the call's keywords."""
+    options = dict(kwargs.pop("ledgergate", None) or {})
+    unknown = set(options) - GATE_OPTIONS
+    if unknown:
+        raise TypeError(f"unknown ledgergate options {sorted(unknown)}; known: {sorted(GATE_OPTIONS)}")
+    cap = kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
+    ask = {"messages": gate_messages(kwargs["messages"]), "model": kwargs["model"], "max_output_tokens": cap,
+           "tools": kwargs.get("tools"), **options}
+    return ask, options, cap
+
+
+def _decided(kwargs: dict[str, Any], grant: Grant) -> dict[str, Any]:
+    """The call as the gate decided it: its model, its output cap (in the parameter the caller used)."""
+    call = dict(kwargs, model=grant.model)
+    if "max_completion_tokens" in call:
+        call["max_completion_tokens"] = grant.max_output_tokens
+    else:
+        call["max_tokens"] = grant.max_output_tokens
+    if call.get("stream"):
+        call["stream_options"] = {**(call.get("stream_options") or {}), "include_usage": True}
+    return call
+
+
+def _wanted_usage(kwargs: Mapping[str, Any]) -> bool:
+    return bool((kwargs.get("stream_options") or {}).get("include_usage"))
+
+
+class _StreamAccount:
+    """What a stream has delivered so far, and its one settlement."""
+
+    def __init__(self, grant: Grant, pass_usage: bool) -> None:
+        self.grant = grant
+        self.pass_usage = pass_usage
+        self.parts: list[str] = []
+        self.usage: dict[str, int] | None = None
+        self.finished = False  # a choice reported its finish_reason
+
+    def see(self, chunk: Any) -> bool:
+        """Take in one chunk; whether the caller gets it."""
+        if getattr(chunk, "usage", None) is not None:
+            self.usage = usage_from_openai(chunk.usage)
+        choices = getattr(chunk, "choices", None) or []
+        for choice in choices:
+            delta = getattr(choice, "delta", None)
+            content = getattr(delta, "content", None)
+            if content:
+                self.parts.append(content)
+            if getattr(choice, "finish_reason", None):
+                self.finished = True
+        return bool(choices) or self.pass_usage
+
+    def end(self, broken: bool = False, abandoned: bool = False) -> None:
+        if self.grant.settled:
+            return
+        text = "".join(self.parts)
+        if self.usage is not None:
+            self.grant.settle(self.usage, None, "OK" if self.finished else "TRUNCATED")
+        elif broken and not text:
+            self.grant.void()
+        else:
+            self.grant.settle_from_text(text, "CANCELLED" if abandoned else "TRUNCATED")
+
+
+class GatedStream:
+    """Iterates the provider's stream; settles at its end, when it breaks, or when closed or dropped early."""
+
+    def __init__(self, stream: Any, account: _StreamAccount) -> None:
+        self._stream = stream
+        self._account = account
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            for chunk in self._stream:
+                if self._account.see(chunk):
+                    yield chunk
+        except GeneratorExit:
+            self._account.end(abandoned=True)
+            raise
+        except BaseException:
+            self._account.end(broken=True)
+            raise
+        self._account.end()
+
+    def close(self) -> None:
+        self._account.end(abandoned=True)
+        self._stream.close()
+
+    def __enter__(self) -> GatedStream:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not self._account.grant.settled:
+            self._account.end(abandoned=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class AsyncGatedStream:
+    def __init__(self, stream: Any, account: _StreamAccount) -> None:
+        self._stream = stream
+        self._account = account
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        try:
+            async for chunk in self._stream:
+                if self._account.see(chunk):
+                    yield chunk
+        except GeneratorExit:
+            self._account.end(abandoned=True)
+            raise
+        except BaseException:
+            self._account.end(broken=True)
+            raise
+        self._account.end()
+
+    async def close(self) -> None:
+        self._account.end(abandoned=True)
+        await self._stream.close()
+
+    async def __aenter__(self) -> AsyncGatedStream:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        if not self._account.grant.settled:
+            self._account.end(abandoned=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _settle_response(grant: Grant, response: Any) -> None:
+    usage = usage_from_openai(getattr(response, "usage", None))
+    if usage is not None:
+        grant.settle(usage)
+        return
+    choices = getattr(response, "choices", None) or []
+    text = "".join(getattr(getattr(c, "message", None), "content", None) or "" for c in choices)
+    grant.settle_from_text(text, "OK")  # a server that reports no usage: the gate counts the answer
+
+
+class _Completions(_Passthrough):
+    def __init__(self, inner: Any, gate: Gate) -> None:
+        super().__init__(inner)
+        self._gate = gate
+
+    def create(self, **kwargs: Any) -> Any:
+        ask, _options, _cap = _prepare(self._gate, kwargs)
+        grant = self._gate.admit(**ask)
+        try:
+            result = self._inner.create(**_decided(kwargs, grant))
+        except BaseException:
+            grant.void()  # nothing came back: nothing was produced
+            raise
+        if kwargs.get("stream"):
+            return GatedStream(result, _StreamAccount(grant, _wanted_usage(kwargs)))
+        _settle_response(grant, result)
+        return result
+
+
+class _AsyncCompletions(_Passthrough):
+    def __init__(self, inner: Any, gate: Gate) -> None:
+        super().__init__(inner)
+        self._gate = gate
+
+    async def create(self, **kwargs: Any) -> Any:
+        ask, _options, _cap = _prepare(self._gate, kwargs)
+        grant = await self._gate.admit_async(**ask)
+        try:
+            result = await self._inner.create(**_decided(kwargs, grant))
+        except BaseException:
+            grant.void()
+            raise
+        if kwargs.get("stream"):
+            return AsyncGatedStream(result, _StreamAccount(grant, _wanted_usage(kwargs)))
+        _settle_response(grant, result)
+        return result
+
+
+class _Chat(_Passthrough):
+    def __init__(self, inner: Any, completions: Any) -> None:
+        super().__init__(inner)
+        self.completions = completions
+
+
+class GatedOpenAI(_Passthrough):
+    def __init__(self, client: Any, gate: Gate) -> None:
+        super().__init__(client)
+        self.gate = gate
+        self.chat = _Chat(client.chat, _Completions(client.chat.completions, gate))
+
+
+class AsyncGatedOpenAI(_Passthrough):
+    def __init__(self, client: Any, gate: Gate) -> None:
+        super().__init__(client)
+        self.gate = gate
+        self.chat = _Chat(client.chat, _AsyncCompletions(client.chat.completions, gate))

@@ -1,0 +1,59 @@
+"""OpenAI's chat wire format, as the gate needs it: the messages it counts, the usage it settles. Shared by
+the OpenAI wrapper, the proxy and the framework hooks (LiteLLM speaks the same format). Objects or dicts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["gate_messages", "usage_from_openai"]
+
+ZERO_USAGE = {"input_tokens": 0, "cached_input_tokens": 0, "output_tokens": 0, "reasoning_tokens": 0}
+
+
+def _get(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _text_of(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Iterable):  # content parts: text counts; images and audio are not text tokens
+        return " ".join(str(_get(part, "text") or "") for part in content if _get(part, "type") in (None, "text"))
+    return str(content)
+
+
+def gate_messages(messages: Iterable[Any]) -> list[dict[str, Any]]:
+    """OpenAI chat messages -> the gate's (role, content, name): content parts joined as text, and an
+    assistant's tool calls counted with it (their names and arguments are tokens the model reads)."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        text = _text_of(_get(m, "content"))
+        calls = _get(m, "tool_calls")
+        if calls:
+            text += " " + json.dumps([{"name": _get(_get(c, "function"), "name"),
+                                       "arguments": _get(_get(c, "function"), "arguments")} for c in calls])
+        name = _get(m, "name")
+        out.append({"role": str(_get(m, "role") or "user"), "content": text, "name": name or None})
+    return out
+
+
+def usage_from_openai(usage: Any) -> dict[str, int] | None:
+    """OpenAI usage -> the gate's: output excludes reasoning (OpenAI counts reasoning inside
+    completion_tokens; the ledger keeps them apart and bills both)."""
+    if usage is None:
+        return None
+    prompt = int(_get(usage, "prompt_tokens") or 0)
+    completion = int(_get(usage, "completion_tokens") or 0)
+    cached = int(_get(_get(usage, "prompt_tokens_details"), "cached_tokens") or 0)
+    reasoning = int(_get(_get(usage, "completion_tokens_details"), "reasoning_tokens") or 0)
+    reasoning = min(reasoning, completion)
+    return {"input_tokens": prompt, "cached_input_tokens": min(cached, prompt),
+            "output_tokens": completion - reasoning, "reasoning_tokens": reasoning}

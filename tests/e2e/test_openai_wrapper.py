@@ -1,0 +1,175 @@
+"""The real `openai` package, gated (ledgergate.integrations.openai), against the OpenAI-compatible stand-in
+(tools/openai_standin.py) on loopback and the four services on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from ledgergate import Gate, GateDeniedError, GateSettings, GateThrottledError
+from ledgergate.integrations.openai import gated
+from ledgergate.tools.openai_standin import FAULT_HEADER, StandinServer
+from tests.e2e.conftest import Gate as RunningGate
+
+USD = 1_000_000
+ASK = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Summarise the ledger."}]
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[StandinServer]:
+    with StandinServer() as server:
+        yield server
+
+
+def _tenant(running: RunningGate, limit_micro_usd: int = 100 * USD, policy: dict[str, Any] | None = None) -> str:
+    tenant = f"oa-{uuid.uuid4().hex[:8]}"
+    running.client.send_command(tenant, "SET_LIMIT", limit_micro_usd, scope_type="TENANT", scope_id=tenant)
+    if policy is not None:
+        running.client.send_command(tenant, "SET_POLICY", policy_json=json.dumps(policy))
+    return tenant
+
+
+def _openai(standin: StandinServer, running: RunningGate, tenant: str, **settings: Any) -> Any:
+    provider = openai.OpenAI(base_url=standin.base_url, api_key="sk-standin", max_retries=0)
+    return gated(provider, Gate(running.client, GateSettings(tenant_id=tenant, workflow_id="wf", **settings)))
+
+
+def _ledger_of(running: RunningGate, request_id: str, kinds: tuple[str, ...], timeout_s: float = 30.0
+               ) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    found: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        found = {name: rec for _, name, rec in running.ledger() if rec.get("request_id") == request_id}
+        if all(k in found for k in kinds):
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"{request_id}: ledger has {sorted(found)}, not all of {kinds}")
+
+
+def _last_call(standin: StandinServer) -> dict[str, Any]:
+    with standin.state.lock:
+        return dict(standin.state.calls[-1])
+
+
+def test_a_call_is_gated_called_as_decided_and_settled_with_the_reported_usage(
+        gate_module: RunningGate, standin: StandinServer) -> None:
+    tenant = _tenant(gate_module)
+    client = _openai(standin, gate_module, tenant)
+    request_id = f"r-{uuid.uuid4().hex}"
+    reply = client.chat.completions.create(model="gpt-4o", messages=ASK, max_tokens=300,
+                                           ledgergate={"request_id": request_id})
+    assert reply.choices[0].message.content
+    call = _last_call(standin)
+    assert call["model"] == "gpt-4o" and call["max_tokens"] == 300
+    entries = _ledger_of(gate_module, request_id, ("ReservationPlaced", "ReservationSettled"))
+    settled = entries["ReservationSettled"]
+    assert settled["usage"]["input_tokens"] == reply.usage.prompt_tokens
+    assert settled["usage"]["output_tokens"] == reply.usage.completion_tokens
+    assert settled["usage_estimated"] is False and settled["workflow_id"] == "wf"
+    # Pass-through: everything but chat completions is the provider client's own.
+    assert [m.id for m in client.models.list().data][:1] == ["gpt-4o"]
+
+
+def test_a_downgrade_calls_the_cheaper_model_and_a_deny_raises_without_calling(
+        gate_module: RunningGate, standin: StandinServer) -> None:
+    tenant = _tenant(gate_module, limit_micro_usd=2_000)  # gpt-4o's hold does not fit; gpt-4o-mini's does
+    client = _openai(standin, gate_module, tenant)
+    client.chat.completions.create(model="gpt-4o", messages=ASK, max_tokens=300)
+    assert _last_call(standin)["model"] != "gpt-4o"
+    broke = _tenant(gate_module, limit_micro_usd=1)
+    calls_before = len(standin.state.calls)
+    with pytest.raises(GateDeniedError) as denied:
+        _openai(standin, gate_module, broke).chat.completions.create(model="gpt-4o", messages=ASK, max_tokens=300)
+    assert denied.value.reason == "budget_exhausted" and denied.value.binding_scope == f"tenant:{broke}"
+    assert len(standin.state.calls) == calls_before
+
+
+def test_a_stream_settles_from_its_usage_chunk_which_the_caller_did_not_ask_for(
+        gate_module: RunningGate, standin: StandinServer) -> None:
+    tenant = _tenant(gate_module)
+    client = _openai(standin, gate_module, tenant)
+    request_id = f"s-{uuid.uuid4().hex}"
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=ASK, max_tokens=10, stream=True,
+                                                 ledgergate={"request_id": request_id}))
+    assert chunks and all(c.choices for c in chunks)  # the usage-only chunk was not passed on
+    assert _last_call(standin)["stream"] is True
+    settled = _ledger_of(gate_module, request_id, ("ReservationSettled",))["ReservationSettled"]
+    assert settled["usage"]["output_tokens"] == 10 and settled["usage_estimated"] is False
+
+
+def test_a_broken_stream_is_settled_from_its_text_and_an_abandoned_one_too(
+        gate_module: RunningGate, standin: StandinServer) -> None:
+    tenant = _tenant(gate_module)
+    client = _openai(standin, gate_module, tenant)
+    cut_id, left_id = f"c-{uuid.uuid4().hex}", f"a-{uuid.uuid4().hex}"
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=ASK, max_tokens=20, stream=True,
+                                            extra_headers={FAULT_HEADER: "cut"}, ledgergate={"request_id": cut_id})
+    text = "".join(c.choices[0].delta.content or "" for c in stream)
+    assert text  # some words came before the connection ended
+    cut = _ledger_of(gate_module, cut_id, ("ReservationSettled",))["ReservationSettled"]
+    assert cut["usage_estimated"] is True and cut["usage"]["output_tokens"] > 0
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=ASK, max_tokens=20, stream=True,
+                                            ledgergate={"request_id": left_id})
+    for i, _chunk in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()
+    left = _ledger_of(gate_module, left_id, ("ReservationSettled",))["ReservationSettled"]
+    assert left["usage_estimated"] is True
+
+
+def test_a_call_that_fails_before_any_output_voids_its_reservation(
+        gate_module: RunningGate, standin: StandinServer) -> None:
+    tenant = _tenant(gate_module)
+    client = _openai(standin, gate_module, tenant)
+    request_id = f"e-{uuid.uuid4().hex}"
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="gpt-4o", messages=ASK, max_tokens=50,
+                                       extra_headers={FAULT_HEADER: "error"}, ledgergate={"request_id": request_id})
+    entries = _ledger_of(gate_module, request_id, ("ReservationVoided",))
+    assert "ReservationSettled" not in entries
+
+
+def test_the_async_client_is_gated_too(gate_module: RunningGate, standin: StandinServer) -> None:
+    tenant = _tenant(gate_module)
+    gate = Gate(gate_module.client, GateSettings(tenant_id=tenant, workflow_id="wf"))
+    client = gated(openai.AsyncOpenAI(base_url=standin.base_url, api_key="sk-standin", max_retries=0), gate)
+    plain_id, stream_id = f"p-{uuid.uuid4().hex}", f"q-{uuid.uuid4().hex}"
+
+    async def run() -> str:
+        await client.chat.completions.create(model="gpt-4o", messages=ASK, max_tokens=40,
+                                             ledgergate={"request_id": plain_id})
+        stream = await client.chat.completions.create(
+            model="gpt-4o", messages=ASK, max_tokens=40, stream=True, stream_options={"include_usage": True},
+            ledgergate={"request_id": stream_id})
+        chunks = [c async for c in stream]
+        assert not chunks[-1].choices and chunks[-1].usage is not None  # asked for: passed on
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    assert asyncio.run(run())
+    for request_id in (plain_id, stream_id):
+        settled = _ledger_of(gate_module, request_id, ("ReservationSettled",))["ReservationSettled"]
+        assert settled["usage_estimated"] is False
+
+
+def test_a_throttle_waits_its_retry_after_or_raises(gate_module: RunningGate, standin: StandinServer) -> None:
+    tenant = _tenant(gate_module, policy={"rate_limit_per_s": 1, "rate_burst": 1})
+    raising = _openai(standin, gate_module, tenant, on_throttle="raise")
+    for _ in range(100):  # until the policy is in force (SET_POLICY travels through the ledger)
+        try:
+            raising.chat.completions.create(model="gpt-4o-mini", messages=ASK, max_tokens=5)
+        except GateThrottledError as throttled:
+            assert throttled.retry_after_ms > 0
+            break
+    else:
+        raise AssertionError("never throttled at 1 request/s")
+    waiting = _openai(standin, gate_module, tenant)
+    waiting.chat.completions.create(model="gpt-4o-mini", messages=ASK, max_tokens=5)  # throttled, waits, passes
+    assert waiting.gate.throttle_waited_ms > 0
