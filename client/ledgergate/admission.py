@@ -137,6 +137,14 @@ class Grant:
         self._gate._report(self, usage, text, status)
 
 
+@dataclass(slots=True)
+class _Ask:
+    """One admission in progress: GateClient.request's arguments, and the throttle waits so far."""
+
+    request: dict[str, Any]
+    waited_ms: int = 0
+
+
 class Gate:
     def __init__(self, client: GateClient, settings: GateSettings) -> None:
         self.client = client
@@ -162,50 +170,81 @@ class Gate:
               request_id: str | None = None, workflow_id: str | None = None, agent_id: str | None = None,
               labels: Mapping[str, str] | None = None, tools: Any = None,
               max_cost_micro_usd: int | None = None) -> Grant:
-        s = self.settings
-        cap = max_output_tokens or s.default_max_output_tokens
-        workflow = s.workflow_id if workflow_id is None else workflow_id
-        agent = s.agent_id if agent_id is None else agent_id
-        request_id = request_id or str(uuid.uuid4())
-        waited_ms = 0
+        ask = self._ask(messages, model, max_output_tokens, request_id, workflow_id, agent_id, labels, tools,
+                        max_cost_micro_usd)
         while True:
             if not self._may_ask():
-                return self._fail_open(request_id, model, cap, workflow, agent, max_cost_micro_usd,
-                                       GateUnavailableError("the gate is away (no decision since "
-                                                            f"{self._away_for_s():.1f} s ago)"))
+                return self._fail_open(ask, GateUnavailableError(
+                    f"the gate is away (no decision since {self._away_for_s():.1f} s ago)"))
             try:
-                decision = self.client.request(
-                    s.tenant_id, messages, model, cap, request_id=request_id, workflow_id=workflow, agent_id=agent,
-                    priority=s.priority, region=s.region, max_cost_micro_usd=max_cost_micro_usd, labels=labels,
-                    tools=tools, timeout_s=s.decision_timeout_ms / 1000)
+                decision = self.client.request(**ask.request)
             except (InvalidRequestError, GateOverloadedError):
                 raise  # the caller's mistake or this process's own bound, not the gate's absence
             except (GateTimeoutError, GateClientError) as exc:
                 self._went_away()
-                return self._fail_open(request_id, model, cap, workflow, agent, max_cost_micro_usd, exc)
-            self._came_back()
-            self._learn(decision)
-            outcome = decision["outcome"]
-            if outcome in GRANTED:
-                deployment = decision.get("deployment") or {}
-                return Grant(self, request_id, model, deployment.get("model") or model,
-                             int(decision["granted_output_tokens"]), outcome, decision, workflow, agent,
-                             int(decision["requested_at_ms"]))
-            if outcome == "THROTTLE":
-                retry_ms = int(decision.get("retry_after_ms") or 100)
-                if s.on_throttle == "raise" or waited_ms + retry_ms > s.throttle_wait_ms_max:
-                    raise GateThrottledError(decision, waited_ms)
-                time.sleep(retry_ms / 1000)
-                waited_ms += retry_ms
-                self.throttle_waited_ms += retry_ms
-                request_id = str(uuid.uuid4())  # the same id would get the same THROTTLE back
-                continue
-            raise GateDeniedError(decision)
+                return self._fail_open(ask, exc)
+            step = self._on_decision(ask, decision)
+            if isinstance(step, Grant):
+                return step
+            time.sleep(step / 1000)
 
     async def admit_async(self, messages: Sequence[Mapping[str, Any]], model: str,
-                          max_output_tokens: int | None = None, **kwargs: Any) -> Grant:
-        """`admit` on a worker thread: its waits (decision, throttle, probe) never block the event loop."""
-        return await asyncio.to_thread(self.admit, messages, model, max_output_tokens, **kwargs)
+                          max_output_tokens: int | None = None, *, request_id: str | None = None,
+                          workflow_id: str | None = None, agent_id: str | None = None,
+                          labels: Mapping[str, str] | None = None, tools: Any = None,
+                          max_cost_micro_usd: int | None = None) -> Grant:
+        """`admit` without blocking the event loop: it awaits the decision (and any throttle wait)."""
+        ask = self._ask(messages, model, max_output_tokens, request_id, workflow_id, agent_id, labels, tools,
+                        max_cost_micro_usd)
+        while True:
+            if not self._may_ask():
+                return self._fail_open(ask, GateUnavailableError(
+                    f"the gate is away (no decision since {self._away_for_s():.1f} s ago)"))
+            try:
+                decision = await self.client.request_async(**ask.request)
+            except (InvalidRequestError, GateOverloadedError):
+                raise
+            except (GateTimeoutError, GateClientError) as exc:
+                self._went_away()
+                return self._fail_open(ask, exc)
+            step = self._on_decision(ask, decision)
+            if isinstance(step, Grant):
+                return step
+            await asyncio.sleep(step / 1000)
+
+    def _ask(self, messages: Sequence[Mapping[str, Any]], model: str, max_output_tokens: int | None,
+             request_id: str | None, workflow_id: str | None, agent_id: str | None,
+             labels: Mapping[str, str] | None, tools: Any, max_cost_micro_usd: int | None) -> _Ask:
+        s = self.settings
+        workflow = s.workflow_id if workflow_id is None else workflow_id
+        agent = s.agent_id if agent_id is None else agent_id
+        request = {"tenant_id": s.tenant_id, "messages": messages, "model": model,
+                   "max_output_tokens": max_output_tokens or s.default_max_output_tokens,
+                   "request_id": request_id or str(uuid.uuid4()), "workflow_id": workflow, "agent_id": agent,
+                   "priority": s.priority, "region": s.region, "max_cost_micro_usd": max_cost_micro_usd,
+                   "labels": labels, "tools": tools, "timeout_s": s.decision_timeout_ms / 1000}
+        return _Ask(request)
+
+    def _on_decision(self, ask: _Ask, decision: dict[str, Any]) -> Grant | int:
+        """A Grant, or how long to wait (ms) before asking again under a new request id; raises a DENY."""
+        self._came_back()
+        self._learn(decision)
+        outcome = decision["outcome"]
+        req = ask.request
+        if outcome in GRANTED:
+            deployment = decision.get("deployment") or {}
+            return Grant(self, req["request_id"], req["model"], deployment.get("model") or req["model"],
+                         int(decision["granted_output_tokens"]), outcome, decision, req["workflow_id"],
+                         req["agent_id"], int(decision["requested_at_ms"]))
+        if outcome == "THROTTLE":
+            retry_ms = int(decision.get("retry_after_ms") or 100)
+            if self.settings.on_throttle == "raise" or ask.waited_ms + retry_ms > self.settings.throttle_wait_ms_max:
+                raise GateThrottledError(decision, ask.waited_ms)
+            ask.waited_ms += retry_ms
+            self.throttle_waited_ms += retry_ms
+            req["request_id"] = str(uuid.uuid4())  # the same id would get the same THROTTLE back
+            return retry_ms
+        raise GateDeniedError(decision)
 
     # --- the gate's presence -------------------------------------------------------------------
 
@@ -266,8 +305,9 @@ class Gate:
         own = self.settings.fail_open_micro_usd_per_min
         return own if cap is None else min(own, cap)
 
-    def _fail_open(self, request_id: str, model: str, cap: int, workflow: str, agent: str,
-                   max_cost_micro_usd: int | None, cause: LedgergateError) -> Grant:
+    def _fail_open(self, ask: _Ask, cause: LedgergateError) -> Grant:
+        req = ask.request
+        request_id, model, max_cost_micro_usd = req["request_id"], req["model"], req["max_cost_micro_usd"]
         envelope = self.envelope_micro_usd_per_min()
         if envelope <= 0:
             raise GateUnavailableError(f"no gate decision for request {request_id} and failing open is off "
@@ -290,7 +330,8 @@ class Gate:
             self.fail_open_calls += 1
         _log.warning("fail_open_call", extra={"tenant_id": self.settings.tenant_id, "request_id": request_id,
                                                "estimate_micro_usd": estimate})
-        return Grant(self, request_id, model, model, cap, FAIL_OPEN, None, workflow, agent, _now_ms())
+        return Grant(self, request_id, model, model, req["max_output_tokens"], FAIL_OPEN, None, req["workflow_id"],
+                     req["agent_id"], _now_ms())
 
     # --- settlement ----------------------------------------------------------------------------
 
