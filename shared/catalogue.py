@@ -83,6 +83,11 @@ class Deployment:
     model: str
     endpoint: str
     region: str
+    # Where the proxy (services/proxy) forwards a call the gate sent here: an OpenAI-compatible base URL,
+    # the environment variable holding its API key, and the provider's own name for the model.
+    base_url: str | None = None
+    api_key_env: str | None = None
+    upstream_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,10 @@ class DeploymentCatalogue:
         local = [d for d in options if d.region == region] or list(options)
         # crc32, not hash(): the choice must be the same in every process and after restarts.
         return local[zlib.crc32(request_id.encode()) % len(local)]
+
+    def find(self, model: str, endpoint: str) -> Deployment | None:
+        """The catalogue's entry for a decision's deployment."""
+        return next((d for d in self.by_model.get(model, ()) if d.endpoint == endpoint), None)
 
 
 @cache
@@ -118,5 +127,7 @@ def prices(path: Path = DATA_DIR / "prices.yaml") -> PriceCatalogue:
 @cache
 def deployments(path: Path = DATA_DIR / "deployments.yaml") -> DeploymentCatalogue:
     doc = yaml.safe_load(path.read_text())
-    return DeploymentCatalogue({model: tuple(Deployment(model, d["endpoint"], d["region"]) for d in items)
+    return DeploymentCatalogue({model: tuple(Deployment(model, d["endpoint"], d["region"], d.get("base_url"),
+                                                        d.get("api_key_env"), d.get("upstream_model"))
+                                             for d in items)
                                 for model, items in doc["deployments"].items()})

@@ -2,7 +2,7 @@
 projector writes (deploy/migrations), and on the API's own api_keys, one typed function each, taking a psycopg
 connection.
 
-The projector (services/projector/sql.py) is the only writer of the read model, services/api/auth.py of
+The projector (services/projector/sql.py) is the only writer of the read model, shared/apikeys.py of
 api_keys; nothing here writes. Callers parse and check their input (a route its query parameters and
 cursor, a tool its dates) and shape what comes back; the SQL is here. Every value is bound as a parameter:
 only constants (column lists, table names, the grouping expressions of USAGE_GROUPS, the sort key of a
@@ -345,7 +345,7 @@ def usage_columns(conn: psycopg.Connection) -> set[str] | None:
         "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = 'usage'")}
 
 
-# --- API keys (the API's own table, written by services/api/auth.py; read here like the rest) ------------
+# --- API keys (the API's own table, written by shared/apikeys.py; read here like the rest) ------------
 
 
 @dataclass(frozen=True, slots=True)

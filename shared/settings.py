@@ -330,3 +330,31 @@ class ApiSettings(KafkaSettings, PostgresSettings, CredentialSettings, MetricsSe
     # Apply pending migrations at start (serialised with the projector by an advisory lock).
     api_migrate: bool = True
     api_start_timeout_s: float = Field(default=60.0, gt=0, le=600)
+
+
+class ProxySettings(KafkaSettings, PostgresSettings, MetricsSettings):
+    """The OpenAI-compatible gateway (`ledgergate run proxy`): /v1/chat/completions gated through Kafka and
+    forwarded to the deployment the decision names."""
+
+    model_config = _config()
+
+    proxy_host: str = "127.0.0.1"
+    proxy_port: int = Field(default=8100, ge=1, le=65535)
+    # A chat request's body: prompts can be long, but not unbounded.
+    proxy_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    proxy_messages_max: int = Field(default=1024, ge=1, le=100_000)
+    proxy_decision_timeout_ms: int = Field(default=5_000, ge=100, le=120_000)
+    proxy_upstream_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    proxy_upstream_connections_max: int = Field(default=200, ge=1, le=10_000)
+    # When set, every deployment is served from this base URL (the local stand-in: tests, the demo, the bench);
+    # otherwise each deployment's `base_url` in the deployment catalogue.
+    proxy_upstream_base_url: str = Field(default="", max_length=2048)
+    proxy_deployments_path: Path | None = None
+    # A verified key is trusted this long before PostgreSQL is asked again (a revocation takes this long).
+    proxy_key_cache_ttl_ms: int = Field(default=10_000, ge=0, le=3_600_000)
+    proxy_keys_cached_max: int = Field(default=100_000, ge=1, le=10_000_000)
+    # When no decision comes: refuse (503) or let calls through within the envelope (ledgergate.admission).
+    proxy_on_unavailable: Literal["closed", "open"] = "closed"
+    proxy_fail_open_micro_usd_per_min: int = Field(default=0, ge=0, le=10**12)
+    proxy_tenants_max: int = Field(default=10_000, ge=1, le=1_000_000)
+    proxy_start_timeout_s: float = Field(default=60.0, gt=0, le=600)

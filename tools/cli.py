@@ -205,7 +205,7 @@ def _pct(text: str) -> Decimal:
 def _apikey(args: argparse.Namespace) -> int:
     import psycopg
 
-    from ledgergate.services.api import auth
+    from ledgergate.shared import apikeys as auth
     from ledgergate.shared import db
     from ledgergate.shared.settings import PostgresSettings
 

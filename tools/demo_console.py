@@ -57,7 +57,7 @@ def wait_api(timeout_s: float = API_READY_TIMEOUT_S) -> None:
 
 def admin_key(run: str) -> str:
     """A fresh admin key for this demo run (its SHA-256 in PostgreSQL, the key itself printed once)."""
-    from ledgergate.services.api import auth
+    from ledgergate.shared import apikeys as auth
 
     with psycopg.connect(PostgresSettings().pg_dsn) as conn:
         return str(auth.create_key(conn, tenant_id=None, is_admin=True, can_write=False, name=f"demo {run}").token)

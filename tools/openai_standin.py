@@ -4,7 +4,7 @@
 `GET /v1/models`, so the real `openai` package, the proxy and the framework hooks can be tested and
 benchmarked offline. The answer is words from tools/provider_standin.py, as many as the request's output
 cap allows (at most `answer_words`); usage counts words as tokens. Faults on request, by header:
-`x-standin-fault: error` (a 500 before any output), `cut` (a stream that stops after `cut_after_chunks`
+`x-standin-fault: error` (or the body's `user` "standin-fault:error"; a 500 before any output), `cut` (a stream that stops after `cut_after_chunks`
 chunks without its usage or [DONE]), `slow` (each chunk `slow_chunk_ms` apart). It records what it was asked
 (`calls`), so a test can see the model and the output cap the gate decided.
 """
@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ledgergate.tools.provider_standin import WORDS
 
 FAULT_HEADER = "x-standin-fault"
+FAULT_USER_PREFIX = "standin-fault:"  # the same, as the body's `user`
 CALLS_REMEMBERED_MAX = 10_000
 
 
@@ -76,6 +77,9 @@ def create_app(state: StandinState) -> FastAPI:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body.get("model"):
             return _error(400, "model and messages are required")
         fault = request.headers.get(FAULT_HEADER, "")
+        user = body.get("user")
+        if not fault and isinstance(user, str) and user.startswith(FAULT_USER_PREFIX):
+            fault = user.removeprefix(FAULT_USER_PREFIX)  # through a gateway, which passes no extra headers
         cap = body.get("max_completion_tokens") or body.get("max_tokens") or state.answer_words
         n_words = max(1, min(int(cap), state.answer_words))
         words = [WORDS[(i * 7) % len(WORDS)] for i in range(n_words)]

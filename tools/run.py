@@ -22,6 +22,7 @@ SERVICES: dict[str, str] = {
     "alerter": "ledgergate.services.alerter.app",
     "snapshotter": "ledgergate.services.snapshotter.app",
     "anomaly": "ledgergate.services.anomaly.app",
+    "proxy": "ledgergate.services.proxy.app",
 }
 
 

@@ -15,9 +15,9 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from psycopg_pool import ConnectionPool
 
 from ledgergate.ids import ID_PATTERN, MAX_ID_CHARS
-from ledgergate.services.api import auth
 from ledgergate.services.api.commands import CommandPublisher
 from ledgergate.services.api.errors import Forbidden, Unauthorized
+from ledgergate.shared import apikeys as auth
 from ledgergate.shared.settings import ApiSettings
 
 # auto_error=False: a missing key must be our 401 JSON, not FastAPI's 403 "Not authenticated".

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from ledgergate.services.api import auth
 from ledgergate.services.api.app import create_app
+from ledgergate.shared import apikeys as auth
 from ledgergate.shared.db import migrate
 from ledgergate.shared.ledger.periods import period_of
 from ledgergate.shared.settings import ApiSettings, KafkaSettings, PostgresSettings

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, status
 
-from ledgergate.services.api import auth
 from ledgergate.services.api.deps import AdminPrincipal, DbConn
 from ledgergate.services.api.errors import NotFound
 from ledgergate.services.api.log import log
@@ -19,6 +18,7 @@ from ledgergate.services.api.models import (
     TenantPublic,
 )
 from ledgergate.services.api.paging import Cursor, FilterId, Limit, decode_cursor, encode_cursor
+from ledgergate.shared import apikeys as auth
 from ledgergate.shared import readmodel
 
 router = APIRouter(prefix="/v1", tags=["admin"])

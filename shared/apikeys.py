@@ -1,4 +1,5 @@
 """API keys: random tokens shown once, stored only as SHA-256 hashes (deploy/migrations/0003_api_keys.sql).
+Issued and checked by the admin API (services/api) and checked by the proxy (services/proxy).
 
 A key looks like `lgk_<key id>_<secret>`. The key id is public (listings, logs); the secret is 32 random
 bytes. The stored hash covers the whole token, and lookup is by that hash, so a guess costs one indexed
