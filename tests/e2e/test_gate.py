@@ -58,6 +58,36 @@ def test_allow_settle_releases_the_remainder(gate: Gate) -> None:
     gate.wait_fold_matches_service()
 
 
+def _entry(gate: Gate, name: str, request_id: str) -> dict:
+    return _wait(lambda: [r for _, n, r in gate.ledger() if n == name and r["request_id"] == request_id],
+                 what=name)[0]
+
+
+def test_negotiated_discount_is_estimated_settled_and_recorded(gate: Gate) -> None:
+    """A tenant's price override (SET_POLICY) prices the plan, travels in the price key and settles at the
+    same effective price (docs/decisions/0012-price-overrides.md)."""
+    _limit(gate, "discounted", 100 * USD)
+    gate.client.send_command("discounted", "SET_POLICY",
+                             policy_json='{"price_overrides": {"gpt-4o": {"discount_ppm": 150000}}}')
+    # The policy service folds the PolicyChanged asynchronously: ask until a plan carries the override.
+    deadline = time.monotonic() + 20
+    while True:
+        d = gate.client.request("discounted", SMALL, "gpt-4o", 500, timeout_s=30)
+        placed = _entry(gate, "ReservationPlaced", d["request_id"])
+        if "+" in placed["price_version"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    version = prices().at(int(time.time() * 1000)).version
+    key = f"{version}+gpt-4o:discount_ppm=150000"
+    assert placed["price_version"] == key and d["outcome"] == "ALLOW"
+    gate.client.complete("discounted", d["request_id"], "gpt-4o",
+                         {"input_tokens": 30, "cached_input_tokens": 0, "output_tokens": 50, "reasoning_tokens": 0})
+    settled = _entry(gate, "ReservationSettled", d["request_id"])
+    # (30 x 2.50 + 50 x 10.00) = 575 micro-USD list, 15 % off = 488.75, rounded up
+    assert settled["price_version"] == key and settled["actual_micro_usd"] == 489
+    assert prices().cost_micro_usd(key, "gpt-4o", 30, 0, 50, reasoning_tokens=0) == 489
+
+
 def test_exhausted_budget_denies_with_binding_scope(gate: Gate) -> None:
     _limit(gate, "tiny", 50)  # 50 micro-USD: not even the cheapest candidate fits
     d = gate.client.request("tiny", SMALL, "gpt-4o", 1000, timeout_s=30)
