@@ -16,13 +16,95 @@ PPM = 1_000_000
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are per million tokens
 
 
+MAX_PRICE_MICRO_USD_PER_M = 10**10  # $10,000 per million tokens: anything above is a typo
+MAX_PRICE_KEY_CHARS = 256
+
+
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
+    """One model's prices in one version, integer micro-USD per million tokens. `source` names where the
+    figures came from (genai-prices' `provider/model`), None when they were written by hand."""
+
     model: str
     tier: str
     input_micro_usd_per_m: int
     cached_input_micro_usd_per_m: int
     output_micro_usd_per_m: int
+    cache_write_micro_usd_per_m: int
+    reasoning_micro_usd_per_m: int
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        for rate in self.rates():
+            assert 0 <= rate <= MAX_PRICE_MICRO_USD_PER_M, (self.model, rate)
+
+    def rates(self) -> tuple[int, int, int, int, int]:
+        """(input, cached_input, cache_write, output, reasoning): the order of a fixed override's key."""
+        return (self.input_micro_usd_per_m, self.cached_input_micro_usd_per_m, self.cache_write_micro_usd_per_m,
+                self.output_micro_usd_per_m, self.reasoning_micro_usd_per_m)
+
+
+@dataclass(frozen=True, slots=True)
+class PriceOverride:
+    """A tenant's negotiated price for one model (policy `price_overrides`): exactly one of a discount on
+    the catalogue's price, in parts per million, or fixed rates (input, cached_input, cache_write, output,
+    reasoning; micro-USD per million tokens) that replace the catalogue's figures."""
+
+    discount_ppm: int | None = None
+    fixed: tuple[int, int, int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        assert (self.discount_ppm is None) != (self.fixed is None), self
+        assert self.discount_ppm is None or 0 <= self.discount_ppm <= PPM, self
+        assert self.fixed is None or all(0 <= r <= MAX_PRICE_MICRO_USD_PER_M for r in self.fixed), self
+
+    def spec(self) -> str:
+        if self.fixed is not None:
+            return "fixed=" + ",".join(str(r) for r in self.fixed)
+        return f"discount_ppm={self.discount_ppm}"
+
+
+@dataclass(frozen=True, slots=True)
+class PriceKey:
+    """What a reservation and its settlement record as `price_version`: the catalogue version, plus the
+    tenant's override for the one model it names. Written `VERSION` (no override) or
+    `VERSION+MODEL:SPEC`, so the ledger alone re-prices any charge exactly (docs/decisions/0012)."""
+
+    version: str
+    model: str | None = None
+    override: PriceOverride | None = None
+
+    def __post_init__(self) -> None:
+        assert "+" not in self.version and (self.model is None) == (self.override is None), self
+
+    def text(self) -> str:
+        if self.override is None:
+            return self.version
+        return f"{self.version}+{self.model}:{self.override.spec()}"
+
+
+def price_key(version: str, model: str, override: PriceOverride | None) -> str:
+    key = PriceKey(version, model if override else None, override).text()
+    assert len(key) <= MAX_PRICE_KEY_CHARS, key
+    return key
+
+
+def parse_price_key(text: str) -> PriceKey:
+    """The inverse of `PriceKey.text`; a version id alone (every entry before overrides) is a key too."""
+    version, plus, rest = text.partition("+")
+    if not plus:
+        return PriceKey(version)
+    model, colon, spec = rest.rpartition(":")  # a model name may hold ':', a spec never does
+    name, eq, value = spec.partition("=")
+    try:
+        if colon and model and eq and name == "discount_ppm":
+            return PriceKey(version, model, PriceOverride(discount_ppm=int(value)))
+        rates = tuple(int(x) for x in value.split(","))
+        if colon and model and eq and name == "fixed" and len(rates) == 5:
+            return PriceKey(version, model, PriceOverride(fixed=(rates[0], rates[1], rates[2], rates[3], rates[4])))
+    except (ValueError, AssertionError):
+        pass
+    raise UnknownPriceError(f"price key {text[:MAX_PRICE_KEY_CHARS]!r} is not VERSION or VERSION+MODEL:SPEC")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +113,7 @@ class PriceVersion:
     effective_from_ms: int
     models: dict[str, ModelPrice]
     region_ppm: dict[str, int]
+    source: str | None = None  # e.g. "genai-prices==0.2.3" for an imported version
 
 
 def _ceil_div(numerator: int, denominator: int) -> int:
@@ -50,32 +133,62 @@ class PriceCatalogue:
                 current = v
         return current
 
-    def version(self, version: str) -> PriceVersion:
+    def version(self, key: str) -> PriceVersion:
+        """The catalogue version of a price key (a version id, or a key carrying a tenant's override)."""
+        return self._version(parse_price_key(key).version)
+
+    def _version(self, version: str) -> PriceVersion:
         for v in self.versions:
             if v.version == version:
                 return v
         raise UnknownPriceError(f"no price version {version!r}")
 
-    def price(self, version: str, model: str) -> ModelPrice:
+    def list_price(self, key: str, model: str) -> ModelPrice:
+        """The catalogue's figures, before any override the key carries."""
         try:
-            return self.version(version).models[model]
+            return self.version(key).models[model]
         except KeyError:
-            raise UnknownPriceError(f"model {model!r} has no price in version {version}") from None
+            raise UnknownPriceError(f"model {model!r} has no price in version {key}") from None
 
-    def cost_micro_usd(self, version: str, model: str, input_tokens: int, cached_input_tokens: int,
-                       output_tokens: int, region: str | None = None) -> int:
-        """Integer cost. Reasoning tokens are billed as output, so callers pass output + reasoning."""
-        assert input_tokens >= 0 and cached_input_tokens >= 0 and output_tokens >= 0
-        p = self.price(version, model)
+    def _resolve(self, key: str, model: str) -> tuple[ModelPrice, PriceVersion, int]:
+        """(the rates charged, the catalogue version, the discount in ppm) of `model` under `key`."""
+        parsed = parse_price_key(key)
+        version = self._version(parsed.version)
+        listed = version.models.get(model)
+        if listed is None:
+            raise UnknownPriceError(f"model {model!r} has no price in version {parsed.version}")
+        override = parsed.override if parsed.model == model else None  # it names one model; others pay list
+        if override is None:
+            return listed, version, 0
+        if override.fixed is None:
+            return listed, version, override.discount_ppm or 0
+        inp, cached, write, out, reasoning = override.fixed
+        return ModelPrice(model, listed.tier, inp, cached, out, write, reasoning, "override"), version, 0
+
+    def price(self, key: str, model: str) -> ModelPrice:
+        """The rates this key charges `model`: a fixed override's figures replace the catalogue's (the tier
+        stays the catalogue's); a discount is applied to the cost (`cost_micro_usd`), not to the rates."""
+        return self._resolve(key, model)[0]
+
+    def cost_micro_usd(self, key: str, model: str, input_tokens: int, cached_input_tokens: int, output_tokens: int,
+                       *, reasoning_tokens: int, region: str | None = None, cache_write_tokens: int = 0) -> int:
+        """Integer cost, rounded up once. Output and reasoning tokens are disjoint counts (the Usage record's),
+        each at its own rate; cached input is part of input. Cache-write tokens are priced when a caller
+        has them (no Usage record carries them yet: docs/prices.md)."""
+        assert min(input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cache_write_tokens) >= 0
+        p, version, discount_ppm = self._resolve(key, model)
         uncached = max(0, input_tokens - cached_input_tokens)
         cached = min(cached_input_tokens, input_tokens)
         numerator = (uncached * p.input_micro_usd_per_m + cached * p.cached_input_micro_usd_per_m
-                     + output_tokens * p.output_micro_usd_per_m)
-        ppm = self.version(version).region_ppm.get(region or "", PPM)
-        return _ceil_div(numerator * ppm, TOKENS_PER_PRICE_UNIT * PPM)
+                     + cache_write_tokens * p.cache_write_micro_usd_per_m
+                     + output_tokens * p.output_micro_usd_per_m + reasoning_tokens * p.reasoning_micro_usd_per_m)
+        region_ppm = version.region_ppm.get(region or "", PPM)
+        cost = _ceil_div(numerator * region_ppm * (PPM - discount_ppm), TOKENS_PER_PRICE_UNIT * PPM * PPM)
+        assert cost >= 0, (key, model, cost)
+        return cost
 
-    def tier_of(self, model: str, version: str) -> str:
-        return self.price(version, model).tier
+    def tier_of(self, model: str, key: str) -> str:
+        return self.list_price(key, model).tier
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,21 +220,40 @@ class DeploymentCatalogue:
         return next((d for d in self.by_model.get(model, ()) if d.endpoint == endpoint), None)
 
 
-@cache
-def prices(path: Path = DATA_DIR / "prices.yaml") -> PriceCatalogue:
+def _model_price(name: str, m: dict[str, object], version: str) -> ModelPrice:
+    # Optional rates default as providers bill them when they publish none: cached input and cache
+    # writes at the input rate, reasoning at the output rate.
+    try:
+        inp, out = int(str(m["input"])), int(str(m["output"]))
+        return ModelPrice(name, str(m["tier"]), inp, int(str(m.get("cached_input", inp))), out,
+                          int(str(m.get("cache_write", inp))), int(str(m.get("reasoning", out))),
+                          str(m["source"]) if m.get("source") else None)
+    except (KeyError, ValueError, AssertionError) as exc:
+        raise CatalogueError(f"price version {version}: model {name!r} is invalid ({exc!r})") from None
+
+
+def load_prices(path: Path) -> PriceCatalogue:
     doc = yaml.safe_load(path.read_text())
-    versions = []
+    versions: list[PriceVersion] = []
     for v in doc["versions"]:
-        models = {name: ModelPrice(name, m["tier"], int(m["input"]), int(m["cached_input"]), int(m["output"]))
-                  for name, m in v["models"].items()}
+        version = str(v["version"])
+        models = {name: _model_price(name, m, version) for name, m in v["models"].items()}
         if any(m.tier not in doc["tiers"] for m in models.values()):
-            raise CatalogueError(f"price version {v['version']} names a tier outside {doc['tiers']}")
-        versions.append(PriceVersion(str(v["version"]), int(v["effective_from_ms"]), models,
-                                     {k: int(x) for k, x in (v.get("regions") or {}).items()}))
+            raise CatalogueError(f"price version {version} names a tier outside {doc['tiers']}")
+        if "+" in version or any(x.version == version for x in versions):
+            raise CatalogueError(f"price version id {version!r} is repeated or holds '+'")
+        versions.append(PriceVersion(version, int(v["effective_from_ms"]), models,
+                                     {k: int(x) for k, x in (v.get("regions") or {}).items()},
+                                     str(v["source"]) if v.get("source") else None))
     versions.sort(key=lambda x: x.effective_from_ms)
     if not versions:
         raise CatalogueError(f"{path} has no price versions")
     return PriceCatalogue(tuple(versions), tuple(doc["tiers"]))
+
+
+@cache
+def prices(path: Path = DATA_DIR / "prices.yaml") -> PriceCatalogue:
+    return load_prices(path)
 
 
 @cache

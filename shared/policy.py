@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ledgergate.shared.catalogue import MAX_PRICE_MICRO_USD_PER_M, PPM, PriceOverride
 from ledgergate.shared.errors import PolicyError
 
 DEFAULT_PATH = Path(__file__).parent / "data" / "default_policy.yaml"
+MAX_PRICE_OVERRIDES = 64
+MAX_MODEL_NAME_CHARS = 128  # client/ledgergate/ids.py's name rule
 
 
 class TierRule(BaseModel):
@@ -43,6 +46,41 @@ class AnomalyRule(BaseModel):
     min_tokens_per_min: int = Field(default=20_000, ge=0, le=10**12)
 
 
+_Rate = Field(default=None, ge=0, le=MAX_PRICE_MICRO_USD_PER_M)
+
+
+class PriceOverrideRule(BaseModel):
+    """A negotiated price for one model: `discount_ppm` off the catalogue's price (150000 = 15 %), or fixed
+    rates in micro-USD per million tokens (input and output required; cached_input and cache_write default
+    to input, reasoning to output, as in prices.yaml). Exactly one of the two."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    discount_ppm: int | None = Field(default=None, ge=0, le=PPM)
+    input: int | None = _Rate
+    cached_input: int | None = _Rate
+    cache_write: int | None = _Rate
+    output: int | None = _Rate
+    reasoning: int | None = _Rate
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PriceOverrideRule:
+        fixed = (self.input, self.cached_input, self.cache_write, self.output, self.reasoning)
+        if self.discount_ppm is not None and any(r is not None for r in fixed):
+            raise ValueError("a price override is a discount_ppm or fixed rates, not both")
+        if self.discount_ppm is None and (self.input is None or self.output is None):
+            raise ValueError("a price override needs discount_ppm, or fixed rates with at least input and output")
+        return self
+
+    def to_override(self) -> PriceOverride:
+        if self.discount_ppm is not None:
+            return PriceOverride(discount_ppm=self.discount_ppm)
+        assert self.input is not None and self.output is not None
+        return PriceOverride(fixed=(self.input, self.cached_input if self.cached_input is not None else self.input,
+                                    self.cache_write if self.cache_write is not None else self.input, self.output,
+                                    self.reasoning if self.reasoning is not None else self.output))
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -55,6 +93,21 @@ class Policy(BaseModel):
     rate_limit_per_s: int | None = Field(default=None, ge=1, le=1_000_000)
     rate_burst: int = Field(default=100, ge=1, le=10_000_000)
     anomaly: AnomalyRule = AnomalyRule()
+    # Negotiated prices by model (catalogue model names); the policy's estimate and the settlement both
+    # price through them, and the ledger records the override with each charge (docs/decisions/0012).
+    price_overrides: dict[str, PriceOverrideRule] = Field(default_factory=dict, max_length=MAX_PRICE_OVERRIDES)
+
+    @field_validator("price_overrides")
+    @classmethod
+    def _override_models(cls, value: dict[str, PriceOverrideRule]) -> dict[str, PriceOverrideRule]:
+        for model in value:
+            if not 0 < len(model) <= MAX_MODEL_NAME_CHARS or not model.isprintable():
+                raise ValueError(f"price_overrides: model names are 1..{MAX_MODEL_NAME_CHARS} printable characters")
+        return value
+
+    def price_override(self, model: str) -> PriceOverride | None:
+        rule = self.price_overrides.get(model)
+        return rule.to_override() if rule is not None else None
 
 
 @cache

@@ -393,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "budget.snapshots; exit 1 on a mismatch or an unusable record")
     v.add_argument("--partition", type=int, action="append", help="only this partition (repeatable)")
     p.set_defaults(func=_state)
+
+    from ledgergate.tools import prices
+
+    prices.register(sub)  # `prices import | diff | show`, in tools/prices.py
     return parser
 
 

@@ -135,7 +135,8 @@ def demand(work: Workload) -> dict[tuple[str, str], int]:
     out: dict[tuple[str, str], int] = defaultdict(int)
     for a, user, _prio, max_out in work.schedule:
         agent = work.agents[a]
-        cost = prices.cost_micro_usd(version, agent.model, work.prompt_tokens(agent, user), 0, max_out)
+        cost = prices.cost_micro_usd(version, agent.model, work.prompt_tokens(agent, user), 0, max_out,
+                                     reasoning_tokens=0)
         out[(agent.tenant, agent.workflow)] += cost
     return out
 

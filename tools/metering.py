@@ -74,7 +74,7 @@ def from_kafka(connection: KafkaConnection, topic: str, first: date, last: date,
         try:
             version = catalogue.at(rec["completed_at_ms"]).version
             cost = catalogue.cost_micro_usd(version, rec["model"], u["input_tokens"], u["cached_input_tokens"],
-                                            u["output_tokens"] + u["reasoning_tokens"])
+                                            u["output_tokens"], reasoning_tokens=u["reasoning_tokens"])
         except UnknownPriceError:
             unpriced, cost = unpriced + 1, 0
         slot = groups.setdefault((utc_day(rec["completed_at_ms"]), rec["model"], rec["estimated"]), [0] * 6)

@@ -134,7 +134,7 @@ def spend_of(catalogue: PriceCatalogue, usage: UsageMetered) -> int:
     version = catalogue.at(usage.completed_at_ms).version
     try:
         return catalogue.cost_micro_usd(version, usage.model, u.input_tokens, u.cached_input_tokens,
-                                        u.output_tokens + u.reasoning_tokens)
+                                        u.output_tokens, reasoning_tokens=u.reasoning_tokens)
     except UnknownPriceError:
         return 0
 

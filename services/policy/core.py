@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ledgergate.events import InvocationCounted, PlanCandidate, PlanRejection
-from ledgergate.shared.catalogue import PriceCatalogue
+from ledgergate.shared.catalogue import PriceCatalogue, price_key
 from ledgergate.shared.policy import Policy
 
 # The token-counter's rejection codes (InvocationCounted.invalid_code) and the binding scope each DENY names.
@@ -91,10 +91,16 @@ def plan(counted: InvocationCounted, policy: Policy, burn: Burn, prices: PriceCa
         if prices.tiers.index(price.tier) < ceiling_rank:
             continue
         input_tokens = counted.input_tokens if model == requested else counted.accounting_input_tokens
-        input_cost = prices.cost_micro_usd(version.version, model, input_tokens, 0, 0, counted.region)
-        output_cost = prices.cost_micro_usd(version.version, model, 0, 0, granted, counted.region)
+        # The tenant's negotiated price, if any, travels in the key: the budget-manager settles with it.
+        key = price_key(version.version, model, policy.price_override(model))
+        rates = prices.price(key, model)
+        input_cost = prices.cost_micro_usd(key, model, input_tokens, 0, 0, reasoning_tokens=0, region=counted.region)
+        # The granted tokens may be spent on output or reasoning: estimated at the dearer of the two rates.
+        as_reasoning = rates.reasoning_micro_usd_per_m > rates.output_micro_usd_per_m
+        output_cost = prices.cost_micro_usd(key, model, 0, 0, 0 if as_reasoning else granted,
+                                            reasoning_tokens=granted if as_reasoning else 0, region=counted.region)
         candidates.append(PlanCandidate(model, price.tier, input_cost, output_cost, input_cost + output_cost, granted,
-                                        version.version))
+                                        key))
     if not candidates:
         return (), PlanRejection("no_candidate", f"no allowed model at or below tier {ceiling}", None, "policy")
     return tuple(candidates), None

@@ -230,8 +230,10 @@ def decide_settle(state: TenantState, cmd: Settle, now_ms: int, prices: PriceCat
         prices.price(hold.price_version, model)
     except UnknownPriceError:
         model = hold.model  # the provider reported an alias we do not price: charge the reserved model
-    actual = prices.cost_micro_usd(hold.price_version, model, cmd.usage.input_tokens,
-                                   cmd.usage.cached_input_tokens, cmd.usage.output_tokens + cmd.usage.reasoning_tokens)
+    # hold.price_version is the plan's price key: the catalogue version plus any override the tenant's
+    # policy applied to the reserved model, so the estimate and the charge use the same effective price.
+    actual = prices.cost_micro_usd(hold.price_version, model, cmd.usage.input_tokens, cmd.usage.cached_input_tokens,
+                                   cmd.usage.output_tokens, reasoning_tokens=cmd.usage.reasoning_tokens)
     reserved = hold.amount_micro_usd if live else 0
     assert actual >= 0 and reserved >= 0, (cmd.request_id, actual, reserved)
     settled = ReservationSettled(

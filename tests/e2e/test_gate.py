@@ -10,6 +10,7 @@ from confluent_kafka import Producer
 
 from ledgergate import topics
 from ledgergate.kafka_config import producer_config
+from ledgergate.shared.catalogue import prices
 from tests.e2e.conftest import RESERVATION_TTL_MS, Gate
 
 USD = 1_000_000
@@ -44,13 +45,47 @@ def test_allow_settle_releases_the_remainder(gate: Gate) -> None:
     _wait(lambda: _balance(gate, "acme").get("pending_micro_usd") == d["reserved_micro_usd"], what="hold")
     gate.client.complete("acme", d["request_id"], "gpt-4o",
                          {"input_tokens": 30, "cached_input_tokens": 0, "output_tokens": 50, "reasoning_tokens": 0})
-    actual = (30 * 2_500_000 + 50 * 10_000_000 + 999_999) // 1_000_000  # catalogue 2026-11-01, rounded up
+    # The version in force when the request was planned; gpt-4o is 2.50/10.00 in every version so far.
+    version = prices().at(int(time.time() * 1000)).version
+    assert prices().cost_micro_usd(version, "gpt-4o", 30, 0, 50, reasoning_tokens=0) == (
+        30 * 2_500_000 + 50 * 10_000_000 + 999_999) // 1_000_000
+    actual = (30 * 2_500_000 + 50 * 10_000_000 + 999_999) // 1_000_000  # rounded up
     _wait(lambda: _balance(gate, "acme") == {"limit_micro_usd": 100 * USD, "credit_micro_usd": 0,
                                              "posted_micro_usd": actual, "pending_micro_usd": 0}, what="settlement")
     settled = [r for _, n, r in gate.ledger() if n == "ReservationSettled"]
     assert len(settled) == 1 and settled[0]["released_micro_usd"] == d["reserved_micro_usd"] - actual
-    assert settled[0]["usage"]["output_tokens"] == 50 and settled[0]["price_version"] == "2026-11-01"
+    assert settled[0]["usage"]["output_tokens"] == 50 and settled[0]["price_version"] == version
     gate.wait_fold_matches_service()
+
+
+def _entry(gate: Gate, name: str, request_id: str) -> dict:
+    return _wait(lambda: [r for _, n, r in gate.ledger() if n == name and r["request_id"] == request_id],
+                 what=name)[0]
+
+
+def test_negotiated_discount_is_estimated_settled_and_recorded(gate: Gate) -> None:
+    """A tenant's price override (SET_POLICY) prices the plan, travels in the price key and settles at the
+    same effective price (docs/decisions/0012-price-overrides.md)."""
+    _limit(gate, "discounted", 100 * USD)
+    gate.client.send_command("discounted", "SET_POLICY",
+                             policy_json='{"price_overrides": {"gpt-4o": {"discount_ppm": 150000}}}')
+    # The policy service folds the PolicyChanged asynchronously: ask until a plan carries the override.
+    deadline = time.monotonic() + 20
+    while True:
+        d = gate.client.request("discounted", SMALL, "gpt-4o", 500, timeout_s=30)
+        placed = _entry(gate, "ReservationPlaced", d["request_id"])
+        if "+" in placed["price_version"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    version = prices().at(int(time.time() * 1000)).version
+    key = f"{version}+gpt-4o:discount_ppm=150000"
+    assert placed["price_version"] == key and d["outcome"] == "ALLOW"
+    gate.client.complete("discounted", d["request_id"], "gpt-4o",
+                         {"input_tokens": 30, "cached_input_tokens": 0, "output_tokens": 50, "reasoning_tokens": 0})
+    settled = _entry(gate, "ReservationSettled", d["request_id"])
+    # (30 x 2.50 + 50 x 10.00) = 575 micro-USD list, 15 % off = 488.75, rounded up
+    assert settled["price_version"] == key and settled["actual_micro_usd"] == 489
+    assert prices().cost_micro_usd(key, "gpt-4o", 30, 0, 50, reasoning_tokens=0) == 489
 
 
 def test_exhausted_budget_denies_with_binding_scope(gate: Gate) -> None:

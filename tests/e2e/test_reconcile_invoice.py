@@ -30,7 +30,7 @@ def _invoice(rows: list[dict[str, Any]], path: Path, output_factor: dict[str, fl
         u = r["usage"]
         version = prices().at(r["completed_at_ms"]).version
         cost = prices().cost_micro_usd(version, r["model"], u["input_tokens"], u["cached_input_tokens"],
-                                       u["output_tokens"] + u["reasoning_tokens"])
+                                       u["output_tokens"], reasoning_tokens=u["reasoning_tokens"])
         slot = sums.setdefault((utc_day(r["completed_at_ms"]), r["model"]), [0, 0, 0, 0, 0])
         for i, v in enumerate((u["input_tokens"], u["cached_input_tokens"], u["output_tokens"],
                                u["reasoning_tokens"], cost)):

@@ -103,7 +103,7 @@ def view(state: TenantState, period: str = NOV, scope: tuple[str, str] = (TENANT
 
 def cost(model: str, u: Usage) -> int:
     return prices().cost_micro_usd(PV, model, u.input_tokens, u.cached_input_tokens,
-                                   u.output_tokens + u.reasoning_tokens)
+                                   u.output_tokens, reasoning_tokens=u.reasoning_tokens)
 
 
 # ---------------------------------------------------------------------------------------------- reserve

@@ -340,7 +340,7 @@ def _run(ops: list[tuple]) -> dict[str, Tenant]:
                         priced = hold.model if model_choice == "alias" else model
                         assert entries[0].actual_micro_usd == prices().cost_micro_usd(
                             PRICE_VERSION, priced, u.input_tokens, u.cached_input_tokens,
-                            u.output_tokens + u.reasoning_tokens)
+                            u.output_tokens, reasoning_tokens=u.reasoning_tokens)
                 _apply(t, entries)
             case _:
                 raise AssertionError(op)

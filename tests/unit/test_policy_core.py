@@ -58,8 +58,10 @@ def test_costs_match_the_catalogue_and_apply_the_region() -> None:
     p = prices()
     for c in candidates:
         tokens = 1_000 if c.model == "claude-sonnet" else 1_100
-        assert c.estimated_input_micro_usd == p.cost_micro_usd(PV, c.model, tokens, 0, 0, "eu-west")
-        assert c.estimated_output_micro_usd == p.cost_micro_usd(PV, c.model, 0, 0, 100, "eu-west")
+        assert c.estimated_input_micro_usd == p.cost_micro_usd(PV, c.model, tokens, 0, 0, reasoning_tokens=0,
+                                                               region="eu-west")
+        assert c.estimated_output_micro_usd == p.cost_micro_usd(PV, c.model, 0, 0, 100, reasoning_tokens=0,
+                                                                region="eu-west")
         assert c.granted_output_tokens == 100
     assert candidates[0].estimated_cost_micro_usd == 3_300 + 1_650  # (3,000 + 1,500) * 1.1
 

@@ -84,7 +84,7 @@ class PgGate:
         return {tenant: over for tenant, over in rows}
 
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> int:
-        return self.prices.cost_micro_usd(self.version, model, input_tokens, 0, output_tokens)
+        return self.prices.cost_micro_usd(self.version, model, input_tokens, 0, output_tokens, reasoning_tokens=0)
 
 
 def _serve(gate: PgGate, work: Workload, jobs: queue.Queue[tuple[int, int] | None], tag: str,
