@@ -3,10 +3,11 @@
 `POST /v1/chat/completions` (JSON or server-sent events, `stream_options.include_usage` honoured) and
 `GET /v1/models`, so the real `openai` package, the proxy and the framework hooks can be tested and
 benchmarked offline. The answer is words from tools/provider_standin.py, as many as the request's output
-cap allows (at most `answer_words`); usage counts words as tokens. Faults on request, by header:
-`x-standin-fault: error` (or the body's `user` "standin-fault:error"; a 500 before any output), `cut` (a stream that stops after `cut_after_chunks`
-chunks without its usage or [DONE]), `slow` (each chunk `slow_chunk_ms` apart). It records what it was asked
-(`calls`), so a test can see the model and the output cap the gate decided.
+cap allows (at most `answer_words`); usage counts words as tokens. Faults on request, by the header
+`x-standin-fault` or, through a gateway that passes no such header, the body's `user` "standin-fault:<f>":
+`error` (a 500 before any output), `cut` (a stream that stops after `cut_after_chunks` chunks without its
+usage or [DONE]), `slow` (each chunk `slow_chunk_ms` apart). It records what it was asked (`calls`), so a
+test can see the model and the output cap the gate decided.
 """
 
 from __future__ import annotations
