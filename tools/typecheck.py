@@ -26,7 +26,9 @@ PUBLIC = ROOT / "client" / "ledgergate"
 def build_tree() -> Path:
     package = TREE / "ledgergate"
     package.mkdir(parents=True, exist_ok=True)
-    wanted = {p.name: p for p in PUBLIC.iterdir() if p.suffix == ".py"} | MOUNTS
+    # Its .py files and its subpackages (ledgergate.integrations); the schemas folder is data.
+    wanted = {p.name: p for p in PUBLIC.iterdir()
+              if p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists())} | MOUNTS
     for stale in package.iterdir():
         if stale.name not in wanted or not stale.is_symlink():
             stale.unlink()
