@@ -307,7 +307,7 @@ class GateClient:
 
     def complete(self, tenant_id: str, request_id: str, model: str, usage: Mapping[str, int] | None,
                  completion_text: str | None = None, status: str = "OK", agent_id: str = "",
-                 trace_context: Mapping[str, str] | None = None) -> None:
+                 trace_context: Mapping[str, str] | None = None, fail_open: Mapping[str, Any] | None = None) -> None:
         """Report how a granted call ended (non-blocking; `flush` or `close` waits for delivery). `agent_id`:
         the agent of the request, which a credential scoped to one agent must name. The settlement joins the
         request's trace: `trace_context`, else the current OpenTelemetry span's, else what this client's
@@ -327,6 +327,8 @@ class GateClient:
             "trace_context": _trace_context(trace_context),
             "agent_id": agent_id, "signature": None,
         }
+        if fail_open is not None:  # a call made while the gate was away (ledgergate.admission)
+            record["fail_open"] = dict(fail_open)
         credential = self.credential
         if credential is not None:
             record = sign("InvocationCompleted", record, credential)
