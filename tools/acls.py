@@ -39,6 +39,10 @@ PRINCIPALS: dict[str, Access] = {
     # (Kafka ACLs stop at the topic), which is why requests and completions are signed.
     "agent": Access("an agent platform using the SDK (or any producer of requests)",
                     reads=(topics.DECISIONS,), writes=(topics.REQUESTS, topics.COMPLETIONS), client_groups=True),
+    # The OpenAI-compatible gateway (`ledgergate run proxy`) is an agent platform for its callers: the same
+    # access, under its own principal so its traffic can be told apart and revoked alone.
+    "proxy": Access("the OpenAI-compatible gateway, asking for its callers",
+                    reads=(topics.DECISIONS,), writes=(topics.REQUESTS, topics.COMPLETIONS), client_groups=True),
     "token-counter": Access("counts and authenticates requests, meters completions",
                             reads=(topics.REQUESTS, topics.COMPLETIONS, topics.CREDENTIALS),
                             writes=(topics.COUNTED, topics.METERED, topics.DEADLETTER), group="token-counter",

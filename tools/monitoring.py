@@ -22,7 +22,8 @@ from ledgergate.tools.run import SERVICES
 PROMETHEUS_FILE = PROJECT_ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DASHBOARD_FILE = PROJECT_ROOT / "deploy" / "grafana" / "dashboards" / "ledgergate.json"
 HEALTH_PORT = 8080  # LEDGERGATE_HEALTH_PORT in docker-compose.yml
-API_PORT = 8000
+# The HTTP processes serve /metrics on their own port (the settings' defaults); the rest on the health port.
+HTTP_PORTS = {"api": 8000, "proxy": 8100}
 SCRAPE_INTERVAL = "5s"
 DASHBOARD_UID = "ledgergate-gate"
 
@@ -75,9 +76,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
 
 def targets() -> dict[str, list[str]]:
     """Scrape job -> host:port, by the compose service names."""
-    out = {name: [f"{name}:{HEALTH_PORT}"] for name in SERVICES if name != "api"}
-    out["api"] = [f"api:{API_PORT}"]
-    return out
+    return {name: [f"{name}:{HTTP_PORTS.get(name, HEALTH_PORT)}"] for name in SERVICES}
 
 
 def prometheus() -> dict[str, Any]:

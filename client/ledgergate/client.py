@@ -43,7 +43,8 @@ from ledgergate.errors import (
 )
 from ledgergate.events import ChatMessage, InvocationRequested
 from ledgergate.ids import request_problem
-from ledgergate.kafka_config import admin_config, assign_promptly, connect_now, consumer_config, producer_config
+from ledgergate.kafka_config import (admin_config, assign_promptly, connect_now, consumer_config, producer_config,
+                                     topic_unready)
 from ledgergate.partitioning import murmur2_partition
 from ledgergate.preflight import check_cluster
 from ledgergate.settings import ClientSettings
@@ -227,6 +228,10 @@ class GateClient:
     @property
     def outstanding(self) -> int:
         return len(self._waiters)
+
+    def unready(self, timeout_s: float = 2.0) -> str | None:
+        """None when the broker answers for the requests topic; else what is wrong (for readiness probes)."""
+        return topic_unready(self._producer, self._requests_topic, timeout_s)
 
     def flush(self, timeout_s: float = 10.0) -> int:
         """Wait for every produced message's delivery; returns how many are still undelivered."""

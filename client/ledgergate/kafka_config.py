@@ -116,6 +116,20 @@ def connect_now(client: Any, topic: str) -> None:
         client.list_topics(topic, timeout=CONNECT_TIMEOUT_S)
 
 
+def topic_unready(client: Any, topic: str, timeout_s: float = 2.0) -> str | None:
+    """None when the broker answers metadata for `topic` with a leader for every partition; else what is
+    wrong (a readiness probe's answer: `/readyz` of the API and the proxy)."""
+    try:
+        meta = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    except KafkaException as exc:
+        return f"kafka metadata request failed: {exc.args[0]}"
+    if meta is None or meta.error is not None or not meta.partitions:
+        return f"topic {topic} is not available ({meta.error if meta is not None else 'no metadata'})"
+    if any(p.leader < 0 for p in meta.partitions.values()):
+        return f"topic {topic} has partitions without a leader"
+    return None
+
+
 def assign_promptly(consumer: Any, partitions: list[Any], incremental: bool = False) -> None:
     """Assign partitions by hand and fetch their topics' leaders at once (see connect_now)."""
     if incremental:

@@ -21,7 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.commands import BudgetCommand
-from ledgergate.kafka_config import producer_config
+from ledgergate.kafka_config import producer_config, topic_unready
 from ledgergate.services.api.errors import Unavailable
 from ledgergate.services.api.log import log
 from ledgergate.shared.credentials import TenantCredentials
@@ -89,15 +89,7 @@ class CommandPublisher:
 
     def ready(self, timeout_s: float = 2.0) -> str | None:
         """None when budget.commands has partitions with leaders; else what is wrong."""
-        try:
-            meta = self._producer.list_topics(self.topic, timeout=timeout_s).topics.get(self.topic)
-        except KafkaException as exc:
-            return f"kafka metadata request failed: {exc.args[0]}"
-        if meta is None or meta.error is not None or not meta.partitions:
-            return f"topic {self.topic} is not available ({meta.error if meta is not None else 'no metadata'})"
-        if any(p.leader < 0 for p in meta.partitions.values()):
-            return f"topic {self.topic} has partitions without a leader"
-        return None
+        return topic_unready(self._producer, self.topic, timeout_s)
 
     def close(self, timeout_s: float = 5.0) -> None:
         self._stop.set()

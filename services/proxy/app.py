@@ -61,6 +61,15 @@ class Keys:
             self._known.popitem(last=False)
         return principal
 
+    def unready(self) -> str | None:
+        """None when PostgreSQL answers a query; else what is wrong."""
+        try:
+            with self.pool.connection(timeout=2.0) as conn:
+                conn.execute("SELECT 1")
+        except (psycopg.Error, OSError) as exc:
+            return f"postgres: {type(exc).__name__}"
+        return None
+
     def _lookup(self, token: str) -> Principal | None:
         try:
             with self.pool.connection() as conn:
@@ -164,6 +173,16 @@ def create_app(settings: ProxySettings | None = None) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(proxy: ProxyDep) -> JSONResponse:
+        # Ready when both things a call needs answer: PostgreSQL (tenant keys) and Kafka (the gate).
+        problems = {"postgres": await asyncio.to_thread(proxy.keys.unready),
+                    "kafka": await asyncio.to_thread(proxy.client.unready)}
+        ready = not any(problems.values())
+        return JSONResponse({"status": "ok" if ready else "unavailable",
+                             "checks": {name: problem or "ok" for name, problem in problems.items()}},
+                            status_code=200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics_page() -> Response:

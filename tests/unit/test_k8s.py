@@ -67,7 +67,9 @@ def test_every_process_runs_once_with_real_probes_and_a_stable_instance_id() -> 
             assert env["LEDGERGATE_HEALTH_PORT"]["value"] == str(ports["health"])
             assert env["LEDGERGATE_HEALTH_HOST"]["value"] == "0.0.0.0"
         else:
-            assert env["LEDGERGATE_API_PORT"]["value"] == str(ports["http"])
+            prefix = "LEDGERGATE_" + name.upper()
+            assert env[f"{prefix}_PORT"]["value"] == str(ports["http"])
+            assert env[f"{prefix}_HOST"]["value"] == "0.0.0.0"
         assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
     pdbs = {d["metadata"]["name"] for d in _docs() if d["kind"] == "PodDisruptionBudget"}
     assert pdbs == set(SERVICES)

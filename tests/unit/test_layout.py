@@ -22,6 +22,11 @@ PUBLIC_THIRD_PARTY = {"confluent_kafka", "fastavro"}
 # Optional imports of the public package: tried inside a function, ImportError meaning "not installed"
 # (tests/unit/test_tracecontext.py runs that module without it). Only these, only in these modules.
 PUBLIC_OPTIONAL = {"ledgergate.tracecontext": {"opentelemetry"}}
+# The framework integrations: each module is the framework's adapter, so it imports the framework at
+# load; the framework is that module's extra in client/pyproject.toml, and nothing else imports the module.
+PUBLIC_EXTRAS = {
+    "ledgergate.integrations.openai": ("openai", "openai"),
+}
 GENERIC_NAMES = {"shared", "services", "tools", "bench"}
 
 
@@ -92,6 +97,8 @@ def test_the_public_package_needs_only_confluent_kafka_and_fastavro() -> None:
             continue
         for target in imports(path, name):
             top = target.split(".")[0]
+            if name in PUBLIC_EXTRAS and top == PUBLIC_EXTRAS[name][0]:
+                continue
             if top in PUBLIC_OPTIONAL.get(name, ()):
                 assert target not in imports(path, name, top_level_only=True), f"{name} imports {target} at load"
                 continue
@@ -101,6 +108,15 @@ def test_the_public_package_needs_only_confluent_kafka_and_fastavro() -> None:
     client = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())
     assert {d.split(">")[0].split("=")[0].split("<")[0] for d in client["project"]["dependencies"]} == {
         "confluent-kafka", "fastavro"}
+    extras = client["project"].get("optional-dependencies", {})
+    assert set(extras) == {extra for _, extra in PUBLIC_EXTRAS.values()}
+
+
+def test_no_module_imports_a_framework_integration() -> None:
+    # `import ledgergate` must work without any framework installed: only tests and users import these.
+    for name, path in modules().items():
+        if layer(name) == "public" and name not in PUBLIC_EXTRAS:
+            assert not set(imports(path, name)) & set(PUBLIC_EXTRAS), name
 
 
 def test_no_import_cycles_at_module_load() -> None:

@@ -68,7 +68,7 @@ def test_every_process_is_scraped_on_its_metrics_port() -> None:
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == set(SERVICES)
     for name, job in jobs.items():
-        port = monitoring.API_PORT if name == "api" else monitoring.HEALTH_PORT
+        port = monitoring.HTTP_PORTS.get(name, monitoring.HEALTH_PORT)
         assert job["static_configs"][0]["targets"] == [f"{name}:{port}"]
         assert job["metrics_path"] == "/metrics"
 
