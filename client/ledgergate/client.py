@@ -43,8 +43,14 @@ from ledgergate.errors import (
 )
 from ledgergate.events import ChatMessage, InvocationRequested
 from ledgergate.ids import request_problem
-from ledgergate.kafka_config import (admin_config, assign_promptly, connect_now, consumer_config, producer_config,
-                                     topic_unready)
+from ledgergate.kafka_config import (
+    admin_config,
+    assign_promptly,
+    connect_now,
+    consumer_config,
+    producer_config,
+    topic_unready,
+)
 from ledgergate.partitioning import murmur2_partition
 from ledgergate.preflight import check_cluster
 from ledgergate.settings import ClientSettings
