@@ -93,6 +93,9 @@ class Policy(BaseModel):
     rate_limit_per_s: int | None = Field(default=None, ge=1, le=1_000_000)
     rate_burst: int = Field(default=100, ge=1, le=10_000_000)
     anomaly: AnomalyRule = AnomalyRule()
+    # What an SDK process may spend per minute on calls made without a decision while the gate is away
+    # (ledgergate.admission; the client's own setting may only lower it). 0: those calls fail closed.
+    fail_open_micro_usd_per_min: int = Field(default=0, ge=0, le=10**12)
     # Negotiated prices by model (catalogue model names); the policy's estimate and the settlement both
     # price through them, and the ledger records the override with each charge (docs/decisions/0012).
     price_overrides: dict[str, PriceOverrideRule] = Field(default_factory=dict, max_length=MAX_PRICE_OVERRIDES)
@@ -108,6 +111,18 @@ class Policy(BaseModel):
     def price_override(self, model: str) -> PriceOverride | None:
         rule = self.price_overrides.get(model)
         return rule.to_override() if rule is not None else None
+
+
+def tenant_price_override(policy_json: str, model: str) -> PriceOverride | None:
+    """The override a tenant's own document sets for `model` (None without one, or when the document is not
+    valid: it was checked when set, so only an old ledger could hold a bad one). For the ledger's settlement of
+    a call that had no plan (a fail-open call); planned calls carry the override in their price key."""
+    try:
+        doc = json.loads(policy_json) if policy_json else {}
+        rule = (doc.get("price_overrides") or {}).get(model) if isinstance(doc, dict) else None
+        return None if rule is None else PriceOverrideRule.model_validate(rule).to_override()
+    except (ValueError, ValidationError, AttributeError):
+        return None
 
 
 @cache

@@ -28,7 +28,8 @@ def plain(value: Any) -> Any:
 # Per record class: (field, holds records or tuples?) once. Only those fields need converting, and every
 # hop converts a record or two per message (a generic walk cost more than the Avro encoding; measured).
 _LAYOUTS: dict[type[Any], tuple[tuple[str, bool], ...]] = {}
-_NESTED_TYPES = ("tuple[", "Usage", "ChatMessage", "PlanCandidate", "PlanRejection", "Deployment", "Signature")
+_NESTED_TYPES = ("tuple[", "Usage", "ChatMessage", "PlanCandidate", "PlanRejection", "Deployment", "Signature",
+                 "FailOpenCall")
 
 
 def _layout(cls: type[Any]) -> tuple[tuple[str, bool], ...]:
@@ -176,6 +177,8 @@ class InvocationPlanned(_Record):
     policy_version: int
     planned_at_ms: int
     invalid_code: str | None = None
+    # The tenant's fail-open envelope (Policy.fail_open_micro_usd_per_min), carried to the decision.
+    fail_open_micro_usd_per_min: int = 0
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:
@@ -213,12 +216,29 @@ class GateDecision(_Record):
     decided_at_ms: int
     # The request's W3C trace context as the ledger entry that decided it carried it (docs: README, Traces).
     trace_context: Mapping[str, str] = field(default_factory=dict)
+    # What the SDK may spend per minute without a decision while the gate is away; 0 forbids it.
+    fail_open_micro_usd_per_min: int = 0
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:
         deployment = rec["deployment"]
         return cls(**{**rec, "reason_codes": tuple(rec["reason_codes"]),
                       "deployment": None if deployment is None else Deployment(**deployment)})
+
+
+@dataclass(frozen=True, slots=True)
+class FailOpenCall(_Record):
+    """A call the SDK let through without a decision (the gate was away), reported once it is back."""
+
+    workflow_id: str
+    agent_id: str
+    requested_model: str
+    called_at_ms: int
+
+
+def _fail_open(rec: Mapping[str, Any]) -> FailOpenCall | None:
+    found = rec.get("fail_open")
+    return None if found is None else FailOpenCall(**found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,12 +252,15 @@ class InvocationCompleted(_Record):
     completed_at_ms: int
     trace_context: Mapping[str, str]
     agent_id: str = ""
+    # Before the signature, as in the schema: the verifier's fast path wants the signature last.
+    fail_open: FailOpenCall | None = None
     signature: Signature | None = None
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:
         usage = rec["usage"]
-        return cls(**{**rec, "usage": None if usage is None else Usage(**usage), "signature": _signature(rec)})
+        return cls(**{**rec, "usage": None if usage is None else Usage(**usage), "signature": _signature(rec),
+                      "fail_open": _fail_open(rec)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,10 +276,11 @@ class UsageMetered(_Record):
     completed_at_ms: int
     metered_at_ms: int
     workflow_id: str = ""
+    fail_open: FailOpenCall | None = None
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:
-        return cls(**{**rec, "usage": Usage(**rec["usage"])})
+        return cls(**{**rec, "usage": Usage(**rec["usage"]), "fail_open": _fail_open(rec)})
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,12 +57,13 @@ def reserve_from_plan(planned: InvocationPlanned) -> decide.Reserve:
         rejection_reason=rejection.reason if rejection else None,
         rejection_detail=rejection.detail if rejection else "",
         rejection_scope=rejection.binding_scope if rejection else "policy",
-        retry_after_ms=rejection.retry_after_ms if rejection else None)
+        retry_after_ms=rejection.retry_after_ms if rejection else None,
+        fail_open_micro_usd_per_min=planned.fail_open_micro_usd_per_min)
 
 
 def settle_from_usage(metered: UsageMetered) -> decide.Settle:
     return decide.Settle(metered.request_id, metered.tenant_id, metered.model, metered.usage, metered.estimated,
-                         metered.status == "CANCELLED")
+                         metered.status == "CANCELLED", metered.fail_open)
 
 
 def command_problem(rec: dict[str, Any]) -> str | None:

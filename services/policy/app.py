@@ -135,7 +135,8 @@ class PolicyService:
         carried = {name: getattr(counted, name) for name in _CARRIED}
         planned = InvocationPlanned(**{**carried, "max_cost_micro_usd": envelope, "trace_context": hop.context},
                                     candidates=candidates, rejection=rejection,
-                                    policy_version=state.policy_version if state else 0, planned_at_ms=now_ms)
+                                    policy_version=state.policy_version if state else 0, planned_at_ms=now_ms,
+                                    fail_open_micro_usd_per_min=policy.fail_open_micro_usd_per_min)
         hop.describe(planned)
         out.emit(self.topic_planned, msg.key(), codec().encode("InvocationPlanned", planned.to_record()),
                  stamped(msg, "policy"))

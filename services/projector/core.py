@@ -117,7 +117,7 @@ class Batch:
                                    entry.period_id, u.input_tokens, u.cached_input_tokens, u.output_tokens,
                                    u.reasoning_tokens, entry.usage_estimated, entry.reserved_micro_usd,
                                    entry.actual_micro_usd, entry.overage_micro_usd, entry.price_version,
-                                   entry.recorded_at_ms))
+                                   entry.recorded_at_ms, entry.fail_open))
             case ThresholdCrossed():
                 self.alerts.append((entry.tenant_id, entry.entry_id, entry.period_id, entry.scope_type,
                                     entry.scope_id, entry.threshold_pct, entry.spent_micro_usd,

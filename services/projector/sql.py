@@ -31,7 +31,7 @@ STAGES: dict[str, str] = {
     "stage_usage": "tenant_id text, entry_id text, request_id text, workflow_id text, model text, period_id text, "
                    "input_tokens bigint, cached_input_tokens bigint, output_tokens bigint, reasoning_tokens bigint, "
                    "estimated boolean, reserved_micro_usd bigint, actual_micro_usd bigint, "
-                   "overage_micro_usd bigint, price_version text, settled_at_ms bigint",
+                   "overage_micro_usd bigint, price_version text, settled_at_ms bigint, fail_open boolean",
     "stage_alerts": "tenant_id text, entry_id text, period_id text, scope_type text, scope_id text, "
                     "threshold_pct int, spent_micro_usd bigint, limit_micro_usd bigint, recorded_at_ms bigint",
     "stage_decisions": "tenant_id text, ledger_entry_id text, request_id text, workflow_id text, agent_id text, "
@@ -95,7 +95,7 @@ SET credit_micro_usd = balances.credit_micro_usd + excluded.credit_micro_usd,
 INSERT_USAGE = """
 INSERT INTO usage (tenant_id, entry_id, request_id, workflow_id, model, period_id, input_tokens, cached_input_tokens,
                    output_tokens, reasoning_tokens, estimated, reserved_micro_usd, actual_micro_usd,
-                   overage_micro_usd, price_version, settled_at_ms, tier)
+                   overage_micro_usd, price_version, settled_at_ms, fail_open, tier)
 SELECT u.*, (SELECT le.body ->> 'tier' FROM ledger_entries le
              WHERE le.tenant_id = u.tenant_id AND le.request_id = u.request_id
                AND le.entry_type = 'ReservationPlaced'

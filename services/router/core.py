@@ -35,13 +35,14 @@ def decision_for(entry: ReservationPlaced | ReservationDenied, deployments: Depl
             entry.request_id, entry.tenant_id, entry.workflow_id, entry.agent_id,
             "DOWNGRADE" if downgraded else "ALLOW", entry.requested_model, deployment, entry.granted_output_tokens,
             entry.amount_micro_usd, entry.tenant_remaining_micro_usd, tuple(reasons), None, None, entry.request_id,
-            entry.entry_id, entry.policy_version, entry.requested_at_ms, entry.recorded_at_ms, carried)
+            entry.entry_id, entry.policy_version, entry.requested_at_ms, entry.recorded_at_ms, carried,
+            entry.fail_open_micro_usd_per_min)
     throttled = entry.reason in THROTTLE_REASONS
     return GateDecision(
         entry.request_id, entry.tenant_id, entry.workflow_id, entry.agent_id, "THROTTLE" if throttled else "DENY",
         entry.requested_model, None, 0, 0, entry.tenant_remaining_micro_usd, (entry.reason,), entry.binding_scope,
         entry.retry_after_ms, None, entry.entry_id, entry.policy_version, entry.requested_at_ms, entry.recorded_at_ms,
-        carried)
+        carried, entry.fail_open_micro_usd_per_min)
 
 
 @dataclass(slots=True)

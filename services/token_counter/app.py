@@ -298,6 +298,12 @@ class TokenCounter:
         # key, is dead-lettered with the reason, never metered.
         problem = core.addressable(completion.request_id, completion.tenant_id) or name_problem(
             "model", completion.model) or id_problem("agent_id", completion.agent_id, required=False)
+        call = completion.fail_open
+        if problem is None and call is not None:
+            problem = id_problem("fail_open.workflow_id", call.workflow_id, required=False) or id_problem(
+                "fail_open.agent_id", call.agent_id, required=False) or name_problem(
+                "fail_open.requested_model", call.requested_model) or (
+                "fail_open.called_at_ms must be positive" if call.called_at_ms <= 0 else None)
         key = msg.key()
         key_tenant = key.decode(errors="replace") if key else None
         if problem is None and key_tenant != completion.tenant_id:
@@ -317,13 +323,16 @@ class TokenCounter:
         except TokenizerError as exc:
             raise LedgergateError(exc.message) from exc
         input_tokens, workflow_id = self.remembered.get(completion.request_id, (None, ""))
+        if completion.fail_open is not None and not workflow_id:
+            workflow_id = completion.fail_open.workflow_id  # its request may never have reached the gate
         metered = core.meter(completion, encoding, input_tokens)
         drift = self.drift.setdefault(completion.model, core.Drift())
         if not metered.estimated and metered.counted_output_tokens:
             drift.add(metered.usage.output_tokens, metered.counted_output_tokens)
         body = UsageMetered(completion.request_id, completion.tenant_id, completion.model, completion.status,
                             metered.usage, metered.estimated, metered.counted_output_tokens, drift.ppm,
-                            completion.completed_at_ms, time.time_ns() // 1_000_000, workflow_id)
+                            completion.completed_at_ms, time.time_ns() // 1_000_000, workflow_id,
+                            completion.fail_open)
         hop.describe(body)
         # usage.metered has no trace_context field: the settlement's parent rides in the headers.
         out.emit(self.topic_metered, completion.tenant_id.encode(), codec().encode("UsageMetered", body.to_record()),

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
-from ledgergate.events import Usage
-from ledgergate.shared.catalogue import PriceCatalogue, UnknownPriceError
+from ledgergate.events import FailOpenCall, Usage
+from ledgergate.shared.catalogue import PriceCatalogue, UnknownPriceError, price_key
 from ledgergate.shared.ledger.entries import (
     BudgetLimitSet,
     CreditGranted,
@@ -38,6 +38,7 @@ from ledgergate.shared.ledger.state import (
     ScopeKey,
     TenantState,
 )
+from ledgergate.shared.policy import tenant_price_override
 
 THRESHOLDS_PCT = (50, 80, 100)
 MAX_CANDIDATES = 8
@@ -74,6 +75,7 @@ class Reserve:
     rejection_detail: str = ""
     rejection_scope: str = "policy"
     retry_after_ms: int | None = None
+    fail_open_micro_usd_per_min: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,8 @@ class Settle:
     usage: Usage
     estimated: bool
     cancelled: bool
+    # Set when the SDK made the call without a decision (the gate was away): settled without a hold.
+    fail_open: FailOpenCall | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +172,12 @@ def decide_reserve(state: TenantState, cmd: Reserve, now_ms: int, ttl_ms: int,
         return [*entries, _deny(cmd, common, f"{cmd.request_id}/conflict@{cause}", CONFLICT_REASON,
                                 "this request id was already used for a request with other content", "conflict",
                                 _remaining(state, period))]
+    if state.was_settled(cmd.request_id):
+        # Settled as a fail-open call before its request got here (the SDK called without a decision, and
+        # the request reached the gate later): the call is paid for, so no hold; not its outcome either.
+        return [*entries, _deny(cmd, common, f"{cmd.request_id}/conflict@{cause}", CONFLICT_REASON,
+                                "this request id was already settled as a fail-open call", "conflict",
+                                _remaining(state, period))]
     entry_id = f"{cmd.request_id}/reservation"
     if cmd.rejection_reason is not None:
         if cmd.rejection_reason == RATE_LIMITED_REASON:
@@ -195,7 +205,8 @@ def decide_reserve(state: TenantState, cmd: Reserve, now_ms: int, ttl_ms: int,
                 granted_output_tokens=cand.granted_output_tokens, price_version=cand.price_version,
                 policy_version=cmd.policy_version, priority=cmd.priority, region=cmd.region,
                 expires_at_ms=now_ms + ttl_ms, request_sha256=cmd.request_sha256,
-                requested_at_ms=cmd.requested_at_ms, tenant_remaining_micro_usd=remaining)]
+                requested_at_ms=cmd.requested_at_ms, tenant_remaining_micro_usd=remaining,
+                fail_open_micro_usd_per_min=cmd.fail_open_micro_usd_per_min)]
     # Even the cheapest (last) candidate did not fit; its binding scope is the reason the caller gets.
     assert binding is not None
     reason, scope = binding
@@ -209,19 +220,21 @@ def _deny(cmd: Reserve, common: _Common, entry_id: str, reason: str, detail: str
     return ReservationDenied(entry_id=entry_id, **common, agent_id=cmd.agent_id, requested_model=cmd.requested_model,
                              reason=reason, detail=detail, binding_scope=scope, retry_after_ms=retry_after_ms,
                              policy_version=cmd.policy_version, request_sha256=cmd.request_sha256,
-                             requested_at_ms=cmd.requested_at_ms, tenant_remaining_micro_usd=remaining)
+                             requested_at_ms=cmd.requested_at_ms, tenant_remaining_micro_usd=remaining,
+                             fail_open_micro_usd_per_min=cmd.fail_open_micro_usd_per_min)
 
 
 def decide_settle(state: TenantState, cmd: Settle, now_ms: int, prices: PriceCatalogue) -> list[LedgerEntry]:
     """Post actual cost and release the rest; one settlement per request id. A call whose hold already
-    expired is still charged (the money was spent), all of it flagged as overage."""
+    expired is still charged (the money was spent), all of it flagged as overage; so is a fail-open call
+    (made without a decision), which never had a hold and is marked as such."""
     if state.was_settled(cmd.request_id):
         return []
     hold = state.holds.get(cmd.request_id)
     live = hold is not None
     hold = hold or state.expired.get(cmd.request_id)
     if hold is None:
-        return []
+        return [] if cmd.fail_open is None else _settle_fail_open(state, cmd, cmd.fail_open, now_ms, prices)
     if cmd.cancelled and live and cmd.usage.output_tokens == 0 and cmd.usage.input_tokens == 0:
         return [ReservationVoided(f"{cmd.request_id}/void", state.tenant_id, hold.period_id, now_ms, cmd.request_id,
                                   hold.workflow_id, hold.amount_micro_usd, "cancelled before any usage")]
@@ -239,10 +252,32 @@ def decide_settle(state: TenantState, cmd: Settle, now_ms: int, prices: PriceCat
     settled = ReservationSettled(
         f"{cmd.request_id}/settlement", state.tenant_id, hold.period_id, now_ms, cmd.request_id, hold.workflow_id,
         model, reserved, actual, max(0, reserved - actual), max(0, actual - reserved), cmd.usage, cmd.estimated,
-        hold.price_version)
+        hold.price_version, cmd.fail_open is not None)
     # Everything held is either posted or released, and whatever exceeds the hold is flagged overage.
     assert settled.released_micro_usd + settled.actual_micro_usd - settled.overage_micro_usd == reserved, settled
     return [settled, *_thresholds(state, hold.period_id, hold.workflow_id, actual, now_ms)]
+
+
+def _settle_fail_open(state: TenantState, cmd: Settle, call: FailOpenCall, now_ms: int,
+                      prices: PriceCatalogue) -> list[LedgerEntry]:
+    """A call made without a decision: no hold to post, so all of its cost is overage, in the period it is
+    reported in, priced by the catalogue version in force when it was made and the tenant's override."""
+    entries = open_period(state, now_ms)
+    period = period_of(now_ms)[0]
+    version = prices.at(min(call.called_at_ms, now_ms)).version
+    model = cmd.model
+    if model not in prices.version(version).models:
+        model = call.requested_model
+    if model not in prices.version(version).models:
+        return entries  # nothing we can price; the token-counter's usage.metered record keeps the call
+    key = price_key(version, model, tenant_price_override(state.policy_json, model))
+    actual = prices.cost_micro_usd(key, model, cmd.usage.input_tokens, cmd.usage.cached_input_tokens,
+                                   cmd.usage.output_tokens, reasoning_tokens=cmd.usage.reasoning_tokens)
+    assert actual >= 0, (cmd.request_id, actual)
+    settled = ReservationSettled(
+        f"{cmd.request_id}/settlement", state.tenant_id, period, now_ms, cmd.request_id, call.workflow_id, model,
+        0, actual, 0, actual, cmd.usage, cmd.estimated, key, True)
+    return [*entries, settled, *_thresholds(state, period, call.workflow_id, actual, now_ms)]
 
 
 def _thresholds(state: TenantState, period: str, workflow_id: str, added_posted: int,

@@ -79,6 +79,7 @@ class ReservationPlaced(_ReservationEntry):
     request_sha256: str
     requested_at_ms: int
     tenant_remaining_micro_usd: int
+    fail_open_micro_usd_per_min: int = 0  # the tenant policy's, for the decision (ledgergate.admission)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,7 @@ class ReservationDenied(_ReservationEntry):
     request_sha256: str
     requested_at_ms: int
     tenant_remaining_micro_usd: int
+    fail_open_micro_usd_per_min: int = 0  # the tenant policy's, for the decision (ledgergate.admission)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,7 @@ class ReservationSettled(_ReservationEntry):
     usage: Usage
     usage_estimated: bool
     price_version: str
+    fail_open: bool = False  # made without a decision while the gate was away: no hold, all overage
 
 
 @dataclass(frozen=True, slots=True)

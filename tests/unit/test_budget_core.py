@@ -6,10 +6,11 @@ Every test builds a TenantState by folding entries the core itself decided, exac
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
-from ledgergate.events import Usage
+from ledgergate.events import FailOpenCall, Usage
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.ledger.decide import (
     Candidate,
@@ -630,3 +631,71 @@ def test_thresholds_for_a_credit_only_budget() -> None:
     apply(state, decide_command(state, command("GRANT_CREDIT", 100_000, cid="cr"), T0))
     crossed = [e for e in _spend(state, "a", 24_000) if isinstance(e, ThresholdCrossed)]  # 60,000 of 100,000
     assert [(c.threshold_pct, c.limit_micro_usd) for c in crossed] == [(50, 100_000)]
+
+
+# ---------------------------------------------------------------------------------------------- fail-open
+
+
+def fail_open_settle(request_id: str, u: Usage, model: str = "gpt-4o", *, workflow: str = "wf",
+                     called_at_ms: int = T0 - 5_000) -> Settle:
+    return Settle(request_id, TENANT_ID, model, u, False, False, FailOpenCall(workflow, "agent", model, called_at_ms))
+
+
+def test_the_policys_fail_open_cap_reaches_placements_and_denials() -> None:
+    state = with_limit(1_000_000)
+    placed = only(decide_reserve(state, reserve("r1", cand("gpt-4o", 1_000), fail_open_micro_usd_per_min=7),
+                                 T0, TTL, "c"), ReservationPlaced)
+    assert placed.fail_open_micro_usd_per_min == 7
+    denied = only(decide_reserve(state, reserve("r2", cand("gpt-4o", 2_000_000), fail_open_micro_usd_per_min=7),
+                                 T0, TTL, "c"), ReservationDenied)
+    assert denied.fail_open_micro_usd_per_min == 7
+
+
+def test_a_fail_open_call_without_a_hold_is_settled_all_overage_and_marked() -> None:
+    state = with_limit(1_000_000, workflow="wf", workflow_limit=500_000)
+    u = usage(inp=1_000, out=1_000)
+    entries = apply(state, decide_settle(state, fail_open_settle("fo-1", u), T0, prices()))
+    settled = only(entries, ReservationSettled)
+    assert settled.fail_open and settled.workflow_id == "wf" and settled.period_id == NOV
+    assert (settled.reserved_micro_usd, settled.actual_micro_usd, settled.released_micro_usd,
+            settled.overage_micro_usd) == (0, 12_500, 0, 12_500)
+    assert settled.price_version == PV
+    assert view(state)["posted_micro_usd"] == 12_500 and view(state)["pending_micro_usd"] == 0
+    assert view(state, scope=(WORKFLOW, "wf"))["posted_micro_usd"] == 12_500
+    # Reported again (the SDK resends until delivery is confirmed): settled once.
+    assert decide_settle(state, fail_open_settle("fo-1", u), T0 + 1, prices()) == []
+    # Without the fail-open mark, an unknown request id still settles nothing.
+    assert decide_settle(state, settle("other", u), T0 + 1, prices()) == []
+
+
+def test_a_fail_open_call_whose_request_did_reach_the_gate_settles_its_hold() -> None:
+    state = placed_state(100_000)
+    settled = only(apply(state, decide_settle(state, fail_open_settle("r1", usage(inp=1_000, out=500), workflow=""),
+                                              T0 + 10, prices())), ReservationSettled)
+    assert settled.fail_open and settled.reserved_micro_usd == 100_000 and settled.released_micro_usd > 0
+    assert "r1" not in state.holds
+
+
+def test_a_fail_open_call_is_charged_the_tenants_negotiated_price() -> None:
+    state = with_limit(1_000_000)
+    policy = json.dumps({"price_overrides": {"gpt-4o": {"discount_ppm": 200_000}}})
+    apply(state, decide_command(state, command("SET_POLICY", policy_json=policy, cid="pol"), T0))
+    settled = only(decide_settle(state, fail_open_settle("fo-1", usage(inp=1_000, out=1_000)), T0, prices()),
+                   ReservationSettled)
+    assert settled.actual_micro_usd == 10_000  # 12,500 less 20 %
+    assert settled.price_version == "2026-11-01+gpt-4o:discount_ppm=200000"
+
+
+def test_a_fail_open_call_of_an_unpriced_model_settles_nothing() -> None:
+    state = with_limit(1_000_000)
+    assert not [e for e in decide_settle(state, fail_open_settle("fo-1", usage(inp=1, out=1), model="nope"), T0,
+                                         prices()) if isinstance(e, ReservationSettled)]
+
+
+def test_a_request_arriving_after_its_fail_open_settlement_places_no_hold() -> None:
+    state = with_limit(1_000_000)
+    apply(state, decide_settle(state, fail_open_settle("fo-1", usage(inp=10, out=10)), T0, prices()))
+    denied = only(apply(state, decide_reserve(state, reserve("fo-1", cand("gpt-4o", 1_000)), T0 + 5, TTL, "c")),
+                  ReservationDenied)
+    assert denied.reason == "idempotency_conflict" and "fail-open" in denied.detail
+    assert "fo-1" not in state.holds and view(state)["pending_micro_usd"] == 0

@@ -68,7 +68,8 @@ def test_placed_same_model_allows() -> None:
         "deployment": {"model": "gpt-4o", "endpoint": "https://eu-west.provider.local/v1/gpt-4o",
                        "region": "eu-west"},
         "granted_output_tokens": 4_096, "reserved_micro_usd": 43_460, "reason_codes": ["within_budget"],
-        "binding_scope": None, "retry_after_ms": None, "reservation_id": "req-1", "trace_context": {}}
+        "binding_scope": None, "retry_after_ms": None, "reservation_id": "req-1", "trace_context": {},
+        "fail_open_micro_usd_per_min": 0}
     assert roundtrip(d) == d
 
 

@@ -248,7 +248,8 @@ def test_metered_usage_encodes() -> None:
     body = {"request_id": "req-1", "tenant_id": "acme", "model": "gpt-4o", "status": "OK",
             "usage": metered.usage.to_record(), "estimated": metered.estimated,
             "counted_output_tokens": metered.counted_output_tokens,
-            "drift_ppm": 1_000_000, "completed_at_ms": T0, "metered_at_ms": T0 + 1, "workflow_id": "wf-1"}
+            "drift_ppm": 1_000_000, "completed_at_ms": T0, "metered_at_ms": T0 + 1, "workflow_id": "wf-1",
+            "fail_open": None}
     assert codec().decode(codec().encode("UsageMetered", body))[1] == body
 
 
