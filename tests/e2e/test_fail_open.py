@@ -112,7 +112,7 @@ def test_calls_fail_open_within_the_envelope_and_settle_once_the_gate_is_back(
     settled = _settlements(projected, set(made))
     version = prices().at(int(time.time() * 1000)).version
     expected = prices().cost_micro_usd(version, "gpt-4o-mini", 400, 0, 200, reasoning_tokens=0)
-    for rid, rec in settled.items():
+    for rec in settled.values():
         assert rec["fail_open"] is True, rec
         assert rec["workflow_id"] == "wf-fo" and rec["actual_micro_usd"] == expected
         # Its request may have reached the gate once the broker was back (the SDK's producer kept it): then
