@@ -229,9 +229,11 @@ def create_app(settings: ProxySettings | None = None) -> FastAPI:
 async def forward(proxy: Proxy, call: core.ChatCall, grant: Grant) -> Response:
     decision = grant.decision or {}
     deployment = decision.get("deployment") or {}
+    # A fail-open call has no decision: the catalogue's own choice for the model, as the router would make it.
+    chosen = (proxy.catalogue.find(grant.model, deployment.get("endpoint", "")) if deployment
+              else proxy.catalogue.choose(grant.model, None, grant.request_id))
     try:
-        upstream = core.upstream_for(proxy.catalogue.find(grant.model, deployment.get("endpoint", "")), grant.model,
-                                     proxy.settings.proxy_upstream_base_url)
+        upstream = core.upstream_for(chosen, grant.model, proxy.settings.proxy_upstream_base_url)
     except core.ProxyError:
         grant.void()
         raise
