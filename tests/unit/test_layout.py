@@ -26,6 +26,8 @@ PUBLIC_OPTIONAL = {"ledgergate.tracecontext": {"opentelemetry"}}
 # load; the framework is that module's extra in client/pyproject.toml, and nothing else imports the module.
 PUBLIC_EXTRAS = {
     "ledgergate.integrations.openai": ("openai", "openai"),
+    "ledgergate.integrations.langchain": ("langchain_core", "langchain"),
+    "ledgergate.integrations.litellm": ("litellm", "litellm"),
 }
 GENERIC_NAMES = {"shared", "services", "tools", "bench"}
 
