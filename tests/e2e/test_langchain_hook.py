@@ -108,7 +108,7 @@ def test_a_downgrade_a_callback_cannot_apply_raises_or_runs_the_requested_model_
     assert entries["ReservationSettled"]["model"] == "gpt-4o"  # priced as what ran
 
 
-def test_the_async_handler_gates_ainvoke(gate_module: RunningGate) -> None:
+def test_the_async_handler_gates_ainvoke_and_so_does_the_sync_one(gate_module: RunningGate) -> None:
     tenant = _tenant(gate_module, limit_micro_usd=100 * USD)
     broke = _tenant(gate_module, limit_micro_usd=1)
     run_id = uuid.uuid4()
@@ -119,6 +119,8 @@ def test_the_async_handler_gates_ainvoke(gate_module: RunningGate) -> None:
         with pytest.raises(GateDeniedError):
             await model.ainvoke(ASK, config=_config(_handler(gate_module, broke, AsyncGateCallbackHandler),
                                                     uuid.uuid4()))
+        with pytest.raises(GateDeniedError):  # the sync handler in an async run: LangChain runs it in a thread
+            await model.ainvoke(ASK, config=_config(_handler(gate_module, broke), uuid.uuid4()))
 
     asyncio.run(run())
     assert model.i == 1  # the denied run never reached the model

@@ -10,7 +10,7 @@ decided, and settles (or voids) from LiteLLM's success and failure events.
     reply = await litellm.acompletion(model="gpt-4o", messages=[...], max_tokens=256)   # gated, settled
     reply = gate_logger.completion(model="gpt-4o", messages=[...], max_tokens=256)      # the sync path
 
-Which hook gates (litellm 1.110): for `litellm.acompletion` (and a Router's async calls) the SDK runs
+Which hook gates (litellm 1.110): for `litellm.acompletion` the SDK runs
 `async_pre_call_deployment_hook` of every logger in `litellm.callbacks` before the provider is called; an
 exception there reaches the caller unchanged (GateDeniedError, ...) and what it returns replaces the call's
 arguments, so a DOWNGRADE calls the cheaper model with the granted output cap. `async_pre_call_hook` runs in
