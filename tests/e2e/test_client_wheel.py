@@ -60,9 +60,17 @@ def test_the_client_wheel_carries_its_schemas_and_nothing_of_the_server(tmp_path
     assert "ledgergate/schemas/topics.yaml" in names
     assert not [n for n in names if n.startswith(("ledgergate/shared", "ledgergate/services", "ledgergate/tools"))]
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
-    requires = [line for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
-                if line.startswith("Requires-Dist:")]
-    assert sorted(r.split()[1].split(">")[0].split("<")[0] for r in requires) == ["confluent-kafka", "fastavro"]
+    lines = zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+    requires = [line for line in lines if line.startswith("Requires-Dist:")]
+
+    def name(requirement: str) -> str:
+        return requirement.split()[1].split(">")[0].split("<")[0].split("=")[0].split(";")[0]
+
+    # Needed: the two. Each framework integration is an extra (`pip install 'ledgergate[openai]'`), never needed.
+    assert sorted(name(r) for r in requires if "extra ==" not in r) == ["confluent-kafka", "fastavro"]
+    extras = {line.split(":", 1)[1].strip() for line in lines if line.startswith("Provides-Extra:")}
+    assert extras == {"openai", "langchain", "litellm"}
+    assert {name(r) for r in requires if "extra ==" in r} == {"openai", "langchain-core", "litellm"}
 
 
 def test_an_app_with_only_the_client_wheel_gets_a_decision(gate: Gate, tmp_path: Path) -> None:
