@@ -8,12 +8,18 @@ cap allows (at most `answer_words`); usage counts words as tokens. Faults on req
 `error` (a 500 before any output), `cut` (a stream that stops after `cut_after_chunks` chunks without its
 usage or [DONE]), `slow` (each chunk `slow_chunk_ms` apart). It records what it was asked (`calls`), so a
 test can see the model and the output cap the gate decided.
+
+As its own process (the bench, so its CPU is not the measuring process's):
+`python -m ledgergate.tools.openai_standin --port 0` prints `{"port": N, "base_url": ...}` once it serves,
+and exits when its stdin closes (the parent went away) or on SIGTERM. Loopback only.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import sys
 import threading
 import time
 import uuid
@@ -164,3 +170,19 @@ class StandinServer:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ledgergate.tools.openai_standin", description=__doc__)
+    parser.add_argument("--port", type=int, default=0, help="0: a free one (printed)")
+    parser.add_argument("--answer-words", type=int, default=StandinState.answer_words)
+    args = parser.parse_args(argv)
+    # Loopback only: the stand-in is for tests and the bench, never a listener on the network.
+    with StandinServer(port=args.port, state=StandinState(answer_words=args.answer_words)) as server:
+        print(json.dumps({"port": server.port, "base_url": server.base_url}), flush=True)
+        sys.stdin.read()  # until the parent closes our stdin or dies; SIGTERM ends the process at once
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,7 +22,7 @@ from typing import Any
 from ledgergate import topics
 from ledgergate.shared.kafka import provision
 from ledgergate.shared.settings import PROJECT_ROOT, KafkaSettings, PostgresSettings, SnapshotterSettings, StateSettings
-from ledgergate.tools.bench import egress, floors, ledger, metrics_cost, pgbaseline, procstats, report, restart
+from ledgergate.tools.bench import egress, floors, ledger, metrics_cost, pgbaseline, procstats, proxy, report, restart
 from ledgergate.tools.bench.gate import GateBench, GateOptions, say
 from ledgergate.tools.bench.workload import request_record, workload
 
@@ -30,7 +30,8 @@ RESULTS_DIR = PROJECT_ROOT / "tools" / "bench" / "results"
 NOISY_CORES = 0.3
 MAX_RATES = (250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
 # `metrics` is not part of `all`: it runs the gate four times (metrics on and off, ABBA).
-MODES = ("all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale", "restart", "egress", "metrics")
+MODES = ("all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale", "restart", "egress", "proxy",
+         "metrics")
 
 
 @dataclass
@@ -56,6 +57,7 @@ class BenchOptions:
                 "restart": (10_000_000, 10_000, 24, SnapshotterSettings.model_fields["snapshot_every_entries"].default),
                 # (client counts, requests/s, seconds) per mode (every partition, the tenant's own)
                 "egress": ((1, 10, 50), 50.0, 10.0),
+                "proxy": proxy.ProxyBenchOptions(),
                 "pg": {"rate": self.rate, "seconds": min(self.duration_s, 10.0), "capacity": 5000, "workers": 16},
                 # The hot-tenant shape: a max search through the gate, a capacity run through the baseline.
                 "hot": {"rates": (500.0, 1000.0, 2000.0, 4000.0), "step_s": 4.0, "pg_requests": 5000}}
@@ -63,6 +65,7 @@ class BenchOptions:
                  "memory": 5000, "memory_unpacked": 2000, "memory_traced": 2000, "rebuild": (20_000, 1000),
                  "restart": (20_000, 200, 3, 2_000),
                  "egress": ((1, 3), 20.0, 1.5),
+                 "proxy": proxy.ProxyBenchOptions(calls=20, warmup=5, block=10),
                  "pg": {"rate": 50.0, "seconds": 2.0, "capacity": 200, "workers": 4},
                  "hot": {"rates": (40.0,), "step_s": 1.5, "pg_requests": 200}}
         self.sizes = {**(smoke if self.smoke else full), **self.sizes}
@@ -127,6 +130,8 @@ class Bench:
             self.phase("restart", self._restart)
         if mode in ("all", "egress"):
             self.phase("egress", self._egress)
+        if mode in ("all", "proxy"):
+            self.phase("proxy", self._proxy)
         if mode == "metrics":
             self.phase("metrics", self._metrics)
         self.results["total_s"] = round(time.monotonic() - started, 1)
@@ -236,6 +241,10 @@ class Bench:
     def _egress(self) -> None:
         counts, rate, seconds = self.options.sizes["egress"]
         self.results["egress"] = egress.run_egress(self.kafka, tuple(counts), rate, seconds)
+
+
+    def _proxy(self) -> None:
+        self.results["proxy"] = proxy.run_proxy_bench(self.kafka, self.options.sizes["proxy"])
 
 
     def _metrics(self) -> None:
