@@ -17,6 +17,7 @@ TARGET_REBUILD_PER_S = 200_000
 TARGET_1M_TENANTS_MB = 1024
 TARGET_RESTART_S = 5.0  # to the first decision, with a 10M-entry ledger
 TARGET_METRICS_THROUGHPUT = 0.97  # with metrics / without: they cost at most 3 % of throughput
+TARGET_PROXY_OVER_GATE_MS = 2.0  # the proxy's p50 over the stand-in called directly plus the gate's own p50
 
 
 def _lat(lat: dict[str, float]) -> str:
@@ -134,6 +135,12 @@ def targets(r: dict[str, Any]) -> list[str]:
                 f"{cost['with']['saturated_per_s'] or 0:.0f} / {cost['without']['saturated_per_s'] or 0:.0f} = "
                 f"{ratio:.3f}" if ratio is not None else "- (no step saturated)",
                 None if ratio is None else ratio >= TARGET_METRICS_THROUGHPUT)
+    via = r.get("proxy", {}).get("proxy")
+    if via:
+        low, high = via["overhead_over_gate_ms_p50_ci95"]
+        _target(lines, f"proxy adds <= {TARGET_PROXY_OVER_GATE_MS:g} ms p50 over the gate (non-streaming)",
+                f"{via['proxy_overhead_over_gate_ms_p50']:.1f} ms (95 % {low:.1f}..{high:.1f}; gate "
+                f"{via['gate_ms_p50']:.1f} ms)", via["proxy_overhead_over_gate_ms_p50"] <= TARGET_PROXY_OVER_GATE_MS)
     restart = r.get("restart")
     if restart:
         long, empty = restart["long_ledger"], restart["empty_ledger"]
@@ -272,6 +279,32 @@ def _egress(e: dict[str, Any]) -> list[str]:
     return lines
 
 
+# (process, column heading)
+PROXY_PROCESSES = (("proxy", "proxy"), ("standin", "standin"), ("bench", "bench"), ("token-counter", "counter"),
+                   ("policy", "policy"), ("budget-manager", "budget"), ("router", "router"), ("kafka", "kafka"))
+
+
+def _proxy(p: dict[str, Any]) -> list[str]:
+    lat, cpu = p["latency_ms"], p["cpu_us_per_call"]
+    lines = [f"PROXY: {p['calls_per_mode']} closed-loop calls per mode ({p['model']}, max_tokens {p['max_tokens']}), "
+             f"modes taking turns of {p['block']}; the stand-in, the four services and the proxy as processes",
+             f"  {'ms':<15}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}   CPU us/call"
+             + "".join(f"{head:>8}" for _, head in PROXY_PROCESSES)]
+    for mode, figures in lat.items():
+        lines.append(f"  {mode:<15}" + "".join(f"{figures[k]:>8.2f}" for k in ("p50", "p90", "p99", "max"))
+                     + " " * 14 + "".join(f"{cpu.get(mode, {}).get(n, 0):>8}" for n, _ in PROXY_PROCESSES))
+    for via in ("proxy", "proxy_stream"):
+        f = p.get(via)
+        if f:
+            low, high = f["overhead_over_gate_ms_p50_ci95"]
+            lines.append(f"  {via}: adds {f['proxy_added_ms_p50']:.2f} ms p50 over calling the stand-in directly "
+                         f"({f['proxy_added_to_gate_p50']:.2f}x the gate's {f['gate_ms_p50']:.2f} ms); over the gate "
+                         f"{f['proxy_overhead_over_gate_ms_p50']:.2f} ms (95 % {low:.2f}..{high:.2f}, paired "
+                         f"{f['paired_overhead_over_gate_ms_p50']:.2f}; {f['overhead_over_gate_to_gate_p50']:.2f}x "
+                         f"the gate's p50)")
+    return lines
+
+
 def _metrics(c: dict[str, Any]) -> list[str]:
     on, off, ratio = c["with"], c["without"], c["ratios"]
 
@@ -320,6 +353,8 @@ def table(r: dict[str, Any]) -> str:
         lines += [*_restart(r["restart"]), ""]
     if "egress" in r:
         lines += [*_egress(r["egress"]), ""]
+    if "proxy" in r:
+        lines += [*_proxy(r["proxy"]), ""]
     if "metrics" in r:
         lines += [*_metrics(r["metrics"]), ""]
     noise = {k: v.get("foreign_cores") for k, v in r.get("phases", {}).items()}

@@ -1,7 +1,8 @@
 """What `ledgergate bench` runs, phase by phase, and where the results go.
 
 Phases run one at a time so none measures another's load: CPU-only work first (tokenizer, memory),
-then Kafka without services (echo floors), the gate, the PostgreSQL baseline, and the ledger rebuild.
+then Kafka without services (echo floors), the gate, the PostgreSQL baseline, the ledger rebuild, and
+the proxy's latency over the stand-in and the gate.
 Each phase records how much CPU went to processes that are not ours (other engineers' tests on a
 shared 2-core machine); a phase above NOISY_CORES marks the whole run as polluted.
 """
@@ -57,7 +58,7 @@ class BenchOptions:
                 "restart": (10_000_000, 10_000, 24, SnapshotterSettings.model_fields["snapshot_every_entries"].default),
                 # (client counts, requests/s, seconds) per mode (every partition, the tenant's own)
                 "egress": ((1, 10, 50), 50.0, 10.0),
-                "proxy": proxy.ProxyBenchOptions(),
+                "proxy": proxy.ProxyBenchOptions(calls=500, warmup=30, block=50),
                 "pg": {"rate": self.rate, "seconds": min(self.duration_s, 10.0), "capacity": 5000, "workers": 16},
                 # The hot-tenant shape: a max search through the gate, a capacity run through the baseline.
                 "hot": {"rates": (500.0, 1000.0, 2000.0, 4000.0), "step_s": 4.0, "pg_requests": 5000}}
