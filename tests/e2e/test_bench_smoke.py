@@ -69,6 +69,13 @@ def test_bench_smoke_answers_every_request_and_reports_every_figure(stack: Stack
     for run in r["egress"]["runs"]:  # every request decided, every client's bytes counted
         assert run["decisions"] > 0 and run["rx_bytes"] > 0, run
         assert run["partitions_read_per_client"] == (1 if run["mode"] == "tenant" else r["egress"]["partitions"])
+    proxied = r["proxy"]  # direct, gate alone, through the proxy (and streamed): every call answered
+    for mode, figures in proxied["latency_ms"].items():
+        assert figures["n"] == proxied["calls_per_mode"] > 0, mode
+        _positive(figures, "p50", "p99")
+    assert set(proxied["latency_ms"]) == {"direct", "gate", "proxy", "direct_stream", "proxy_stream"}
+    _positive(proxied["cpu_us_per_call"]["proxy"], "proxy")
+    assert proxied["proxy"]["gate_ms_p50"] > 0 and len(proxied["proxy"]["overhead_over_gate_ms_p50_ci95"]) == 2
     assert long["ledger_entries"] > long["tail_entries"] > 0
     for name in ("budget-manager", "policy"):
         assert long["restored"][name]["snapshot_tenants"] > 0, long["restored"]
@@ -95,8 +102,9 @@ def test_bench_smoke_answers_every_request_and_reports_every_figure(stack: Stack
         assert step["missing"] == 0 and step["decided"] == step["sent"] > 0, step["label"]
     report = cli_report(r)
     for target in ("PostgreSQL row lock", "4 plain relays", "p99 <=", "hot tenant: neither overspends",
-                   "SCALE: the same max search with two instances"):
+                   "SCALE: the same max search with two instances", "PROXY:", "proxy adds <= 2 ms p50"):
         assert target in report, target
-    for phase in ("tokenizer", "memory", "echo", "gate", "scale", "baseline", "hot", "hot_baseline", "rebuild"):
+    for phase in ("tokenizer", "memory", "echo", "gate", "scale", "baseline", "hot", "hot_baseline", "rebuild",
+                  "proxy"):
         assert r["phases"][phase]["wall_s"] > 0
     _positive(r["machine"], "nproc", "memory_gb")
