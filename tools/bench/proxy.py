@@ -68,6 +68,7 @@ class ProxyBenchOptions:
     calls: int = 500  # per mode, after warmup
     warmup: int = 30  # per mode, not recorded
     block: int = 50  # calls of one mode before the next mode's turn
+    modes: tuple[str, ...] = MODES  # a subset to profile one path (py-spy on the proxy's pid)
 
 
 # --- the figures (pure) ---------------------------------------------------------------------------
@@ -280,13 +281,13 @@ def run_proxy_bench(kafka: KafkaSettings, opts: ProxyBenchOptions) -> dict[str, 
         with psycopg.connect(dsn, autocommit=True) as conn:
             key = apikeys.create_key(conn, tenant_id=tenant, is_admin=False, name="bench").token
         say(f"proxy: gate and proxy answered after {time.monotonic() - started:.1f} s; {opts.warmup} warm-up then "
-            f"{opts.calls} closed-loop calls per mode ({', '.join(MODES)}), in turns of {opts.block}")
+            f"{opts.calls} closed-loop calls per mode ({', '.join(opts.modes)}), in turns of {opts.block}")
         gate = Gate(client, GateSettings(tenant_id=tenant, on_throttle="raise"))
         calls = Calls(standin.base_url, f"http://127.0.0.1:{port}/v1", key, gate)
         pids = {name: pid for name in names if (pid := services.pid(name)) is not None}
         pids.update({"standin": standin.proc.pid, "bench": os.getpid(), **procstats.broker()})
         t0 = time.monotonic()
-        samples, cpu_s = measure(calls.by_mode(), opts, pids)
+        samples, cpu_s = measure({m: fn for m, fn in calls.by_mode().items() if m in opts.modes}, opts, pids)
         out = summarise(samples)
         out.update({"calls_per_mode": opts.calls, "warmup_per_mode": opts.warmup, "block": opts.block,
                     "seconds": round(time.monotonic() - t0, 1), "model": MODEL, "max_tokens": MAX_TOKENS,
