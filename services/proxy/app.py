@@ -41,6 +41,9 @@ from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import ProxySettings
 
 CHAT_ROUTE = "/v1/chat/completions"
+# Lines of one server-sent event held back to send it in one write; an upstream that never ends an event is
+# passed on in pieces of this many lines.
+RELAY_EVENT_LINES_MAX = 64
 
 
 class Keys:
@@ -301,13 +304,19 @@ async def forward(proxy: Proxy, call: core.ChatCall, grant: Grant) -> Response:
 
 
 async def relay(reply: httpx.Response, tally: core.StreamTally, grant: Grant) -> AsyncIterator[str]:
-    """The upstream's events, passed on line by line; settled however the stream ends."""
+    """The upstream's events, passed on whole (one write per event, not per line: the blank line that ends
+    an event is a line of its own); settled however the stream ends."""
     ended, broken = False, False
+    event: list[str] = []
     try:
         async for line in reply.aiter_lines():
             out = tally.line(line)
-            if out is not None:
-                yield out + "\n"
+            if out is None:
+                continue
+            event.append(out + "\n")
+            if not out or len(event) >= RELAY_EVENT_LINES_MAX:
+                yield "".join(event)
+                event.clear()
         ended = True
     except httpx.HTTPError:
         broken = True
@@ -319,6 +328,8 @@ async def relay(reply: httpx.Response, tally: core.StreamTally, grant: Grant) ->
             grant.void()
         else:  # cut upstream (no usage), or the caller went away (the generator closed before its end)
             grant.settle_from_text(tally.text, "TRUNCATED" if ended or broken else "CANCELLED")
+    if event:  # what a cut stream sent after its last blank line (the caller went away: never reached)
+        yield "".join(event)
 
 
 def run(settings: ProxySettings | None = None) -> None:
