@@ -43,11 +43,10 @@ from langchain_core.outputs import LLMResult
 
 from ledgergate.admission import Gate, Grant
 from ledgergate.errors import GateClientError, GateDeniedError
-from ledgergate.integrations.wire import gate_messages, usage_from_openai
+from ledgergate.integrations.wire import gate_messages, gate_options, usage_from_openai
 
 __all__ = ["AsyncGateCallbackHandler", "GateCallbackHandler", "GateDowngradeError"]
 
-GATE_OPTIONS = frozenset({"workflow_id", "agent_id", "labels", "request_id", "max_cost_micro_usd"})
 DOWNGRADE_MODES = ("raise", "proceed")
 RUNS_HELD_MAX = 10_000
 ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function",
@@ -130,10 +129,7 @@ class _Runs:
             metadata: Mapping[str, Any] | None, invocation: Mapping[str, Any] | None) -> dict[str, Any]:
         meta = metadata or {}
         params = invocation or {}
-        options = dict(meta.get("ledgergate") or {})
-        unknown = set(options) - GATE_OPTIONS
-        if unknown:
-            raise GateClientError(f"unknown ledgergate options {sorted(unknown)}; known: {sorted(GATE_OPTIONS)}")
+        options = gate_options(meta.get("ledgergate"))
         init = (serialized or {}).get("kwargs") or {}
         model = (params.get("model") or params.get("model_name") or meta.get("ls_model_name")
                  or init.get("model") or init.get("model_name") or self.model)

@@ -45,31 +45,24 @@ from litellm.types.utils import CallTypes
 
 from ledgergate.admission import Gate, Grant
 from ledgergate.errors import GateClientError
-from ledgergate.integrations.wire import gate_messages, usage_from_openai
+from ledgergate.integrations.wire import decided_call, gate_messages, gate_options, output_cap, usage_from_openai
 
 __all__ = ["GateLogger"]
 
-GATE_OPTIONS = frozenset({"workflow_id", "agent_id", "labels", "request_id", "max_cost_micro_usd"})
 GATED_CALLS = frozenset({CallTypes.acompletion, CallTypes.completion})
 CALLS_HELD_MAX = 10_000
 _log = logging.getLogger("ledgergate.integrations.litellm")
 
 
 def _ask(kwargs: Mapping[str, Any], call_id: str) -> dict[str, Any]:
-    options = dict((kwargs.get("metadata") or {}).get("ledgergate") or {})
-    unknown = set(options) - GATE_OPTIONS
-    if unknown:
-        raise GateClientError(f"unknown ledgergate options {sorted(unknown)}; known: {sorted(GATE_OPTIONS)}")
-    cap = kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
-    return {"messages": gate_messages(kwargs["messages"]), "model": kwargs["model"], "max_output_tokens": cap,
+    options = gate_options((kwargs.get("metadata") or {}).get("ledgergate"))
+    return {"messages": gate_messages(kwargs["messages"]), "model": kwargs["model"],
+            "max_output_tokens": output_cap(kwargs),
             "tools": kwargs.get("tools"), "request_id": call_id, **options}
 
 
 def _decided(kwargs: Mapping[str, Any], grant: Grant) -> dict[str, Any]:
-    """The call as the gate decided it: its model, its output cap (in the parameter the caller used)."""
-    call = dict(kwargs, model=grant.model)
-    call["max_completion_tokens" if "max_completion_tokens" in call else "max_tokens"] = grant.max_output_tokens
-    return call
+    return decided_call(kwargs, grant.model, grant.max_output_tokens)
 
 
 def _settle(grant: Grant, response: Any) -> None:

@@ -24,11 +24,10 @@ from typing import Any
 import openai
 
 from ledgergate.admission import Gate, Grant
-from ledgergate.integrations.wire import gate_messages, usage_from_openai
+from ledgergate.integrations.wire import decided_call, gate_messages, gate_options, output_cap, usage_from_openai
 
 __all__ = ["AsyncGatedOpenAI", "GatedOpenAI", "gated"]
 
-GATE_OPTIONS = frozenset({"workflow_id", "agent_id", "labels", "request_id", "max_cost_micro_usd"})
 
 
 def gated(client: Any, gate: Gate) -> Any:
@@ -50,23 +49,16 @@ class _Passthrough:
 
 def _prepare(gate: Gate, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """The gate's arguments and the options popped from the call's keywords."""
-    options = dict(kwargs.pop("ledgergate", None) or {})
-    unknown = set(options) - GATE_OPTIONS
-    if unknown:
-        raise TypeError(f"unknown ledgergate options {sorted(unknown)}; known: {sorted(GATE_OPTIONS)}")
-    cap = kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
+    options = gate_options(kwargs.pop("ledgergate", None))
+    cap = output_cap(kwargs)
     ask = {"messages": gate_messages(kwargs["messages"]), "model": kwargs["model"], "max_output_tokens": cap,
            "tools": kwargs.get("tools"), **options}
     return ask, options, cap
 
 
 def _decided(kwargs: dict[str, Any], grant: Grant) -> dict[str, Any]:
-    """The call as the gate decided it: its model, its output cap (in the parameter the caller used)."""
-    call = dict(kwargs, model=grant.model)
-    if "max_completion_tokens" in call:
-        call["max_completion_tokens"] = grant.max_output_tokens
-    else:
-        call["max_tokens"] = grant.max_output_tokens
+    """The call as the gate decided it; a stream asks for its usage."""
+    call = decided_call(kwargs, grant.model, grant.max_output_tokens)
     if call.get("stream"):
         call["stream_options"] = {**(call.get("stream_options") or {}), "include_usage": True}
     return call

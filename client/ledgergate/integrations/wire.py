@@ -7,9 +7,37 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ledgergate.errors import GateClientError
+
 __all__ = ["gate_messages", "usage_from_openai"]
 
 ZERO_USAGE = {"input_tokens": 0, "cached_input_tokens": 0, "output_tokens": 0, "reasoning_tokens": 0}
+
+
+# What a call may tell the gate beside the model call itself (the `ledgergate` keyword or metadata entry).
+GATE_OPTIONS = frozenset({"workflow_id", "agent_id", "labels", "request_id", "max_cost_micro_usd"})
+
+
+def gate_options(found: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A call's gate options, checked: an unknown one is a mistake to say, not to ignore."""
+    options = dict(found or {})
+    unknown = set(options) - GATE_OPTIONS
+    if unknown:
+        raise GateClientError(f"unknown ledgergate options {sorted(unknown)}; known: {sorted(GATE_OPTIONS)}")
+    return options
+
+
+def output_cap(kwargs: Mapping[str, Any]) -> int | None:
+    """The output cap an OpenAI-style call asks for (`max_completion_tokens`, else `max_tokens`)."""
+    cap = kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
+    return None if cap is None else int(cap)
+
+
+def decided_call(kwargs: Mapping[str, Any], model: str, max_output_tokens: int) -> dict[str, Any]:
+    """The call as the gate decided it: its model, its output cap (in the parameter the caller used)."""
+    call = dict(kwargs, model=model)
+    call["max_completion_tokens" if "max_completion_tokens" in call else "max_tokens"] = max_output_tokens
+    return call
 
 
 def _get(obj: Any, name: str) -> Any:
