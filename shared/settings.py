@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledgergate.connection import KafkaConnection
 from ledgergate.settings import DEFAULT_BOOTSTRAP, TOPIC_PREFIX_MAX_CHARS, TOPIC_PREFIX_PATTERN
+from ledgergate.shared.kafka.provision import PROMPT_RETENTION_MS_MAX, PROMPT_RETENTION_MS_MIN
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +45,8 @@ class KafkaSettings(BaseSettings):
         return self.topic_prefix + logical_name
     # Every topic has the same count (co-partitioned by tenant); schemas/topics.yaml holds the default.
     kafka_partitions: int | None = Field(default=None, ge=1, le=256)
+    # How long the prompt-bearing topics keep records (`topics apply`); None: schemas/topics.yaml's (6 h).
+    prompt_retention_ms: int | None = Field(default=None, ge=PROMPT_RETENTION_MS_MIN, le=PROMPT_RETENTION_MS_MAX)
 
     @model_validator(mode="before")
     @classmethod

@@ -41,7 +41,8 @@ def _topics(args: argparse.Namespace) -> int:
 
     settings = KafkaSettings()
     if args.action == "apply":
-        specs = provision.load_specs(partitions=settings.kafka_partitions, prefix=settings.topic_prefix)
+        specs = provision.load_specs(partitions=settings.kafka_partitions, prefix=settings.topic_prefix,
+                                     prompt_retention_ms=settings.prompt_retention_ms)
         explicit = settings.kafka_partitions is not None
         for line in provision.apply(settings.kafka_connection, specs, require_count=explicit):
             print(line)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import json
 import os
 import time
@@ -55,12 +56,13 @@ class Keys:
 
     async def principal(self, token: str) -> Principal | None:
         now = time.monotonic()
-        hit = self._known.get(token)
+        digest = hashlib.sha256(token.encode()).hexdigest()  # the key itself is never kept
+        hit = self._known.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
         principal = await asyncio.to_thread(self._lookup, token)
-        self._known[token] = (now + self.ttl_s, principal)
-        self._known.move_to_end(token)
+        self._known[digest] = (now + self.ttl_s, principal)
+        self._known.move_to_end(digest)
         while len(self._known) > self.max_entries:
             self._known.popitem(last=False)
         return principal

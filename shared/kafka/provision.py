@@ -16,6 +16,10 @@ from ledgergate.errors import TopicConfigError
 from ledgergate.kafka_config import admin_config
 
 MAX_PARTITIONS = 256
+# Prompt-bearing topics keep their records at least a minute (anything less loses requests in a restart)
+# and at most 30 days (the longest the project ever kept them).
+PROMPT_RETENTION_MS_MIN = 60_000
+PROMPT_RETENTION_MS_MAX = 30 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -26,13 +30,20 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-def load_specs(path: Path | None = None, partitions: int | None = None, prefix: str = "") -> list[TopicSpec]:
+def load_specs(path: Path | None = None, partitions: int | None = None, prefix: str = "",
+               prompt_retention_ms: int | None = None) -> list[TopicSpec]:
+    """The topics of schemas/topics.yaml; `prompt_retention_ms` (None: the file's) is the retention of every
+    topic marked `prompts: true`."""
     path = path or schemas_dir() / "topics.yaml"
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise TopicConfigError(f"cannot read {path}: {exc}") from exc
     defaults: dict[str, Any] = doc.get("defaults", {})
+    prompt_ms = int(prompt_retention_ms if prompt_retention_ms is not None else doc["prompt_retention_ms"])
+    if not PROMPT_RETENTION_MS_MIN <= prompt_ms <= PROMPT_RETENTION_MS_MAX:
+        raise TopicConfigError(f"prompt retention must be {PROMPT_RETENTION_MS_MIN}..{PROMPT_RETENTION_MS_MAX} ms, "
+                               f"got {prompt_ms}")
     specs = []
     for name, body in (doc.get("topics") or {}).items():
         body = body or {}
@@ -40,6 +51,9 @@ def load_specs(path: Path | None = None, partitions: int | None = None, prefix: 
         if not 1 <= count <= MAX_PARTITIONS:
             raise TopicConfigError(f"{name}: partitions must be 1..{MAX_PARTITIONS}, got {count}")
         config = {**defaults.get("config", {}), **body.get("config", {})}
+        if body.get("prompts"):
+            assert "retention.ms" not in body.get("config", {}), f"{name}: a prompt topic's retention is the setting"
+            config["retention.ms"] = str(prompt_ms)
         replication = int(body.get("replication_factor", defaults.get("replication_factor", 1)))
         specs.append(TopicSpec(prefix + name, count, replication, {k: str(v) for k, v in config.items()}))
     counts = {s.partitions for s in specs}

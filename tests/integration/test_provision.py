@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from ledgergate.connection import KafkaConnection
 from ledgergate.errors import TopicConfigError
@@ -54,3 +54,22 @@ def test_an_install_keeps_its_partition_count(stack: StackSettings, prefix: str)
     with pytest.raises(TopicConfigError, match="growing one moves tenants"):
         provision.apply(local, default, require_count=True)
     assert {provision.describe(local)[s.name] for s in default} == {3}
+
+
+def _retention_ms(admin: AdminClient, topic: str) -> str:
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    config = admin.describe_configs([resource])[resource].result()
+    return config["retention.ms"].value
+
+
+def test_the_prompt_retention_setting_reaches_the_broker_and_moves_with_it(stack: StackSettings,
+                                                                            prefix: str) -> None:
+    local = KafkaConnection(f"127.0.0.1:{stack.kafka_port}")
+    admin = AdminClient({"bootstrap.servers": local.bootstrap})
+    provision.apply(local, provision.load_specs(partitions=3, prefix=prefix))
+    assert _retention_ms(admin, f"{prefix}invocation.requests") == "21600000"  # 6 h by default
+    # Changed later (LEDGERGATE_PROMPT_RETENTION_MS): `topics apply` aligns the existing install.
+    provision.apply(local, provision.load_specs(partitions=3, prefix=prefix, prompt_retention_ms=3_600_000))
+    for logical in ("invocation.requests", "invocation.completions", "deadletter"):
+        assert _retention_ms(admin, f"{prefix}{logical}") == "3600000", logical
+    assert _retention_ms(admin, f"{prefix}budget.ledger") == "-1"
