@@ -4,6 +4,7 @@ policy cannot silently fall back to a default."""
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -11,6 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ledgergate.shared.cache import REDACTION_PATTERNS_MAX, CacheRule
 from ledgergate.shared.catalogue import MAX_PRICE_MICRO_USD_PER_M, PPM, PriceOverride
 from ledgergate.shared.errors import PolicyError
 
@@ -44,6 +46,39 @@ class AnomalyRule(BaseModel):
     cooldown_windows: int = Field(default=5, ge=1, le=10_000)
     min_spend_micro_usd_per_min: int = Field(default=100_000, ge=0, le=10**15)
     min_tokens_per_min: int = Field(default=20_000, ge=0, le=10**12)
+
+
+class CacheRuleModel(BaseModel):
+    """A tenant's response cache (shared/cache.py; docs/decisions/0013): off unless the policy turns it on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    ttl_s: int = Field(default=3600, ge=1, le=30 * 24 * 3600)
+    max_entry_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024)
+    # Serve temperature > 0 (or unset) requests from the cache: their answers were one sample of many.
+    serve_nondeterministic: bool = False
+    forbidden_labels: tuple[str, ...] = Field(default=("pii",), max_length=64)
+    workflows: tuple[str, ...] | None = Field(default=None, max_length=1024)
+    # Regular expressions whose matches are replaced before an answer is stored.
+    redact_patterns: tuple[str, ...] = Field(default=(), max_length=REDACTION_PATTERNS_MAX)
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _compiles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            if len(pattern) > 512:
+                raise ValueError("redact_patterns: at most 512 characters each")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"redact_patterns: {pattern!r} is not a regular expression: {exc}") from None
+        return value
+
+    def to_rule(self) -> CacheRule:
+        workflows = None if self.workflows is None else frozenset(self.workflows)
+        return CacheRule(self.enabled, self.ttl_s * 1000, self.max_entry_bytes, self.serve_nondeterministic,
+                         frozenset(self.forbidden_labels), workflows, self.redact_patterns)
 
 
 _Rate = Field(default=None, ge=0, le=MAX_PRICE_MICRO_USD_PER_M)
@@ -96,6 +131,7 @@ class Policy(BaseModel):
     # What an SDK process may spend per minute on calls made without a decision while the gate is away
     # (ledgergate.admission; the client's own setting may only lower it). 0: those calls fail closed.
     fail_open_micro_usd_per_min: int = Field(default=0, ge=0, le=10**12)
+    cache: CacheRuleModel = CacheRuleModel()
     # Negotiated prices by model (catalogue model names); the policy's estimate and the settlement both
     # price through them, and the ledger records the override with each charge (docs/decisions/0012).
     price_overrides: dict[str, PriceOverrideRule] = Field(default_factory=dict, max_length=MAX_PRICE_OVERRIDES)
@@ -140,8 +176,9 @@ def parse_policy(policy_json: str, base: Policy) -> Policy:
         if not isinstance(doc, dict):
             raise PolicyError("a policy document must be a JSON object")
         merged = {**base.model_dump(), **doc}
-        if isinstance(doc.get("anomaly"), dict):  # nested: the tenant's keys override the base's one by one
-            merged["anomaly"] = {**base.anomaly.model_dump(), **doc["anomaly"]}
+        for nested in ("anomaly", "cache"):  # nested: the tenant's keys override the base's one by one
+            if isinstance(doc.get(nested), dict):
+                merged[nested] = {**getattr(base, nested).model_dump(), **doc[nested]}
         return Policy.model_validate(merged)
     except (ValueError, ValidationError) as exc:
         raise PolicyError(f"invalid policy document: {exc}") from exc
