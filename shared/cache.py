@@ -18,11 +18,11 @@ from typing import Any
 
 import orjson
 
-# The sampling parameters that change an answer (OpenAI's names; a provider without one ignores it): two
-# requests that differ in any of them are different requests to the cache.
-ANSWER_PARAMS = frozenset({"temperature", "top_p", "seed", "stop", "n", "presence_penalty", "frequency_penalty",
-                           "logit_bias", "response_format", "tool_choice", "reasoning_effort", "logprobs",
-                           "top_logprobs"})
+from ledgergate.ids import SAMPLING_PARAMS
+
+# The sampling parameters that change an answer: two requests that differ in any of them are different
+# requests to the cache (the edge rule's list: a request carries no other).
+ANSWER_PARAMS = SAMPLING_PARAMS
 KEY_VERSION = 1  # part of every key: a change to what a key covers invalidates every entry, by construction
 REDACTION = "[redacted]"
 REDACTION_PATTERNS_MAX = 32

@@ -93,7 +93,8 @@ def create_app(state: StandinState) -> FastAPI:
         prompt_tokens = _prompt_tokens(body["messages"])
         state.record({"model": body["model"], "max_tokens": body.get("max_tokens"),
                       "max_completion_tokens": body.get("max_completion_tokens"), "stream": bool(body.get("stream")),
-                      "fault": fault, "authorization": request.headers.get("authorization", ""),
+                      "temperature": body.get("temperature"), "fault": fault,
+                      "authorization": request.headers.get("authorization", ""),
                       "at": time.time()})
         if fault == "error":
             return _error(500, "the stand-in was asked to fail", "server_error")

@@ -169,9 +169,9 @@ class Gate:
     def admit(self, messages: Sequence[Mapping[str, Any]], model: str, max_output_tokens: int | None = None, *,
               request_id: str | None = None, workflow_id: str | None = None, agent_id: str | None = None,
               labels: Mapping[str, str] | None = None, tools: Any = None,
-              max_cost_micro_usd: int | None = None) -> Grant:
+              max_cost_micro_usd: int | None = None, sampling: Mapping[str, Any] | None = None) -> Grant:
         ask = self._ask(messages, model, max_output_tokens, request_id, workflow_id, agent_id, labels, tools,
-                        max_cost_micro_usd)
+                        max_cost_micro_usd, sampling)
         while True:
             if not self._may_ask():
                 return self._fail_open(ask, GateUnavailableError(
@@ -192,10 +192,11 @@ class Gate:
                           max_output_tokens: int | None = None, *, request_id: str | None = None,
                           workflow_id: str | None = None, agent_id: str | None = None,
                           labels: Mapping[str, str] | None = None, tools: Any = None,
-                          max_cost_micro_usd: int | None = None) -> Grant:
+                          max_cost_micro_usd: int | None = None, sampling: Mapping[str, Any] | None = None,
+                          ) -> Grant:
         """`admit` without blocking the event loop: it awaits the decision (and any throttle wait)."""
         ask = self._ask(messages, model, max_output_tokens, request_id, workflow_id, agent_id, labels, tools,
-                        max_cost_micro_usd)
+                        max_cost_micro_usd, sampling)
         while True:
             if not self._may_ask():
                 return self._fail_open(ask, GateUnavailableError(
@@ -214,7 +215,8 @@ class Gate:
 
     def _ask(self, messages: Sequence[Mapping[str, Any]], model: str, max_output_tokens: int | None,
              request_id: str | None, workflow_id: str | None, agent_id: str | None,
-             labels: Mapping[str, str] | None, tools: Any, max_cost_micro_usd: int | None) -> _Ask:
+             labels: Mapping[str, str] | None, tools: Any, max_cost_micro_usd: int | None,
+             sampling: Mapping[str, Any] | None) -> _Ask:
         s = self.settings
         workflow = s.workflow_id if workflow_id is None else workflow_id
         agent = s.agent_id if agent_id is None else agent_id
@@ -222,7 +224,7 @@ class Gate:
                    "max_output_tokens": max_output_tokens or s.default_max_output_tokens,
                    "request_id": request_id or str(uuid.uuid4()), "workflow_id": workflow, "agent_id": agent,
                    "priority": s.priority, "region": s.region, "max_cost_micro_usd": max_cost_micro_usd,
-                   "labels": labels, "tools": tools, "timeout_s": s.decision_timeout_ms / 1000}
+                   "labels": labels, "tools": tools, "sampling": sampling, "timeout_s": s.decision_timeout_ms / 1000}
         return _Ask(request)
 
     def _on_decision(self, ask: _Ask, decision: dict[str, Any]) -> Grant | int:

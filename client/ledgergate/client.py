@@ -249,11 +249,13 @@ class GateClient:
                request_id: str | None = None, workflow_id: str = "", agent_id: str = "", priority: str = "NORMAL",
                region: str | None = None, max_cost_micro_usd: int | None = None,
                labels: Mapping[str, str] | None = None, tools: Any = None,
-               timeout_s: float | None = None, trace_context: Mapping[str, str] | None = None) -> DecisionFuture:
+               timeout_s: float | None = None, trace_context: Mapping[str, str] | None = None,
+               sampling: Mapping[str, Any] | None = None) -> DecisionFuture:
         """Publish one InvocationRequested; the future resolves to the decoded GateDecision, or fails with
         GateTimeoutError after `timeout_s` (the client's default when None). The request carries
         `trace_context` (a W3C traceparent, and tracestate), else the current OpenTelemetry span's, else a
-        new trace's (ledgergate.tracecontext); the decision's "trace_context" returns it."""
+        new trace's (ledgergate.tracecontext); the decision's "trace_context" returns it. `sampling`: the
+        answer-changing parameters the call will use (ledgergate.ids.SAMPLING_PARAMS: temperature, seed, ...)."""
         if self._closed:
             raise GateClientError("client is closed")
         request_id = request_id or str(uuid.uuid4())
@@ -261,7 +263,8 @@ class GateClient:
         request = InvocationRequested(
             request_id, tenant_id, workflow_id, agent_id, model,
             tuple(ChatMessage(m["role"], m["content"], m.get("name")) for m in messages), _tools_json(tools),
-            max_output_tokens, priority, region, max_cost_micro_usd, dict(labels or {}), _now_ms(), carrier)
+            max_output_tokens, priority, region, max_cost_micro_usd, dict(labels or {}), _now_ms(), carrier,
+            _sampling_json(sampling))
         # The gate's edge rule, checked before publishing: a caller's typo is an exception here, not
         # a DENY invalid_request (or a dead letter) a round trip later.
         problem = request_problem(request)
@@ -465,6 +468,12 @@ def _trace_context(explicit: Mapping[str, str] | None) -> dict[str, str]:
         return outgoing(explicit)
     except TraceContextError as exc:
         raise InvalidRequestError(f"invalid trace_context: {exc.message}") from None
+
+
+def _sampling_json(sampling: Mapping[str, Any] | None) -> str | None:
+    """The parameters that were given (None values left out), as sorted-key JSON; None when there are none."""
+    given = {k: v for k, v in (sampling or {}).items() if v is not None}
+    return json.dumps(given, sort_keys=True, separators=(",", ":")) if given else None
 
 
 def _tools_json(tools: Any) -> str | None:

@@ -97,6 +97,9 @@ class InvocationRequested(_Record):
     labels: Mapping[str, str]
     requested_at_ms: int
     trace_context: Mapping[str, str]
+    # The answer-changing sampling parameters (ledgergate.ids.SAMPLING_PARAMS), sorted-key JSON; before the
+    # signature, as in the schema.
+    sampling_json: str | None = None
     signature: Signature | None = None
 
     @classmethod
@@ -129,6 +132,7 @@ class InvocationCounted(_Record):
     invalid_reason: str | None
     counted_at_ms: int
     invalid_code: str | None = None  # with invalid_reason: the DENY reason; None means invalid_request
+    cache_key: str = ""  # the response cache's key of the request (shared/cache.py), "" when not computed
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +183,7 @@ class InvocationPlanned(_Record):
     invalid_code: str | None = None
     # The tenant's fail-open envelope (Policy.fail_open_micro_usd_per_min), carried to the decision.
     fail_open_micro_usd_per_min: int = 0
+    cache_key: str = ""  # carried from the counted request
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:

@@ -14,6 +14,7 @@ unbounded id costs memory in every service and index space in every table.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 
@@ -65,7 +66,7 @@ def request_problem(req: InvocationRequested) -> str | None:
                or id_problem("agent_id", req.agent_id, required=False)
                or name_problem("requested_model", req.requested_model)
                or name_problem("region", req.region or "", required=False)
-               or labels_problem(req.labels))
+               or labels_problem(req.labels) or sampling_problem(req.sampling_json))
     if problem is not None:
         return problem
     for i, message in enumerate(req.messages):
@@ -73,6 +74,31 @@ def request_problem(req: InvocationRequested) -> str | None:
             f"messages[{i}].name", message.name or "", required=False)
         if problem is not None:
             return problem
+    return None
+
+
+# The sampling parameters a request may carry: the ones that change an answer (OpenAI's names), which the
+# response cache's key covers (shared/cache.py). Others (user, stream, metadata) do not belong on a request.
+SAMPLING_PARAMS = frozenset({"temperature", "top_p", "seed", "stop", "n", "presence_penalty", "frequency_penalty",
+                             "logit_bias", "response_format", "tool_choice", "reasoning_effort", "logprobs",
+                             "top_logprobs"})
+MAX_SAMPLING_JSON_CHARS = 4096
+
+
+def sampling_problem(sampling_json: str | None) -> str | None:
+    if sampling_json is None:
+        return None
+    if len(sampling_json) > MAX_SAMPLING_JSON_CHARS:
+        return f"sampling_json is longer than {MAX_SAMPLING_JSON_CHARS} characters"
+    try:
+        sampling = json.loads(sampling_json)
+    except ValueError:
+        return "sampling_json is not JSON"
+    if not isinstance(sampling, dict):
+        return "sampling_json must be a JSON object"
+    unknown = set(sampling) - SAMPLING_PARAMS
+    if unknown:
+        return f"sampling_json names unknown parameters {sorted(unknown)}; known: {sorted(SAMPLING_PARAMS)}"
     return None
 
 

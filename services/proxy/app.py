@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ledgergate.admission import Gate, GateSettings, Grant
 from ledgergate.client import GateClient
 from ledgergate.errors import GateDeniedError, GateUnavailableError, InvalidRequestError
-from ledgergate.integrations.wire import usage_from_openai
+from ledgergate.integrations.wire import sampling_of, usage_from_openai
 from ledgergate.services.proxy import core
 from ledgergate.shared import apikeys, metrics
 from ledgergate.shared.apikeys import Principal
@@ -237,7 +237,7 @@ def create_app(settings: ProxySettings | None = None) -> FastAPI:
             grant = await proxy.gate(tenant_id).admit_async(
                 call.messages, call.model, call.max_output_tokens, request_id=headers.get(core.REQUEST_ID_HEADER),
                 workflow_id=headers.get(core.WORKFLOW_HEADER, ""), agent_id=headers.get(core.AGENT_HEADER, ""),
-                tools=call.tools)
+                tools=call.tools, sampling=sampling_of(call.body))
         except InvalidRequestError as exc:
             raise core.ProxyError(exc.message, code="invalid_request") from None
         except GateDeniedError as exc:

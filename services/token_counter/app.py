@@ -260,7 +260,7 @@ class TokenCounter:
             req.request_id, req.tenant_id, req.workflow_id, req.agent_id, req.requested_model, req.max_output_tokens,
             req.priority, req.region, req.max_cost_micro_usd, req.labels, req.requested_at_ms, hop.context,
             counted.input_tokens, counted.accounting_input_tokens, counted.encoding, counted.estimated_output_tokens,
-            counted.request_sha256, None, time.time_ns() // 1_000_000)
+            counted.request_sha256, None, time.time_ns() // 1_000_000, cache_key=counted.cache_key)
         hop.describe(body)
         # Re-keyed by the tenant in the body: every later hop and the ledger rely on that key.
         out.emit(self.topic_counted, req.tenant_id.encode(), codec().encode("InvocationCounted", body.to_record()),

@@ -14,6 +14,7 @@ import tiktoken
 
 from ledgergate.events import InvocationCompleted, InvocationRequested, Signature, Usage
 from ledgergate.ids import MAX_ID_CHARS, id_problem, request_problem
+from ledgergate.shared.cache import cache_key
 from ledgergate.shared.credentials import MAX_KEY_SEQUENCE, AuthMode, TenantCredentials, derive_secret
 from ledgergate.shared.tokenizers import ACCOUNTING_ENCODING, count_chat, count_text, get_encoding
 from ledgergate.signing import key_sequence, verify
@@ -101,6 +102,7 @@ class Counted:
     encoding: str
     estimated_output_tokens: int
     request_sha256: str
+    cache_key: str = ""
 
 
 def request_sha256(req: InvocationRequested) -> str:
@@ -114,6 +116,8 @@ def request_sha256(req: InvocationRequested) -> str:
                "requested_model": req.requested_model, "messages": messages, "tools_json": req.tools_json,
                "max_output_tokens": req.max_output_tokens, "priority": req.priority, "region": req.region,
                "max_cost_micro_usd": req.max_cost_micro_usd, "labels": req.labels}
+    if req.sampling_json is not None:  # only when sent: the digests of requests without one stay as they were
+        content["sampling_json"] = req.sampling_json
     # orjson: about 40x faster than json.dumps on an 8,000-token prompt (3 us vs 112 us measured), and
     # this runs once per request on the token-counter's hot path.
     return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -166,8 +170,9 @@ def count_request(req: InvocationRequested, encoding_for: Callable[[str], tiktok
         accounting = input_tokens
     else:
         accounting = count_chat(messages, model, tools=tools, encoding=get_encoding(ACCOUNTING_ENCODING))
+    sampling = json.loads(req.sampling_json) if req.sampling_json else {}
     return Counted(input_tokens, accounting, encoding.name, min(req.max_output_tokens, max_output_tokens),
-                   request_sha256(req))
+                   request_sha256(req), cache_key(req.tenant_id, model, messages, req.tools_json, sampling))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from typing import Any
 import openai
 import pytest
 
-from ledgergate import Gate, GateDeniedError, GateSettings, GateThrottledError
+from ledgergate import Gate, GateDeniedError, GateSettings, GateThrottledError, topics
 from ledgergate.integrations.openai import gated
 from ledgergate.tools.openai_standin import FAULT_HEADER, StandinServer
 from tests.e2e.conftest import Gate as RunningGate
@@ -173,3 +173,25 @@ def test_a_throttle_waits_its_retry_after_or_raises(gate_module: RunningGate, st
     waiting = _openai(standin, gate_module, tenant)
     waiting.chat.completions.create(model="gpt-4o-mini", messages=ASK, max_tokens=5)  # throttled, waits, passes
     assert waiting.gate.throttle_waited_ms > 0
+
+
+def test_the_sampling_parameters_ride_on_the_request_and_key_the_counted_record(
+        gate_module: RunningGate, standin: StandinServer) -> None:
+    tenant = _tenant(gate_module)
+    client = _openai(standin, gate_module, tenant)
+    ids = [f"k-{uuid.uuid4().hex}" for _ in range(3)]
+    for request_id, temperature in zip(ids, (0, 0, 0.7), strict=True):
+        client.chat.completions.create(model="gpt-4o-mini", messages=ASK, max_tokens=20, temperature=temperature,
+                                       seed=7, user="someone", ledgergate={"request_id": request_id})
+    assert _last_call(standin)["temperature"] == 0.7  # the call itself is unchanged
+    deadline = time.monotonic() + 30
+    while True:
+        counted = {r["request_id"]: r for _, _, r in gate_module.read(topics.COUNTED) if r["request_id"] in ids}
+        if len(counted) == 3:
+            break
+        assert time.monotonic() < deadline, f"counted {sorted(counted)}"
+        time.sleep(0.3)
+    requests = {r["request_id"]: r for _, _, r in gate_module.read(topics.REQUESTS) if r["request_id"] in ids}
+    assert json.loads(requests[ids[0]]["sampling_json"]) == {"temperature": 0, "seed": 7}  # `user` changes no answer
+    keys = [counted[rid]["cache_key"] for rid in ids]
+    assert all(len(k) == 64 for k in keys) and keys[0] == keys[1] != keys[2]

@@ -38,7 +38,7 @@ def request(**over: Any) -> dict[str, Any]:
            "tools_json": None, "max_output_tokens": 500, "priority": "NORMAL", "region": None,
            "max_cost_micro_usd": None, "labels": {"team": "search"}, "requested_at_ms": T0,
            "trace_context": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
-           "signature": None}
+           "sampling_json": None, "signature": None}
     rec.update(over)
     return rec
 
@@ -205,9 +205,30 @@ def test_request_sha256_ignores_clock_and_trace_context() -> None:
     {"workflow_id": "wf-2"},
     {"agent_id": "agent-2"},
     {"tenant_id": "other"},
+    {"sampling_json": '{"temperature":0}'},
 ])
 def test_request_sha256_changes_with_content(over: dict[str, Any]) -> None:
     assert request_sha256(typed(request(**over))) != request_sha256(typed(request()))
+
+
+def test_the_count_carries_the_cache_key_of_what_changes_an_answer() -> None:
+    def key(**over: Any) -> str:
+        return count_request(typed(request(**over)), encoding_for_model, 4096).cache_key
+
+    base = key(sampling_json='{"temperature":0}')
+    assert len(base) == 64 and base == key(sampling_json='{"temperature":0}', request_id="req-2", agent_id="b")
+    assert base != key(sampling_json='{"temperature":0.5}') and base != key(tenant_id="other",
+                                                                           sampling_json='{"temperature":0}')
+    assert key() != base  # no sampling sent: the provider's defaults, another request
+
+
+@pytest.mark.parametrize(("sampling_json", "problem"), [
+    ('{"temperature": 0, "user": "u"}', "unknown parameters ['user']"),
+    ("[0]", "must be a JSON object"), ("{", "not JSON"), ('{"stop": "' + "x" * 5000 + '"}', "longer than"),
+])
+def test_sampling_outside_the_edge_rule_is_invalid(sampling_json: str, problem: str) -> None:
+    found = validate(typed(request(sampling_json=sampling_json)), "acme", 64)
+    assert found is not None and problem in found
 
 
 # ---------------------------------------------------------------------------------------------- metering

@@ -45,7 +45,14 @@ from litellm.types.utils import CallTypes
 
 from ledgergate.admission import Gate, Grant
 from ledgergate.errors import GateClientError
-from ledgergate.integrations.wire import decided_call, gate_messages, gate_options, output_cap, usage_from_openai
+from ledgergate.integrations.wire import (
+    decided_call,
+    gate_messages,
+    gate_options,
+    output_cap,
+    sampling_of,
+    usage_from_openai,
+)
 
 __all__ = ["GateLogger"]
 
@@ -58,7 +65,7 @@ def _ask(kwargs: Mapping[str, Any], call_id: str) -> dict[str, Any]:
     options = gate_options((kwargs.get("metadata") or {}).get("ledgergate"))
     return {"messages": gate_messages(kwargs["messages"]), "model": kwargs["model"],
             "max_output_tokens": output_cap(kwargs),
-            "tools": kwargs.get("tools"), "request_id": call_id, **options}
+            "tools": kwargs.get("tools"), "sampling": sampling_of(kwargs), "request_id": call_id, **options}
 
 
 def _decided(kwargs: Mapping[str, Any], grant: Grant) -> dict[str, Any]:

@@ -24,7 +24,14 @@ from typing import Any
 import openai
 
 from ledgergate.admission import Gate, Grant
-from ledgergate.integrations.wire import decided_call, gate_messages, gate_options, output_cap, usage_from_openai
+from ledgergate.integrations.wire import (
+    decided_call,
+    gate_messages,
+    gate_options,
+    output_cap,
+    sampling_of,
+    usage_from_openai,
+)
 
 __all__ = ["AsyncGatedOpenAI", "GatedOpenAI", "gated"]
 
@@ -52,7 +59,7 @@ def _prepare(gate: Gate, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[s
     options = gate_options(kwargs.pop("ledgergate", None))
     cap = output_cap(kwargs)
     ask = {"messages": gate_messages(kwargs["messages"]), "model": kwargs["model"], "max_output_tokens": cap,
-           "tools": kwargs.get("tools"), **options}
+           "tools": kwargs.get("tools"), "sampling": sampling_of(kwargs), **options}
     return ask, options, cap
 
 

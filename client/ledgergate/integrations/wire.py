@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ledgergate.errors import GateClientError
+from ledgergate.ids import SAMPLING_PARAMS
 
 __all__ = ["gate_messages", "usage_from_openai"]
 
@@ -31,6 +32,11 @@ def output_cap(kwargs: Mapping[str, Any]) -> int | None:
     """The output cap an OpenAI-style call asks for (`max_completion_tokens`, else `max_tokens`)."""
     cap = kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
     return None if cap is None else int(cap)
+
+
+def sampling_of(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The answer-changing sampling parameters of an OpenAI-style call (what the response cache keys on)."""
+    return {k: kwargs[k] for k in SAMPLING_PARAMS if kwargs.get(k) is not None}
 
 
 def decided_call(kwargs: Mapping[str, Any], model: str, max_output_tokens: int) -> dict[str, Any]:
