@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 from functools import cache
@@ -66,45 +67,60 @@ class PriceOverride:
 
 @dataclass(frozen=True, slots=True)
 class PriceKey:
-    """What a reservation and its settlement record as `price_version`: the catalogue version, plus the
-    tenant's override for the one model it names. Written `VERSION` (no override) or
-    `VERSION+MODEL:SPEC`, so the ledger alone re-prices any charge exactly (docs/decisions/0012)."""
+    """What a reservation and its settlement record as `price_version`: the catalogue version, the region
+    whose surcharge applies (only when it has one), and the tenant's override for the one model it names.
+    Written `VERSION[@REGION][+MODEL:SPEC]`, so the ledger alone re-prices any charge exactly
+    (docs/decisions/0012)."""
 
     version: str
     model: str | None = None
     override: PriceOverride | None = None
+    region: str | None = None
 
     def __post_init__(self) -> None:
-        assert "+" not in self.version and (self.model is None) == (self.override is None), self
+        assert "+" not in self.version and "@" not in self.version, self
+        assert (self.model is None) == (self.override is None), self
+        assert self.region is None or _REGION_IN_KEY.fullmatch(self.region), self
 
     def text(self) -> str:
+        head = self.version if self.region is None else f"{self.version}@{self.region}"
         if self.override is None:
-            return self.version
-        return f"{self.version}+{self.model}:{self.override.spec()}"
+            return head
+        return f"{head}+{self.model}:{self.override.spec()}"
 
 
-def price_key(version: str, model: str, override: PriceOverride | None) -> str:
-    key = PriceKey(version, model if override else None, override).text()
+# A region as a key holds it: the catalogue's region names (letters, digits, '.', '_', '-').
+_REGION_IN_KEY = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def price_key(version: str, model: str, override: PriceOverride | None, region: str | None = None) -> str:
+    """`region`: the request's region when the version charges it a surcharge (None otherwise)."""
+    key = PriceKey(version, model if override else None, override, region).text()
     assert len(key) <= MAX_PRICE_KEY_CHARS, key
     return key
 
 
 def parse_price_key(text: str) -> PriceKey:
     """The inverse of `PriceKey.text`; a version id alone (every entry before overrides) is a key too."""
-    version, plus, rest = text.partition("+")
+    head, plus, rest = text.partition("+")
+    version, at, region = head.partition("@")
+    if at and not _REGION_IN_KEY.fullmatch(region):
+        raise UnknownPriceError(f"price key {text[:MAX_PRICE_KEY_CHARS]!r} names no valid region")
+    where = region if at else None
     if not plus:
-        return PriceKey(version)
+        return PriceKey(version, region=where)
     model, colon, spec = rest.rpartition(":")  # a model name may hold ':', a spec never does
     name, eq, value = spec.partition("=")
     try:
         if colon and model and eq and name == "discount_ppm":
-            return PriceKey(version, model, PriceOverride(discount_ppm=int(value)))
+            return PriceKey(version, model, PriceOverride(discount_ppm=int(value)), where)
         rates = tuple(int(x) for x in value.split(","))
         if colon and model and eq and name == "fixed" and len(rates) == 5:
-            return PriceKey(version, model, PriceOverride(fixed=(rates[0], rates[1], rates[2], rates[3], rates[4])))
+            return PriceKey(version, model, PriceOverride(fixed=(rates[0], rates[1], rates[2], rates[3], rates[4])),
+                            where)
     except (ValueError, AssertionError):
         pass
-    raise UnknownPriceError(f"price key {text[:MAX_PRICE_KEY_CHARS]!r} is not VERSION or VERSION+MODEL:SPEC")
+    raise UnknownPriceError(f"price key {text[:MAX_PRICE_KEY_CHARS]!r} is not VERSION[@REGION][+MODEL:SPEC]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +166,15 @@ class PriceCatalogue:
         except KeyError:
             raise UnknownPriceError(f"model {model!r} has no price in version {key}") from None
 
-    def _resolve(self, key: str, model: str) -> tuple[ModelPrice, PriceVersion, int]:
-        """(the rates charged, the catalogue version, the discount in ppm) of `model` under `key`."""
+    def surcharged(self, version: str, region: str | None) -> str | None:
+        """`region` when `version` charges it a surcharge (so a price key must carry it), else None."""
+        if region is None or self._version(version).region_ppm.get(region, PPM) == PPM:
+            return None
+        return region
+
+    def _resolve(self, key: str, model: str) -> tuple[ModelPrice, PriceVersion, int, str | None]:
+        """(the rates charged, the catalogue version, the discount in ppm, the key's surcharged region) of
+        `model` under `key`."""
         parsed = parse_price_key(key)
         version = self._version(parsed.version)
         listed = version.models.get(model)
@@ -159,11 +182,11 @@ class PriceCatalogue:
             raise UnknownPriceError(f"model {model!r} has no price in version {parsed.version}")
         override = parsed.override if parsed.model == model else None  # it names one model; others pay list
         if override is None:
-            return listed, version, 0
+            return listed, version, 0, parsed.region
         if override.fixed is None:
-            return listed, version, override.discount_ppm or 0
+            return listed, version, override.discount_ppm or 0, parsed.region
         inp, cached, write, out, reasoning = override.fixed
-        return ModelPrice(model, listed.tier, inp, cached, out, write, reasoning, "override"), version, 0
+        return ModelPrice(model, listed.tier, inp, cached, out, write, reasoning, "override"), version, 0, parsed.region
 
     def price(self, key: str, model: str) -> ModelPrice:
         """The rates this key charges `model`: a fixed override's figures replace the catalogue's (the tier
@@ -174,15 +197,16 @@ class PriceCatalogue:
                        *, reasoning_tokens: int, region: str | None = None, cache_write_tokens: int = 0) -> int:
         """Integer cost, rounded up once. Output and reasoning tokens are disjoint counts (the Usage record's),
         each at its own rate; cached input is part of input. Cache-write tokens are priced when a caller
-        has them (no Usage record carries them yet: docs/prices.md)."""
+        has them (no Usage record carries them yet: docs/prices.md). The region's surcharge: `region`'s, else
+        the one the key carries (what a reservation and its settlement record)."""
         assert min(input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cache_write_tokens) >= 0
-        p, version, discount_ppm = self._resolve(key, model)
+        p, version, discount_ppm, key_region = self._resolve(key, model)
         uncached = max(0, input_tokens - cached_input_tokens)
         cached = min(cached_input_tokens, input_tokens)
         numerator = (uncached * p.input_micro_usd_per_m + cached * p.cached_input_micro_usd_per_m
                      + cache_write_tokens * p.cache_write_micro_usd_per_m
                      + output_tokens * p.output_micro_usd_per_m + reasoning_tokens * p.reasoning_micro_usd_per_m)
-        region_ppm = version.region_ppm.get(region or "", PPM)
+        region_ppm = version.region_ppm.get(region or key_region or "", PPM)
         cost = _ceil_div(numerator * region_ppm * (PPM - discount_ppm), TOKENS_PER_PRICE_UNIT * PPM * PPM)
         assert cost >= 0, (key, model, cost)
         return cost
@@ -240,8 +264,11 @@ def load_prices(path: Path) -> PriceCatalogue:
         models = {name: _model_price(name, m, version) for name, m in v["models"].items()}
         if any(m.tier not in doc["tiers"] for m in models.values()):
             raise CatalogueError(f"price version {version} names a tier outside {doc['tiers']}")
-        if "+" in version or any(x.version == version for x in versions):
-            raise CatalogueError(f"price version id {version!r} is repeated or holds '+'")
+        if "+" in version or "@" in version or any(x.version == version for x in versions):
+            raise CatalogueError(f"price version id {version!r} is repeated or holds '+' or '@'")
+        bad = [r for r in (v.get("regions") or {}) if not _REGION_IN_KEY.fullmatch(str(r))]
+        if bad:
+            raise CatalogueError(f"price version {version}: region names {bad} are not letters, digits, '.', '_', '-'")
         versions.append(PriceVersion(version, int(v["effective_from_ms"]), models,
                                      {k: int(x) for k, x in (v.get("regions") or {}).items()},
                                      str(v["source"]) if v.get("source") else None))

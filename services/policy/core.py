@@ -84,6 +84,7 @@ def plan(counted: InvocationCounted, policy: Policy, burn: Burn, prices: PriceCa
     ceiling_rank = prices.tiers.index(ceiling) if ceiling else 0
     granted = min(counted.estimated_output_tokens, policy.max_output_tokens)
     candidates: list[PlanCandidate] = []
+    surcharged = prices.surcharged(version.version, counted.region)
     for model in (requested, *policy.downgrades.get(requested, ())):
         price = version.models.get(model)
         if price is None or (allowed is not None and model not in allowed):
@@ -91,14 +92,15 @@ def plan(counted: InvocationCounted, policy: Policy, burn: Burn, prices: PriceCa
         if prices.tiers.index(price.tier) < ceiling_rank:
             continue
         input_tokens = counted.input_tokens if model == requested else counted.accounting_input_tokens
-        # The tenant's negotiated price, if any, travels in the key: the budget-manager settles with it.
-        key = price_key(version.version, model, policy.price_override(model))
+        # The tenant's negotiated price and the region's surcharge, if any, travel in the key: the
+        # budget-manager settles with them, so the estimate and the charge price alike.
+        key = price_key(version.version, model, policy.price_override(model), surcharged)
         rates = prices.price(key, model)
-        input_cost = prices.cost_micro_usd(key, model, input_tokens, 0, 0, reasoning_tokens=0, region=counted.region)
+        input_cost = prices.cost_micro_usd(key, model, input_tokens, 0, 0, reasoning_tokens=0)
         # The granted tokens may be spent on output or reasoning: estimated at the dearer of the two rates.
         as_reasoning = rates.reasoning_micro_usd_per_m > rates.output_micro_usd_per_m
         output_cost = prices.cost_micro_usd(key, model, 0, 0, 0 if as_reasoning else granted,
-                                            reasoning_tokens=granted if as_reasoning else 0, region=counted.region)
+                                            reasoning_tokens=granted if as_reasoning else 0)
         candidates.append(PlanCandidate(model, price.tier, input_cost, output_cost, input_cost + output_cost, granted,
                                         key))
     if not candidates:

@@ -699,3 +699,13 @@ def test_a_request_arriving_after_its_fail_open_settlement_places_no_hold() -> N
                   ReservationDenied)
     assert denied.reason == "idempotency_conflict" and "fail-open" in denied.detail
     assert "fo-1" not in state.holds and view(state)["pending_micro_usd"] == 0
+
+
+def test_a_settlement_pays_the_regional_surcharge_its_reservation_was_priced_with() -> None:
+    state = with_limit(1_000_000)
+    key = f"{PV}@eu-west"  # the plan's key for an eu-west request (eu-west: 1,100,000 ppm)
+    apply(state, decide_reserve(state, reserve("eu-1", Candidate("gpt-4o", "premium", 50_000, 100, key)), T0, TTL,
+                                "c"))
+    settled = only(decide_settle(state, settle("eu-1", usage(inp=1_000, out=1_000)), T0 + 5, prices()),
+                   ReservationSettled)
+    assert settled.price_version == key and settled.actual_micro_usd == 13_750  # 12,500 plus 10 %

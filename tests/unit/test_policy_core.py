@@ -63,7 +63,12 @@ def test_costs_match_the_catalogue_and_apply_the_region() -> None:
         assert c.estimated_output_micro_usd == p.cost_micro_usd(PV, c.model, 0, 0, 100, reasoning_tokens=0,
                                                                 region="eu-west")
         assert c.granted_output_tokens == 100
+        assert c.price_version == f"{PV}@eu-west"  # the settlement pays the same surcharge
     assert candidates[0].estimated_cost_micro_usd == 3_300 + 1_650  # (3,000 + 1,500) * 1.1
+    # A region without a surcharge (us-east: 1,000,000 ppm) or none at all: the key is the version alone.
+    for region in ("us-east", None):
+        assert {c.price_version for c in plan(counted("gpt-4o", region=region), default_policy(), NO_BURN, prices(),
+                                               T0)[0]} == {PV}
 
 
 def test_model_without_downgrades_has_one_candidate() -> None:

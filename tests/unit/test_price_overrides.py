@@ -82,6 +82,8 @@ def test_a_rate_above_the_limit_is_a_catalogue_error(tmp_path: Path) -> None:
     PriceKey("2026-11-01"),
     PriceKey("2026-11-01", "gpt-4o", PriceOverride(discount_ppm=150_000)),
     PriceKey("2026-11-01", "ft:gpt-4o:acme", PriceOverride(fixed=(1, 2, 3, 4, 5))),
+    PriceKey("2026-11-01", region="eu-west"),
+    PriceKey("2026-11-01", "ft:gpt-4o@x:acme", PriceOverride(discount_ppm=5), region="eu-west"),
 ])
 def test_price_keys_round_trip(key: PriceKey) -> None:
     assert parse_price_key(key.text()) == key
@@ -94,7 +96,8 @@ def test_a_plain_version_is_its_own_key() -> None:
 
 @pytest.mark.parametrize("text", ["2026-11-01+gpt-4o", "2026-11-01+gpt-4o:discount_ppm=x",
                                   "2026-11-01+gpt-4o:discount_ppm=2000000", "2026-11-01+gpt-4o:fixed=1,2,3",
-                                  "2026-11-01+:discount_ppm=1", "2026-11-01+gpt-4o:surcharge=5"])
+                                  "2026-11-01+:discount_ppm=1", "2026-11-01+gpt-4o:surcharge=5",
+                                  "2026-11-01@", "2026-11-01@eu west", "2026-11-01@+gpt-4o:discount_ppm=1"])
 def test_malformed_keys_are_unknown_prices(text: str) -> None:
     with pytest.raises(UnknownPriceError):
         parse_price_key(text)
@@ -218,3 +221,14 @@ def test_a_settlement_for_another_model_pays_that_models_list_price() -> None:
     usage = Usage(1_000, 0, 500, 0)
     _, settled, _ = _placed_and_settled(DISCOUNT, usage, settled_model="gpt-4o-mini")
     assert settled.actual_micro_usd == prices().cost_micro_usd(PV, "gpt-4o-mini", 1_000, 0, 500, reasoning_tokens=0)
+
+
+def test_the_region_a_key_carries_is_charged_its_surcharge(catalogue) -> None:
+    # What the ledger settles with: the plan's key. A reservation for an eu request and its settlement both
+    # pay eu's 10 %, with no region passed (the settlement has none but the key's).
+    plain = catalogue.cost_micro_usd("2026-01-01", "plain", 1_000, 0, 1_000, reasoning_tokens=0)
+    in_eu = price_key("2026-01-01", "plain", None, catalogue.surcharged("2026-01-01", "eu"))
+    assert in_eu == "2026-01-01@eu"
+    assert catalogue.cost_micro_usd(in_eu, "plain", 1_000, 0, 1_000, reasoning_tokens=0) == plain * 11 // 10
+    assert catalogue.surcharged("2026-01-01", None) is None
+    assert catalogue.surcharged("2026-01-01", "nowhere") is None  # no surcharge: the key stays the version
