@@ -43,6 +43,7 @@ from ledgergate.shared.policy import tenant_price_override
 THRESHOLDS_PCT = (50, 80, 100)
 MAX_CANDIDATES = 8
 MAX_AMOUNT_MICRO_USD = 10**15  # a billion dollars: anything above is a typo, not a budget
+FAIL_OPEN_CALL_AGE_MS_MAX = 62 * 24 * 3600 * 1000  # this period and the last: the idempotency window
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +265,10 @@ def _settle_fail_open(state: TenantState, cmd: Settle, call: FailOpenCall, now_m
     reported in, priced by the catalogue version in force when it was made and the tenant's override."""
     entries = open_period(state, now_ms)
     period = period_of(now_ms)[0]
-    version = prices.at(min(call.called_at_ms, now_ms)).version
+    # The version in force when the call was made; a claimed time before the idempotency window (or in the
+    # future) is not believed, so a report cannot pick an old, cheaper version: priced as of now.
+    called_ms = call.called_at_ms if now_ms - FAIL_OPEN_CALL_AGE_MS_MAX <= call.called_at_ms <= now_ms else now_ms
+    version = prices.at(called_ms).version
     model = cmd.model
     if model not in prices.version(version).models:
         model = call.requested_model

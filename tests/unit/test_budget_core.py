@@ -709,3 +709,13 @@ def test_a_settlement_pays_the_regional_surcharge_its_reservation_was_priced_wit
     settled = only(decide_settle(state, settle("eu-1", usage(inp=1_000, out=1_000)), T0 + 5, prices()),
                    ReservationSettled)
     assert settled.price_version == key and settled.actual_micro_usd == 13_750  # 12,500 plus 10 %
+
+
+def test_a_fail_open_call_cannot_claim_an_old_price_version() -> None:
+    # A claimed call time older than the idempotency window, or in the future, is replaced by now.
+    state = with_limit(1_000_000)
+    u = usage(inp=1_000, out=1_000)
+    for claimed in (1, T0 + 10**9):
+        settled = only(decide_settle(state, fail_open_settle(f"fo-{claimed}", u, called_at_ms=claimed), T0, prices()),
+                       ReservationSettled)
+        assert settled.price_version == prices().at(T0).version
