@@ -281,7 +281,7 @@ def alerts(conn: psycopg.Connection, tenant_id: str, *, page: Keyset, limit: int
 
 # --- usage ---------------------------------------------------------------------------------------
 
-UsageGroup = Literal["tenant", "model", "tier", "workflow", "day", "settled_day", "estimated"]
+UsageGroup = Literal["tenant", "model", "tier", "workflow", "day", "settled_day", "estimated", "fail_open"]
 UsageKey = str | int | bool
 # Trusted SQL per grouping: callers pick a key of this map, never write the expression.
 USAGE_GROUPS: dict[UsageGroup, str] = {
@@ -294,6 +294,8 @@ USAGE_GROUPS: dict[UsageGroup, str] = {
     # with ledgergate.shared.units.utc_day so it matches their own Kafka-side counting exactly.
     "settled_day": f"settled_at_ms / {MS_PER_DAY}",
     "estimated": "estimated",  # bool
+    # text: calls made without a decision while the gate was away (ledgergate.admission), apart from the rest
+    "fail_open": "CASE WHEN fail_open THEN 'fail_open' ELSE 'decided' END",
 }
 
 

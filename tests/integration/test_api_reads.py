@@ -140,6 +140,9 @@ def test_spend_report_groups_and_exports_csv(seeded: TestClient, keys: Keys) -> 
     days = _get(seeded, keys.a_read, path, group_by="day")["rows"]
     assert len(days) == 2 and days[0]["key"] == f"{PERIOD}-01" and days[0]["spend_micro_usd"] == 1200
     assert _get(seeded, keys.a_read, path, period="2001-01")["rows"] == []
+    # Nothing seeded was a fail-open call: all of it was decided (tests/e2e/test_fail_open.py has the rest).
+    assert [(r["key"], r["requests"]) for r in _get(seeded, keys.a_read, path, group_by="fail_open")["rows"]] == [
+        ("decided", 4)]
     resp = seeded.get(path, headers=H(keys.a_read), params={"group_by": "model", "format": "csv"})
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/csv")
     assert "attachment" in resp.headers["content-disposition"]

@@ -60,15 +60,16 @@ def to_csv(report: SpendReport) -> str:
     return out.getvalue()
 
 
-@router.get("/spend", response_model=SpendReport, summary="Settled spend grouped by model, tier, workflow or day",
+@router.get("/spend", response_model=SpendReport,
+            summary="Settled spend grouped by model, tier, workflow, day or fail_open (decided or not)",
             responses={200: {"content": {"text/csv": {}}}})
 def spend_report(tenant_id: ReadableTenant, db: DbConn,
-                 group_by: Annotated[Literal["model", "tier", "workflow", "day"], Query()] = "model",
+                 group_by: Annotated[Literal["model", "tier", "workflow", "day", "fail_open"], Query()] = "model",
                  period: Period = None,
                  from_ms: FromMs = None, to_ms: ToMs = None, workflow: FilterId = None,
                  format: Annotated[Literal["json", "csv"], Query()] = "json") -> SpendReport | Response:
     lo, hi = report_range(period, from_ms, to_ms, time.time_ns() // 1_000_000)
-    # group_by only picks one of readmodel.USAGE_GROUPS' trusted expressions; every one of these four is text.
+    # group_by only picks one of readmodel.USAGE_GROUPS' trusted expressions; every one of these five is text.
     sums = readmodel.usage_sums(db, (group_by,), tenant_id=tenant_id, from_ms=lo, to_ms=hi, workflow_id=workflow)
     report = SpendReport(
         tenant_id=tenant_id, group_by=group_by, from_ms=lo, to_ms=hi,
