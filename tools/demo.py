@@ -38,7 +38,7 @@ from ledgergate.shared import catalogue, tokenizers
 from ledgergate.shared.kafka.reader import read_to_end
 from ledgergate.shared.kafka.seek import partition_count
 from ledgergate.shared.settings import KafkaSettings, StackSettings
-from ledgergate.tools import demo_console
+from ledgergate.tools import demo_console, demo_integrations
 from ledgergate.tools.provider_standin import WORDS, standin_call
 from ledgergate.tools.servicerunner import GATE_SERVICES, ServiceSet, ServiceStartError
 
@@ -230,6 +230,9 @@ def run_demo(settings: KafkaSettings, agents: int = 300, tenants: int = 5, durat
             summary = _fleet(client, work, budgets, run, rate_per_s, seed, settle_s)
             summary["anomalies"] = _anomalies(settings, names, ANOMALY_WAIT_S if services is not None else 0.0)
             print(format_summary(summary))
+            if services is not None:
+                summary["integrations"] = demo_integrations.run(client, services, names[0], run)
+                print(demo_integrations.format_rows(summary["integrations"]), flush=True)
             if services is not None:
                 demo_console.wait_api()
                 summary["console"] = demo_console.where(demo_console.admin_key(run))

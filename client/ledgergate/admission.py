@@ -342,6 +342,8 @@ class Gate:
             self.client.complete(self.settings.tenant_id, grant.request_id, grant.model, usage, text, status,
                                  agent_id=grant.agent_id)
             return
+        if status == "CANCELLED" and usage is not None and not any(usage.values()):
+            return  # voided before any output: nothing was spent, so there is nothing to report
         entry = {"request_id": grant.request_id, "model": grant.model, "usage": usage, "text": text,
                  "status": status, "fail_open": {"workflow_id": grant.workflow_id, "agent_id": grant.agent_id,
                                                  "requested_model": grant.requested_model,

@@ -88,6 +88,9 @@ def apply(connection: KafkaConnection, specs: list[TopicSpec], timeout_s: float 
         specs = [replace(s, partitions=install) for s in specs]
     to_create = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
                           config=s.config) for s in specs if s.name not in existing]
+    # A topic the metadata did not list yet (created a moment ago, by us or another `topics apply`) answers
+    # TOPIC_ALREADY_EXISTS: it exists, so its configs are aligned like the others'.
+    already: set[str] = set()
     if to_create:
         for name, fut in admin.create_topics(to_create, operation_timeout=timeout_s).items():
             try:
@@ -97,8 +100,9 @@ def apply(connection: KafkaConnection, specs: list[TopicSpec], timeout_s: float 
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise TopicConfigError(f"creating {name} failed: {exc}") from exc
                 report.append(f"exists  {name}")
+                already.add(name)
     resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name, set_config=s.config)
-                 for s in specs if s.name in existing]
+                 for s in specs if s.name in existing or s.name in already]
     if resources:
         for res, fut in admin.alter_configs(resources).items():
             fut.result()

@@ -235,7 +235,10 @@ def decide_settle(state: TenantState, cmd: Settle, now_ms: int, prices: PriceCat
     live = hold is not None
     hold = hold or state.expired.get(cmd.request_id)
     if hold is None:
-        return [] if cmd.fail_open is None else _settle_fail_open(state, cmd, cmd.fail_open, now_ms, prices)
+        nothing_spent = cmd.cancelled and cmd.usage.input_tokens == 0 and cmd.usage.output_tokens == 0
+        if cmd.fail_open is None or nothing_spent:
+            return []
+        return _settle_fail_open(state, cmd, cmd.fail_open, now_ms, prices)
     if cmd.cancelled and live and cmd.usage.output_tokens == 0 and cmd.usage.input_tokens == 0:
         return [ReservationVoided(f"{cmd.request_id}/void", state.tenant_id, hold.period_id, now_ms, cmd.request_id,
                                   hold.workflow_id, hold.amount_micro_usd, "cancelled before any usage")]

@@ -56,10 +56,16 @@ def test_an_install_keeps_its_partition_count(stack: StackSettings, prefix: str)
     assert {provision.describe(local)[s.name] for s in default} == {3}
 
 
-def _retention_ms(admin: AdminClient, topic: str) -> str:
+def _retention_ms(admin: AdminClient, topic: str, expected: str, timeout_s: float = 15.0) -> str:
+    """The topic's retention.ms once it reads `expected` (a broker answers the old value for a moment after
+    an alter), else the last value read."""
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
-    config = admin.describe_configs([resource])[resource].result()
-    return config["retention.ms"].value
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = str(admin.describe_configs([resource])[resource].result()["retention.ms"].value)
+        if value == expected or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
 
 
 def test_the_prompt_retention_setting_reaches_the_broker_and_moves_with_it(stack: StackSettings,
@@ -67,9 +73,9 @@ def test_the_prompt_retention_setting_reaches_the_broker_and_moves_with_it(stack
     local = KafkaConnection(f"127.0.0.1:{stack.kafka_port}")
     admin = AdminClient({"bootstrap.servers": local.bootstrap})
     provision.apply(local, provision.load_specs(partitions=3, prefix=prefix))
-    assert _retention_ms(admin, f"{prefix}invocation.requests") == "21600000"  # 6 h by default
+    assert _retention_ms(admin, f"{prefix}invocation.requests", "21600000") == "21600000"  # 6 h by default
     # Changed later (LEDGERGATE_PROMPT_RETENTION_MS): `topics apply` aligns the existing install.
     provision.apply(local, provision.load_specs(partitions=3, prefix=prefix, prompt_retention_ms=3_600_000))
     for logical in ("invocation.requests", "invocation.completions", "deadletter"):
-        assert _retention_ms(admin, f"{prefix}{logical}") == "3600000", logical
-    assert _retention_ms(admin, f"{prefix}budget.ledger") == "-1"
+        assert _retention_ms(admin, f"{prefix}{logical}", "3600000") == "3600000", logical
+    assert _retention_ms(admin, f"{prefix}budget.ledger", "-1") == "-1"

@@ -719,3 +719,10 @@ def test_a_fail_open_call_cannot_claim_an_old_price_version() -> None:
         settled = only(decide_settle(state, fail_open_settle(f"fo-{claimed}", u, called_at_ms=claimed), T0, prices()),
                        ReservationSettled)
         assert settled.price_version == prices().at(T0).version
+
+
+def test_a_fail_open_call_voided_before_any_output_settles_nothing() -> None:
+    state = with_limit(1_000_000)
+    call = fail_open_settle("fo-void", usage())
+    voided = Settle(call.request_id, TENANT_ID, call.model, call.usage, False, True, call.fail_open)
+    assert decide_settle(state, voided, T0, prices()) == []
