@@ -231,7 +231,9 @@ def run_demo(settings: KafkaSettings, agents: int = 300, tenants: int = 5, durat
             summary["anomalies"] = _anomalies(settings, names, ANOMALY_WAIT_S if services is not None else 0.0)
             print(format_summary(summary))
             if services is not None:
-                summary["integrations"] = demo_integrations.run(client, services, names[0], run)
+                # The tenant with the most budget left, so its calls are granted (one with none is shown too).
+                richest = max(summary["tenants"], key=lambda n: summary["tenants"][n]["remaining_usd"] or 0.0)
+                summary["integrations"] = demo_integrations.run(client, services, richest, run)
                 print(demo_integrations.format_rows(summary["integrations"]), flush=True)
             if services is not None:
                 demo_console.wait_api()
