@@ -51,7 +51,7 @@ from ledgergate.integrations.wire import (
     gate_options,
     output_cap,
     sampling_of,
-    usage_from_openai,
+    settle_response,
 )
 
 __all__ = ["GateLogger"]
@@ -70,16 +70,6 @@ def _ask(kwargs: Mapping[str, Any], call_id: str) -> dict[str, Any]:
 
 def _decided(kwargs: Mapping[str, Any], grant: Grant) -> dict[str, Any]:
     return decided_call(kwargs, grant.model, grant.max_output_tokens)
-
-
-def _settle(grant: Grant, response: Any) -> None:
-    usage = usage_from_openai(getattr(response, "usage", None))
-    if usage is not None:
-        grant.settle(usage)
-        return
-    choices = getattr(response, "choices", None) or []
-    text = "".join(getattr(getattr(c, "message", None), "content", None) or "" for c in choices)
-    grant.settle_from_text(text, "OK")
 
 
 class GateLogger(CustomLogger):
@@ -139,7 +129,7 @@ class GateLogger(CustomLogger):
             grant.void()  # nothing came back: nothing was produced
             raise
         if not kwargs.get("stream") and self._take(call_id) is not None:
-            _settle(grant, response)
+            settle_response(grant, response)
         return response
 
     def log_pre_api_call(self, model: str, messages: Any, kwargs: dict[str, Any]) -> None:
@@ -154,7 +144,7 @@ class GateLogger(CustomLogger):
     def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         grant = self._take(str(kwargs.get("litellm_call_id") or ""))
         if grant is not None:
-            _settle(grant, response_obj)
+            settle_response(grant, response_obj)
 
     def log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         grant = self._take(str(kwargs.get("litellm_call_id") or ""))

@@ -30,6 +30,7 @@ from ledgergate.integrations.wire import (
     gate_options,
     output_cap,
     sampling_of,
+    settle_response,
     usage_from_openai,
 )
 
@@ -185,16 +186,6 @@ class AsyncGatedStream:
         return getattr(self._stream, name)
 
 
-def _settle_response(grant: Grant, response: Any) -> None:
-    usage = usage_from_openai(getattr(response, "usage", None))
-    if usage is not None:
-        grant.settle(usage)
-        return
-    choices = getattr(response, "choices", None) or []
-    text = "".join(getattr(getattr(c, "message", None), "content", None) or "" for c in choices)
-    grant.settle_from_text(text, "OK")  # a server that reports no usage: the gate counts the answer
-
-
 class _Completions(_Passthrough):
     def __init__(self, inner: Any, gate: Gate) -> None:
         super().__init__(inner)
@@ -210,7 +201,7 @@ class _Completions(_Passthrough):
             raise
         if kwargs.get("stream"):
             return GatedStream(result, _StreamAccount(grant, _wanted_usage(kwargs)))
-        _settle_response(grant, result)
+        settle_response(grant, result)
         return result
 
 
@@ -229,7 +220,7 @@ class _AsyncCompletions(_Passthrough):
             raise
         if kwargs.get("stream"):
             return AsyncGatedStream(result, _StreamAccount(grant, _wanted_usage(kwargs)))
-        _settle_response(grant, result)
+        settle_response(grant, result)
         return result
 
 

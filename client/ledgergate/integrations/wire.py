@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ledgergate.admission import Grant
 from ledgergate.errors import GateClientError
 from ledgergate.ids import SAMPLING_PARAMS
 
@@ -91,3 +92,14 @@ def usage_from_openai(usage: Any) -> dict[str, int] | None:
     reasoning = min(reasoning, completion)
     return {"input_tokens": prompt, "cached_input_tokens": min(cached, prompt),
             "output_tokens": completion - reasoning, "reasoning_tokens": reasoning}
+
+
+def settle_response(grant: Grant, response: Any) -> None:
+    """Settle a grant with an OpenAI-shaped chat completion: its usage, else its answer's text (a server
+    that reports no usage: the gate counts the answer, marked estimated)."""
+    usage = usage_from_openai(_get(response, "usage"))
+    if usage is not None:
+        grant.settle(usage)
+        return
+    choices = _get(response, "choices") or []
+    grant.settle_from_text("".join(_get(_get(c, "message"), "content") or "" for c in choices), "OK")
