@@ -154,3 +154,10 @@ def test_an_upstream_failure_is_passed_on_and_voids_the_reservation(proxy: Proxy
     while not any(n == "ReservationVoided" and r["request_id"] == request_id for _, n, r in proxy.gate.ledger()):
         assert time.monotonic() < deadline, "no ReservationVoided"
         time.sleep(0.3)
+
+
+def test_readiness_names_what_a_call_needs_and_both_answer(proxy: Proxy) -> None:
+    # What the compose healthcheck and the Kubernetes readiness probe ask (deploy/k8s/40-proxy.yaml).
+    port = int(proxy.base_url.rsplit(":", 1)[1].split("/")[0])
+    status, body = probe(port, "/readyz")
+    assert status == 200 and body == {"status": "ok", "checks": {"postgres": "ok", "kafka": "ok"}}, body
