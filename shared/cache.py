@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from ledgergate.ids import SAMPLING_PARAMS
+from ledgergate.ids import CACHE_BYPASS, CACHE_LABEL, SAMPLING_PARAMS
 
 # The sampling parameters that change an answer: two requests that differ in any of them are different
 # requests to the cache (the edge rule's list: a request carries no other).
@@ -26,6 +26,9 @@ ANSWER_PARAMS = SAMPLING_PARAMS
 KEY_VERSION = 1  # part of every key: a change to what a key covers invalidates every entry, by construction
 REDACTION = "[redacted]"
 REDACTION_PATTERNS_MAX = 32
+# The largest answer any policy may cache: it rides in a usage.metered and a cache.entries record and a
+# decision, each within the broker's default message limit (1 MiB) with room for the rest.
+ENTRY_BYTES_MAX = 256 * 1024
 
 
 def cache_key(tenant_id: str, model: str, messages: Iterable[Mapping[str, Any]], tools_json: str | None,
@@ -63,16 +66,19 @@ class CacheRule:
     redact_patterns: tuple[str, ...] = ()
 
 
-def refusal(rule: CacheRule, workflow_id: str, labels: Mapping[str, str], sampling: Mapping[str, Any]) -> str | None:
-    """Why this request may neither be served from the cache nor stored into it; None when it may."""
+def refusal(rule: CacheRule, workflow_id: str, labels: Mapping[str, str], repeatable: bool) -> str | None:
+    """Why this request may neither be served from the cache nor stored into it; None when it may.
+    `repeatable`: the request asked for a repeatable answer (`deterministic` of its sampling parameters)."""
     if not rule.enabled:
         return "cache_off"
+    if labels.get(CACHE_LABEL) == CACHE_BYPASS:
+        return "bypassed"
     if rule.workflows is not None and workflow_id not in rule.workflows:
         return "workflow_not_cached"
     forbidden = rule.forbidden_labels & set(labels)
     if forbidden:
         return f"label_forbids_cache:{sorted(forbidden)[0]}"
-    if not rule.serve_nondeterministic and not deterministic(sampling):
+    if not rule.serve_nondeterministic and not repeatable:
         return "nondeterministic"
     return None
 
@@ -170,6 +176,10 @@ class CacheStore:
         tenant.entries.move_to_end(key)  # type: ignore[union-attr]  # tenant is set when entry is
         self._order.move_to_end((tenant_id, key))
         return entry
+
+    def remove(self, tenant_id: str, key: str) -> None:
+        """An entry leaves (its tombstone was read)."""
+        self._drop(tenant_id, key)
 
     def forget(self, tenant_id: str) -> None:
         """A tenant's entries leave (its partition was revoked, or its retention asks it)."""

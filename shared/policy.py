@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ledgergate.shared.cache import REDACTION_PATTERNS_MAX, CacheRule
+from ledgergate.shared.cache import ENTRY_BYTES_MAX, REDACTION_PATTERNS_MAX, CacheRule
 from ledgergate.shared.catalogue import MAX_PRICE_MICRO_USD_PER_M, PPM, PriceOverride
 from ledgergate.shared.errors import PolicyError
 
@@ -55,7 +55,7 @@ class CacheRuleModel(BaseModel):
 
     enabled: bool = False
     ttl_s: int = Field(default=3600, ge=1, le=30 * 24 * 3600)
-    max_entry_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024)
+    max_entry_bytes: int = Field(default=64 * 1024, ge=1, le=ENTRY_BYTES_MAX)
     # Serve temperature > 0 (or unset) requests from the cache: their answers were one sample of many.
     serve_nondeterministic: bool = False
     forbidden_labels: tuple[str, ...] = Field(default=("pii",), max_length=64)

@@ -185,6 +185,19 @@ class ServiceSettings(KafkaSettings, TracingSettings, MetricsSettings):
     shutdown_timeout_ms: int = Field(default=20_000, ge=100, le=600_000)
 
 
+class CacheSettings(BaseSettings):
+    """The response cache's memory bounds, in the services that hold its entries (policy, router)."""
+
+    model_config = _config()
+
+    # Entries per tenant and bytes per instance (least recently used leave first, counted as evictions).
+    cache_entries_per_tenant_max: int = Field(default=10_000, ge=1, le=10_000_000)
+    cache_bytes_max: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=64 * 1024**3)
+    # Requests planned as cacheable whose answer is awaited (the policy service; oldest forgotten first):
+    # about the requests in flight of the tenants whose policy caches.
+    cache_pending_max: int = Field(default=100_000, ge=0, le=10_000_000)
+
+
 class StateSettings(ServiceSettings):
     """What a service that folds budget.ledger into tenant state needs (budget-manager, policy, snapshotter)."""
 
@@ -225,7 +238,7 @@ class TokenCounterSettings(ServiceSettings, CredentialSettings):
     remembered_requests: int = Field(default=200_000, ge=0, le=10_000_000)
 
 
-class PolicySettings(StateSettings):
+class PolicySettings(StateSettings, CacheSettings):
     model_config = _config()
 
     # A file (YAML or JSON) that replaces the built-in default policy for tenants without one.
@@ -298,7 +311,7 @@ class AnomalySettings(ServiceSettings, PostgresSettings):
     anomaly_data_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "ledgergate-anomaly")
 
 
-class RouterSettings(ServiceSettings):
+class RouterSettings(ServiceSettings, CacheSettings):
     model_config = _config()
 
     # Decisions remembered to answer a repeated request id identically.

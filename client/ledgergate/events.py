@@ -29,7 +29,7 @@ def plain(value: Any) -> Any:
 # hop converts a record or two per message (a generic walk cost more than the Avro encoding; measured).
 _LAYOUTS: dict[type[Any], tuple[tuple[str, bool], ...]] = {}
 _NESTED_TYPES = ("tuple[", "Usage", "ChatMessage", "PlanCandidate", "PlanRejection", "Deployment", "Signature",
-                 "FailOpenCall")
+                 "FailOpenCall", "CacheHit")
 
 
 def _layout(cls: type[Any]) -> tuple[tuple[str, bool], ...]:
@@ -133,6 +133,7 @@ class InvocationCounted(_Record):
     counted_at_ms: int
     invalid_code: str | None = None  # with invalid_reason: the DENY reason; None means invalid_request
     cache_key: str = ""  # the response cache's key of the request (shared/cache.py), "" when not computed
+    cache_deterministic: bool = False  # temperature 0 and one choice: a repeatable answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,18 @@ class PlanRejection(_Record):
     detail: str
     retry_after_ms: int | None
     binding_scope: str
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHit(_Record):
+    """The tenant's cached answer a plan serves the request from (docs/decisions/0013)."""
+
+    entry_id: str
+    key: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    avoided_micro_usd: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,13 +196,16 @@ class InvocationPlanned(_Record):
     invalid_code: str | None = None
     # The tenant's fail-open envelope (Policy.fail_open_micro_usd_per_min), carried to the decision.
     fail_open_micro_usd_per_min: int = 0
-    cache_key: str = ""  # carried from the counted request
+    cache_key: str = ""  # the counted request's, when the tenant's cache rule lets it be served and stored
+    cache_deterministic: bool = False
+    cache_hit: CacheHit | None = None  # answered from the cache: no candidates, nothing to reserve
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:
-        rejection = rec["rejection"]
+        rejection, hit = rec["rejection"], rec.get("cache_hit")
         return cls(**{**rec, "candidates": tuple(PlanCandidate(**c) for c in rec["candidates"]),
-                      "rejection": None if rejection is None else PlanRejection(**rejection)})
+                      "rejection": None if rejection is None else PlanRejection(**rejection),
+                      "cache_hit": None if hit is None else CacheHit(**hit)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +239,12 @@ class GateDecision(_Record):
     trace_context: Mapping[str, str] = field(default_factory=dict)
     # What the SDK may spend per minute without a decision while the gate is away; 0 forbids it.
     fail_open_micro_usd_per_min: int = 0
+    # The response cache (docs/decisions/0013): send the answer's text with the completion; or, on CACHE_HIT,
+    # the entry and its text (None when the entry was gone: ask again with the cache bypassed).
+    cache_store: bool = False
+    cache_entry_id: str | None = None
+    cached_response: str | None = None
+    avoided_micro_usd: int = 0
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:
@@ -282,6 +304,7 @@ class UsageMetered(_Record):
     metered_at_ms: int
     workflow_id: str = ""
     fail_open: FailOpenCall | None = None
+    response_text: str | None = None  # for the response cache, when the completion carried it
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:

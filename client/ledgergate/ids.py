@@ -83,6 +83,10 @@ SAMPLING_PARAMS = frozenset({"temperature", "top_p", "seed", "stop", "n", "prese
                              "logit_bias", "response_format", "tool_choice", "reasoning_effort", "logprobs",
                              "top_logprobs"})
 MAX_SAMPLING_JSON_CHARS = 4096
+# The label a request carries to neither be served from the tenant's response cache nor stored into it (the
+# SDK sends it when it asks again after a CACHE_HIT without text; a caller may send it like any label).
+CACHE_LABEL = "cache"
+CACHE_BYPASS = "bypass"
 
 
 def sampling_problem(sampling_json: str | None) -> str | None:

@@ -16,6 +16,7 @@ AUDIT = "audit.log"
 CREDENTIALS = "tenant.credentials"
 DEADLETTER = "deadletter"
 SNAPSHOTS = "budget.snapshots"
+CACHE = "cache.entries"  # the response cache's entries (docs/decisions/0013)
 # The anomaly detector's (a faust app, services/anomaly/): closed windows between its two agents, and the
 # changelogs of its two tables, which faust names <app id>-<table>-changelog.
 ANOMALY_WINDOWS = "anomaly.windows"
@@ -23,4 +24,4 @@ ANOMALY_RATES_CHANGELOG = "ledgergate-anomaly-rates-changelog"
 ANOMALY_BANDS_CHANGELOG = "ledgergate-anomaly-bands-changelog"
 
 ALL = (REQUESTS, COUNTED, PLANNED, COMMANDS, LEDGER, DECISIONS, COMPLETIONS, METERED, ALERTS, AUDIT, CREDENTIALS,
-       DEADLETTER, SNAPSHOTS, ANOMALY_WINDOWS, ANOMALY_RATES_CHANGELOG, ANOMALY_BANDS_CHANGELOG)
+       DEADLETTER, SNAPSHOTS, CACHE, ANOMALY_WINDOWS, ANOMALY_RATES_CHANGELOG, ANOMALY_BANDS_CHANGELOG)

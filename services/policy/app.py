@@ -1,4 +1,5 @@
-"""policy adapter: invocation.counted (+ the tenant's budget.ledger, co-partitioned) -> invocation.planned.
+"""policy adapter: invocation.counted (+ the tenant's budget.ledger, co-partitioned) -> invocation.planned;
+usage.metered answers the tenant's cache rule lets it store -> cache.entries (services/policy/cache.py).
 
 The ledger gives each tenant's policy document (PolicyChanged) and budget burn; it is folded with the
 same `evolve` the budget-manager uses, restored like the budget-manager's from budget.snapshots and the
@@ -16,8 +17,11 @@ from confluent_kafka import Message
 from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.errors import MalformedMessageError
-from ledgergate.events import InvocationCounted, InvocationPlanned, PlanRejection
+from ledgergate.events import CacheHit, InvocationCounted, InvocationPlanned, PlanRejection, UsageMetered
 from ledgergate.services.policy import core
+from ledgergate.services.policy.cache import PolicyCache
+from ledgergate.shared import cache_topic
+from ledgergate.shared.cache import CacheRule
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.kafka.headers import stamped
 from ledgergate.shared.kafka.outbox import Outbox
@@ -41,29 +45,37 @@ class PolicyService:
         self.tracing = Tracing("policy", settings)
         self.prices = prices()
         self.base = default_policy(settings.default_policy_path) if settings.default_policy_path else default_policy()
+        self.base_rule = self.base.cache.to_rule()
         self.topic_counted = settings.topic(topics.COUNTED)
         self.topic_ledger = settings.topic(topics.LEDGER)
         self.topic_planned = settings.topic(topics.PLANNED)
         self.topic_snapshots = settings.topic(topics.SNAPSHOTS)
+        self.topic_metered = settings.topic(topics.METERED)
+        self.topic_cache = settings.topic(topics.CACHE)
+        self.cache = PolicyCache(settings, self.topic_cache)
         # partition -> its tenants, the fold of that partition's ledger. Per partition, so that a partition
         # assigned again (after a rebalance moved it away and back) is restored from scratch: folding it
         # on top of the states already held counted every entry twice.
         self.tenants: dict[int, TenantStore] = {}
-        self.policies: dict[str, tuple[int, Policy]] = {}  # tenant -> (version, parsed)
+        self.policies: dict[str, tuple[int, Policy, CacheRule]] = {}  # tenant -> (version, parsed, its cache rule)
         self.buckets: dict[str, core.Bucket] = {}
 
     def assigned(self, partitions: list[int]) -> dict[tuple[str, int], int]:
         restored = restore(self.settings.kafka_connection, self.topic_snapshots, self.topic_ledger, partitions,
                            self.settings.hot_tenants_max, self.log, snapshots=self.settings.restore_from_snapshots)
         self.tenants.update(restored.stores)
+        self.cache.load(partitions, time.time_ns() // 1_000_000)
         self.log.info("policy_state_rebuilt", partitions=partitions,
-                      tenants=sum(len(self.tenants[p]) for p in partitions))
+                      tenants=sum(len(self.tenants[p]) for p in partitions), cache_entries=len(self.cache.store))
         # The fold continues from where the restore ended, on the ledger the service also consumes.
         return {(self.topic_ledger, p): restored.ends[p] for p in partitions}
 
     def revoked(self, partitions: list[int]) -> None:
         for p in partitions:
-            self.tenants.pop(p, None)
+            store = self.tenants.pop(p, None)
+            # A tenant with a cache rule has a policy, so its state is in the partition's store.
+            for tenant_id in store.tenant_ids() if store is not None else ():
+                self.cache.store.forget(tenant_id)
 
     def idle(self, now_ms: int, out: Outbox) -> None:
         pass
@@ -81,8 +93,11 @@ class PolicyService:
         return store.get(tenant_id) if store is not None else None
 
     def policy_for(self, tenant_id: str, state: TenantState | None) -> Policy:
+        return self._policy(tenant_id, state)[0]
+
+    def _policy(self, tenant_id: str, state: TenantState | None) -> tuple[Policy, CacheRule]:
         if state is None or not state.policy_json:
-            return self.base
+            return self.base, self.base_rule
         cached = self.policies.get(tenant_id)
         if cached is None or cached[0] != state.policy_version:
             try:
@@ -92,8 +107,8 @@ class PolicyService:
                 # rather than stopping the tenant, and say so.
                 self.log.warning("tenant_policy_invalid", tenant_id=tenant_id, error=exc.message)
                 parsed = self.base
-            cached = self.policies[tenant_id] = (state.policy_version, parsed)
-        return cached[1]
+            cached = self.policies[tenant_id] = (state.policy_version, parsed, parsed.cache.to_rule())
+        return cached[1], cached[2]
 
     @staticmethod
     def burn(tenant_id: str, state: TenantState | None, now_ms: int) -> core.Burn:
@@ -110,6 +125,10 @@ class PolicyService:
         if msg.topic() == self.topic_ledger:
             self._fold(msg)
             return
+        if msg.topic() == self.topic_metered:
+            if self.cache.pending:  # no tenant awaits an answer to store: not even a decode
+                self._store(msg, out)
+            return
         with self.tracing.hop("plan", msg) as hop:
             self._plan(msg, out, hop)
 
@@ -123,27 +142,64 @@ class PolicyService:
         tenant_id = counted.tenant_id
         # Co-partitioned: the tenant's ledger entries are on the same partition number as this message.
         state = self._state(partition_of(msg), tenant_id)
-        policy = self.policy_for(tenant_id, state)
+        policy, rule = self._policy(tenant_id, state)
+        policy_version = state.policy_version if state else 0
         candidates, rejection = core.plan(counted, policy, self.burn(tenant_id, state, now_ms), self.prices, now_ms)
-        if rejection is None:
+        cache_key = self.cache.key_for(counted, rule) if rejection is None else ""
+        hit: CacheHit | None = None
+        if cache_key:
+            hit = self.cache.hit(tenant_id, cache_key, now_ms, policy_version)
+            if hit is not None:
+                # Answered from the tenant's own earlier answer: nothing to reserve, and no provider call for
+                # the rate limit to pace (the bucket is left as it was).
+                candidates = ()
+                self.log.info("cache_hit", tenant_id=tenant_id, request_id=counted.request_id,
+                              entry_id=hit.entry_id)
+        if rejection is None and hit is None:
             bucket = self.buckets.setdefault(tenant_id, core.Bucket(policy.rate_burst * 1000, now_ms))
             wait_ms = core.take_rate(bucket, policy, now_ms)
             if wait_ms is not None:
                 candidates, rejection = (), PlanRejection("rate_limited", f"over {policy.rate_limit_per_s}/s",
                                                           wait_ms, "rate")
+            elif cache_key:  # a miss: its answer, when metered, becomes an entry
+                self.cache.await_answer(counted.request_id, cache_key, candidates, counted.requested_model,
+                                        policy_version)
         envelope = _min_known(counted.max_cost_micro_usd, policy.request_envelope_micro_usd)
         carried = {name: getattr(counted, name) for name in _CARRIED}
-        planned = InvocationPlanned(**{**carried, "max_cost_micro_usd": envelope, "trace_context": hop.context},
-                                    candidates=candidates, rejection=rejection,
-                                    policy_version=state.policy_version if state else 0, planned_at_ms=now_ms,
+        planned = InvocationPlanned(**{**carried, "max_cost_micro_usd": envelope, "trace_context": hop.context,
+                                       "cache_key": cache_key if rejection is None else ""},
+                                    candidates=candidates, rejection=rejection, policy_version=policy_version,
+                                    planned_at_ms=now_ms, cache_hit=hit,
                                     fail_open_micro_usd_per_min=policy.fail_open_micro_usd_per_min)
         hop.describe(planned)
         out.emit(self.topic_planned, msg.key(), codec().encode("InvocationPlanned", planned.to_record()),
                  stamped(msg, "policy"))
 
+    def _store(self, msg: Message, out: Outbox) -> None:
+        """A metered answer the tenant's cache rule lets this service store becomes an entry on cache.entries,
+        on the tenant's partition (co-partitioned: the key's hash is not used)."""
+        name, rec = codec().decode(msg.value())
+        if name != "UsageMetered":
+            raise MalformedMessageError(f"{name} does not belong on {msg.topic()}")
+        metered = UsageMetered.from_record(rec)
+        if metered.request_id not in self.cache.pending:
+            return
+        now_ms = time.time_ns() // 1_000_000
+        state = self._state(partition_of(msg), metered.tenant_id)
+        _, rule = self._policy(metered.tenant_id, state)
+        entry, why = self.cache.answered(metered, rule, state.policy_version if state else 0, self.prices, now_ms)
+        if entry is None:
+            self.log.info("cache_not_stored", tenant_id=metered.tenant_id, request_id=metered.request_id, why=why)
+            return
+        out.emit(self.topic_cache, cache_topic.record_key(entry.tenant_id, entry.key), cache_topic.encode(entry),
+                 stamped(msg, "policy"), partition=partition_of(msg))
+        self.log.info("cache_stored", tenant_id=entry.tenant_id, request_id=metered.request_id,
+                      entry_id=entry.entry_id, bytes=entry.size_bytes)
 
-# What a plan carries over from its counted request: every field but the count's own time.
-_CARRIED = tuple(f.name for f in fields(InvocationCounted) if f.name != "counted_at_ms")
+
+# What a plan carries over from its counted request: every field but the count's own time (and the cache
+# key, which a plan carries only when the tenant's cache rule lets the request use the cache).
+_CARRIED = tuple(f.name for f in fields(InvocationCounted) if f.name not in ("counted_at_ms", "cache_key"))
 
 
 def _min_known(a: int | None, b: int | None) -> int | None:
@@ -156,5 +212,5 @@ def run(settings: PolicySettings | None = None) -> None:
     service = PolicyService(s)
     # At least once: a re-planned request reaches the budget-manager as a repeat of the same id and
     # content, which it answers with ReservationRepeated (an identical decision), never a second hold.
-    run_service("policy", s, service, [service.topic_counted, service.topic_ledger], service.log,
+    run_service("policy", s, service, [service.topic_counted, service.topic_ledger, service.topic_metered], service.log,
                 delivery="produce-then-commit")

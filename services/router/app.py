@@ -7,6 +7,7 @@ chain from the last committed audit record.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -18,13 +19,15 @@ from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.events import GateDecision
 from ledgergate.services.router import core
-from ledgergate.shared import metrics
+from ledgergate.shared import cache_topic, metrics
+from ledgergate.shared.cache import CacheStore
 from ledgergate.shared.catalogue import deployments
 from ledgergate.shared.kafka.headers import stamped
 from ledgergate.shared.kafka.outbox import Outbox
 from ledgergate.shared.kafka.reader import last_message, offset_of, partition_of, read_to_end, topic_of
 from ledgergate.shared.kafka.runtime import run_service
 from ledgergate.shared.ledger.entries import (
+    CacheHitRecorded,
     LedgerEntry,
     ReservationDenied,
     ReservationPlaced,
@@ -35,7 +38,8 @@ from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import RouterSettings
 from ledgergate.shared.tracing import Tracing, header_carrier
 
-DECIDING = (ReservationPlaced, ReservationDenied)
+DECIDING = (ReservationPlaced, ReservationDenied, CacheHitRecorded)
+DECIDING_NAMES = tuple(cls.__name__ for cls in DECIDING)
 ANSWERED = (*DECIDING, ReservationRepeated)  # the entries that become a decision: a "router decide" span
 
 
@@ -48,11 +52,16 @@ class Router:
         self.topic_ledger = settings.topic(topics.LEDGER)
         self.topic_decisions = settings.topic(topics.DECISIONS)
         self.topic_audit = settings.topic(topics.AUDIT)
+        self.topic_cache = settings.topic(topics.CACHE)
+        # The response cache's entries of the owned tenants: a CACHE_HIT decision carries the answer's text.
+        self.cache = CacheStore(settings.cache_entries_per_tenant_max, settings.cache_bytes_max)
         self.chains: dict[int, core.Chain] = {}
         self.decisions: OrderedDict[str, GateDecision] = OrderedDict()  # entry id -> decision, bounded
         self.refilled: set[int] = set()  # partitions whose memory holds the window before their first repeat
 
-    def assigned(self, partitions: list[int]) -> None:
+    def assigned(self, partitions: list[int]) -> dict[tuple[str, int], int]:
+        ends = cache_topic.load(self.settings.kafka_connection, self.topic_cache, partitions, self.cache,
+                                time.time_ns() // 1_000_000)
         for p in partitions:
             chain = core.Chain(p)
             last = last_message(self.settings.kafka_connection, self.topic_audit, p)
@@ -65,6 +74,8 @@ class Router:
         self.log.info("router_resumed", partitions=partitions,
                       chains={p: self.chains[p].next_sequence for p in partitions})
         self.refilled -= set(partitions)
+        # The cache's consumer continues where the load ended.
+        return {(self.topic_cache, p): ends[p] for p in partitions}
 
     def _refill(self, p: int, before_offset: int) -> None:
         """The decisions of the `rebuild_window` ledger entries before this offset, once per assignment."""
@@ -73,7 +84,7 @@ class Router:
         count = 0
         for msg in read_to_end(self.settings.kafka_connection, self.topic_ledger, [p], {p: start},
                                end={p: before_offset}):
-            if codec().peek_name(msg.value()) in ("ReservationPlaced", "ReservationDenied"):
+            if codec().peek_name(msg.value()) in DECIDING_NAMES:
                 entry = from_record(*codec().decode(msg.value()))
                 if entry.entry_id not in self.decisions:  # a newer copy is already there
                     self._remember(entry.entry_id, core.decision_for(
@@ -93,11 +104,19 @@ class Router:
     def _remember(self, entry_id: str, decision: GateDecision) -> None:
         if self.settings.remembered_decisions == 0:
             return
+        if decision.cached_response is not None:
+            # Not the answer's text (up to 256 KiB each): a repeat of a hit is answered without it, and the SDK
+            # asks again with the cache bypassed, as it does for a hit whose entry is gone.
+            decision = dataclasses.replace(decision, cached_response=None,
+                                           reason_codes=(*decision.reason_codes, core.CACHE_ENTRY_GONE_REASON))
         self.decisions[entry_id] = decision
         if len(self.decisions) > self.settings.remembered_decisions:
             self.decisions.popitem(last=False)
 
     def handle(self, msg: Message, out: Outbox) -> None:
+        if msg.topic() == self.topic_cache:
+            cache_topic.apply(self.cache, msg, time.time_ns() // 1_000_000)
+            return
         raw = msg.value()
         name, rec = codec().decode(raw)
         assert raw is not None  # decode refuses a message without a value
@@ -121,7 +140,11 @@ class Router:
             recorded_at_ms=entry.recorded_at_ms).to_record()), partition=p)
         decision: GateDecision | None = None
         if isinstance(entry, DECIDING):
-            decision = core.decision_for(entry, self.deployments, header_carrier(msg))
+            cached = None
+            if isinstance(entry, CacheHitRecorded):
+                # Judged at the entry's own time and policy version, so a replay judges it alike.
+                cached = self.cache.get(entry.tenant_id, entry.cache_key, entry.recorded_at_ms, entry.policy_version)
+            decision = core.decision_for(entry, self.deployments, header_carrier(msg), cached)
             self._remember(entry.entry_id, decision)
         elif isinstance(entry, ReservationRepeated):
             decision = self.decisions.get(entry.original_entry_id)
@@ -165,6 +188,7 @@ def run(settings: RouterSettings | None = None) -> None:
     # The decisions are early records (on the request's way at once). With a commit interval (off by
     # default, docs/decisions/0006) the audit records and offsets commit on that cadence instead of per
     # batch, so the router then takes a lone message at once rather than lingering for a batch.
-    run_service("router", s, router, [router.topic_ledger], router.log, commit_interval_ms=s.audit_commit_interval_ms,
+    run_service("router", s, router, [router.topic_ledger, router.topic_cache], router.log,
+                commit_interval_ms=s.audit_commit_interval_ms,
                 early_records=True,
                 batch_linger_s=0.0 if s.audit_commit_interval_ms else s.batch_linger_ms / 1000)

@@ -10,20 +10,34 @@ from dataclasses import dataclass, fields
 
 from ledgergate.events import AuditRecord, Deployment, GateDecision
 from ledgergate.shared.audit import GENESIS_HASH, record_hash
+from ledgergate.shared.cache import CacheEntry
 from ledgergate.shared.catalogue import DeploymentCatalogue
-from ledgergate.shared.ledger.entries import LedgerEntry, ReservationDenied, ReservationPlaced
+from ledgergate.shared.ledger.entries import CacheHitRecorded, LedgerEntry, ReservationDenied, ReservationPlaced
 
 THROTTLE_REASONS = frozenset({"rate_limited"})
+CACHE_HIT_REASON = "cache_hit"
+CACHE_ENTRY_GONE_REASON = "cache_entry_gone"  # the entry expired or was evicted between plan and decision
 # AuditRecord's fields before its hash, in schema order; the hash covers them and recorded_at_ms.
 _FIELDS_BEFORE_HASH = tuple(f.name for f in fields(AuditRecord))[:13]
 assert _FIELDS_BEFORE_HASH[-1] == "prev_hash", _FIELDS_BEFORE_HASH
 
 
-def decision_for(entry: ReservationPlaced | ReservationDenied, deployments: DeploymentCatalogue,
-                 trace_context: Mapping[str, str] | None = None) -> GateDecision:
+def decision_for(entry: ReservationPlaced | ReservationDenied | CacheHitRecorded, deployments: DeploymentCatalogue,
+                 trace_context: Mapping[str, str] | None = None, cached: CacheEntry | None = None) -> GateDecision:
     """`trace_context`: the ledger message's (shared/tracing.py: header_carrier), so the decision stays a
-    function of the committed message and a replay writes the same bytes."""
+    function of the committed message and a replay writes the same bytes. `cached`: for a cache hit, the
+    entry it names as the router holds it (None when it is gone: the decision says so, without text)."""
     carried = dict(trace_context or {})
+    if isinstance(entry, CacheHitRecorded):
+        found = cached is not None and cached.entry_id == entry.cache_entry_id
+        assert cached is None or cached.tenant_id == entry.tenant_id, "a tenant is only answered from its own cache"
+        return GateDecision(
+            entry.request_id, entry.tenant_id, entry.workflow_id, entry.agent_id, "CACHE_HIT", entry.requested_model,
+            None, 0, 0, entry.tenant_remaining_micro_usd,
+            (CACHE_HIT_REASON,) if found else (CACHE_HIT_REASON, CACHE_ENTRY_GONE_REASON), None, None, None,
+            entry.entry_id, entry.policy_version, entry.requested_at_ms, entry.recorded_at_ms, carried,
+            cache_entry_id=entry.cache_entry_id, cached_response=cached.response_text if found and cached else None,
+            avoided_micro_usd=entry.avoided_micro_usd if found else 0)
     if isinstance(entry, ReservationPlaced):
         downgraded = entry.model != entry.requested_model
         reasons = ["within_budget"]
@@ -36,7 +50,7 @@ def decision_for(entry: ReservationPlaced | ReservationDenied, deployments: Depl
             "DOWNGRADE" if downgraded else "ALLOW", entry.requested_model, deployment, entry.granted_output_tokens,
             entry.amount_micro_usd, entry.tenant_remaining_micro_usd, tuple(reasons), None, None, entry.request_id,
             entry.entry_id, entry.policy_version, entry.requested_at_ms, entry.recorded_at_ms, carried,
-            entry.fail_open_micro_usd_per_min)
+            entry.fail_open_micro_usd_per_min, cache_store=entry.cache_store)
     throttled = entry.reason in THROTTLE_REASONS
     return GateDecision(
         entry.request_id, entry.tenant_id, entry.workflow_id, entry.agent_id, "THROTTLE" if throttled else "DENY",
@@ -56,8 +70,9 @@ class Chain:
 
 def summary_of(entry: LedgerEntry) -> str:
     """The few fields governance asks about; never prompt text (the ledger holds none anyway)."""
-    keep = ("request_id", "workflow_id", "model", "amount_micro_usd", "actual_micro_usd", "released_micro_usd",
-            "overage_micro_usd", "reason", "binding_scope", "limit_micro_usd", "threshold_pct", "period_id")
+    keep = ("request_id", "workflow_id", "model", "amount_micro_usd", "avoided_micro_usd", "cache_entry_id",
+            "actual_micro_usd", "released_micro_usd", "overage_micro_usd", "reason", "binding_scope",
+            "limit_micro_usd", "threshold_pct", "period_id")
     return json.dumps({k: getattr(entry, k) for k in keep if hasattr(entry, k)}, sort_keys=True)
 
 

@@ -260,7 +260,8 @@ class TokenCounter:
             req.request_id, req.tenant_id, req.workflow_id, req.agent_id, req.requested_model, req.max_output_tokens,
             req.priority, req.region, req.max_cost_micro_usd, req.labels, req.requested_at_ms, hop.context,
             counted.input_tokens, counted.accounting_input_tokens, counted.encoding, counted.estimated_output_tokens,
-            counted.request_sha256, None, time.time_ns() // 1_000_000, cache_key=counted.cache_key)
+            counted.request_sha256, None, time.time_ns() // 1_000_000, cache_key=counted.cache_key,
+            cache_deterministic=counted.cache_deterministic)
         hop.describe(body)
         # Re-keyed by the tenant in the body: every later hop and the ledger rely on that key.
         out.emit(self.topic_counted, req.tenant_id.encode(), codec().encode("InvocationCounted", body.to_record()),
@@ -332,7 +333,7 @@ class TokenCounter:
         body = UsageMetered(completion.request_id, completion.tenant_id, completion.model, completion.status,
                             metered.usage, metered.estimated, metered.counted_output_tokens, drift.ppm,
                             completion.completed_at_ms, time.time_ns() // 1_000_000, workflow_id,
-                            completion.fail_open)
+                            completion.fail_open, core.cacheable_text(completion))
         hop.describe(body)
         # usage.metered has no trace_context field: the settlement's parent rides in the headers.
         out.emit(self.topic_metered, completion.tenant_id.encode(), codec().encode("UsageMetered", body.to_record()),

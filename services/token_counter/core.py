@@ -14,7 +14,7 @@ import tiktoken
 
 from ledgergate.events import InvocationCompleted, InvocationRequested, Signature, Usage
 from ledgergate.ids import MAX_ID_CHARS, id_problem, request_problem
-from ledgergate.shared.cache import cache_key
+from ledgergate.shared.cache import ENTRY_BYTES_MAX, cache_key, deterministic
 from ledgergate.shared.credentials import MAX_KEY_SEQUENCE, AuthMode, TenantCredentials, derive_secret
 from ledgergate.shared.tokenizers import ACCOUNTING_ENCODING, count_chat, count_text, get_encoding
 from ledgergate.signing import key_sequence, verify
@@ -103,6 +103,7 @@ class Counted:
     estimated_output_tokens: int
     request_sha256: str
     cache_key: str = ""
+    cache_deterministic: bool = False
 
 
 def request_sha256(req: InvocationRequested) -> str:
@@ -172,7 +173,18 @@ def count_request(req: InvocationRequested, encoding_for: Callable[[str], tiktok
         accounting = count_chat(messages, model, tools=tools, encoding=get_encoding(ACCOUNTING_ENCODING))
     sampling = json.loads(req.sampling_json) if req.sampling_json else {}
     return Counted(input_tokens, accounting, encoding.name, min(req.max_output_tokens, max_output_tokens),
-                   request_sha256(req), cache_key(req.tenant_id, model, messages, req.tools_json, sampling))
+                   request_sha256(req), cache_key(req.tenant_id, model, messages, req.tools_json, sampling),
+                   deterministic(sampling))
+
+
+def cacheable_text(completion: InvocationCompleted) -> str | None:
+    """The answer's text to hand on to the response cache: a whole answer (OK, with the provider's usage) of
+    a call made under a decision, within the largest entry any policy may allow; None otherwise."""
+    text = completion.completion_text
+    if (not text or completion.status != "OK" or completion.usage is None or completion.fail_open is not None
+            or len(text) > ENTRY_BYTES_MAX or len(text.encode()) > ENTRY_BYTES_MAX):
+        return None
+    return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
-from ledgergate.events import FailOpenCall, Usage
+from ledgergate.events import CacheHit, FailOpenCall, Usage
 from ledgergate.shared.catalogue import PriceCatalogue, UnknownPriceError, price_key
 from ledgergate.shared.ledger.entries import (
     BudgetLimitSet,
+    CacheHitRecorded,
     CreditGranted,
     LedgerEntry,
     PeriodOpened,
@@ -77,6 +78,8 @@ class Reserve:
     rejection_scope: str = "policy"
     retry_after_ms: int | None = None
     fail_open_micro_usd_per_min: int = 0
+    cache_store: bool = False  # the tenant's cache rule stores the answer (carried to the decision)
+    cache_hit: CacheHit | None = None  # answered from the response cache: recorded, nothing reserved
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +188,18 @@ def decide_reserve(state: TenantState, cmd: Reserve, now_ms: int, ttl_ms: int,
             entry_id = f"{cmd.request_id}/throttle@{cause}"  # not final: the retry gets its own entries
         return [*entries, _deny(cmd, common, entry_id, cmd.rejection_reason, cmd.rejection_detail,
                                 cmd.rejection_scope, _remaining(state, period), cmd.retry_after_ms)]
+    if cmd.cache_hit is not None:
+        # Answered from the tenant's own cached answer: nothing is held or posted, so no scope's headroom
+        # is consulted; the entry records what the hit avoided (docs/decisions/0013).
+        hit = cmd.cache_hit
+        assert not cmd.candidates and hit.avoided_micro_usd >= 0, cmd.request_id
+        return [*entries, CacheHitRecorded(
+            entry_id=entry_id, **common, agent_id=cmd.agent_id, requested_model=cmd.requested_model,
+            cache_entry_id=hit.entry_id, cache_key=hit.key, input_tokens=hit.input_tokens,
+            output_tokens=hit.output_tokens,
+            avoided_micro_usd=hit.avoided_micro_usd, policy_version=cmd.policy_version,
+            request_sha256=cmd.request_sha256, requested_at_ms=cmd.requested_at_ms,
+            tenant_remaining_micro_usd=_remaining(state, period))]
     if not cmd.candidates:
         return [*entries, _deny(cmd, common, entry_id, "no_candidate", "policy allowed no model", "policy",
                                 _remaining(state, period))]
@@ -207,7 +222,7 @@ def decide_reserve(state: TenantState, cmd: Reserve, now_ms: int, ttl_ms: int,
                 policy_version=cmd.policy_version, priority=cmd.priority, region=cmd.region,
                 expires_at_ms=now_ms + ttl_ms, request_sha256=cmd.request_sha256,
                 requested_at_ms=cmd.requested_at_ms, tenant_remaining_micro_usd=remaining,
-                fail_open_micro_usd_per_min=cmd.fail_open_micro_usd_per_min)]
+                fail_open_micro_usd_per_min=cmd.fail_open_micro_usd_per_min, cache_store=cmd.cache_store)]
     # Even the cheapest (last) candidate did not fit; its binding scope is the reason the caller gets.
     assert binding is not None
     reason, scope = binding

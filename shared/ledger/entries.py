@@ -80,6 +80,7 @@ class ReservationPlaced(_ReservationEntry):
     requested_at_ms: int
     tenant_remaining_micro_usd: int
     fail_open_micro_usd_per_min: int = 0  # the tenant policy's, for the decision (ledgergate.admission)
+    cache_store: bool = False  # the tenant's cache rule stores this answer: the decision asks for its text
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,26 @@ class ReservationDenied(_ReservationEntry):
 class ReservationRepeated(_ReservationEntry):
     original_entry_id: str
     requested_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHitRecorded(_ReservationEntry):
+    """A request answered from the tenant's response cache: its outcome, moving no money (docs/decisions/0013)."""
+
+    agent_id: str
+    requested_model: str
+    cache_entry_id: str
+    cache_key: str
+    input_tokens: int
+    output_tokens: int
+    avoided_micro_usd: int
+    policy_version: int
+    request_sha256: str
+    requested_at_ms: int
+    tenant_remaining_micro_usd: int
+
+    def __post_init__(self) -> None:
+        assert self.avoided_micro_usd >= 0 and self.cache_entry_id, self.entry_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +158,12 @@ class ThresholdCrossed(_Entry):
 
 
 LedgerEntry = (BudgetLimitSet | CreditGranted | PeriodOpened | PolicyChanged | ReservationPlaced
-               | ReservationDenied | ReservationRepeated | ReservationSettled | ReservationVoided
+               | ReservationDenied | CacheHitRecorded | ReservationRepeated | ReservationSettled | ReservationVoided
                | ReservationExpired | ThresholdCrossed)
 
 ENTRY_TYPES: dict[str, type] = {cls.__name__: cls for cls in (
     BudgetLimitSet, CreditGranted, PeriodOpened, PolicyChanged, ReservationPlaced, ReservationDenied,
-    ReservationRepeated, ReservationSettled, ReservationVoided, ReservationExpired, ThresholdCrossed)}
+    CacheHitRecorded, ReservationRepeated, ReservationSettled, ReservationVoided, ReservationExpired, ThresholdCrossed)}
 
 
 _FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}

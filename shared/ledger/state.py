@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from ledgergate.shared.ledger.entries import (
     BudgetLimitSet,
+    CacheHitRecorded,
     CreditGranted,
     LedgerEntry,
     PeriodOpened,
@@ -225,7 +226,7 @@ def _apply_balances(state: TenantState, entry: LedgerEntry) -> None:
                 f"{entry.entry_id}: {scope} over its limit")
 
 
-def _first_outcome(state: TenantState, entry: ReservationPlaced | ReservationDenied) -> None:
+def _first_outcome(state: TenantState, entry: ReservationPlaced | ReservationDenied | CacheHitRecorded) -> None:
     assert entry.entry_id == reservation_entry_id(entry.request_id), entry.entry_id
     _writable(state, "outcomes")[entry.request_id] = entry.request_sha256
 
@@ -281,6 +282,9 @@ def evolve(state: TenantState, entry: LedgerEntry) -> TenantState:
             state.period_id = _intern(entry.period_id)
         case ThresholdCrossed():
             _writable(state, "thresholds").add((entry.period_id, entry.scope_type, entry.scope_id, entry.threshold_pct))
+        case CacheHitRecorded():
+            # The request's outcome (a repeat of its id is answered the same), and no money moves.
+            _first_outcome(state, entry)
         case ReservationRepeated():
             pass
         case _:

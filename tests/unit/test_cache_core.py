@@ -47,13 +47,13 @@ def test_the_key_covers_what_changes_an_answer_and_nothing_else() -> None:
 
 def test_the_policy_decides_what_may_be_cached() -> None:
     on = CacheRule(enabled=True)
-    assert refusal(CacheRule(), "wf", {}, GREEDY) == "cache_off"  # off by default
-    assert refusal(on, "wf", {}, GREEDY) is None
-    assert refusal(on, "wf", {"pii": "yes"}, GREEDY) == "label_forbids_cache:pii"
-    assert refusal(on, "wf", {}, {"temperature": 0.7}) == "nondeterministic"
-    assert refusal(on, "wf", {}, {}) == "nondeterministic"  # providers default to temperature 1
-    assert refusal(replace(on, serve_nondeterministic=True), "wf", {}, {"temperature": 0.7}) is None
-    assert refusal(replace(on, workflows=frozenset({"faq"})), "wf", {}, GREEDY) == "workflow_not_cached"
+    assert refusal(CacheRule(), "wf", {}, deterministic(GREEDY)) == "cache_off"  # off by default
+    assert refusal(on, "wf", {}, deterministic(GREEDY)) is None
+    assert refusal(on, "wf", {"pii": "yes"}, deterministic(GREEDY)) == "label_forbids_cache:pii"
+    assert refusal(on, "wf", {}, deterministic({"temperature": 0.7})) == "nondeterministic"
+    assert refusal(on, "wf", {}, deterministic({})) == "nondeterministic"  # providers default to temperature 1
+    assert refusal(replace(on, serve_nondeterministic=True), "wf", {}, deterministic({"temperature": 0.7})) is None
+    assert refusal(replace(on, workflows=frozenset({"faq"})), "wf", {}, deterministic(GREEDY)) == "workflow_not_cached"
     assert deterministic({"temperature": 0.0}) and not deterministic({"temperature": 0, "n": 2})
     small = replace(on, max_entry_bytes=8)
     assert store_refusal(small, "OK", "30 days.") is None and store_refusal(small, "OK", "thirty days") == (

@@ -12,6 +12,7 @@ import pytest
 from ledgergate.codec import codec
 from ledgergate.events import Usage
 from ledgergate.shared.ledger.entries import (
+    CacheHitRecorded,
     ENTRY_TYPES,
     BudgetLimitSet,
     CreditGranted,
@@ -47,10 +48,10 @@ def test_snake_names() -> None:
     assert _snake("ReservationSettled") == "reservation_settled"
 
 
-def test_entry_types_cover_the_eleven_ledger_entries() -> None:
+def test_entry_types_cover_the_twelve_ledger_entries() -> None:
     assert set(ENTRY_TYPES) == {
         "BudgetLimitSet", "CreditGranted", "PeriodOpened", "PolicyChanged", "ReservationPlaced",
-        "ReservationDenied", "ReservationRepeated", "ReservationSettled", "ReservationVoided",
+        "ReservationDenied", "CacheHitRecorded", "ReservationRepeated", "ReservationSettled", "ReservationVoided",
         "ReservationExpired", "ThresholdCrossed"}
     for name, cls in ENTRY_TYPES.items():
         assert cls.__name__ == name
@@ -89,6 +90,8 @@ SAMPLES: list[LedgerEntry] = [
                       "rate", 1500, 1, "ef" * 32, T0, -3),
     ReservationDenied("r3/reservation", "t1", "2026-11", T0, "r3", "", "a", "gpt-4o", "budget_exhausted", "d",
                       "tenant:t1", None, 0, "01" * 32, T0, 0),
+    CacheHitRecorded("r6/reservation", "t1", "2026-11", T0, "r6", "wf", "a", "gpt-4o", "r0/cache", "ab" * 32, 120,
+                     40, 900, 3, "23" * 32, T0 - 2, 5_000),
     ReservationRepeated("r1/repeat@0:17", "t1", "2026-11", T0, "r1", "wf", "r1/reservation", T0 - 1),
     ReservationSettled("r1/settlement", "t1", "2026-11", T0, "r1", "wf", "gpt-4o-mini", 1234, 2000, 0, 766,
                        Usage(100, 20, 300, 40), True, "2026-11-01"),

@@ -69,7 +69,8 @@ def test_placed_same_model_allows() -> None:
                        "region": "eu-west"},
         "granted_output_tokens": 4_096, "reserved_micro_usd": 43_460, "reason_codes": ["within_budget"],
         "binding_scope": None, "retry_after_ms": None, "reservation_id": "req-1", "trace_context": {},
-        "fail_open_micro_usd_per_min": 0}
+        "fail_open_micro_usd_per_min": 0, "cache_store": False, "cache_entry_id": None, "cached_response": None,
+        "avoided_micro_usd": 0}
     assert roundtrip(d) == d
 
 

@@ -270,7 +270,7 @@ def test_metered_usage_encodes() -> None:
             "usage": metered.usage.to_record(), "estimated": metered.estimated,
             "counted_output_tokens": metered.counted_output_tokens,
             "drift_ppm": 1_000_000, "completed_at_ms": T0, "metered_at_ms": T0 + 1, "workflow_id": "wf-1",
-            "fail_open": None}
+            "fail_open": None, "response_text": None}
     assert codec().decode(codec().encode("UsageMetered", body))[1] == body
 
 

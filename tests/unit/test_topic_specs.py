@@ -9,7 +9,7 @@ from ledgergate.errors import TopicConfigError
 from ledgergate.shared.kafka.provision import load_specs
 from ledgergate.shared.settings import KafkaSettings
 
-PROMPT_TOPICS = {topics.REQUESTS, topics.COMPLETIONS, topics.DEADLETTER}
+PROMPT_TOPICS = {topics.REQUESTS, topics.COMPLETIONS, topics.DEADLETTER, topics.CACHE, topics.METERED}
 HOUR_MS = 3_600_000
 
 

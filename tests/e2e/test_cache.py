@@ -1,0 +1,123 @@
+"""The response cache end to end (docs/decisions/0013): real broker, the four services as processes, the SDK's
+client. A tenant whose policy caches gets CACHE_HIT with its own earlier (redacted) answer, nothing reserved,
+the avoided cost in the ledger and the audit log; another tenant with the identical prompt never does; a
+bypass label, a sampled request and a policy change each keep a request away from the entry."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from ledgergate import topics
+from tests.e2e.conftest import Gate
+
+USD = 1_000_000
+ASK = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "When is card 4242 renewed?"}]
+ANSWER = "Card 4242-1111 renews on 1 March."
+USAGE = {"input_tokens": 24, "cached_input_tokens": 0, "output_tokens": 9, "reasoning_tokens": 0}
+GREEDY = {"temperature": 0}
+POLICY = {"cache": {"enabled": True, "ttl_s": 600, "redact_patterns": [r"\b\d{4}-\d{4}\b"]}}
+
+
+def _tenant(gate: Gate, policy: dict[str, Any]) -> str:
+    tenant = f"cache-{uuid.uuid4().hex[:8]}"
+    gate.client.send_command(tenant, "SET_LIMIT", 10 * USD)
+    gate.client.send_command(tenant, "SET_POLICY", policy_json=json.dumps(policy))
+    return tenant
+
+
+def _ask(gate: Gate, tenant: str, sampling: dict[str, Any] | None = GREEDY, **kwargs: Any) -> dict[str, Any]:
+    return gate.client.request(tenant, ASK, "gpt-4o-mini", 64, sampling=sampling, timeout_s=30, **kwargs)
+
+
+def _until(what: str, attempt, timeout_s: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = attempt()
+        if found is not None:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def _answered(gate: Gate, tenant: str) -> dict[str, Any]:
+    """The first call of the prompt, once the policy service has folded the tenant's policy (a race with the
+    first request): its decision asks for the answer's text, which the completion then carries."""
+    def attempt() -> dict[str, Any] | None:
+        d = _ask(gate, tenant)
+        assert d["outcome"] == "ALLOW", d
+        gate.client.complete(tenant, d["request_id"], "gpt-4o-mini", USAGE,
+                             completion_text=ANSWER if d["cache_store"] else None)
+        return d if d["cache_store"] else None
+    return _until("a decision that asks for the answer", attempt)
+
+
+def _hit(gate: Gate, tenant: str) -> dict[str, Any]:
+    def attempt() -> dict[str, Any] | None:  # the entry is written after the completion is metered
+        d = _ask(gate, tenant)
+        if d["outcome"] == "ALLOW":
+            gate.client.complete(tenant, d["request_id"], "gpt-4o-mini", USAGE)
+            return None
+        return d
+    return _until("a CACHE_HIT", attempt)
+
+
+def test_a_tenant_is_answered_from_its_own_cache_and_never_from_anothers(gate_module: Gate) -> None:
+    gate = gate_module
+    owner, neighbour = _tenant(gate, POLICY), _tenant(gate, POLICY)
+    first = _answered(gate, owner)
+    hit = _hit(gate, owner)
+    assert hit["outcome"] == "CACHE_HIT" and hit["reason_codes"] == ["cache_hit"]
+    assert hit["cached_response"] == "Card [redacted] renews on 1 March."  # redacted before it was stored
+    assert hit["reserved_micro_usd"] == 0 and hit["deployment"] is None and hit["granted_output_tokens"] == 0
+    assert hit["avoided_micro_usd"] > 0 and hit["cache_entry_id"] == f"{first['request_id']}/cache"
+
+    # The neighbour asks the identical prompt under the identical policy: a miss, its own answer awaited.
+    other = _answered(gate, neighbour)
+    assert other["outcome"] == "ALLOW" and other["cached_response"] is None
+
+    # A repeat of the hit's request id gets the same outcome (without the text: the SDK asks again bypassed).
+    again = _ask(gate, owner, request_id=hit["request_id"])
+    assert again["outcome"] == "CACHE_HIT" and again["ledger_entry_id"] == hit["ledger_entry_id"]
+
+    # Kept away from the entry: the bypass label and a sampled request (neither served nor stored).
+    bypassed = _ask(gate, owner, labels={"cache": "bypass"})
+    sampled = _ask(gate, owner, sampling={"temperature": 0.7})
+    for d in (bypassed, sampled):
+        assert d["outcome"] == "ALLOW" and not d["cache_store"], d
+        gate.client.complete(owner, d["request_id"], "gpt-4o-mini", USAGE)
+
+    # The ledger records the hit moving no money, with what it avoided; the audit chain has its decision.
+    recorded = [r for _, name, r in gate.ledger() if name == "CacheHitRecorded"]
+    assert [r["request_id"] for r in recorded] == [hit["request_id"]]
+    assert recorded[0]["avoided_micro_usd"] == hit["avoided_micro_usd"] and recorded[0]["tenant_id"] == owner
+    assert not any(r["tenant_id"] == neighbour for r in recorded)
+    decisions = [json.loads(a["summary_json"]) for a in gate.audit()
+                 if a["kind"] == "DECISION" and a["subject_id"] == hit["request_id"]]
+    assert decisions and all(d["outcome"] == "CACHE_HIT" for d in decisions)
+    gate.wait_fold_matches_service()
+
+    # Entries live on the tenant's partition of cache.entries, keyed by tenant and request key.
+    entries = [(p, r) for p, name, r in gate.read(topics.CACHE) if name == "CacheEntry"]
+    by_tenant = {r["tenant_id"]: p for p, r in entries}
+    assert set(by_tenant) == {owner, neighbour}
+    assert by_tenant[owner] == next(p for p, name, r in gate.ledger() if r["tenant_id"] == owner)
+
+
+def test_a_policy_change_invalidates_the_tenants_entries(gate_module: Gate) -> None:
+    gate = gate_module
+    tenant = _tenant(gate, POLICY)
+    _answered(gate, tenant)
+    _hit(gate, tenant)
+    gate.client.send_command(tenant, "SET_POLICY", policy_json=json.dumps({**POLICY, "max_output_tokens": 2048}))
+
+    def after_change() -> dict[str, Any] | None:
+        d = _ask(gate, tenant)
+        if d["outcome"] == "CACHE_HIT":  # the policy service has not folded the change yet
+            return None
+        gate.client.complete(tenant, d["request_id"], "gpt-4o-mini", USAGE)
+        return d
+    miss = _until("a miss under the new policy version", after_change)
+    assert miss["outcome"] == "ALLOW" and miss["cache_store"] and miss["policy_version"] > 0
