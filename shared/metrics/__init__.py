@@ -73,6 +73,10 @@ class Metrics:
         self.voided = Counts(S(p + "reservations_voided_total", "Holds voided by an operator command."))
         self.overages = Counts(S(p + "overages_total", "Settlements above their hold (flagged overage).", ("model",)))
         self.overage_amount = Counts(S(p + "overage_micro_usd_total", "Cost above the hold, micro-USD.", ("model",)))
+        self.cache_hits = Counts(S(p + "cache_hits_total", "Requests answered from the tenant's response cache "
+                                   "(CacheHitRecorded ledger entries), by requested model.", ("model", *t)))
+        self.cache_saved = Counts(S(p + "cache_saved_micro_usd_total", "What cache hits avoided spending, micro-USD "
+                                    "(the cost of the calls that produced their entries).", ("model", *t)))
         self.thresholds = Counts(S(p + "threshold_alerts_total", "Budget thresholds crossed (each a budget.alerts "
                                    "record).", ("scope_type", "threshold_pct")))
         self.open = Gauges(S(p + "reservations_open", "Holds open on each owned ledger partition.", ("partition",)))
@@ -243,6 +247,12 @@ def observe_ledger_entry(entry: Any, tier_of: Any) -> None:
         if entry.overage_micro_usd > 0:
             m.overages.add((model,))
             m.overage_amount.add((model,), entry.overage_micro_usd)
+    elif kind == "CacheHitRecorded":
+        hit_key: tuple[str, ...] = (m.model(entry.requested_model),)
+        if m.tenant_labels:
+            hit_key = (*hit_key, m.tenants.label(entry.tenant_id))
+        m.cache_hits.add(hit_key)
+        m.cache_saved.add(hit_key, entry.avoided_micro_usd)
     elif kind == "ReservationExpired":
         m.expired.add(())
     elif kind == "ReservationVoided":

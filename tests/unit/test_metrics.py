@@ -74,7 +74,8 @@ def test_every_metric_is_prefixed_counters_end_in_total_and_units_are_base_units
 
 def test_tenant_label_only_on_the_tenant_families_and_only_when_on() -> None:
     with_tenant = {f.spec.name for f in Metrics("test", "top", 5).families if "tenant" in f.spec.labels}
-    assert with_tenant == {"ledgergate_decisions_total", "ledgergate_spend_micro_usd_total", "ledgergate_tokens_total"}
+    assert with_tenant == {"ledgergate_decisions_total", "ledgergate_spend_micro_usd_total", "ledgergate_tokens_total",
+                           "ledgergate_cache_hits_total", "ledgergate_cache_saved_micro_usd_total"}
     assert not any("tenant" in f.spec.labels for f in Metrics("test", "off", 5).families)
 
 

@@ -9,7 +9,8 @@ from ledgergate.errors import TopicConfigError
 from ledgergate.shared.kafka.provision import load_specs
 from ledgergate.shared.settings import KafkaSettings
 
-PROMPT_TOPICS = {topics.REQUESTS, topics.COMPLETIONS, topics.DEADLETTER, topics.CACHE, topics.METERED}
+PROMPT_TOPICS = {topics.REQUESTS, topics.COMPLETIONS, topics.DEADLETTER, topics.CACHE, topics.METERED,
+                 topics.DECISIONS}
 HOUR_MS = 3_600_000
 
 
