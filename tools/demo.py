@@ -148,7 +148,9 @@ def _policies(tenants: list[str], rate_per_s: float) -> dict[str, dict[str, Any]
                        "gpt-4.1-mini": ["gpt-4.1-nano"]},
         "tier_rules": [{"priority": "LOW", "burn_pct_at_least": 50, "max_tier": "economy"},
                        {"priority": "NORMAL", "burn_pct_at_least": 80, "max_tier": "standard"},
-                       {"priority": "HIGH", "burn_pct_at_least": 95, "max_tier": "standard"}]}}
+                       {"priority": "HIGH", "burn_pct_at_least": 95, "max_tier": "standard"}],
+        # acme caches answers: its agents that ask what another of its agents asked are answered CACHE_HIT.
+        "cache": {"enabled": True, "ttl_s": 3600}}}
     if len(tenants) > 1:
         # globex: no claude-sonnet (its downgrades apply), and a rate limit just under its offered rate.
         rate = max(1, int(rate_per_s * TRAFFIC[1] * 0.85))
@@ -286,11 +288,13 @@ class _Tally:
     completions: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    saved: Counter[str] = field(default_factory=Counter)  # what each tenant's cache hits avoided, micro-USD
 
     def progress(self, elapsed: float, sent: int) -> str:
         o = self.outcomes
         return (f"[{elapsed:5.1f}s] sent {sent} decided {o.total()} ALLOW {o['ALLOW']} DOWNGRADE {o['DOWNGRADE']} "
-                f"DENY {o['DENY']} THROTTLE {o['THROTTLE']} timeouts {self.failures['timeouts']} "
+                f"DENY {o['DENY']} THROTTLE {o['THROTTLE']} CACHE_HIT {o['CACHE_HIT']} "
+                f"timeouts {self.failures['timeouts']} "
                 f"p50 {_pct(self.latencies, 0.5):.1f} ms p99 {_pct(self.latencies, 0.99):.1f} ms")
 
 
@@ -312,13 +316,18 @@ def _fleet(client: GateClient, work: Workload, budgets: dict[str, Any], run: str
         tally.latencies.append(fut.latency_s or 0.0)
         if d["outcome"] == "DENY":
             tally.denials[d["binding_scope"] or "(none)"] += 1
+        if d["outcome"] == "CACHE_HIT":  # the answer came with the decision: no call, nothing to settle
+            tally.saved[agent.tenant] += d["avoided_micro_usd"]
         if d["outcome"] in ALLOWED:  # the agent makes the call it was granted, and reports how it went
             tally.reserved[agent.tenant] += d["reserved_micro_usd"]
             model = d["deployment"]["model"] if d["deployment"] else d["requested_model"]
             result = standin_call(model, work.prompt_tokens(agent, user), d["granted_output_tokens"], rng,
                                   cacheable_prefix_tokens=work.systems[agent.system][1])
             tally.completions[result.status] += 1
-            client.complete(agent.tenant, d["request_id"], model, result.usage, result.completion_text, result.status)
+            text = result.completion_text  # a cut-short call's text, for counting
+            if d["cache_store"] and result.status == "OK":  # the tenant's cache stores the answer: send it
+                text = text or f"(the stand-in's answer to {agent.agent_id}: {result.usage['output_tokens']} tokens)"
+            client.complete(agent.tenant, d["request_id"], model, result.usage, text, result.status)
 
     total, sent, handled = len(work.schedule), 0, 0
     start = time.perf_counter()
@@ -333,7 +342,7 @@ def _fleet(client: GateClient, work: Workload, budgets: dict[str, Any], run: str
             try:
                 fut = client.submit(agent.tenant, messages, agent.model, max_out, request_id=f"demo-{run}-{sent}",
                                     workflow_id=agent.workflow, agent_id=agent.agent_id, priority=prio,
-                                    labels={"demo": run})
+                                    labels={"demo": run}, sampling={"temperature": 0})
                 fut.add_done_callback(lambda f, i=sent: done.put((i, f)))  # type: ignore[misc]
             except GateClientError as exc:  # e.g. too many outstanding: counted, never hidden
                 tally.failures["errors"] += 1
@@ -395,7 +404,8 @@ def _summary(t: _Tally, budgets: dict[str, Any], run: str, elapsed: float, rate:
         "workflow_budgets_usd": {k: v / usd for k, v in budgets["workflows"].items()},
         "tenants": {name: {"budget_usd": limit / usd, "reserved_usd": t.reserved[name] / usd,
                            "remaining_usd": t.remaining[name] / usd if name in t.remaining else None,
-                           "requests": t.by_tenant[name].total(), "outcomes": dict(t.by_tenant[name])}
+                           "requests": t.by_tenant[name].total(), "outcomes": dict(t.by_tenant[name]),
+                           "saved_usd": t.saved[name] / usd}
                     for name, limit in budgets["tenants"].items()},
     }
 
@@ -406,7 +416,7 @@ def format_summary(s: dict[str, Any]) -> str:
              f"{s['errors']} errors", "", f"{'outcome':<12}{'count':>8}"]
     lines += [f"{k:<12}{v:>8}" for k, v in sorted(s["outcomes"].items(), key=lambda kv: -kv[1])]
     lines += ["", f"{'tenant':<18}{'budget $':>11}{'reserved $':>12}{'remaining $':>13}{'burn %':>8}{'requests':>10}"
-                  f"{'allow':>7}{'downgr':>8}{'deny':>6}{'thrott':>8}"]
+                  f"{'allow':>7}{'downgr':>8}{'deny':>6}{'thrott':>8}{'cached':>8}{'saved $':>10}"]
     for tenant, t in s["tenants"].items():
         o = t["outcomes"]
         left = "-" if t["remaining_usd"] is None else f"{t['remaining_usd']:.4f}"
@@ -416,7 +426,7 @@ def format_summary(s: dict[str, Any]) -> str:
             f"{100 * (t['budget_usd'] - t['remaining_usd']) / t['budget_usd']:.1f}"
         lines.append(f"{tenant:<18}{t['budget_usd']:>11.4f}{t['reserved_usd']:>12.4f}{left:>13}{burn:>8}"
                      f"{t['requests']:>10}{o.get('ALLOW', 0):>7}{o.get('DOWNGRADE', 0):>8}{o.get('DENY', 0):>6}"
-                     f"{o.get('THROTTLE', 0):>8}")
+                     f"{o.get('THROTTLE', 0):>8}{o.get('CACHE_HIT', 0):>8}{t.get('saved_usd', 0.0):>10.4f}")
     lines += [f"workflow budget {k}: ${v:.4f}" for k, v in s["workflow_budgets_usd"].items()]
     scopes = ", ".join(f"{k} {v}" for k, v in sorted(s["denials_by_scope"].items())) or "none"
     ends = ", ".join(f"{k} {v}" for k, v in sorted(s["completions"].items())) or "none"

@@ -160,6 +160,9 @@ class SpendRow(BaseModel):
     output_tokens: int
     reasoning_tokens: int
     spend_micro_usd: int
+    cache_hits: int = Field(default=0, description="requests answered from the response cache (group_by model, "
+                                                   "workflow, day; 0 for tier and fail_open)")
+    saved_micro_usd: int = Field(default=0, description="what those cache hits avoided (same groupings)")
 
 
 class SpendReport(BaseModel):
@@ -168,6 +171,8 @@ class SpendReport(BaseModel):
     from_ms: int
     to_ms: int
     total_micro_usd: int
+    cache_hits: int = Field(description="requests answered from the response cache in the range, any grouping")
+    saved_micro_usd: int = Field(description="what those cache hits avoided: no money moved for them")
     rows: list[SpendRow]
 
 

@@ -4,6 +4,9 @@ Balances come from the ledger's one balance arithmetic (ledgergate.shared.ledger
 `evolve` applies too), as additive deltas per (tenant, scope, period), so a batch can be applied with one
 set-based upsert and summed in any order. tests/unit/test_projector_core.py folds random ledgers both
 ways and compares.
+
+No text of an answer is ever stored: a CACHE_HIT decision's `cached_response` (the tenant's cached answer,
+docs/decisions/0013) is set to None before its record reaches the decisions table (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from ledgergate.ids import printable
 from ledgergate.shared.errors import UnstorableValueError
 from ledgergate.shared.ledger.entries import (
     BudgetLimitSet,
+    CacheHitRecorded,
     CreditGranted,
     LedgerEntry,
     ReservationExpired,
@@ -46,8 +50,8 @@ def check_storable(value: Any, path: str = "") -> None:
 
 
 def _amount(entry: LedgerEntry) -> int:
-    """The money an entry is about, for listings: held, posted, released, granted, the new limit or the
-    spend that crossed a threshold; 0 for entries that move none."""
+    """The money an entry is about, for listings: held, posted, released, granted, the new limit, the
+    spend that crossed a threshold or what a cache hit avoided (it moves none); 0 for other entries."""
     match entry:
         case ReservationPlaced() | CreditGranted():
             return entry.amount_micro_usd
@@ -59,7 +63,23 @@ def _amount(entry: LedgerEntry) -> int:
             return entry.limit_micro_usd
         case ThresholdCrossed():
             return entry.spent_micro_usd
+        case CacheHitRecorded():
+            return entry.avoided_micro_usd
     return 0
+
+
+def _model(entry: LedgerEntry) -> str | None:
+    if isinstance(entry, CacheHitRecorded):
+        return entry.requested_model  # a hit calls no model: the one asked for is what it is about
+    return getattr(entry, "model", None)
+
+
+def text_free(decision: dict[str, Any]) -> dict[str, Any]:
+    """The decision record without the cached answer's text (`cached_response` None), the record itself
+    when it carries none."""
+    if decision.get("cached_response") is None:
+        return decision
+    return {**decision, "cached_response": None}
 
 
 def _workflow(entry: LedgerEntry) -> str | None:
@@ -78,6 +98,7 @@ class Batch:
     limits: list[tuple[Any, ...]] = field(default_factory=list)
     usage: list[tuple[Any, ...]] = field(default_factory=list)
     alerts: list[tuple[Any, ...]] = field(default_factory=list)
+    cache_hits: list[tuple[Any, ...]] = field(default_factory=list)
     decisions: list[tuple[Any, ...]] = field(default_factory=list)
     audit: list[tuple[Any, ...]] = field(default_factory=list)
     errors: list[tuple[Any, ...]] = field(default_factory=list)
@@ -89,7 +110,7 @@ class Batch:
     @property
     def rows(self) -> int:
         return sum(len(x) for x in (self.ledger, self.deltas, self.limits, self.usage, self.alerts,
-                                    self.decisions, self.audit, self.errors))
+                                    self.cache_hits, self.decisions, self.audit, self.errors))
 
     def consumed(self, topic: str, partition: int, offset: int) -> None:
         self.messages += 1
@@ -101,7 +122,7 @@ class Batch:
             return  # the same entry twice in one batch would otherwise be staged (and summed) twice
         self._seen.add(key)
         self.ledger.append((entry.tenant_id, entry.entry_id, entry.period_id, type(entry).__name__,
-                            getattr(entry, "request_id", None), _workflow(entry), getattr(entry, "model", None),
+                            getattr(entry, "request_id", None), _workflow(entry), _model(entry),
                             _amount(entry), entry.recorded_at_ms, partition, offset, record))
         for d in balance_deltas(entry):
             self.deltas.append((entry.tenant_id, entry.entry_id, d.scope_type, d.scope_id, d.period_id,
@@ -122,8 +143,14 @@ class Batch:
                 self.alerts.append((entry.tenant_id, entry.entry_id, entry.period_id, entry.scope_type,
                                     entry.scope_id, entry.threshold_pct, entry.spent_micro_usd,
                                     entry.limit_micro_usd, entry.recorded_at_ms))
+            case CacheHitRecorded():
+                self.cache_hits.append((entry.tenant_id, entry.entry_id, entry.request_id, entry.workflow_id,
+                                        entry.requested_model, entry.period_id, entry.cache_entry_id,
+                                        entry.input_tokens, entry.output_tokens, entry.avoided_micro_usd,
+                                        entry.recorded_at_ms))
 
     def add_decision(self, d: dict[str, Any]) -> None:
+        d = text_free(d)  # the body keeps every field but the cached answer's text
         deployment = d["deployment"] or {}
         self.decisions.append((d["tenant_id"], d["ledger_entry_id"], d["request_id"], d["workflow_id"],
                                d["agent_id"], d["outcome"], d["requested_model"], deployment.get("model"),

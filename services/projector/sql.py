@@ -34,6 +34,9 @@ STAGES: dict[str, str] = {
                    "overage_micro_usd bigint, price_version text, settled_at_ms bigint, fail_open boolean",
     "stage_alerts": "tenant_id text, entry_id text, period_id text, scope_type text, scope_id text, "
                     "threshold_pct int, spent_micro_usd bigint, limit_micro_usd bigint, recorded_at_ms bigint",
+    "stage_cache_hits": "tenant_id text, entry_id text, request_id text, workflow_id text, model text, "
+                        "period_id text, cache_entry_id text, input_tokens bigint, output_tokens bigint, "
+                        "avoided_micro_usd bigint, recorded_at_ms bigint",
     "stage_decisions": "tenant_id text, ledger_entry_id text, request_id text, workflow_id text, agent_id text, "
                        "outcome text, requested_model text, model text, binding_scope text, reason_codes text[], "
                        "reserved_micro_usd bigint, granted_output_tokens bigint, requested_at_ms bigint, "
@@ -105,6 +108,9 @@ ON CONFLICT (tenant_id, request_id) DO NOTHING"""
 
 INSERT_ALERTS = f"""
 INSERT INTO alerts ({_names("stage_alerts")}) SELECT * FROM stage_alerts ON CONFLICT DO NOTHING"""
+
+INSERT_CACHE_HITS = f"""
+INSERT INTO cache_hits ({_names("stage_cache_hits")}) SELECT * FROM stage_cache_hits ON CONFLICT DO NOTHING"""
 
 INSERT_DECISIONS = f"""
 INSERT INTO decisions ({_names("stage_decisions")}) SELECT * FROM stage_decisions ON CONFLICT DO NOTHING"""
@@ -185,6 +191,9 @@ def write(conn: psycopg.Connection[Any], consumer: str, batch: Batch, expected: 
             if batch.alerts:
                 _copy(cur, "stage_alerts", batch.alerts)
                 cur.execute(INSERT_ALERTS)
+            if batch.cache_hits:
+                _copy(cur, "stage_cache_hits", batch.cache_hits)
+                cur.execute(INSERT_CACHE_HITS)
         if batch.decisions:
             _copy(cur, "stage_decisions", batch.decisions)
             cur.execute(INSERT_DECISIONS)

@@ -12,9 +12,9 @@ import pytest
 from ledgergate.codec import codec
 from ledgergate.events import Usage
 from ledgergate.shared.ledger.entries import (
-    CacheHitRecorded,
     ENTRY_TYPES,
     BudgetLimitSet,
+    CacheHitRecorded,
     CreditGranted,
     LedgerEntry,
     PeriodOpened,

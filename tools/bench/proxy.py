@@ -164,7 +164,7 @@ class Standin:
             self.proc.wait()
 
 
-def _wait_gate(client: GateClient, services: ServiceSet, tag: str) -> None:
+def wait_gate(client: GateClient, services: ServiceSet, tag: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if services.dead():
@@ -272,7 +272,7 @@ def run_proxy_bench(kafka: KafkaSettings, opts: ProxyBenchOptions) -> dict[str, 
         # As the proxy reads decisions: every partition, so no call waits for an assignment.
         client = GateClient(topic_prefix=prefix, timeout_s=30, connection=connection, partitions="all")
         started = time.monotonic()
-        _wait_gate(client, services, tag)
+        wait_gate(client, services, tag)
         _wait_proxy(port, services)
         tenant = f"pxb-{tag}"
         ids = {client.send_command(tenant, "SET_LIMIT", LIMIT_MICRO_USD, reason="bench", issued_by="bench")}

@@ -23,7 +23,18 @@ from typing import Any
 from ledgergate import topics
 from ledgergate.shared.kafka import provision
 from ledgergate.shared.settings import PROJECT_ROOT, KafkaSettings, PostgresSettings, SnapshotterSettings, StateSettings
-from ledgergate.tools.bench import egress, floors, ledger, metrics_cost, pgbaseline, procstats, proxy, report, restart
+from ledgergate.tools.bench import (
+    cache,
+    egress,
+    floors,
+    ledger,
+    metrics_cost,
+    pgbaseline,
+    procstats,
+    proxy,
+    report,
+    restart,
+)
 from ledgergate.tools.bench.gate import GateBench, GateOptions, say
 from ledgergate.tools.bench.workload import request_record, workload
 
@@ -32,7 +43,7 @@ NOISY_CORES = 0.3
 MAX_RATES = (250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
 # `metrics` is not part of `all`: it runs the gate four times (metrics on and off, ABBA).
 MODES = ("all", "max", "rate", "floors", "ledger", "baseline", "hot", "scale", "restart", "egress", "proxy",
-         "metrics")
+         "cache", "metrics")
 
 
 @dataclass
@@ -59,6 +70,7 @@ class BenchOptions:
                 # (client counts, requests/s, seconds) per mode (every partition, the tenant's own)
                 "egress": ((1, 10, 50), 50.0, 10.0),
                 "proxy": proxy.ProxyBenchOptions(calls=500, warmup=30, block=50),
+                "cache": cache.CacheBenchOptions(calls=1000, warmup=50, block=50),
                 "pg": {"rate": self.rate, "seconds": min(self.duration_s, 10.0), "capacity": 5000, "workers": 16},
                 # The hot-tenant shape: a max search through the gate, a capacity run through the baseline.
                 "hot": {"rates": (500.0, 1000.0, 2000.0, 4000.0), "step_s": 4.0, "pg_requests": 5000}}
@@ -67,6 +79,7 @@ class BenchOptions:
                  "restart": (20_000, 200, 3, 2_000),
                  "egress": ((1, 3), 20.0, 1.5),
                  "proxy": proxy.ProxyBenchOptions(calls=20, warmup=5, block=10),
+                 "cache": cache.CacheBenchOptions(calls=40, warmup=10, block=10),
                  "pg": {"rate": 50.0, "seconds": 2.0, "capacity": 200, "workers": 4},
                  "hot": {"rates": (40.0,), "step_s": 1.5, "pg_requests": 200}}
         self.sizes = {**(smoke if self.smoke else full), **self.sizes}
@@ -133,6 +146,8 @@ class Bench:
             self.phase("egress", self._egress)
         if mode in ("all", "proxy"):
             self.phase("proxy", self._proxy)
+        if mode in ("all", "cache"):
+            self.phase("cache", self._cache)
         if mode == "metrics":
             self.phase("metrics", self._metrics)
         self.results["total_s"] = round(time.monotonic() - started, 1)
@@ -247,6 +262,9 @@ class Bench:
     def _proxy(self) -> None:
         self.results["proxy"] = proxy.run_proxy_bench(self.kafka, self.options.sizes["proxy"])
 
+
+    def _cache(self) -> None:
+        self.results["cache"] = cache.run_cache_bench(self.kafka, self.options.sizes["cache"])
 
     def _metrics(self) -> None:
         """The max search and the fixed-rate run with the services' metrics on and off (tools/bench/metrics_cost.py)."""

@@ -181,7 +181,7 @@ def wait_for_commands(connection: KafkaConnection, ledger: str, ids: set[str], t
             for msg in consumer.consume(1000, 0.2):
                 if msg.error() is None:
                     name, rec = codec().decode(msg.value())
-                    if name == "BudgetLimitSet":
+                    if name in ("BudgetLimitSet", "CreditGranted", "PolicyChanged"):  # entries of a command
                         waiting.discard(rec["command_id"])
         return waiting
     finally:

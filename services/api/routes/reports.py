@@ -1,5 +1,8 @@
 """Spend reports from the `usage` read model (one row per settled request, migration 0002): settled cost
-and tokens grouped by model, tier, workflow or UTC day, as JSON or CSV."""
+and tokens grouped by model, tier, workflow or UTC day, as JSON or CSV; beside them, from `cache_hits` (one
+row per request answered from the response cache, migration 0006), the hits and what they saved. Rows carry
+hits for group_by model, workflow and day (a key with hits only is a row of zero spend); for tier and
+fail_open, which a hit does not have, rows carry 0 and only the report's totals count them."""
 
 from __future__ import annotations
 
@@ -61,7 +64,9 @@ def to_csv(report: SpendReport) -> str:
 
 
 @router.get("/spend", response_model=SpendReport,
-            summary="Settled spend grouped by model, tier, workflow, day or fail_open (decided or not)",
+            summary="Settled spend grouped by model, tier, workflow, day or fail_open (decided or not), and what "
+                    "cache hits saved (per row for model, workflow and day; in the totals only for tier and "
+                    "fail_open)",
             responses={200: {"content": {"text/csv": {}}}})
 def spend_report(tenant_id: ReadableTenant, db: DbConn,
                  group_by: Annotated[Literal["model", "tier", "workflow", "day", "fail_open"], Query()] = "model",
@@ -70,13 +75,16 @@ def spend_report(tenant_id: ReadableTenant, db: DbConn,
                  format: Annotated[Literal["json", "csv"], Query()] = "json") -> SpendReport | Response:
     lo, hi = report_range(period, from_ms, to_ms, time.time_ns() // 1_000_000)
     # group_by only picks one of readmodel.USAGE_GROUPS' trusted expressions; every one of these five is text.
-    sums = readmodel.usage_sums(db, (group_by,), tenant_id=tenant_id, from_ms=lo, to_ms=hi, workflow_id=workflow)
+    sums = readmodel.spend_sums(db, group_by, tenant_id=tenant_id, from_ms=lo, to_ms=hi, workflow_id=workflow)
+    [hits] = readmodel.cache_hit_sums(db, tenant_id=tenant_id, from_ms=lo, to_ms=hi, workflow_id=workflow)
     report = SpendReport(
         tenant_id=tenant_id, group_by=group_by, from_ms=lo, to_ms=hi,
         total_micro_usd=sum(s.cost_micro_usd for s in sums),
-        rows=[SpendRow(key=str(s.key[0]), requests=s.requests, input_tokens=s.input_tokens,
+        cache_hits=hits.hits, saved_micro_usd=hits.avoided_micro_usd,
+        rows=[SpendRow(key=s.key, requests=s.requests, input_tokens=s.input_tokens,
                        cached_input_tokens=s.cached_input_tokens, output_tokens=s.output_tokens,
-                       reasoning_tokens=s.reasoning_tokens, spend_micro_usd=s.cost_micro_usd) for s in sums])
+                       reasoning_tokens=s.reasoning_tokens, spend_micro_usd=s.cost_micro_usd,
+                       cache_hits=s.cache_hits, saved_micro_usd=s.saved_micro_usd) for s in sums])
     if format == "csv":
         filename = f"spend-{tenant_id}-{group_by}-{lo}-{hi}.csv"
         return Response(to_csv(report), media_type="text/csv; charset=utf-8",
