@@ -319,8 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "hot tenant (gate and baseline), scale (the max search with two instances of each "
                         "service), restart (to the first decision on a long snapshotted ledger), egress (bytes "
                         "per decision to 1/10/50 clients), proxy (what the OpenAI-compatible proxy adds over "
-                        "calling the stand-in directly and over the gate), cache (hit rate, hit and miss latency "
-                        "and cost avoided with 20 %% repeated prompts, beside a tenant without the cache); metrics (not in all: the max search and "
+                        "calling the stand-in directly and over the gate), cache (hit rate, hit and miss "
+                        "latency and cost avoided with 20 %% repeated prompts, beside a tenant without the "
+                        "cache); metrics (not in all: the max search and "
                         "the rate run with the services' metrics on and off, ABBA, as ratios)")
     p.add_argument("rate", nargs="?", type=float, help="requests per second for `bench rate R`")
     p.add_argument("--duration-s", type=float, default=20.0, help="length of the fixed-rate run")

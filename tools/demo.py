@@ -326,7 +326,7 @@ def _fleet(client: GateClient, work: Workload, budgets: dict[str, Any], run: str
             tally.completions[result.status] += 1
             text = result.completion_text  # a cut-short call's text, for counting
             if d["cache_store"] and result.status == "OK":  # the tenant's cache stores the answer: send it
-                text = text or f"(the stand-in's answer to {agent.agent_id}: {result.usage['output_tokens']} tokens)"
+                text = text or f"(the stand-in's answer to {agent.agent_id}, {agent.model})"
             client.complete(agent.tenant, d["request_id"], model, result.usage, text, result.status)
 
     total, sent, handled = len(work.schedule), 0, 0

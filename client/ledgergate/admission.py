@@ -4,7 +4,7 @@ OpenAI wrapper, the proxy, the LangChain and LiteLLM hooks).
     gate = Gate(GateClient(), GateSettings(tenant_id="acme", workflow_id="support"))
     grant = gate.admit(messages, "gpt-4o", 256)          # GateDeniedError / GateThrottledError / GateUnavailableError
     ... call grant.model with at most grant.max_output_tokens ...
-    grant.settle(usage)                                  # or grant.settle_from_text(text) / grant.void()
+    grant.settle(usage, completion_text=text)            # or grant.settle_from_text(text) / grant.void()
 
 DENY raises GateDeniedError (reason, binding scope); THROTTLE waits its retry_after and asks again under a
 new request id (a repeated id gets the same decision back), or raises GateThrottledError
@@ -15,6 +15,12 @@ ahead within a local envelope of micro-USD per minute, is journalled, and is rep
 again, as a completion that names itself a fail-open call (the ledger settles it without a reservation and
 marks it). While the gate is away at most one caller at a time waits for it (a probe, once per
 `probe_interval_ms`); the others fail open (or closed) at once.
+
+The response cache (docs/decisions/0013): a CACHE_HIT is a Grant too, `grant.cache_hit`, whose
+`cached_response` is the tenant's earlier answer: call nothing, use the text; nothing was reserved, so its
+settle / void is a no-op. A CACHE_HIT without text (its entry was gone) is asked again at once under a new
+request id with the label {"cache": "bypass"}. `settle` passes the answer's text on only when the decision
+asked for it (`cache_store`) and the call ended OK; otherwise the text is dropped, never sent.
 """
 
 from __future__ import annotations
@@ -42,11 +48,13 @@ from ledgergate.errors import (
     InvalidRequestError,
     LedgergateError,
 )
+from ledgergate.ids import CACHE_BYPASS, CACHE_LABEL
 
-__all__ = ["FAIL_OPEN", "Gate", "GateSettings", "Grant"]
+__all__ = ["CACHE_HIT", "FAIL_OPEN", "Gate", "GateSettings", "Grant"]
 
 FAIL_OPEN = "FAIL_OPEN"  # a Grant's outcome when the call went ahead without a decision
-GRANTED = ("ALLOW", "DOWNGRADE")
+CACHE_HIT = "CACHE_HIT"  # a Grant's outcome when the gate answered from the tenant's response cache
+GRANTED = ("ALLOW", "DOWNGRADE")  # the outcomes that reserved a call to make
 THROTTLE_MODES = ("wait", "raise")
 UNAVAILABLE_MODES = ("closed", "open")
 ENVELOPE_WINDOW_MS = 60_000
@@ -95,17 +103,19 @@ class GateSettings:
 class Grant:
     """Permission for one call. Settle it exactly once: `settle` with the provider's usage, `settle_from_text`
     when the call broke or was abandoned without usage (the gate counts the text: marked estimated), or `void`
-    when it failed before any output. Later calls are ignored."""
+    when it failed before any output. Later calls are ignored. A cache hit (`cache_hit`) is no call: its answer
+    is `cached_response`, and settling it reports nothing."""
 
     def __init__(self, gate: Gate, request_id: str, requested_model: str, model: str, max_output_tokens: int,
                  outcome: str, decision: Mapping[str, Any] | None, workflow_id: str, agent_id: str,
-                 called_at_ms: int) -> None:
+                 called_at_ms: int, cached_response: str | None = None) -> None:
         self.request_id = request_id
         self.requested_model = requested_model
-        self.model = model  # the one to call
+        self.model = model  # the one to call (a cache hit: the requested one, with max_output_tokens 0)
         self.max_output_tokens = max_output_tokens
-        self.outcome = outcome  # ALLOW, DOWNGRADE or FAIL_OPEN
+        self.outcome = outcome  # ALLOW, DOWNGRADE, FAIL_OPEN or CACHE_HIT
         self.decision = decision
+        self.cached_response = cached_response  # the answer of a CACHE_HIT; None for every other outcome
         self.workflow_id = workflow_id
         self.agent_id = agent_id
         self.called_at_ms = called_at_ms
@@ -117,11 +127,23 @@ class Grant:
         return self.outcome == FAIL_OPEN
 
     @property
+    def cache_hit(self) -> bool:
+        return self.outcome == CACHE_HIT
+
+    @property
+    def cache_store(self) -> bool:
+        """Whether the tenant's policy caches this call's answer: then `settle` sends its text."""
+        return bool(self.decision and self.decision.get("cache_store"))
+
+    @property
     def settled(self) -> bool:
         return self._settled.is_set()
 
     def settle(self, usage: Mapping[str, int], completion_text: str | None = None, status: str = "OK") -> None:
-        self._finish(dict(usage), completion_text, status)
+        """`completion_text`: the answer, sent only when the decision asked for it (`cache_store`) and the call
+        ended OK (the cache stores only whole answers); otherwise dropped here (prompts and answers are data
+        to minimise: the gate needs no text when the usage is known)."""
+        self._finish(dict(usage), completion_text if self.cache_store and status == "OK" else None, status)
 
     def settle_from_text(self, text: str, status: str = "TRUNCATED") -> None:
         self._finish(None, text, status)
@@ -134,6 +156,8 @@ class Grant:
         if self._settled.is_set():
             return
         self._settled.set()
+        if self.cache_hit:
+            return  # nothing was reserved and nothing was called: nothing to settle
         self._gate._report(self, usage, text, status)
 
 
@@ -161,6 +185,8 @@ class Gate:
         self.fail_open_calls = 0
         self.throttle_waited_ms = 0
         self.fail_open_reported = 0
+        self.cache_hits = 0  # calls answered from the tenant's response cache
+        self.cache_entries_gone = 0  # CACHE_HITs without text, asked again with the cache bypassed
         if self._journal_file is not None:
             self._load_journal(self._journal_file)
 
@@ -238,6 +264,22 @@ class Gate:
             return Grant(self, req["request_id"], req["model"], deployment.get("model") or req["model"],
                          int(decision["granted_output_tokens"]), outcome, decision, req["workflow_id"],
                          req["agent_id"], int(decision["requested_at_ms"]))
+        if outcome == CACHE_HIT:
+            text = decision.get("cached_response")
+            if text is not None:
+                self.cache_hits += 1
+                return Grant(self, req["request_id"], req["model"], req["model"], 0, outcome, decision,
+                             req["workflow_id"], req["agent_id"], int(decision["requested_at_ms"]), text)
+            labels = dict(req["labels"] or {})
+            if labels.get(CACHE_LABEL) == CACHE_BYPASS:  # the gate broke its own rule: do not ask forever
+                raise GateClientError(f"the gate answered request {req['request_id']}, which bypassed the cache, "
+                                      "with a CACHE_HIT without text")
+            # The entry was gone between plan and decision (or this repeats a hit's request id, whose repeat
+            # carries no text): ask again at once, under a new id, away from the cache.
+            self.cache_entries_gone += 1
+            req["labels"] = {**labels, CACHE_LABEL: CACHE_BYPASS}
+            req["request_id"] = str(uuid.uuid4())
+            return 0
         if outcome == "THROTTLE":
             retry_ms = int(decision.get("retry_after_ms") or 100)
             if self.settings.on_throttle == "raise" or ask.waited_ms + retry_ms > self.settings.throttle_wait_ms_max:
@@ -289,7 +331,8 @@ class Gate:
     def _learn(self, decision: Mapping[str, Any]) -> None:
         cap = decision.get("fail_open_micro_usd_per_min")
         with self._lock:
-            self._tenant_cap = None if cap is None else int(cap)
+            if decision["outcome"] != CACHE_HIT:  # a hit's ledger entry carries no fail-open cap (its 0 is not one)
+                self._tenant_cap = None if cap is None else int(cap)
             if decision["outcome"] in GRANTED and decision.get("reserved_micro_usd"):
                 self._model_cost[decision["requested_model"]] = int(decision["reserved_micro_usd"])
                 self._model_cost.move_to_end(decision["requested_model"])

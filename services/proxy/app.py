@@ -8,6 +8,11 @@ x-ledgergate-* headers), forwards it to the deployment the decision names with t
 output cap, streams the answer back, and settles with the usage the upstream reported. A DENY is a 402
 (budget), 403 (policy) or 400 (the request) in OpenAI's error format; a THROTTLE a 429 with Retry-After;
 no decision and no fail-open a 503. `GET /v1/models` lists the models the price catalogue knows.
+
+A CACHE_HIT (the tenant's response cache, docs/decisions/0013) is answered here without calling upstream:
+the cached answer as an OpenAI chat completion (zero usage), or as server-sent events for a stream, with
+`x-ledgergate-cache: hit`. An upstream answer's text goes with the settlement only when the decision asked
+for it (`cache_store`) and the answer is one whole choice.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ledgergate.admission import Gate, GateSettings, Grant
 from ledgergate.client import GateClient
 from ledgergate.errors import GateDeniedError, GateUnavailableError, InvalidRequestError
-from ledgergate.integrations.wire import sampling_of, usage_from_openai
+from ledgergate.integrations.wire import cached_completion, sampling_of, settle_response
 from ledgergate.services.proxy import core
 from ledgergate.shared import apikeys, metrics
 from ledgergate.shared.apikeys import Principal
@@ -245,9 +250,20 @@ def create_app(settings: ProxySettings | None = None) -> FastAPI:
         except GateUnavailableError as exc:
             raise core.ProxyError(exc.message, status=503, kind="service_unavailable", code="gate_unavailable",
                                   headers={"retry-after": "1"}) from None
+        if grant.cache_hit:
+            return cached_reply(call, grant)
         return await forward(proxy, call, grant)
 
     return app
+
+
+def cached_reply(call: core.ChatCall, grant: Grant) -> Response:
+    """A CACHE_HIT answered without the upstream (nothing was reserved, nothing is settled)."""
+    ours = {"x-ledgergate-request-id": grant.request_id, "x-ledgergate-outcome": grant.outcome,
+            "x-ledgergate-model": grant.model, core.CACHE_HEADER: "hit"}
+    if call.stream:
+        return Response(core.cached_events(grant, call.wants_usage), headers=ours, media_type="text/event-stream")
+    return JSONResponse(cached_completion(grant), headers=ours)
 
 
 async def forward(proxy: Proxy, call: core.ChatCall, grant: Grant) -> Response:
@@ -280,13 +296,7 @@ async def forward(proxy: Proxy, call: core.ChatCall, grant: Grant) -> Response:
             grant.void()
             return Response(reply.content, status_code=reply.status_code, headers=ours,
                             media_type=reply.headers.get("content-type"))
-        answer = reply.json()
-        usage = usage_from_openai(answer.get("usage"))
-        if usage is not None:
-            grant.settle(usage)
-        else:
-            grant.settle_from_text("".join((c.get("message") or {}).get("content") or ""
-                                           for c in answer.get("choices") or []), "OK")
+        settle_response(grant, reply.json())  # the answer's text only when the decision asked for it
         return Response(reply.content, status_code=reply.status_code, headers=ours, media_type="application/json")
     try:
         upstream_reply = await proxy.http.send(proxy.http.build_request("POST", url, json=payload, headers=headers),
@@ -325,7 +335,8 @@ async def relay(reply: httpx.Response, tally: core.StreamTally, grant: Grant) ->
     finally:
         await reply.aclose()
         if tally.usage is not None:
-            grant.settle(tally.usage, None, "OK" if tally.finished else "TRUNCATED")
+            grant.settle(tally.usage, tally.answer if grant.cache_store else None,
+                         "OK" if tally.finished else "TRUNCATED")
         elif broken and not tally.text:
             grant.void()
         else:  # cut upstream (no usage), or the caller went away (the generator closed before its end)

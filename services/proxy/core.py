@@ -1,5 +1,6 @@
 """The proxy's pure core: what a chat request asks for, what the upstream is told, how a refusal reads in
-OpenAI's error format, and what a stream delivered. No I/O: the adapter (app.py) does that."""
+OpenAI's error format, what a stream delivered, and a cache hit's answer as server-sent events. No I/O: the
+adapter (app.py) does that."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledgergate.admission import Grant
 from ledgergate.errors import GateDeniedError, GateThrottledError, LedgergateError
-from ledgergate.integrations.wire import gate_messages, usage_from_openai
+from ledgergate.integrations.wire import cacheable_text, cached_chunks, gate_messages, usage_from_openai
 from ledgergate.shared.catalogue import Deployment
 
 WORKFLOW_HEADER = "x-ledgergate-workflow"
 AGENT_HEADER = "x-ledgergate-agent"
 REQUEST_ID_HEADER = "x-ledgergate-request-id"
+CACHE_HEADER = "x-ledgergate-cache"  # "hit" on an answer from the tenant's response cache
 # Denials that are the request's own fault read as 400 (as OpenAI answers a prompt over the context window);
 # a policy that forbids the model 403; every other DENY is about money: 402.
 BAD_REQUEST_REASONS = frozenset({"invalid_request", "prompt_too_long", "unknown_model"})
@@ -135,6 +138,9 @@ class StreamTally:
     usage: dict[str, int] | None = None
     finished: bool = False
     skip_blank: bool = False
+    finish_reason: str | None = None
+    indexes: set[int] = field(default_factory=set)  # the choices seen
+    tool_calls: bool = False
 
     def line(self, line: str) -> str | None:
         """One line of the upstream's stream -> the line to send on (None: drop it)."""
@@ -156,11 +162,17 @@ class StreamTally:
             self.usage = usage_from_openai(chunk["usage"])
         choices = chunk.get("choices") or []
         for choice in choices:
-            content = (choice.get("delta") or {}).get("content")
+            index = choice.get("index")
+            self.indexes.add(index if isinstance(index, int) else 0)
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
             if content:
                 self.parts.append(content)
+            if delta.get("tool_calls"):
+                self.tool_calls = True
             if choice.get("finish_reason"):
                 self.finished = True
+                self.finish_reason = str(choice["finish_reason"])
         if not choices and not self.pass_usage:
             self.skip_blank = True  # the usage chunk the caller did not ask for, and its separator
             return None
@@ -169,3 +181,14 @@ class StreamTally:
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    @property
+    def answer(self) -> str | None:
+        """The text the response cache may store: one whole choice ("stop"), no tool call."""
+        return None if self.tool_calls else cacheable_text(len(self.indexes), self.finish_reason, self.text)
+
+
+def cached_events(grant: Grant, wants_usage: bool) -> str:
+    """A CACHE_HIT's answer as the server-sent events of an OpenAI stream, [DONE] included."""
+    events = [f"data: {json.dumps(chunk)}\n\n" for chunk in cached_chunks(grant, wants_usage)]
+    return "".join(events) + "data: [DONE]\n\n"

@@ -16,7 +16,7 @@ from langchain_core.language_models.fake_chat_models import (
 )
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from ledgergate import Gate, GateDeniedError, GateSettings
+from ledgergate import Gate, GateDeniedError, GateSettings, topics
 from ledgergate.integrations.langchain import AsyncGateCallbackHandler, GateCallbackHandler, GateDowngradeError
 from tests.e2e.conftest import Gate as RunningGate
 from tests.e2e.test_openai_wrapper import USD, _ledger_of, _tenant
@@ -126,3 +126,22 @@ def test_the_async_handler_gates_ainvoke_and_so_does_the_sync_one(gate_module: R
     assert model.i == 1  # the denied run never reached the model
     settled = _ledger_of(gate_module, str(run_id), ("ReservationSettled",))["ReservationSettled"]
     assert settled["usage_estimated"] is True
+
+
+def test_a_run_asks_with_the_cache_bypassed_so_a_hit_never_replaces_a_call_the_model_makes(
+        gate_module: RunningGate) -> None:
+    # A callback cannot return a cached answer in place of the model's: every run bypasses the cache (and a
+    # model without usage is settled from its text, which must then not become an entry either).
+    tenant = _tenant(gate_module, policy={"cache": {"enabled": True, "serve_nondeterministic": True}})
+    handler = _handler(gate_module, tenant)
+    model = FakeListChatModel(responses=["the same answer"] * 4)  # its counter wraps at the last one
+    run_ids = [uuid.uuid4() for _ in range(3)]
+    for run_id in run_ids:
+        model.invoke(ASK, config=_config(handler, run_id, labels={"team": "a"}))
+        _ledger_of(gate_module, str(run_id), ("ReservationSettled",))
+    assert model.i == 3
+    ids = {str(r) for r in run_ids}
+    requests = [r for _, _, r in gate_module.read(topics.REQUESTS) if r["request_id"] in ids]
+    assert [r["labels"] for r in requests] == [{"team": "a", "cache": "bypass"}] * 3
+    decisions = [d for d in gate_module.decisions() if d["request_id"] in ids]
+    assert [(d["outcome"], d["cache_store"]) for d in decisions] == [("ALLOW", False)] * 3

@@ -18,7 +18,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
-from ledgergate import Gate, GateDeniedError, GateSettings
+from ledgergate import Gate, GateDeniedError, GateSettings, topics
 from ledgergate.integrations.litellm import GateLogger
 from tests.e2e.conftest import Gate as RunningGate
 from tests.e2e.test_openai_wrapper import ASK, _ledger_of, _tenant
@@ -135,3 +135,20 @@ def test_the_sync_path_gates_through_the_logger_and_a_plain_completion_is_report
         litellm.completion(model="gpt-4o-mini", messages=ASK, max_tokens=5, mock_response="unaccounted")
     assert [r.message for r in caplog.records] == ["ungated_litellm_call"]
     assert all("Summarise" not in str(vars(r)) for r in caplog.records)  # never the prompt's text
+
+
+def test_a_call_asks_with_the_cache_bypassed_so_a_hit_never_replaces_a_call_litellm_makes(
+        gate_module: RunningGate, seen: Seen) -> None:
+    # The deployment hook can only rewrite the call, not answer in its place: every call bypasses the cache.
+    _logger(gate_module, _tenant(gate_module, policy={"cache": {"enabled": True}}), seen)
+    ids = [f"c-{uuid.uuid4().hex}" for _ in range(3)]
+    for request_id in ids:
+        asyncio.run(litellm.acompletion(model="gpt-4o-mini", messages=ASK, max_tokens=30, temperature=0,
+                                        mock_response="the same answer",
+                                        metadata={"ledgergate": {"request_id": request_id, "labels": {"team": "a"}}}))
+        _ledger_of(gate_module, request_id, ("ReservationSettled",))
+    assert seen.models == ["gpt-4o-mini"] * 3
+    requests = [r for _, _, r in gate_module.read(topics.REQUESTS) if r["request_id"] in ids]
+    assert [r["labels"] for r in requests] == [{"team": "a", "cache": "bypass"}] * 3
+    decisions = [d for d in gate_module.decisions() if d["request_id"] in ids]
+    assert [(d["outcome"], d["cache_store"]) for d in decisions] == [("ALLOW", False)] * 3

@@ -195,3 +195,102 @@ def test_the_sampling_parameters_ride_on_the_request_and_key_the_counted_record(
     assert json.loads(requests[ids[0]]["sampling_json"]) == {"temperature": 0, "seed": 7}  # `user` changes no answer
     keys = [counted[rid]["cache_key"] for rid in ids]
     assert all(len(k) == 64 for k in keys) and keys[0] == keys[1] != keys[2]
+
+
+# --- the response cache (docs/decisions/0013) ---
+
+CACHED_POLICY = {"cache": {"enabled": True, "ttl_s": 600}}
+
+
+def _records_of(running: RunningGate, logical_topic: str, request_ids: list[str], timeout_s: float = 30.0
+                ) -> dict[str, dict[str, Any]]:
+    """The records of `logical_topic` for these request ids, once each is there."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = {r["request_id"]: r for _, _, r in running.read(logical_topic) if r.get("request_id") in request_ids}
+        if len(found) == len(set(request_ids)):
+            return found
+        assert time.monotonic() < deadline, f"{logical_topic}: {sorted(found)} of {request_ids}"
+        time.sleep(0.3)
+
+
+def _until_hit(client: Any, ask: dict[str, Any], tries: int = 60) -> tuple[Any, list[str]]:
+    """Call until the tenant's cache answers (its policy is folded, an answer stored); the hit and the misses' ids."""
+    misses: list[str] = []
+    for _ in range(tries):
+        request_id = f"m-{uuid.uuid4().hex}"
+        reply = client.chat.completions.create(**ask, ledgergate={"request_id": request_id})
+        if reply.id.startswith("ledgergate-cache-"):
+            return reply, misses
+        misses.append(request_id)
+        time.sleep(0.3)
+    raise AssertionError(f"no CACHE_HIT after {tries} calls")
+
+
+def test_a_cache_hit_is_answered_without_calling_the_provider_and_only_asked_answers_carry_text(
+        gate_module: RunningGate, standin: StandinServer) -> None:
+    tenant = _tenant(gate_module, policy=CACHED_POLICY)
+    client = _openai(standin, gate_module, tenant)
+    ask = {"model": "gpt-4o-mini", "messages": ASK, "max_tokens": 64, "temperature": 0}  # 24 words: "stop"
+    first = client.chat.completions.create(**ask)
+    calls_before = len(standin.state.calls)
+    hit, misses = _until_hit(client, ask)
+    assert len(standin.state.calls) == calls_before + len(misses)  # the hit called nothing
+    assert hit.choices[0].message.content == first.choices[0].message.content
+    assert hit.choices[0].finish_reason == "stop" and hit.model == "gpt-4o-mini" and hit.usage.completion_tokens == 0
+    assert client.gate.cache_hits == 1
+
+    # Each miss sent the answer's text exactly when its decision asked for it; a hit settles nothing.
+    decisions = {d["request_id"]: d for d in gate_module.decisions() if d["request_id"] in misses}
+    completions = _records_of(gate_module, topics.COMPLETIONS, misses)
+    for request_id in misses:
+        asked = decisions[request_id]["cache_store"]
+        assert (completions[request_id]["completion_text"] == first.choices[0].message.content) is asked
+        assert asked or completions[request_id]["completion_text"] is None
+    hit_id = hit.id.removeprefix("ledgergate-cache-")
+    assert not any(r["request_id"] == hit_id for _, _, r in gate_module.read(topics.COMPLETIONS))
+
+    # The same prompt bypassing the cache, and a tenant whose policy caches nothing: called, and no text sent.
+    bypassed, uncached = f"b-{uuid.uuid4().hex}", f"u-{uuid.uuid4().hex}"
+    client.chat.completions.create(**ask, ledgergate={"request_id": bypassed, "labels": {"cache": "bypass"}})
+    _openai(standin, gate_module, _tenant(gate_module)).chat.completions.create(
+        **ask, ledgergate={"request_id": uncached})
+    sent = _records_of(gate_module, topics.COMPLETIONS, [bypassed, uncached])
+    assert [sent[r]["completion_text"] for r in (bypassed, uncached)] == [None, None]
+    assert len(standin.state.calls) == calls_before + len(misses) + 2
+
+    # A stream is answered from the cache too (async client: an async iterator of chunks).
+    async_client = gated(openai.AsyncOpenAI(base_url=standin.base_url, api_key="sk-standin", max_retries=0),
+                         client.gate)
+
+    async def streamed() -> list[Any]:
+        stream = await async_client.chat.completions.create(**ask, stream=True)
+        return [c async for c in stream]
+
+    chunks = asyncio.run(streamed())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == first.choices[0].message.content
+    sync_chunks = list(client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    assert sync_chunks[-1].usage is not None and not sync_chunks[-1].choices  # the usage chunk it asked for
+    assert client.gate.cache_hits == 3 and len(standin.state.calls) == calls_before + len(misses) + 2
+
+
+def test_a_cache_hit_without_its_text_is_asked_again_with_the_cache_bypassed(
+        gate_module: RunningGate, standin: StandinServer) -> None:
+    tenant = _tenant(gate_module, policy=CACHED_POLICY)
+    client = _openai(standin, gate_module, tenant)
+    ask = {"model": "gpt-4o-mini", "messages": ASK, "max_tokens": 64, "temperature": 0}
+    hit, _misses = _until_hit(client, ask)
+    # A repeat of the hit's request id (the same content: labels are part of it) is decided CACHE_HIT again,
+    # without the text (cache_entry_gone), as a hit whose entry expired between plan and decision is.
+    calls_before = len(standin.state.calls)
+    hit_id = hit.id.removeprefix("ledgergate-cache-")
+    again = client.chat.completions.create(**ask, ledgergate={"request_id": hit_id})
+    assert not again.id.startswith("ledgergate-cache-") and again.choices[0].message.content
+    assert len(standin.state.calls) == calls_before + 1 and client.gate.cache_entries_gone == 1
+    gone = [d for d in gate_module.decisions() if d["request_id"] == hit_id]
+    assert gone and gone[-1]["outcome"] == "CACHE_HIT" and "cache_entry_gone" in gone[-1]["reason_codes"]
+    asked_again = [r for _, _, r in gate_module.read(topics.REQUESTS)
+                   if r["tenant_id"] == tenant and r["labels"] == {"cache": "bypass"}]
+    assert len(asked_again) == 1 and asked_again[0]["request_id"] != hit_id
+    settled = _ledger_of(gate_module, asked_again[0]["request_id"], ("ReservationSettled",))["ReservationSettled"]
+    assert settled["usage_estimated"] is False

@@ -161,3 +161,29 @@ def test_readiness_names_what_a_call_needs_and_both_answer(proxy: Proxy) -> None
     port = int(proxy.base_url.rsplit(":", 1)[1].split("/")[0])
     status, body = probe(port, "/readyz")
     assert status == 200 and body == {"status": "ok", "checks": {"postgres": "ok", "kafka": "ok"}}, body
+
+
+def test_a_cache_hit_is_answered_by_the_proxy_without_the_upstream(proxy: Proxy) -> None:
+    _tenant, key = proxy.tenant(policy={"cache": {"enabled": True, "ttl_s": 600}})
+    client = proxy.openai(key)
+    ask = {"model": "gpt-4o-mini", "messages": ASK, "max_tokens": 64, "temperature": 0}  # a whole answer: "stop"
+    answer = client.chat.completions.create(**ask).choices[0].message.content
+    for _ in range(60):  # until the policy is folded and an answer stored
+        calls_before = len(proxy.standin.state.calls)
+        raw = client.chat.completions.with_raw_response.create(**ask)
+        if raw.headers.get("x-ledgergate-cache") == "hit":
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("no CACHE_HIT through the proxy")
+    assert len(proxy.standin.state.calls) == calls_before  # the upstream was not called
+    reply = raw.parse()
+    assert raw.headers["x-ledgergate-outcome"] == "CACHE_HIT"
+    assert reply.choices[0].message.content == answer and reply.model == "gpt-4o-mini"
+    assert reply.id == f"ledgergate-cache-{raw.headers['x-ledgergate-request-id']}" and reply.usage.total_tokens == 0
+
+    streamed = client.chat.completions.with_raw_response.create(**ask, stream=True)
+    assert streamed.headers["x-ledgergate-cache"] == "hit"
+    chunks = list(streamed.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
+    assert len(proxy.standin.state.calls) == calls_before

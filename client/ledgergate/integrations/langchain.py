@@ -20,8 +20,11 @@ output cap, so
   settlement then names the model that ran, so the ledger prices what was spent, beyond what was reserved);
 - a grant of fewer output tokens than asked is not enforced: the model's own cap applies, and the ledger
   settles what was really used.
-For both, wrap the call in `Gate.admit` yourself (ledgergate.admission) when the gate's decision must be
-followed exactly.
+- a cached answer cannot be returned in place of the model's: every run asks with the response cache
+  bypassed (the label {"cache": "bypass"}: neither served from the tenant's cache nor stored into it), so a
+  CACHE_HIT never turns into a paid call plus a wasted hit.
+For all three, wrap the call in `Gate.admit` yourself (ledgergate.admission) when the gate's decision must be
+followed exactly (a CACHE_HIT Grant carries the answer: `cached_response`).
 
 `AsyncGateCallbackHandler` does the same without blocking the event loop, for `ainvoke` / `astream` runs only:
 LangChain swallows an async handler's error in a synchronous run, so there it cannot stop a DENY.
@@ -43,7 +46,7 @@ from langchain_core.outputs import LLMResult
 
 from ledgergate.admission import Gate, Grant
 from ledgergate.errors import GateClientError, GateDeniedError
-from ledgergate.integrations.wire import gate_messages, gate_options, usage_from_openai
+from ledgergate.integrations.wire import bypassing_cache, gate_messages, gate_options, usage_from_openai
 
 __all__ = ["AsyncGateCallbackHandler", "GateCallbackHandler", "GateDowngradeError"]
 
@@ -138,8 +141,10 @@ class _Runs:
                                   "arguments): pass GateCallbackHandler(gate, model=...)")
         cap = (params.get("max_completion_tokens") or params.get("max_tokens") or meta.get("ls_max_tokens")
                or init.get("max_completion_tokens") or init.get("max_tokens"))
-        return {"messages": messages, "model": str(model), "max_output_tokens": int(cap) if cap else None,
-                "tools": params.get("tools"), "request_id": str(run_id), **options}
+        ask = {"messages": messages, "model": str(model), "max_output_tokens": int(cap) if cap else None,
+               "tools": params.get("tools"), "request_id": str(run_id), **options}
+        ask["labels"] = bypassing_cache(ask.get("labels"))  # a callback cannot answer in place of the model
+        return ask
 
     def hold(self, run_id: UUID, grant: Grant) -> None:
         if grant.model != grant.requested_model:

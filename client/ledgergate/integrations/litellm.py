@@ -28,6 +28,12 @@ completions are gated; embeddings, images, ... pass through. Per-call gate optio
 `metadata` under "ledgergate": {"workflow_id", "agent_id", "labels", "request_id", "max_cost_micro_usd"}; the
 request id is otherwise LiteLLM's `litellm_call_id`. Set LITELLM_LOCAL_MODEL_COST_MAP=True before importing
 litellm where its price map must not be fetched at import.
+
+The response cache (docs/decisions/0013): every call asks with the cache bypassed (the label
+{"cache": "bypass"}), so the gate neither answers it from the tenant's cache nor stores its answer. LiteLLM's
+deployment hook can only rewrite a call's arguments, not answer in its place (a `mock_response` would be
+logged and priced by LiteLLM as a call), so a CACHE_HIT here would become a paid call plus a wasted hit. For
+cached answers, gate the call with the OpenAI wrapper or `Gate.admit` (a Grant's `cached_response`).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from litellm.types.utils import CallTypes
 from ledgergate.admission import Gate, Grant
 from ledgergate.errors import GateClientError
 from ledgergate.integrations.wire import (
+    bypassing_cache,
     decided_call,
     gate_messages,
     gate_options,
@@ -63,9 +70,11 @@ _log = logging.getLogger("ledgergate.integrations.litellm")
 
 def _ask(kwargs: Mapping[str, Any], call_id: str) -> dict[str, Any]:
     options = gate_options((kwargs.get("metadata") or {}).get("ledgergate"))
-    return {"messages": gate_messages(kwargs["messages"]), "model": kwargs["model"],
-            "max_output_tokens": output_cap(kwargs),
-            "tools": kwargs.get("tools"), "sampling": sampling_of(kwargs), "request_id": call_id, **options}
+    ask = {"messages": gate_messages(kwargs["messages"]), "model": kwargs["model"],
+           "max_output_tokens": output_cap(kwargs),
+           "tools": kwargs.get("tools"), "sampling": sampling_of(kwargs), "request_id": call_id, **options}
+    ask["labels"] = bypassing_cache(ask.get("labels"))  # a hook cannot answer in place of the call
+    return ask
 
 
 def _decided(kwargs: Mapping[str, Any], grant: Grant) -> dict[str, Any]:

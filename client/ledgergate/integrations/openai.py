@@ -14,6 +14,13 @@ not passed on). A stream that breaks or is abandoned (closed, or dropped before 
 text received, marked estimated; a call that fails before any output voids its reservation. Everything else
 on the client (embeddings, files, ...) passes through untouched. Per-call gate options ride in the
 `ledgergate` keyword: {"workflow_id", "agent_id", "labels", "request_id", "max_cost_micro_usd"}.
+
+The response cache (docs/decisions/0013): on a CACHE_HIT the provider is not called; the call returns the
+tenant's cached answer as the openai package's own `ChatCompletion` (one choice, the requested model, zero
+usage, id "ledgergate-cache-<request id>"), or for `stream=True` an iterator (async iterator) of its
+`ChatCompletionChunk`s. The answer's text goes with the settlement only when the decision asked for it
+(`cache_store`) and the answer is one whole choice (finish_reason "stop"); otherwise no text is sent. The
+label {"cache": "bypass"} in the `ledgergate` options keeps a call away from the cache.
 """
 
 from __future__ import annotations
@@ -22,9 +29,13 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ledgergate.admission import Gate, Grant
 from ledgergate.integrations.wire import (
+    cacheable_text,
+    cached_chunks,
+    cached_completion,
     decided_call,
     gate_messages,
     gate_options,
@@ -35,7 +46,6 @@ from ledgergate.integrations.wire import (
 )
 
 __all__ = ["AsyncGatedOpenAI", "GatedOpenAI", "gated"]
-
 
 
 def gated(client: Any, gate: Gate) -> Any:
@@ -85,6 +95,9 @@ class _StreamAccount:
         self.parts: list[str] = []
         self.usage: dict[str, int] | None = None
         self.finished = False  # a choice reported its finish_reason
+        self.finish_reason: str | None = None
+        self.indexes: set[int] = set()  # the choices seen (the cache stores one-choice answers only)
+        self.tool_calls = False
 
     def see(self, chunk: Any) -> bool:
         """Take in one chunk; whether the caller gets it."""
@@ -92,12 +105,16 @@ class _StreamAccount:
             self.usage = usage_from_openai(chunk.usage)
         choices = getattr(chunk, "choices", None) or []
         for choice in choices:
+            self.indexes.add(int(getattr(choice, "index", 0) or 0))
             delta = getattr(choice, "delta", None)
             content = getattr(delta, "content", None)
             if content:
                 self.parts.append(content)
+            if getattr(delta, "tool_calls", None):
+                self.tool_calls = True
             if getattr(choice, "finish_reason", None):
                 self.finished = True
+                self.finish_reason = str(choice.finish_reason)
         return bool(choices) or self.pass_usage
 
     def end(self, broken: bool = False, abandoned: bool = False) -> None:
@@ -105,7 +122,9 @@ class _StreamAccount:
             return
         text = "".join(self.parts)
         if self.usage is not None:
-            self.grant.settle(self.usage, None, "OK" if self.finished else "TRUNCATED")
+            answer = (cacheable_text(len(self.indexes), self.finish_reason, text)
+                      if self.grant.cache_store and not self.tool_calls else None)
+            self.grant.settle(self.usage, answer, "OK" if self.finished else "TRUNCATED")
         elif broken and not text:
             self.grant.void()
         else:
@@ -186,6 +205,58 @@ class AsyncGatedStream:
         return getattr(self._stream, name)
 
 
+class CachedStream:
+    """A cache hit's answer as a stream of ChatCompletionChunks (nothing to settle, nothing to close)."""
+
+    def __init__(self, chunks: list[ChatCompletionChunk]) -> None:
+        self._chunks = iter(chunks)
+
+    def __iter__(self) -> Iterator[ChatCompletionChunk]:
+        return self
+
+    def __next__(self) -> ChatCompletionChunk:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks = iter(())
+
+    def __enter__(self) -> CachedStream:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class AsyncCachedStream:
+    def __init__(self, chunks: list[ChatCompletionChunk]) -> None:
+        self._chunks = iter(chunks)
+
+    def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def close(self) -> None:
+        self._chunks = iter(())
+
+    async def __aenter__(self) -> AsyncCachedStream:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+
+def _cached(grant: Grant, kwargs: Mapping[str, Any]) -> ChatCompletion | list[ChatCompletionChunk]:
+    """A CACHE_HIT's answer in the openai package's own types: the completion, or a stream's chunks."""
+    if kwargs.get("stream"):
+        return [ChatCompletionChunk.model_validate(c) for c in cached_chunks(grant, _wanted_usage(kwargs))]
+    return ChatCompletion.model_validate(cached_completion(grant))
+
+
 class _Completions(_Passthrough):
     def __init__(self, inner: Any, gate: Gate) -> None:
         super().__init__(inner)
@@ -194,6 +265,9 @@ class _Completions(_Passthrough):
     def create(self, **kwargs: Any) -> Any:
         ask, _options, _cap = _prepare(self._gate, kwargs)
         grant = self._gate.admit(**ask)
+        if grant.cache_hit:  # answered from the tenant's cache: the provider is not called
+            cached = _cached(grant, kwargs)
+            return CachedStream(cached) if isinstance(cached, list) else cached
         try:
             result = self._inner.create(**_decided(kwargs, grant))
         except BaseException:
@@ -213,6 +287,9 @@ class _AsyncCompletions(_Passthrough):
     async def create(self, **kwargs: Any) -> Any:
         ask, _options, _cap = _prepare(self._gate, kwargs)
         grant = await self._gate.admit_async(**ask)
+        if grant.cache_hit:
+            cached = _cached(grant, kwargs)
+            return AsyncCachedStream(cached) if isinstance(cached, list) else cached
         try:
             result = await self._inner.create(**_decided(kwargs, grant))
         except BaseException:

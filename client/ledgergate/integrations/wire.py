@@ -1,17 +1,19 @@
-"""OpenAI's chat wire format, as the gate needs it: the messages it counts, the usage it settles. Shared by
-the OpenAI wrapper, the proxy and the framework hooks (LiteLLM speaks the same format). Objects or dicts."""
+"""OpenAI's chat wire format, as the gate needs it: the messages it counts, the usage it settles, the answer
+text the response cache may store, and a cache hit's answer in OpenAI's shape. Shared by the OpenAI wrapper,
+the proxy and the framework hooks (LiteLLM speaks the same format). Objects or dicts."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ledgergate.admission import Grant
 from ledgergate.errors import GateClientError
-from ledgergate.ids import SAMPLING_PARAMS
+from ledgergate.ids import CACHE_BYPASS, CACHE_LABEL, SAMPLING_PARAMS
 
-__all__ = ["gate_messages", "usage_from_openai"]
+__all__ = ["cached_chunks", "cached_completion", "gate_messages", "usage_from_openai"]
 
 ZERO_USAGE = {"input_tokens": 0, "cached_input_tokens": 0, "output_tokens": 0, "reasoning_tokens": 0}
 
@@ -94,12 +96,71 @@ def usage_from_openai(usage: Any) -> dict[str, int] | None:
             "output_tokens": completion - reasoning, "reasoning_tokens": reasoning}
 
 
+def cacheable_text(choices: int, finish_reason: Any, text: Any) -> str | None:
+    """The answer the response cache may store: one choice that ended on its own ("stop": not cut at the
+    output cap, not a tool call) with text; None otherwise."""
+    if choices != 1 or finish_reason != "stop" or not isinstance(text, str) or not text:
+        return None
+    return text
+
+
+def answer_text(response: Any) -> str | None:
+    """`cacheable_text` of an OpenAI-shaped chat completion."""
+    choices = _get(response, "choices") or []
+    if len(choices) != 1:
+        return None
+    message = _get(choices[0], "message")
+    if _get(message, "tool_calls"):
+        return None
+    return cacheable_text(1, _get(choices[0], "finish_reason"), _get(message, "content"))
+
+
 def settle_response(grant: Grant, response: Any) -> None:
-    """Settle a grant with an OpenAI-shaped chat completion: its usage, else its answer's text (a server
-    that reports no usage: the gate counts the answer, marked estimated)."""
+    """Settle a grant with an OpenAI-shaped chat completion: its usage (and its answer's text when the
+    decision asked for it: `cache_store`), else its answer's text (a server that reports no usage: the gate
+    counts the answer, marked estimated)."""
     usage = usage_from_openai(_get(response, "usage"))
     if usage is not None:
-        grant.settle(usage)
+        grant.settle(usage, answer_text(response) if grant.cache_store else None)
         return
     choices = _get(response, "choices") or []
     grant.settle_from_text("".join(_get(_get(c, "message"), "content") or "" for c in choices), "OK")
+
+
+def bypassing_cache(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """`labels` with the response cache bypassed: for a hook that cannot answer in place of the call."""
+    return {**(labels or {}), CACHE_LABEL: CACHE_BYPASS}
+
+
+# --- a cache hit, answered in OpenAI's shape (the wrapper validates these into its SDK's types, the proxy
+# sends them as they are) ---
+
+CACHED_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}  # nothing was called
+
+
+def cached_id(grant: Grant) -> str:
+    return f"ledgergate-cache-{grant.request_id}"
+
+
+def cached_completion(grant: Grant, created: int | None = None) -> dict[str, Any]:
+    """A CACHE_HIT grant's answer as an OpenAI chat completion: one choice, the requested model, zero usage."""
+    return {"id": cached_id(grant), "object": "chat.completion",
+            "created": int(time.time()) if created is None else created, "model": grant.requested_model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": grant.cached_response or ""},
+                         "finish_reason": "stop", "logprobs": None}],
+            "usage": dict(CACHED_USAGE)}
+
+
+def cached_chunks(grant: Grant, include_usage: bool, created: int | None = None) -> list[dict[str, Any]]:
+    """A CACHE_HIT grant's answer as the chunks of an OpenAI stream: the text, the finish, and the usage chunk
+    when the caller asked for it (`stream_options.include_usage`)."""
+    base = {"id": cached_id(grant), "object": "chat.completion.chunk",
+            "created": int(time.time()) if created is None else created, "model": grant.requested_model}
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": grant.cached_response or ""},
+                              "finish_reason": None, "logprobs": None}]},
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}]},
+    ]
+    if include_usage:
+        chunks.append({**base, "choices": [], "usage": dict(CACHED_USAGE)})
+    return chunks
