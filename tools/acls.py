@@ -44,7 +44,7 @@ PRINCIPALS: dict[str, Access] = {
     "proxy": Access("the OpenAI-compatible gateway, asking for its callers",
                     reads=(topics.DECISIONS,), writes=(topics.REQUESTS, topics.COMPLETIONS), client_groups=True),
     "token-counter": Access("counts and authenticates requests, meters completions",
-                            reads=(topics.REQUESTS, topics.COMPLETIONS, topics.CREDENTIALS),
+                            reads=(topics.REQUESTS, topics.COMPLETIONS, topics.CREDENTIALS, topics.TEMPLATES),
                             writes=(topics.COUNTED, topics.METERED, topics.DEADLETTER), group="token-counter",
                             reader=True),
     "policy": Access("plans requests by the tenant's policy and burn",
@@ -75,8 +75,9 @@ PRINCIPALS: dict[str, Access] = {
                       writes=(topics.ALERTS, topics.DEADLETTER, topics.ANOMALY_WINDOWS, topics.ANOMALY_RATES_CHANGELOG,
                               topics.ANOMALY_BANDS_CHANGELOG), group="anomaly"),
     # The only writer of tenant.credentials: nothing else may publish a tenant's keys or mode.
-    "api": Access("the admin API: operators' commands and the tenants' credential states",
-                  writes=(topics.COMMANDS, topics.CREDENTIALS)),
+    "api": Access("the admin API: operators' commands, the tenants' credential states and prompt templates",
+                  reads=(topics.TEMPLATES,), writes=(topics.COMMANDS, topics.CREDENTIALS, topics.TEMPLATES),
+                  reader=True),
     # `ledgergate audit replay`, `budget show`, `budget set`, `kafka-tool console-consumer`; `topics apply`
     # also needs Create and AlterConfigs (usually an operator is a super user instead).
     "operator": Access("people and their tools: replay, reconcile, budget set/show, inspection",

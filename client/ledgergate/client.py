@@ -41,7 +41,7 @@ from ledgergate.errors import (
     InvalidRequestError,
     TopicConfigError,
 )
-from ledgergate.events import ChatMessage, InvocationRequested
+from ledgergate.events import ChatMessage, InvocationRequested, TemplateRef
 from ledgergate.ids import request_problem
 from ledgergate.kafka_config import (
     admin_config,
@@ -250,12 +250,16 @@ class GateClient:
                region: str | None = None, max_cost_micro_usd: int | None = None,
                labels: Mapping[str, str] | None = None, tools: Any = None,
                timeout_s: float | None = None, trace_context: Mapping[str, str] | None = None,
-               sampling: Mapping[str, Any] | None = None) -> DecisionFuture:
+               sampling: Mapping[str, Any] | None = None,
+               template: tuple[str, int, Mapping[str, str]] | None = None) -> DecisionFuture:
         """Publish one InvocationRequested; the future resolves to the decoded GateDecision, or fails with
         GateTimeoutError after `timeout_s` (the client's default when None). The request carries
         `trace_context` (a W3C traceparent, and tracestate), else the current OpenTelemetry span's, else a
         new trace's (ledgergate.tracecontext); the decision's "trace_context" returns it. `sampling`: the
-        answer-changing parameters the call will use (ledgergate.ids.SAMPLING_PARAMS: temperature, seed, ...)."""
+        answer-changing parameters the call will use (ledgergate.ids.SAMPLING_PARAMS: temperature, seed, ...).
+        `template`: (template id, version, values) of a prompt template the tenant registered: the gate renders
+        it as the first message, before `messages` (which may then be empty; ledgergate.templates.messages_with
+        gives what to send the provider)."""
         if self._closed:
             raise GateClientError("client is closed")
         request_id = request_id or str(uuid.uuid4())
@@ -264,7 +268,8 @@ class GateClient:
             request_id, tenant_id, workflow_id, agent_id, model,
             tuple(ChatMessage(m["role"], m["content"], m.get("name")) for m in messages), _tools_json(tools),
             max_output_tokens, priority, region, max_cost_micro_usd, dict(labels or {}), _now_ms(), carrier,
-            _sampling_json(sampling))
+            _sampling_json(sampling), None if template is None else TemplateRef(template[0], int(template[1]),
+                                                                                dict(template[2])))
         # The gate's edge rule, checked before publishing: a caller's typo is an exception here, not
         # a DENY invalid_request (or a dead letter) a round trip later.
         problem = request_problem(request)

@@ -29,7 +29,7 @@ def plain(value: Any) -> Any:
 # hop converts a record or two per message (a generic walk cost more than the Avro encoding; measured).
 _LAYOUTS: dict[type[Any], tuple[tuple[str, bool], ...]] = {}
 _NESTED_TYPES = ("tuple[", "Usage", "ChatMessage", "PlanCandidate", "PlanRejection", "Deployment", "Signature",
-                 "FailOpenCall", "CacheHit")
+                 "FailOpenCall", "CacheHit", "TemplateRef")
 
 
 def _layout(cls: type[Any]) -> tuple[tuple[str, bool], ...]:
@@ -82,6 +82,19 @@ def _signature(rec: Mapping[str, Any]) -> Signature | None:
 
 
 @dataclass(frozen=True, slots=True)
+class TemplateRef(_Record):
+    """A registered prompt template and the values of its variables (ledgergate.templates)."""
+
+    template_id: str
+    version: int
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.template_id}@{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
 class InvocationRequested(_Record):
     request_id: str
     tenant_id: str
@@ -100,12 +113,14 @@ class InvocationRequested(_Record):
     # The answer-changing sampling parameters (ledgergate.ids.SAMPLING_PARAMS), sorted-key JSON; before the
     # signature, as in the schema.
     sampling_json: str | None = None
+    template: TemplateRef | None = None  # rendered by the token-counter as the first message
     signature: Signature | None = None
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:
+        template = rec.get("template")
         return cls(**{**rec, "messages": tuple(ChatMessage(**m) for m in rec["messages"]),
-                      "signature": _signature(rec)})
+                      "signature": _signature(rec), "template": None if template is None else TemplateRef(**template)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +149,7 @@ class InvocationCounted(_Record):
     invalid_code: str | None = None  # with invalid_reason: the DENY reason; None means invalid_request
     cache_key: str = ""  # the response cache's key of the request (shared/cache.py), "" when not computed
     cache_deterministic: bool = False  # temperature 0 and one choice: a repeatable answer
+    template: str = ""  # <template_id>@<version> of the request's prompt template, "" for none
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +215,7 @@ class InvocationPlanned(_Record):
     cache_key: str = ""  # the counted request's, when the tenant's cache rule lets it be served and stored
     cache_deterministic: bool = False
     cache_hit: CacheHit | None = None  # answered from the cache: no candidates, nothing to reserve
+    template: str = ""  # carried from the counted request
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:

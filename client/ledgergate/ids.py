@@ -18,7 +18,8 @@ import json
 import re
 from collections.abc import Mapping
 
-from ledgergate.events import InvocationRequested
+from ledgergate import templates
+from ledgergate.events import InvocationRequested, TemplateRef
 
 MAX_ID_CHARS = 128
 MAX_NAME_CHARS = 128
@@ -66,7 +67,8 @@ def request_problem(req: InvocationRequested) -> str | None:
                or id_problem("agent_id", req.agent_id, required=False)
                or name_problem("requested_model", req.requested_model)
                or name_problem("region", req.region or "", required=False)
-               or labels_problem(req.labels) or sampling_problem(req.sampling_json))
+               or labels_problem(req.labels) or sampling_problem(req.sampling_json)
+               or template_problem(req.template))
     if problem is not None:
         return problem
     for i, message in enumerate(req.messages):
@@ -87,6 +89,28 @@ MAX_SAMPLING_JSON_CHARS = 4096
 # SDK sends it when it asks again after a CACHE_HIT without text; a caller may send it like any label).
 CACHE_LABEL = "cache"
 CACHE_BYPASS = "bypass"
+
+
+def template_problem(template: TemplateRef | None) -> str | None:
+    """The rule over a request's template reference: an id, a positive version, variable names and bounded,
+    NUL-free values (ledgergate.templates renders them; whether the template exists is the gate's to say)."""
+    if template is None:
+        return None
+    problem = id_problem("template.template_id", template.template_id)
+    if problem is not None:
+        return problem
+    if not 1 <= template.version <= 2**31 - 1:
+        return "template.version must be a positive int"
+    if len(template.variables) > templates.VARIABLES_MAX:
+        return f"template.variables holds at most {templates.VARIABLES_MAX} values"
+    for name, value in template.variables.items():
+        if not templates.NAME.fullmatch(name):
+            return f"template.variables: {name[:64]!r} is not a variable name"
+        if "\x00" in value:
+            return f"template.variables[{name}] holds a NUL character"
+    if sum(len(v) for v in template.variables.values()) > templates.VALUE_CHARS_MAX:
+        return f"template.variables total more than {templates.VALUE_CHARS_MAX} characters"
+    return None
 
 
 def sampling_problem(sampling_json: str | None) -> str | None:

@@ -17,6 +17,7 @@ CREDENTIALS = "tenant.credentials"
 DEADLETTER = "deadletter"
 SNAPSHOTS = "budget.snapshots"
 CACHE = "cache.entries"  # the response cache's entries (docs/decisions/0013)
+TEMPLATES = "prompt.templates"  # the tenants' registered prompt templates (ledgergate.templates)
 # The anomaly detector's (a faust app, services/anomaly/): closed windows between its two agents, and the
 # changelogs of its two tables, which faust names <app id>-<table>-changelog.
 ANOMALY_WINDOWS = "anomaly.windows"
@@ -24,4 +25,4 @@ ANOMALY_RATES_CHANGELOG = "ledgergate-anomaly-rates-changelog"
 ANOMALY_BANDS_CHANGELOG = "ledgergate-anomaly-bands-changelog"
 
 ALL = (REQUESTS, COUNTED, PLANNED, COMMANDS, LEDGER, DECISIONS, COMPLETIONS, METERED, ALERTS, AUDIT, CREDENTIALS,
-       DEADLETTER, SNAPSHOTS, CACHE, ANOMALY_WINDOWS, ANOMALY_RATES_CHANGELOG, ANOMALY_BANDS_CHANGELOG)
+       DEADLETTER, SNAPSHOTS, CACHE, TEMPLATES, ANOMALY_WINDOWS, ANOMALY_RATES_CHANGELOG, ANOMALY_BANDS_CHANGELOG)

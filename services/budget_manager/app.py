@@ -59,7 +59,8 @@ def reserve_from_plan(planned: InvocationPlanned) -> decide.Reserve:
         rejection_scope=rejection.binding_scope if rejection else "policy",
         retry_after_ms=rejection.retry_after_ms if rejection else None,
         fail_open_micro_usd_per_min=planned.fail_open_micro_usd_per_min,
-        cache_store=bool(planned.cache_key) and planned.cache_hit is None, cache_hit=planned.cache_hit)
+        cache_store=bool(planned.cache_key) and planned.cache_hit is None, cache_hit=planned.cache_hit,
+        template=planned.template)
 
 
 def settle_from_usage(metered: UsageMetered) -> decide.Settle:

@@ -30,6 +30,7 @@ from ledgergate.events import InvocationCompleted, InvocationCounted, Invocation
 from ledgergate.ids import id_problem, name_problem, printable
 from ledgergate.partitioning import murmur2_partition
 from ledgergate.services.token_counter import core
+from ledgergate.services.token_counter.templates import TemplateStore
 from ledgergate.shared import metrics
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.credentials import TenantCredentials
@@ -43,6 +44,7 @@ from ledgergate.shared.settings import TokenCounterSettings
 from ledgergate.shared.tokenizers import encoding_for_model
 from ledgergate.shared.tracing import Tracing, Untraced
 from ledgergate.signing import key_sequence, message_canonical_bytes
+from ledgergate.templates import TemplateError
 
 MAX_HOME_CACHE = 100_000  # tenant -> partition memo; cleared when full (one murmur2 each to refill)
 
@@ -64,6 +66,9 @@ class TokenCounter:
         self.topic_counted = settings.topic(topics.COUNTED)
         self.topic_metered = settings.topic(topics.METERED)
         self.topic_credentials = settings.topic(topics.CREDENTIALS)
+        self.topic_templates = settings.topic(topics.TEMPLATES)
+        self.templates = TemplateStore()
+        self.template_counts = core.TemplateCounts()
         self.encodings: dict[str, tiktoken.Encoding] = {}
         # request id -> (input tokens, workflow id), bounded: the count fills in a completion without usage,
         # the workflow goes on its usage.metered record (the anomaly detector's per-workflow rates).
@@ -103,13 +108,16 @@ class TokenCounter:
             except LedgergateError as exc:  # the API is the only writer: a bug there, said loudly, not a stop
                 self.log.error("credentials_unreadable", partition=msg.partition(), offset=msg.offset(),
                                error=exc.message)
+        template_ends = self.templates.load(bootstrap, self.topic_templates, partitions)
         self.log.info("credentials_loaded", partitions=partitions,
-                      tenants=sum(len(self.credentials[p]) for p in partitions))
-        return {(self.topic_credentials, p): ends[p] for p in partitions}
+                      tenants=sum(len(self.credentials[p]) for p in partitions), templates=len(self.templates))
+        return {**{(self.topic_credentials, p): ends[p] for p in partitions},
+                **{(self.topic_templates, p): template_ends[p] for p in partitions}}
 
     def revoked(self, partitions: list[int]) -> None:
         for p in partitions:
             self.credentials.pop(p, None)
+        self.templates.revoked(partitions)
 
     def _apply_credentials(self, msg: Message, quiet: bool = False) -> None:
         """The message's tenant state replaces the one held. `quiet` at assignment: a line per tenant there
@@ -201,6 +209,10 @@ class TokenCounter:
                 self._count(msg, out, hop)
         elif topic == self.topic_credentials:
             self._apply_credentials(msg)
+        elif topic == self.topic_templates:
+            template = self.templates.apply(msg)
+            if template is not None:
+                self.log.info("template_applied", template=template.ref, partition=partition_of(msg))
         else:
             with self.tracing.hop("meter", msg) as hop:
                 self._meter(msg, out, hop)
@@ -235,11 +247,19 @@ class TokenCounter:
         else:
             reason = core.validate(req, key_tenant, self.settings.max_messages)
         counted = None
+        template = None
+        if reason is None and req.template is not None:
+            template = self.templates.get(partition_of(msg), req.tenant_id, req.template.ref)
+            if template is None:
+                reason = f"the tenant has no prompt template {req.template.ref}"
         if reason is None:
             try:
-                counted = core.count_request(req, self.encoding_for, self.settings.max_output_tokens)
+                counted = core.count_request(req, self.encoding_for, self.settings.max_output_tokens, template,
+                                             self.template_counts)
             except TokenizerError as exc:
                 reason = exc.message
+            except TemplateError as exc:
+                reason = f"template {template.ref if template else ''}: {exc}"
         if reason is not None:
             # The body's tenant, else the key's; if neither is a valid id (or the request id is not),
             # nobody can be answered: dead-letter it, naming why.
@@ -261,7 +281,7 @@ class TokenCounter:
             req.priority, req.region, req.max_cost_micro_usd, req.labels, req.requested_at_ms, hop.context,
             counted.input_tokens, counted.accounting_input_tokens, counted.encoding, counted.estimated_output_tokens,
             counted.request_sha256, None, time.time_ns() // 1_000_000, cache_key=counted.cache_key,
-            cache_deterministic=counted.cache_deterministic)
+            cache_deterministic=counted.cache_deterministic, template=counted.template)
         hop.describe(body)
         # Re-keyed by the tenant in the body: every later hop and the ledger rely on that key.
         out.emit(self.topic_counted, req.tenant_id.encode(), codec().encode("InvocationCounted", body.to_record()),
@@ -347,4 +367,5 @@ def run(settings: TokenCounterSettings | None = None) -> None:
     # Range assignment (the runtime's default): the credentials it folds must be the same partitions as the
     # requests and completions it reads (co-partitioned), which cooperative-sticky does not promise.
     run_service("token-counter", s, counter, [counter.topic_requests, counter.topic_completions,
-                                              counter.topic_credentials], counter.log, delivery="produce-then-commit")
+                                              counter.topic_credentials, counter.topic_templates], counter.log,
+                delivery="produce-then-commit")

@@ -80,6 +80,7 @@ class Reserve:
     fail_open_micro_usd_per_min: int = 0
     cache_store: bool = False  # the tenant's cache rule stores the answer (carried to the decision)
     cache_hit: CacheHit | None = None  # answered from the response cache: recorded, nothing reserved
+    template: str = ""  # the request's prompt template (<id>@<version>), carried to the reservation
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +223,8 @@ def decide_reserve(state: TenantState, cmd: Reserve, now_ms: int, ttl_ms: int,
                 policy_version=cmd.policy_version, priority=cmd.priority, region=cmd.region,
                 expires_at_ms=now_ms + ttl_ms, request_sha256=cmd.request_sha256,
                 requested_at_ms=cmd.requested_at_ms, tenant_remaining_micro_usd=remaining,
-                fail_open_micro_usd_per_min=cmd.fail_open_micro_usd_per_min, cache_store=cmd.cache_store)]
+                fail_open_micro_usd_per_min=cmd.fail_open_micro_usd_per_min, cache_store=cmd.cache_store,
+                template=cmd.template)]
     # Even the cheapest (last) candidate did not fit; its binding scope is the reason the caller gets.
     assert binding is not None
     reason, scope = binding

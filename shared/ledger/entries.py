@@ -81,6 +81,7 @@ class ReservationPlaced(_ReservationEntry):
     tenant_remaining_micro_usd: int
     fail_open_micro_usd_per_min: int = 0  # the tenant policy's, for the decision (ledgergate.admission)
     cache_store: bool = False  # the tenant's cache rule stores this answer: the decision asks for its text
+    template: str = ""  # the request's prompt template, <template_id>@<version>: spend by template
 
 
 @dataclass(frozen=True, slots=True)

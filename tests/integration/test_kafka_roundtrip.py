@@ -24,7 +24,7 @@ def _request(tenant: str, n: int) -> dict:
         "requested_model": "gpt-4o", "messages": [{"role": "user", "content": "héllo wörld", "name": None}],
         "tools_json": None, "max_output_tokens": 256, "priority": "NORMAL", "region": None,
         "max_cost_micro_usd": None, "labels": {"team": "x"}, "requested_at_ms": 1_700_000_000_000 + n,
-        "trace_context": {}, "sampling_json": None, "signature": None,
+        "trace_context": {}, "sampling_json": None, "template": None, "signature": None,
     }
 
 

@@ -124,7 +124,7 @@ def test_the_canonical_form_is_pinned() -> None:
     assert message[44:52] == codec().schema("InvocationRequested").fingerprint
     assert message[52:] == codec().encode_body("InvocationRequested", request())
     assert SECRET.hex() == "92e8e276b75edb2a4b4121d07a0863482f73005d87dbbd7677c21c251855e1e1"
-    assert hmac_hex(SECRET, message) == "554b358ecb538a6375b09e535ece290ebbdb13cff40b0ebabab9fe3b628b6256"
+    assert hmac_hex(SECRET, message) == "a126c9881c6542dbddc0d3456ed17b8c1300317add3d150c7959e481863cb2ce"
 
 
 def test_a_credential_checks_its_shape_and_never_shows_its_secret() -> None:

@@ -38,7 +38,7 @@ def request(**over: Any) -> dict[str, Any]:
            "tools_json": None, "max_output_tokens": 500, "priority": "NORMAL", "region": None,
            "max_cost_micro_usd": None, "labels": {"team": "search"}, "requested_at_ms": T0,
            "trace_context": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
-           "sampling_json": None, "signature": None}
+           "sampling_json": None, "template": None, "signature": None}
     rec.update(over)
     return rec
 
