@@ -76,6 +76,10 @@ def test_bench_smoke_answers_every_request_and_reports_every_figure(stack: Stack
     assert set(proxied["latency_ms"]) == {"direct", "gate", "proxy", "direct_stream", "proxy_stream"}
     _positive(proxied["cpu_us_per_call"]["proxy"], "proxy")
     assert proxied["proxy"]["gate_ms_p50"] > 0 and len(proxied["proxy"]["overhead_over_gate_ms_p50_ci95"]) == 2
+    cached = r["cache"]  # the cache-on tenant's repeats answered CACHE_HIT; the cache-off tenant never
+    assert cached["hits"] > 0 and cached["hits_of_off"] == 0 and cached["avoided_micro_usd"] > 0, cached
+    _positive(cached["latency_ms"]["on_miss"], "p50")
+    _positive(cached["latency_ms"]["off"], "p50")
     assert long["ledger_entries"] > long["tail_entries"] > 0
     for name in ("budget-manager", "policy"):
         assert long["restored"][name]["snapshot_tenants"] > 0, long["restored"]
@@ -102,9 +106,9 @@ def test_bench_smoke_answers_every_request_and_reports_every_figure(stack: Stack
         assert step["missing"] == 0 and step["decided"] == step["sent"] > 0, step["label"]
     report = cli_report(r)
     for target in ("PostgreSQL row lock", "4 plain relays", "p99 <=", "hot tenant: neither overspends",
-                   "SCALE: the same max search with two instances", "PROXY:", "proxy adds <= 2 ms p50"):
+                   "SCALE: the same max search with two instances", "PROXY:", "proxy adds <= 2 ms p50", "CACHE:"):
         assert target in report, target
     for phase in ("tokenizer", "memory", "echo", "gate", "scale", "baseline", "hot", "hot_baseline", "rebuild",
-                  "proxy"):
+                  "proxy", "cache"):
         assert r["phases"][phase]["wall_s"] > 0
     _positive(r["machine"], "nproc", "memory_gb")
