@@ -4,6 +4,7 @@ keep the entries of the tenants they own). The pure parts are in shared/cache.py
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -13,7 +14,7 @@ from ledgergate.codec import codec
 from ledgergate.connection import KafkaConnection
 from ledgergate.errors import MalformedMessageError
 from ledgergate.shared.cache import CacheEntry, CacheStore
-from ledgergate.shared.kafka.reader import end_offsets, read_to_end
+from ledgergate.shared.kafka.reader import load_state
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(CacheEntry))
 
@@ -55,10 +56,7 @@ def load(connection: KafkaConnection, topic: str, partitions: list[int], store: 
          now_ms: int) -> dict[int, int]:
     """Every live entry of `partitions` into `store`; returns each partition's end offset (where a consumer
     of the topic continues). A record that is not an entry is skipped: the live consumer dead-letters it."""
-    ends = end_offsets(connection, topic, partitions)
-    for msg in read_to_end(connection, topic, partitions, end=ends):
-        try:
+    def put(msg: Message) -> None:
+        with contextlib.suppress(MalformedMessageError):
             apply(store, msg, now_ms)
-        except MalformedMessageError:
-            continue
-    return ends
+    return load_state(connection, topic, partitions, put)

@@ -66,19 +66,24 @@ class CacheRuleModel(BaseModel):
     @field_validator("redact_patterns")
     @classmethod
     def _compiles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for pattern in value:
-            if len(pattern) > 512:
-                raise ValueError("redact_patterns: at most 512 characters each")
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"redact_patterns: {pattern!r} is not a regular expression: {exc}") from None
-        return value
+        return _patterns(value)
 
-    def to_rule(self) -> CacheRule:
+    def to_rule(self, redact_patterns: tuple[str, ...] = ()) -> CacheRule:
+        """`redact_patterns`: the policy's own, which apply to every stored text and so to entries too."""
         workflows = None if self.workflows is None else frozenset(self.workflows)
         return CacheRule(self.enabled, self.ttl_s * 1000, self.max_entry_bytes, self.serve_nondeterministic,
-                         frozenset(self.forbidden_labels), workflows, self.redact_patterns)
+                         frozenset(self.forbidden_labels), workflows, (*redact_patterns, *self.redact_patterns))
+
+
+def _patterns(value: tuple[str, ...]) -> tuple[str, ...]:
+    for pattern in value:
+        if len(pattern) > 512:
+            raise ValueError("redact_patterns: at most 512 characters each")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"redact_patterns: {pattern!r} is not a regular expression: {exc}") from None
+    return value
 
 
 _Rate = Field(default=None, ge=0, le=MAX_PRICE_MICRO_USD_PER_M)
@@ -132,9 +137,17 @@ class Policy(BaseModel):
     # (ledgergate.admission; the client's own setting may only lower it). 0: those calls fail closed.
     fail_open_micro_usd_per_min: int = Field(default=0, ge=0, le=10**12)
     cache: CacheRuleModel = CacheRuleModel()
+    # Regular expressions whose matches are replaced ("[redacted]") in any prompt or answer text before it is
+    # stored where it lasts: a cache entry, a dead letter's original bytes (shared/redaction.py).
+    redact_patterns: tuple[str, ...] = Field(default=(), max_length=REDACTION_PATTERNS_MAX)
     # Negotiated prices by model (catalogue model names); the policy's estimate and the settlement both
     # price through them, and the ledger records the override with each charge (docs/decisions/0012).
     price_overrides: dict[str, PriceOverrideRule] = Field(default_factory=dict, max_length=MAX_PRICE_OVERRIDES)
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _compiles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _patterns(value)
 
     @field_validator("price_overrides")
     @classmethod

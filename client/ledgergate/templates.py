@@ -42,6 +42,12 @@ class Template:
         return f"{self.template_id}@{self.version}"
 
 
+def record_key(tenant_id: str, template_id: str, version: int) -> bytes:
+    """A template version's key on prompt.templates (compacted: one record per version), which the API writes
+    on the tenant's partition and the token-counter reads."""
+    return f"{tenant_id}/{template_id}@{version}".encode()
+
+
 def _parts(text: str) -> list[tuple[str, bool]]:
     """(literal text, False) and (variable name, True) in order; raises on a malformed text."""
     parts: list[tuple[str, bool]] = []

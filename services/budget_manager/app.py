@@ -29,11 +29,12 @@ from ledgergate.shared.kafka.outbox import Outbox
 from ledgergate.shared.kafka.reader import offset_of, partition_of
 from ledgergate.shared.kafka.runtime import run_service
 from ledgergate.shared.ledger import decide
-from ledgergate.shared.ledger.entries import LedgerEntry, ReservationPlaced, ThresholdCrossed, to_record
+from ledgergate.shared.ledger.entries import LedgerEntry, PolicyChanged, ReservationPlaced, ThresholdCrossed, to_record
 from ledgergate.shared.ledger.packing import TenantStore, next_expiry_ms
 from ledgergate.shared.ledger.state import TenantState, balances_view, evolve
 from ledgergate.shared.logging import configure
 from ledgergate.shared.metrics.holds import HoldCounter
+from ledgergate.shared.policy import PolicyError, default_policy, parse_policy
 from ledgergate.shared.settings import BudgetManagerSettings
 from ledgergate.shared.snapshots import restore
 from ledgergate.shared.tracing import Tracing, Untraced
@@ -98,10 +99,13 @@ class BudgetManager:
         self.topic_ledger = settings.topic(topics.LEDGER)
         self.topic_alerts = settings.topic(topics.ALERTS)
         self.topic_snapshots = settings.topic(topics.SNAPSHOTS)
+        self.topic_redaction = settings.topic(topics.REDACTION)
+        self.redactions: dict[str, tuple[int, tuple[str, ...]]] = {}  # tenant -> (policy version, its patterns)
         self.tenants: dict[int, TenantStore] = {}
         self.expiry_heap: list[tuple[int, int, str, str]] = []  # (expires_at_ms, partition, tenant, request)
         self.dirty = False
         self.holds = HoldCounter()  # the open-holds gauges
+        self.base_policy = default_policy()
 
     # --- rebuild -------------------------------------------------------------------------------
 
@@ -200,6 +204,12 @@ class BudgetManager:
             name, record = to_record(entry)
             key = entry.tenant_id.encode()
             out.emit(self.topic_ledger, key, codec().encode(name, record), headers)
+            if isinstance(entry, PolicyChanged):
+                # The token-counter holds no policies: it learns the tenant's redaction from this record.
+                out.emit(self.topic_redaction, key, codec().encode("TenantRedaction", {
+                    "tenant_id": entry.tenant_id, "policy_version": entry.policy_version,
+                    "patterns": list(self._redaction(entry.tenant_id, entry.policy_version, entry.policy_json)),
+                    "changed_at_ms": entry.recorded_at_ms}))
             if isinstance(entry, ThresholdCrossed):
                 out.emit(self.topic_alerts, key, codec().encode("BudgetAlert", {
                     "alert_id": entry.entry_id, "tenant_id": entry.tenant_id, "scope_type": entry.scope_type,
@@ -208,6 +218,27 @@ class BudgetManager:
                     "crossed_at_ms": entry.recorded_at_ms}))
         if entries:
             self.dirty = True
+
+    def _redaction(self, tenant_id: str, version: int, policy_json: str) -> tuple[str, ...]:
+        known = self.redactions.get(tenant_id)
+        if known is not None and known[0] == version:
+            return known[1]
+        try:
+            patterns = parse_policy(policy_json, self.base_policy).redact_patterns if policy_json else ()
+        except PolicyError as exc:
+            self.log.warning("tenant_policy_invalid", tenant_id=tenant_id, error=exc.message)
+            patterns = ()
+        self.redactions[tenant_id] = (version, patterns)
+        return patterns
+
+    def redaction_for(self, msg: Message) -> tuple[str, ...]:
+        """The redact patterns of the message's tenant (its key), for the text a dead letter would keep."""
+        tenant_id = (msg.key() or b"").decode(errors="replace")
+        store = self.tenants.get(partition_of(msg))
+        state = store.get(tenant_id) if store is not None else None
+        if state is None or not state.policy_json:
+            return ()
+        return self._redaction(tenant_id, state.policy_version, state.policy_json)
 
     def idle(self, now_ms: int, out: Outbox) -> None:
         # Bounded per call: after a long stop thousands of holds can be due at once, and requests wait

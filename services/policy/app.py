@@ -45,7 +45,7 @@ class PolicyService:
         self.tracing = Tracing("policy", settings)
         self.prices = prices()
         self.base = default_policy(settings.default_policy_path) if settings.default_policy_path else default_policy()
-        self.base_rule = self.base.cache.to_rule()
+        self.base_rule = self.base.cache.to_rule(self.base.redact_patterns)
         self.topic_counted = settings.topic(topics.COUNTED)
         self.topic_ledger = settings.topic(topics.LEDGER)
         self.topic_planned = settings.topic(topics.PLANNED)
@@ -107,8 +107,14 @@ class PolicyService:
                 # rather than stopping the tenant, and say so.
                 self.log.warning("tenant_policy_invalid", tenant_id=tenant_id, error=exc.message)
                 parsed = self.base
-            cached = self.policies[tenant_id] = (state.policy_version, parsed, parsed.cache.to_rule())
+            cached = self.policies[tenant_id] = (state.policy_version, parsed,
+                                                 parsed.cache.to_rule(parsed.redact_patterns))
         return cached[1], cached[2]
+
+    def redaction_for(self, msg: Message) -> tuple[str, ...]:
+        """The redact patterns of the message's tenant (its key), for the text a dead letter would keep."""
+        tenant_id = (msg.key() or b"").decode(errors="replace")
+        return self._policy(tenant_id, self._state(partition_of(msg), tenant_id))[0].redact_patterns
 
     @staticmethod
     def burn(tenant_id: str, state: TenantState | None, now_ms: int) -> core.Burn:

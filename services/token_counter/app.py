@@ -30,6 +30,7 @@ from ledgergate.events import InvocationCompleted, InvocationCounted, Invocation
 from ledgergate.ids import id_problem, name_problem, printable
 from ledgergate.partitioning import murmur2_partition
 from ledgergate.services.token_counter import core
+from ledgergate.services.token_counter.redaction import RedactionStore
 from ledgergate.services.token_counter.templates import TemplateStore
 from ledgergate.shared import metrics
 from ledgergate.shared.catalogue import prices
@@ -68,6 +69,8 @@ class TokenCounter:
         self.topic_credentials = settings.topic(topics.CREDENTIALS)
         self.topic_templates = settings.topic(topics.TEMPLATES)
         self.templates = TemplateStore()
+        self.topic_redaction = settings.topic(topics.REDACTION)
+        self.redaction = RedactionStore()
         self.template_counts = core.TemplateCounts()
         self.encodings: dict[str, tiktoken.Encoding] = {}
         # request id -> (input tokens, workflow id), bounded: the count fills in a completion without usage,
@@ -109,15 +112,18 @@ class TokenCounter:
                 self.log.error("credentials_unreadable", partition=msg.partition(), offset=msg.offset(),
                                error=exc.message)
         template_ends = self.templates.load(bootstrap, self.topic_templates, partitions)
+        redaction_ends = self.redaction.load(bootstrap, self.topic_redaction, partitions)
         self.log.info("credentials_loaded", partitions=partitions,
                       tenants=sum(len(self.credentials[p]) for p in partitions), templates=len(self.templates))
         return {**{(self.topic_credentials, p): ends[p] for p in partitions},
-                **{(self.topic_templates, p): template_ends[p] for p in partitions}}
+                **{(self.topic_templates, p): template_ends[p] for p in partitions},
+                **{(self.topic_redaction, p): redaction_ends[p] for p in partitions}}
 
     def revoked(self, partitions: list[int]) -> None:
         for p in partitions:
             self.credentials.pop(p, None)
         self.templates.revoked(partitions)
+        self.redaction.revoked(partitions)
 
     def _apply_credentials(self, msg: Message, quiet: bool = False) -> None:
         """The message's tenant state replaces the one held. `quiet` at assignment: a line per tenant there
@@ -141,6 +147,10 @@ class TokenCounter:
             return
         self.log.info("credentials_applied", tenant_id=tenant_id, version=state.version, change=state.change.kind,
                       key_id=state.change.key_id, keys=len(state.keys), mode=state.mode)
+
+    def redaction_for(self, msg: Message) -> tuple[str, ...]:
+        """The redact patterns of the message's tenant (its key), for the text a dead letter would keep."""
+        return self.redaction.patterns(partition_of(msg), (msg.key() or b"").decode(errors="replace"))
 
     def _keys(self, msg: Message, tenant_id: str) -> core.TenantKeys | None:
         return self.credentials.get(partition_of(msg), {}).get(tenant_id)
@@ -209,6 +219,8 @@ class TokenCounter:
                 self._count(msg, out, hop)
         elif topic == self.topic_credentials:
             self._apply_credentials(msg)
+        elif topic == self.topic_redaction:
+            self.redaction.apply(msg)
         elif topic == self.topic_templates:
             template = self.templates.apply(msg)
             if template is not None:
@@ -367,5 +379,6 @@ def run(settings: TokenCounterSettings | None = None) -> None:
     # Range assignment (the runtime's default): the credentials it folds must be the same partitions as the
     # requests and completions it reads (co-partitioned), which cooperative-sticky does not promise.
     run_service("token-counter", s, counter, [counter.topic_requests, counter.topic_completions,
-                                              counter.topic_credentials, counter.topic_templates], counter.log,
+                                              counter.topic_credentials, counter.topic_templates,
+                                              counter.topic_redaction], counter.log,
                 delivery="produce-then-commit")

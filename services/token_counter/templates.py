@@ -9,13 +9,8 @@ from confluent_kafka import Message
 from ledgergate.codec import codec
 from ledgergate.connection import KafkaConnection
 from ledgergate.errors import MalformedMessageError
-from ledgergate.shared.kafka.reader import end_offsets, partition_of, read_to_end
-from ledgergate.templates import Template
-
-
-def record_key(tenant_id: str, template_id: str, version: int) -> bytes:
-    """The compaction key: one record per tenant, template and version (on the tenant's partition)."""
-    return f"{tenant_id}/{template_id}@{version}".encode()
+from ledgergate.shared.kafka.reader import load_state, partition_of
+from ledgergate.templates import Template, record_key
 
 
 class TemplateStore:
@@ -27,10 +22,7 @@ class TemplateStore:
         """Every template of `partitions`; their end offsets, where the live consumer continues."""
         for p in partitions:
             self.partitions[p] = {}
-        ends = end_offsets(connection, topic, partitions)
-        for msg in read_to_end(connection, topic, partitions, end=ends):
-            self.apply(msg)
-        return ends
+        return load_state(connection, topic, partitions, self.apply)
 
     def revoked(self, partitions: list[int]) -> None:
         for p in partitions:

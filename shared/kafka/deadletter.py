@@ -16,11 +16,14 @@ ERROR_MESSAGE_MAX_CHARS = 2000
 ERROR_HEADER_MAX_CHARS = 500
 
 
-def dead_letter(msg: Message, service: str, code: str, message: str) -> tuple[bytes, Headers]:
-    """(DeadLetter value, headers) for a message `service` could not handle, with its error code and text."""
+def dead_letter(msg: Message, service: str, code: str, message: str,
+                original: bytes | None = None) -> tuple[bytes, Headers]:
+    """(DeadLetter value, headers) for a message `service` could not handle, with its error code and text.
+    `original`: the bytes to keep instead of the message's (its tenant's redaction, shared/redaction.py)."""
     partition, offset = msg.partition(), msg.offset()
     assert partition is not None and offset is not None, "a consumed message has coordinates"
-    return dead_letter_at(msg.topic() or "", partition, offset, msg.key(), msg.value(), service, code, message)
+    return dead_letter_at(msg.topic() or "", partition, offset, msg.key(),
+                          msg.value() if original is None else original, service, code, message)
 
 
 def dead_letter_at(topic: str, partition: int, offset: int, key: bytes | None, original: bytes | None, service: str,

@@ -46,4 +46,7 @@ class Handler(Protocol):
         """Decode, decide, evolve, emit. Raise LedgergateError for input that cannot be processed."""
 
     def idle(self, now_ms: int, out: Outbox) -> None:
-        """Called about every `idle_interval_ms` inside a transaction (expiry, periodic work)."""
+        """Called about every `idle_interval_ms` inside a transaction (expiry, periodic work).
+
+        Optional, not part of the protocol: `redaction_for(msg) -> Sequence[str]`, the redact patterns of the
+        message's tenant, applied to its bytes before a dead letter keeps them (shared/redaction.py)."""

@@ -7,7 +7,7 @@ replay tools. Reads only committed transactions, like every ledgergate consumer.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -125,6 +125,17 @@ def read_to_end(connection: KafkaConnection, topic: str, partitions: list[int], 
                                        f"{stall_timeout_s:.0f} s (an open transaction?)")
     finally:
         consumer.close()
+
+
+def load_state(connection: KafkaConnection, topic: str, partitions: list[int],
+               apply: Callable[[Message], object]) -> dict[int, int]:
+    """Every record of a compacted state topic's `partitions` handed to `apply`, oldest first; returns each
+    partition's end offset, where the service's live consumer of the topic continues (its `assigned` returns
+    them as start offsets)."""
+    ends = end_offsets(connection, topic, partitions)
+    for msg in read_to_end(connection, topic, partitions, end=ends):
+        apply(msg)
+    return ends
 
 
 def last_message(connection: KafkaConnection, topic: str, partition: int, lookback: int = 64) -> Message | None:

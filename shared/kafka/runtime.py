@@ -57,6 +57,7 @@ from ledgergate.shared.kafka.options import RuntimeOptions, options_for
 from ledgergate.shared.kafka.outbox import Handler, Outbox
 from ledgergate.shared.kafka.reader import offset_of, partition_of, topic_of
 from ledgergate.shared.kafka.transaction import KafkaTransaction
+from ledgergate.shared.redaction import redact_bytes
 from ledgergate.shared.settings import ServiceSettings
 
 CLOSE_TIMEOUT_MS = 30_000
@@ -348,9 +349,24 @@ class StreamRuntime:
             self.health.turned()
             time.sleep(min(left_ms, 200) / 1000)
 
+    def _redacted(self, msg: Message) -> bytes | None:
+        """The message's bytes after its tenant's redaction, when the handler knows the tenant's patterns
+        (an optional `redaction_for(msg) -> patterns` on the handler); None keeps them as they are."""
+        redaction_for = getattr(self.handler, "redaction_for", None)
+        value = msg.value()
+        if redaction_for is None or not value:
+            return None
+        try:
+            patterns = redaction_for(msg)
+            return redact_bytes(value, patterns) if patterns else None
+        except Exception as exc:  # never lose the dead letter over its redaction: withhold the text
+            self.log.error("redaction_failed", topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
+                           error=repr(exc)[:200])
+            return b""
+
     def _dead_letter(self, msg: Message, exc: Exception, note: str, out: Outbox) -> None:
         code, message = error_code(exc)
         self.log.info("dead_lettered", topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), error=code)
         metrics.dead_lettered(code)
-        envelope, headers = dead_letter(msg, self.options.service, code, f"{note}{message}")
+        envelope, headers = dead_letter(msg, self.options.service, code, f"{note}{message}", self._redacted(msg))
         out.emit(self.options.deadletter_topic, msg.key(), envelope, headers)

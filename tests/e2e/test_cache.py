@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from ledgergate import topics
+from ledgergate.codec import codec
 from tests.e2e.conftest import Gate
 
 USD = 1_000_000
@@ -121,3 +122,31 @@ def test_a_policy_change_invalidates_the_tenants_entries(gate_module: Gate) -> N
         return d
     miss = _until("a miss under the new policy version", after_change)
     assert miss["outcome"] == "ALLOW" and miss["cache_store"] and miss["policy_version"] > 0
+
+
+CARD = r"\b\d{4}-\d{4}-\d{4}-\d{4}\b"
+
+
+def test_a_tenants_redaction_reaches_the_dead_letters_of_the_token_counter(gate_module: Gate) -> None:
+    """The token-counter holds no policies: it learns the tenant's patterns from tenant.redaction, which the
+    budget-manager writes as it appends the PolicyChanged; a completion it must refuse is dead-lettered with
+    its text redacted."""
+    gate = gate_module
+    tenant = _tenant(gate, {"redact_patterns": [CARD]})
+    _until("the tenant's redaction on tenant.redaction", lambda: next(
+        (r for _, name, r in gate.read(topics.REDACTION) if name == "TenantRedaction" and r["tenant_id"] == tenant),
+        None))
+
+    def refused() -> dict[str, Any] | None:
+        request_id = f"bad-{uuid.uuid4().hex[:8]}"
+        # A model name with a NUL: the token-counter refuses the completion (a dead letter, never metered).
+        gate.client.complete(tenant, request_id, "gpt\x00-4o", USAGE, completion_text="card 4111-1111-1111-1111 ok")
+        gate.client.flush(10)
+        time.sleep(0.5)
+        for letter in gate.dead_letters():
+            _, original = codec().decode(letter["original_value"])
+            if original["request_id"] == request_id:
+                return original if original["completion_text"] == "card [redacted] ok" else None
+        return None
+    original = _until("a dead letter with the card redacted", refused, timeout_s=60)
+    assert original["tenant_id"] == tenant and "4111" not in original["completion_text"]
