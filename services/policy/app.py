@@ -20,7 +20,7 @@ from ledgergate.errors import MalformedMessageError
 from ledgergate.events import CacheHit, InvocationCounted, InvocationPlanned, PlanRejection, UsageMetered
 from ledgergate.services.policy import core
 from ledgergate.services.policy.cache import PolicyCache
-from ledgergate.shared import cache_topic
+from ledgergate.shared import cache_topic, metrics
 from ledgergate.shared.cache import CacheRule
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.kafka.headers import stamped
@@ -78,7 +78,8 @@ class PolicyService:
                 self.cache.store.forget(tenant_id)
 
     def idle(self, now_ms: int, out: Outbox) -> None:
-        pass
+        store = self.cache.store
+        metrics.cache_held(len(store), store.size_bytes, store.evictions, store.expirations)
 
     def _fold(self, msg: Message) -> None:
         name, rec = codec().decode(msg.value())

@@ -99,7 +99,7 @@ class Router:
             self.chains.pop(p, None)
 
     def idle(self, now_ms: int, out: Outbox) -> None:
-        pass
+        metrics.cache_held(len(self.cache), self.cache.size_bytes, self.cache.evictions, self.cache.expirations)
 
     def _remember(self, entry_id: str, decision: GateDecision) -> None:
         if self.settings.remembered_decisions == 0:

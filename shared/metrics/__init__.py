@@ -77,6 +77,13 @@ class Metrics:
                                    "(CacheHitRecorded ledger entries), by requested model.", ("model", *t)))
         self.cache_saved = Counts(S(p + "cache_saved_micro_usd_total", "What cache hits avoided spending, micro-USD "
                                     "(the cost of the calls that produced their entries).", ("model", *t)))
+        # --- the response cache's memory (policy, router)
+        self.cache_entries = Gauges(S(p + "cache_entries", "Response-cache entries held in memory."))
+        self.cache_bytes = Gauges(S(p + "cache_bytes", "Bytes of response-cache entries held in memory (bounded "
+                                    "by LEDGERGATE_CACHE_BYTES_MAX)."))
+        self.cache_evictions = Counts(S(p + "cache_evictions_total", "Entries evicted for room (least recently "
+                                        "used first), and entries dropped as expired or of an older policy.",
+                                        ("why",)))
         self.thresholds = Counts(S(p + "threshold_alerts_total", "Budget thresholds crossed (each a budget.alerts "
                                    "record).", ("scope_type", "threshold_pct")))
         self.open = Gauges(S(p + "reservations_open", "Holds open on each owned ledger partition.", ("partition",)))
@@ -261,6 +268,19 @@ def observe_ledger_entry(entry: Any, tier_of: Any) -> None:
         m.thresholds.add((entry.scope_type, str(entry.threshold_pct)))
 
 
+def cache_held(entries: int, size_bytes: int, evictions: int, expirations: int) -> None:
+    """The response cache's state in this process (its running eviction and expiry counts, made monotonic)."""
+    m = _active
+    if m is None:
+        return
+    m.cache_entries.set((), entries)
+    m.cache_bytes.set((), size_bytes)
+    for why, total in (("evicted", evictions), ("expired", expirations)):
+        seen = m.cache_evictions.values.get((why,), 0)
+        if total > seen:
+            m.cache_evictions.add((why,), total - seen)
+
+
 def holds_changed(partition: int, count: int, amount_micro_usd: int) -> None:
     """Holds opened (positive) or closed (negative) on a partition's tenants."""
     m = _active
@@ -323,6 +343,22 @@ def observe_http(method: str, route: str, status: int, seconds: float) -> None:
         m.http_latency.observe((method, route), seconds)
 
 
-__all__ = ["Metrics", "active", "configure", "consumer_options", "dead_lettered", "holds_changed", "holds_forget",
-           "observe_alert", "observe_batch", "observe_decision", "observe_http", "observe_ledger_entry",
-           "observe_rebuild", "observe_usage", "render", "transaction"]
+__all__ = [
+    "Metrics",
+    "active",
+    "cache_held",
+    "configure",
+    "consumer_options",
+    "dead_lettered",
+    "holds_changed",
+    "holds_forget",
+    "observe_alert",
+    "observe_batch",
+    "observe_decision",
+    "observe_http",
+    "observe_ledger_entry",
+    "observe_rebuild",
+    "observe_usage",
+    "render",
+    "transaction",
+]
