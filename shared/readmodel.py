@@ -281,7 +281,8 @@ def alerts(conn: psycopg.Connection, tenant_id: str, *, page: Keyset, limit: int
 
 # --- usage ---------------------------------------------------------------------------------------
 
-UsageGroup = Literal["tenant", "model", "tier", "workflow", "day", "settled_day", "estimated", "fail_open"]
+UsageGroup = Literal["tenant", "model", "tier", "workflow", "day", "settled_day", "estimated", "fail_open",
+                     "template"]
 UsageKey = str | int | bool
 # Trusted SQL per grouping: callers pick a key of this map, never write the expression.
 USAGE_GROUPS: dict[UsageGroup, str] = {
@@ -296,6 +297,13 @@ USAGE_GROUPS: dict[UsageGroup, str] = {
     "estimated": "estimated",  # bool
     # text: calls made without a decision while the gate was away (ledgergate.admission), apart from the rest
     "fail_open": "CASE WHEN fail_open THEN 'fail_open' ELSE 'decided' END",
+    # text: the prompt template the request named, "<template_id>@<version>", from its ReservationPlaced (the
+    # settlement does not carry it; as the projector takes the tier, services/projector/sql.py), "(none)"
+    # without one (not an id: ledgergate.ids allows no parentheses). One probe of 0002's ledger_entries_request
+    # index (tenant_id, request_id) per usage row.
+    "template": "coalesce(nullif((SELECT le.body ->> 'template' FROM ledger_entries le "
+                "WHERE le.tenant_id = usage.tenant_id AND le.request_id = usage.request_id "
+                "AND le.entry_type = 'ReservationPlaced' ORDER BY le.source_offset DESC LIMIT 1), ''), '(none)')",
 }
 
 
@@ -392,7 +400,7 @@ def cache_hit_sums(conn: psycopg.Connection, group_by: Sequence[CacheHitGroup] =
 
 # --- spend: settled usage beside what cache hits saved ----------------------------------------------
 
-SpendGroup = Literal["model", "tier", "workflow", "day", "fail_open"]
+SpendGroup = Literal["model", "tier", "workflow", "day", "fail_open", "template"]
 # The spend groupings a cache hit has too.
 _HIT_GROUPING: dict[SpendGroup, CacheHitGroup] = {"model": "model", "workflow": "workflow", "day": "day"}
 
@@ -416,8 +424,8 @@ def spend_sums(conn: psycopg.Connection, group_by: SpendGroup, *, tenant_id: str
                to_ms: int | None = None, workflow_id: str | None = None) -> list[SpendSums]:
     """A tenant's settled usage per group of `group_by` (as usage_sums), and for model, workflow and day the
     cache hits of the same range and group beside it: a key with hits and no settled usage is a row of zero
-    spend. Ordered by key, in the database's order. Tier and fail_open rows carry no hits (cache_hit_sums
-    without grouping has their totals)."""
+    spend. Ordered by key, in the database's order. Tier, fail_open and template rows carry no hits (a
+    CacheHitRecorded names no tier or template; cache_hit_sums without grouping has their totals)."""
     hit_group = _HIT_GROUPING.get(group_by)
     if hit_group is None:
         return [SpendSums(str(u.key[0]), u.requests, u.input_tokens, u.cached_input_tokens, u.output_tokens,

@@ -36,7 +36,9 @@ from ledgergate.services.api.routes import (
     ledger,
     policies,
     reports,
+    templates,
 )
+from ledgergate.services.api.templates import TemplateRegistry
 from ledgergate.shared import db, metrics
 from ledgergate.shared.logging import configure
 from ledgergate.shared.settings import ApiSettings
@@ -48,8 +50,9 @@ Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`. A tenant 
 own tenant (read-only unless created with write access); an admin key reaches every tenant.
 Writes answer **202** with a command id: the budget-manager applies the command asynchronously and the
 read model shows its effect once the projector has caught up. Money is integer micro-USD.
-Signing credentials (`/v1/tenants/{tenant_id}/credentials`) are the exception: the API is their writer,
-and a change is published to the gate before it is answered.
+Signing credentials (`/v1/tenants/{tenant_id}/credentials`) and prompt templates
+(`/v1/tenants/{tenant_id}/templates`) are the exception: the API is their writer, and a change is published
+to the gate before it is answered.
 """
 
 
@@ -84,18 +87,20 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         pool.open(wait=False)
         publisher = CommandPublisher(settings, settings.api_command_timeout_s)
         app.state.settings, app.state.pool, app.state.publisher = settings, pool, publisher
+        app.state.templates = TemplateRegistry(settings, settings.api_command_timeout_s)
         log.info("api_started", host=settings.api_host, port=settings.api_port, topic_prefix=settings.topic_prefix)
         try:
             yield
         finally:
+            app.state.templates.close()
             publisher.close()
             pool.close()
             log.info("api_stopped")
 
     app = FastAPI(title="ledgergate", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
-    for module in (health, budgets, policies, credentials, balances, ledger, decisions, reports, alerts, admin,
-                   dashboard):
+    for module in (health, budgets, policies, credentials, templates, balances, ledger, decisions, reports, alerts,
+                   admin, dashboard):
         app.include_router(module.router)
     # The dashboard's scripts, styles and the vendored chart library, from this package (never a CDN).
     app.mount("/dashboard/assets", StaticFiles(directory=dashboard.STATIC_DIR), name="dashboard-assets")

@@ -3,12 +3,13 @@ outputs are `*Public` and never carry secrets, except `ApiKeyCreated`, which sho
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from ledgergate.ids import ID_PATTERN, MAX_ID_CHARS, MAX_NAME_CHARS, name_problem
+from ledgergate import templates
+from ledgergate.ids import ID_PATTERN, MAX_ID_CHARS, MAX_NAME_CHARS, id_problem, name_problem
 
 # The budget-manager's bound (a billion dollars): the API refuses what the ledger would reject.
 from ledgergate.shared.ledger.decide import MAX_AMOUNT_MICRO_USD
@@ -161,7 +162,7 @@ class SpendRow(BaseModel):
     reasoning_tokens: int
     spend_micro_usd: int
     cache_hits: int = Field(default=0, description="requests answered from the response cache (group_by model, "
-                                                   "workflow, day; 0 for tier and fail_open)")
+                                                   "workflow, day; 0 for tier, fail_open and template)")
     saved_micro_usd: int = Field(default=0, description="what those cache hits avoided (same groupings)")
 
 
@@ -282,3 +283,59 @@ class CredentialEventPublic(BaseModel):
     mode: AuthModeIn | None = Field(description="the tenant's mode after the change")
     by: str
     at_ms: int
+
+
+# --- prompt templates (services/api/templates.py) -----------------------------------------------------------
+
+TemplateRole = Literal["system", "user", "developer"]
+assert get_args(TemplateRole) == templates.ROLES, "TemplateRole must list ledgergate.templates.ROLES"
+TEMPLATE_VERSION_MAX = 2**31 - 1  # the PromptTemplate record's Avro int
+
+
+def _template_id(value: str) -> str:
+    if problem := id_problem("template_id", value):
+        raise PydanticCustomError("invalid_id", problem)
+    return value
+
+
+_TEMPLATE_WHITESPACE = frozenset("\n\r\t")
+
+
+def _template_text(value: str) -> str:
+    """ledgergate.templates' rule, and the API's own over every string it accepts: printable text, here with
+    newlines and tabs (a prompt has lines). No control or format character (an ANSI escape, a bidi override)
+    reaches the gate's prompts or a listing through a template."""
+    if not value.isprintable():  # the common case, a line break, costs one more pass
+        for at, char in enumerate(value):
+            if not char.isprintable() and char not in _TEMPLATE_WHITESPACE:
+                raise PydanticCustomError("invalid_text", f"a template's text holds the non-printable character "
+                                          f"{char!r} at character {at}: printable text, newlines and tabs only")
+    try:
+        templates.variables(value)
+    except templates.TemplateError as exc:  # what is wrong and where: "a lone '{' at character 3: ..."
+        raise PydanticCustomError("invalid_template", str(exc)) from None
+    return value
+
+
+class TemplateCreate(_Input):
+    """Register a version of a prompt template; a version is immutable (a change is a new version)."""
+
+    template_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_template_id)]
+    version: Annotated[int, Field(strict=True, ge=1, le=TEMPLATE_VERSION_MAX)]
+    text: Annotated[str, Field(min_length=1, max_length=templates.TEMPLATE_CHARS_MAX,
+                               description="`{name}` marks a variable (lower case, digits, _), `{{` and `}}` a "
+                                           f"literal brace; at most {templates.VARIABLES_MAX} variables"),
+                    AfterValidator(_template_text)]
+    role: TemplateRole = Field(default="system", description="the role of the message it renders to")
+
+
+class TemplatePublic(BaseModel):
+    tenant_id: str
+    template_id: str
+    version: int
+    ref: str = Field(description="<template_id>@<version>: what ledger entries carry and group_by=template shows")
+    role: str
+    text: str
+    variables: list[str] = Field(description="the variables its text names, in order of first use")
+    registered_at_ms: int
+    registered_by: str

@@ -59,11 +59,12 @@ PERIODS = ["9999-12", "0000-01", "٢٠٢٤-٠١", "2024-00", "2024-1", "2024-01\
 
 # Plausible values for the parameters not under attack, so the hostile one decides the answer.
 PATH_VALUES = {"tenant_id": A, "request_id": "req-1", "key_id": "0123456789ab",
-               "credential_id": "lgc_1_0123456789abcdef"}
+               "credential_id": "lgc_1_0123456789abcdef", "template_id": "faq", "version": "1"}
 BODIES: dict[str, Any] = {"budgets": {"limit_micro_usd": 1}, "raise": {"amount_micro_usd": 1},
                           "lower": {"amount_micro_usd": 1}, "credits": {"amount_micro_usd": 1}, "void": {},
                           "policy": {"max_output_tokens": 100}, "api-keys": {"tenant_id": A},
-                          "credentials": {"name": "hostile"}, "mode": {"mode": "OPTIONAL"}}
+                          "credentials": {"name": "hostile"}, "mode": {"mode": "OPTIONAL"},
+                          "templates": {"template_id": "faq", "version": 1, "text": "Hello {name}"}}
 # Keys worth attacking in a body that is a free-form document (PUT /policy): the policy schema's.
 DOCUMENT_KEYS = {"policy": list(Policy.model_fields)}
 

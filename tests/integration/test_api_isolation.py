@@ -29,11 +29,13 @@ pytestmark = pytest.mark.integration
 H = Keys.h
 # Plausible values for the other path parameters, so only the tenant can make the answer differ.
 PATH_VALUES = {"request_id": "req-shared", "key_id": "0123456789ab",  # req-shared: both tenants have it
-               "credential_id": "lgc_1_0123456789abcdef"}  # seeded below for both tenants
+               "credential_id": "lgc_1_0123456789abcdef",  # seeded below for both tenants
+               "template_id": "faq", "version": "1"}  # B's POST below registers it before B's GET reads it
 # A valid body per write route: the refusal must come from the tenant check, not from validation.
 BODIES = {"budgets": {"limit_micro_usd": 1}, "raise": {"amount_micro_usd": 1}, "lower": {"amount_micro_usd": 1},
           "credits": {"amount_micro_usd": 1}, "void": {}, "policy": {"max_output_tokens": 100},
-          "credentials": {}, "mode": {"mode": "REQUIRED"}}
+          "credentials": {}, "mode": {"mode": "REQUIRED"},
+          "templates": {"template_id": "faq", "version": 1, "text": "Hello {name}"}}
 # The dashboard's page is static (its figures come from the tenant routes, with the key typed into it).
 # /metrics, like /healthz, is for the scraper: the API's families are labelled by route template, never a
 # tenant (tests/integration/test_api_metrics.py checks no tenant id is in it).
@@ -123,3 +125,7 @@ def test_tenant_b_cannot_reach_tenant_a_through_any_route(api: TestClient, api_d
     states = [codec().decode(m.value())[1]
               for m in read_to_end(kafka.kafka_connection, kafka.topic(topics.CREDENTIALS), list(range(6)))]
     assert states and {s["tenant_id"] for s in states} == {B}
+    # Nor any template: every record on prompt.templates is B's.
+    registered = [codec().decode(m.value())[1]
+                  for m in read_to_end(kafka.kafka_connection, kafka.topic(topics.TEMPLATES), list(range(6)))]
+    assert registered and {t["tenant_id"] for t in registered} == {B}

@@ -1,8 +1,9 @@
 """Spend reports from the `usage` read model (one row per settled request, migration 0002): settled cost
-and tokens grouped by model, tier, workflow or UTC day, as JSON or CSV; beside them, from `cache_hits` (one
-row per request answered from the response cache, migration 0006), the hits and what they saved. Rows carry
-hits for group_by model, workflow and day (a key with hits only is a row of zero spend); for tier and
-fail_open, which a hit does not have, rows carry 0 and only the report's totals count them."""
+and tokens grouped by model, tier, workflow, UTC day, fail_open or prompt template ("<id>@<version>", "(none)"),
+as JSON or CSV; beside them, from `cache_hits` (one row per request answered from the response cache, migration
+0006), the hits and what they saved. Rows carry hits for group_by model, workflow and day (a key with hits
+only is a row of zero spend); for tier, fail_open and template, which a hit does not have, rows carry 0 and
+only the report's totals count them."""
 
 from __future__ import annotations
 
@@ -64,17 +65,18 @@ def to_csv(report: SpendReport) -> str:
 
 
 @router.get("/spend", response_model=SpendReport,
-            summary="Settled spend grouped by model, tier, workflow, day or fail_open (decided or not), and what "
-                    "cache hits saved (per row for model, workflow and day; in the totals only for tier and "
-                    "fail_open)",
+            summary="Settled spend grouped by model, tier, workflow, day, fail_open (decided or not) or template "
+                    "(<id>@<version>, or (none)), and what cache hits saved (per row for model, workflow and day; "
+                    "in the totals only for tier, fail_open and template)",
             responses={200: {"content": {"text/csv": {}}}})
 def spend_report(tenant_id: ReadableTenant, db: DbConn,
-                 group_by: Annotated[Literal["model", "tier", "workflow", "day", "fail_open"], Query()] = "model",
+                 group_by: Annotated[Literal["model", "tier", "workflow", "day", "fail_open", "template"],
+                                     Query()] = "model",
                  period: Period = None,
                  from_ms: FromMs = None, to_ms: ToMs = None, workflow: FilterId = None,
                  format: Annotated[Literal["json", "csv"], Query()] = "json") -> SpendReport | Response:
     lo, hi = report_range(period, from_ms, to_ms, time.time_ns() // 1_000_000)
-    # group_by only picks one of readmodel.USAGE_GROUPS' trusted expressions; every one of these five is text.
+    # group_by only picks one of readmodel.USAGE_GROUPS' trusted expressions; every one of these six is text.
     sums = readmodel.spend_sums(db, group_by, tenant_id=tenant_id, from_ms=lo, to_ms=hi, workflow_id=workflow)
     [hits] = readmodel.cache_hit_sums(db, tenant_id=tenant_id, from_ms=lo, to_ms=hi, workflow_id=workflow)
     report = SpendReport(
