@@ -10,8 +10,14 @@ import time
 import uuid
 from typing import Any
 
+import psycopg
+
 from ledgergate import topics
 from ledgergate.codec import codec
+from ledgergate.services.api.templates import TemplateRegistry
+from ledgergate.shared.settings import PostgresSettings
+from ledgergate.shared.tokenizers import count_chat
+from ledgergate.templates import Template, messages_with
 from tests.e2e.conftest import Gate
 
 USD = 1_000_000
@@ -150,3 +156,39 @@ def test_a_tenants_redaction_reaches_the_dead_letters_of_the_token_counter(gate_
         return None
     original = _until("a dead letter with the card redacted", refused, timeout_s=60)
     assert original["tenant_id"] == tenant and "4111" not in original["completion_text"]
+
+
+def test_a_request_naming_a_template_is_rendered_counted_and_reserved_under_it(
+        gate_module: Gate, postgres: PostgresSettings) -> None:
+    """The API's registry writes the version; the token-counter renders it as the first message, counts it
+    exactly, and the reservation names it (spend by template); an unknown version or a missing value is a
+    DENY invalid_request naming it."""
+    gate = gate_module
+    tenant = _tenant(gate, {})
+    text = "You answer questions about {product} for the {team} team. Be brief."
+    registry = TemplateRegistry(gate.kafka, timeout_s=10)
+    try:
+        with psycopg.connect(postgres.pg_dsn, autocommit=True) as conn:
+            registry.register(conn, tenant, "faq", 1, text, "system", "e2e")
+    finally:
+        registry.close()
+    values = {"product": "ledgergate", "team": "finance"}
+    ask = [{"role": "user", "content": "What is a reservation?"}]
+
+    def decided() -> dict[str, Any] | None:  # the token-counter reads the new version live
+        d = gate.client.request(tenant, ask, "gpt-4o-mini", 32, template=("faq", 1, values), timeout_s=30)
+        return None if d["outcome"] == "DENY" else d  # invalid_request until it has the version
+    d = _until("the template to reach the token-counter", decided)
+    assert d["outcome"] == "ALLOW", d
+    placed = next(r for _, name, r in gate.ledger()
+                  if name == "ReservationPlaced" and r["request_id"] == d["request_id"])
+    rendered = messages_with(Template("faq", 1, text), values, ask)
+    assert placed["template"] == "faq@1" and placed["input_tokens"] == count_chat(rendered, "gpt-4o-mini")
+
+    unknown = gate.client.request(tenant, ask, "gpt-4o-mini", 32, template=("faq", 2, values), timeout_s=30)
+    short = gate.client.request(tenant, ask, "gpt-4o-mini", 32, template=("faq", 1, {"product": "x"}), timeout_s=30)
+    for denied, says in ((unknown, "faq@2"), (short, "missing")):
+        assert denied["outcome"] == "DENY" and denied["reason_codes"] == ["invalid_request"], denied
+        details = [r["detail"] for _, name, r in gate.ledger()
+                   if name == "ReservationDenied" and r["request_id"] == denied["request_id"]]
+        assert details and says in details[0], details
