@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from ledgergate.shared import readmodel
+from ledgergate.shared import readmodel_usage
 from ledgergate.shared.errors import UsageTableError
 from ledgergate.shared.units import MS_PER_DAY, day_start_ms, utc_day
 
@@ -49,22 +49,22 @@ def _connect(dsn: str) -> psycopg.Connection:
 
 def _unavailable(conn: psycopg.Connection) -> str | None:
     """Why the table cannot serve, or None when it can."""
-    columns = readmodel.usage_columns(conn)
+    columns = readmodel_usage.usage_columns(conn)
     if columns is None:
         return "PostgreSQL has no usage table (projector migrations not applied?)"
     missing = NEEDED - columns
     return f"usage table lacks columns {sorted(missing)}" if missing else None
 
 
-def _usage_sums(dsn: str, group_by: tuple[readmodel.UsageGroup, ...], **filters: Any
-                ) -> tuple[list[readmodel.UsageSums] | None, str | None]:
+def _usage_sums(dsn: str, group_by: tuple[readmodel_usage.UsageGroup, ...], **filters: Any
+                ) -> tuple[list[readmodel_usage.UsageSums] | None, str | None]:
     """The read model's usage sums, or (None, why the table cannot answer)."""
     try:
         with _connect(dsn) as conn:
             why = _unavailable(conn)
             if why is not None:
                 return None, why
-            return readmodel.usage_sums(conn, group_by, **filters), None
+            return readmodel_usage.usage_sums(conn, group_by, **filters), None
     except psycopg.Error as exc:
         raise UsageTableError(f"querying the usage table failed: {exc}") from exc
 

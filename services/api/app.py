@@ -87,12 +87,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         pool.open(wait=False)
         publisher = CommandPublisher(settings, settings.api_command_timeout_s)
         app.state.settings, app.state.pool, app.state.publisher = settings, pool, publisher
-        app.state.templates = TemplateRegistry(settings, settings.api_command_timeout_s)
+        app.state.templates = TemplateRegistry(settings, publisher)
         log.info("api_started", host=settings.api_host, port=settings.api_port, topic_prefix=settings.topic_prefix)
         try:
             yield
         finally:
-            app.state.templates.close()
             publisher.close()
             pool.close()
             log.info("api_stopped")

@@ -52,7 +52,7 @@ class CommandPublisher:
         cmd = replace(cmd, issued_by=issued_by)
         command_id = cmd.command_id
         # Keyed by tenant: commands land on the tenant's partition, where its budget-manager owns it.
-        self._send(self.topic, cmd.tenant_id, cmd.encode(), command_id, f"command {command_id}")
+        self.send(self.topic, cmd.tenant_id.encode(), cmd.encode(), command_id, f"command {command_id}")
         log().info("command_published", tenant_id=cmd.tenant_id, command_id=command_id, kind=cmd.kind,
                   issued_by=issued_by)
         return command_id
@@ -62,9 +62,12 @@ class CommandPublisher:
         the tenant's row lock meanwhile, so the partition holds the states in the order they were made)."""
         value = codec().encode("TenantCredentials", state.to_record())
         label = f"credentials v{state.version} of tenant {state.tenant_id}"
-        self._send(self.topic_credentials, state.tenant_id, value, f"credentials-v{state.version}", label)
+        self.send(self.topic_credentials, state.tenant_id.encode(), value, f"credentials-v{state.version}", label)
 
-    def _send(self, topic: str, tenant_id: str, value: bytes, header_id: str, label: str) -> None:
+    def send(self, topic: str, key: bytes, value: bytes, header_id: str, label: str,
+             partition: int | None = None) -> None:
+        """Produce one record and wait for Kafka's acknowledgement; Unavailable (503) when it does not come.
+        `partition`: pinned (a record keyed by more than its tenant, on the tenant's partition)."""
         delivered: Future[None] = Future()
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
@@ -74,8 +77,9 @@ class CommandPublisher:
                 delivered.set_exception(KafkaException(err))
 
         try:
-            self._producer.produce(topic, key=tenant_id.encode(), value=value, on_delivery=on_delivery,
-                                   headers=[("request_id", header_id.encode())])
+            self._producer.produce(topic, key=key, value=value, on_delivery=on_delivery,
+                                   headers=[("request_id", header_id.encode())],
+                                   partition=-1 if partition is None else partition)  # -1: by the key
         except (BufferError, KafkaException) as exc:
             raise Unavailable(f"{label} could not be queued for Kafka: {exc}") from exc
         try:

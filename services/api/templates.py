@@ -16,23 +16,20 @@ token-counter would apply in turn.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeoutError
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaException, Message
 
 from ledgergate import templates, topics
 from ledgergate.codec import codec
 from ledgergate.errors import LedgergateError, MalformedMessageError
-from ledgergate.kafka_config import producer_config
 from ledgergate.partitioning import murmur2_partition
+from ledgergate.services.api.commands import CommandPublisher
 from ledgergate.services.api.errors import Conflict, Unavailable
 from ledgergate.services.api.log import log
 from ledgergate.shared.errors import ReadTimeoutError
@@ -83,27 +80,15 @@ def _transaction(conn: psycopg.Connection) -> AbstractContextManager[psycopg.Tra
 
 
 class TemplateRegistry:
-    """The API's reader and writer of prompt.templates; one per process, shared by the request threads."""
+    """The API's reader and writer of prompt.templates; one per process, shared by the request threads. It
+    produces through the API's publisher (one producer, one delivery thread per process)."""
 
-    def __init__(self, settings: KafkaSettings, timeout_s: float) -> None:
+    def __init__(self, settings: KafkaSettings, publisher: CommandPublisher) -> None:
         self.connection = settings.kafka_connection
         self.topic = settings.topic(topics.TEMPLATES)
-        self.timeout_s = timeout_s
+        self.publisher = publisher
+        self.timeout_s = publisher.timeout_s
         self._partitions: int | None = None
-        # As services/api/commands.py: librdkafka gives up on a record when the request does.
-        self._producer = Producer(producer_config(self.connection, **{"message.timeout.ms": int(timeout_s * 1000)}))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="api-template-deliveries", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(0.05)
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._producer.flush(timeout_s)
 
     def partition_of(self, tenant_id: str) -> int:
         """The tenant's partition: where a keyed-by-tenant record of any ledgergate topic lands."""
@@ -173,26 +158,6 @@ class TemplateRegistry:
 
     def _send(self, partition: int, stored: StoredTemplate) -> None:
         """Produce to the tenant's partition and wait for Kafka's acknowledgement (acks=all)."""
-        label = f"template {stored.ref} of tenant {stored.tenant_id}"
-        delivered: Future[None] = Future()
-
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is None:
-                delivered.set_result(None)
-            else:
-                delivered.set_exception(KafkaException(err))
-
-        try:
-            self._producer.produce(self.topic, partition=partition, on_delivery=on_delivery,
-                                   key=record_key(stored.tenant_id, stored.template_id, stored.version),
-                                   value=codec().encode("PromptTemplate", stored.to_record()),
-                                   headers=[("request_id", f"template-{stored.ref}".encode())])
-        except (BufferError, KafkaException) as exc:
-            raise Unavailable(f"{label} could not be queued for Kafka: {exc}") from exc
-        try:
-            delivered.result(timeout=self.timeout_s)
-        except FutureTimeoutError:
-            raise Unavailable(f"Kafka did not acknowledge {label} within {self.timeout_s:.0f} s; "
-                              "it may or may not apply (the same call again tells)") from None
-        except KafkaException as exc:
-            raise Unavailable(f"{label} was not delivered: {exc.args[0]}") from exc
+        self.publisher.send(self.topic, record_key(stored.tenant_id, stored.template_id, stored.version),
+                            codec().encode("PromptTemplate", stored.to_record()), f"template-{stored.ref}",
+                            f"template {stored.ref} of tenant {stored.tenant_id}", partition=partition)

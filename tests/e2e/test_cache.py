@@ -14,6 +14,7 @@ import psycopg
 
 from ledgergate import topics
 from ledgergate.codec import codec
+from ledgergate.services.api.commands import CommandPublisher
 from ledgergate.services.api.templates import TemplateRegistry
 from ledgergate.shared.settings import PostgresSettings
 from ledgergate.shared.tokenizers import count_chat
@@ -166,12 +167,12 @@ def test_a_request_naming_a_template_is_rendered_counted_and_reserved_under_it(
     gate = gate_module
     tenant = _tenant(gate, {})
     text = "You answer questions about {product} for the {team} team. Be brief."
-    registry = TemplateRegistry(gate.kafka, timeout_s=10)
+    publisher = CommandPublisher(gate.kafka, timeout_s=10)
     try:
         with psycopg.connect(postgres.pg_dsn, autocommit=True) as conn:
-            registry.register(conn, tenant, "faq", 1, text, "system", "e2e")
+            TemplateRegistry(gate.kafka, publisher).register(conn, tenant, "faq", 1, text, "system", "e2e")
     finally:
-        registry.close()
+        publisher.close()
     values = {"product": "ledgergate", "team": "finance"}
     ask = [{"role": "user", "content": "What is a reservation?"}]
 

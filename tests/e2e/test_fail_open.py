@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from ledgergate import FAIL_OPEN, Gate, GateSettings, GateUnavailableError
-from ledgergate.shared import readmodel
+from ledgergate.shared import readmodel_usage
 from ledgergate.shared.catalogue import prices
 from ledgergate.shared.settings import StackSettings
 from ledgergate.tools.devstack import kafka as broker
@@ -139,5 +139,5 @@ def test_calls_fail_open_within_the_envelope_and_settle_once_the_gate_is_back(
     assert all(rows[rid] for rid in made) and rows[back.request_id] is False
     # The spend report tells the calls made without a decision apart (GET .../reports/spend?group_by=fail_open).
     with psycopg.connect(projected.dsn) as conn:
-        sums = {s.key[0]: s for s in readmodel.usage_sums(conn, ("fail_open",), tenant_id=open_tenant)}
+        sums = {s.key[0]: s for s in readmodel_usage.usage_sums(conn, ("fail_open",), tenant_id=open_tenant)}
     assert sums["fail_open"].requests == len(made) and sums["fail_open"].cost_micro_usd == len(made) * expected

@@ -18,6 +18,7 @@ from ledgergate.codec import codec
 from ledgergate.events import Usage
 from ledgergate.partitioning import murmur2_partition
 from ledgergate.services.api import templates as api_templates
+from ledgergate.services.api.commands import CommandPublisher
 from ledgergate.services.api.errors import ApiError
 from ledgergate.services.api.templates import TemplateRegistry
 from ledgergate.services.projector import sql
@@ -181,7 +182,7 @@ def test_a_tenant_holds_a_bounded_number_of_versions(api: TestClient, keys: Keys
 def test_two_registrations_at_once_leave_one_record(kafka: KafkaSettings, api_db: str) -> None:
     """Two API instances registering one version at once: the tenant's lock makes them take turns, so one
     registers and the other sees it (the same text: not created; another text: 409), one record each."""
-    registries = [TemplateRegistry(kafka, 10.0) for _ in range(2)]
+    registries = [TemplateRegistry(kafka, CommandPublisher(kafka, 10.0)) for _ in range(2)]
     outcomes: dict[str, list[Any]] = {"same": [], "other": []}
     barrier = threading.Barrier(2)
 
@@ -203,7 +204,7 @@ def test_two_registrations_at_once_leave_one_record(kafka: KafkaSettings, api_db
                 t.join()
     finally:
         for r in registries:
-            r.close()
+            r.publisher.close()
     assert sorted(outcomes["same"]) == [False, True]
     assert sorted(type(o).__name__ for o in outcomes["other"]) == ["Conflict", "bool"] and True in outcomes["other"]
     assert [k for _, k, _ in published(kafka)] == [b"acme/faq@1", b"acme/faq@2"]

@@ -23,7 +23,7 @@ from ledgergate.services.api.paging import FilterId, Period
 from ledgergate.services.api.routes.alerts import alert_public
 from ledgergate.services.api.routes.balances import balances_public
 from ledgergate.services.api.routes.reports import report_range
-from ledgergate.shared import readmodel, readmodel_dashboard
+from ledgergate.shared import readmodel, readmodel_dashboard, readmodel_usage
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 OUTCOMES: tuple[str, ...] = get_args(Outcome)  # ALLOW, DOWNGRADE, DENY, THROTTLE, CACHE_HIT
@@ -83,9 +83,10 @@ def tenant_dashboard(tenant_id: ReadableTenant, db: DbConn, period: Period = Non
                              reasoning_tokens=s.reasoning_tokens, spend_micro_usd=s.cost_micro_usd,
                              input_tokens_per_day=dash.per_day(s.input_tokens, days),
                              output_tokens_per_day=dash.per_day(s.output_tokens, days))
-              for s in readmodel.usage_sums(db, ("workflow",), tenant_id=tenant_id, from_ms=period_lo, to_ms=period_hi)]
-    by_model = readmodel.usage_sums(db, ("model",), tenant_id=tenant_id, from_ms=period_lo, to_ms=period_hi,
-                                    workflow_id=workflow)
+              for s in readmodel_usage.usage_sums(db, ("workflow",), tenant_id=tenant_id, from_ms=period_lo,
+                                                  to_ms=period_hi)]
+    by_model = readmodel_usage.usage_sums(db, ("model",), tenant_id=tenant_id, from_ms=period_lo, to_ms=period_hi,
+                                          workflow_id=workflow)
     top = sorted(by_model, key=lambda s: (-s.cost_micro_usd, str(s.key[0])))[:dash.TOP_MODELS]
     top_models = [dash.ModelSpend(model=str(s.key[0]), requests=s.requests, input_tokens=s.input_tokens,
                                   output_tokens=s.output_tokens, spend_micro_usd=s.cost_micro_usd) for s in top]

@@ -19,7 +19,7 @@ from ledgergate.services.api.deps import DbConn, ReadableTenant
 from ledgergate.services.api.errors import Unprocessable
 from ledgergate.services.api.models import SpendReport, SpendRow
 from ledgergate.services.api.paging import FilterId, FromMs, Period, ToMs
-from ledgergate.shared import readmodel
+from ledgergate.shared import readmodel_usage
 from ledgergate.shared.ledger.periods import period_bounds, period_of
 from ledgergate.shared.units import MS_PER_DAY
 
@@ -76,9 +76,9 @@ def spend_report(tenant_id: ReadableTenant, db: DbConn,
                  from_ms: FromMs = None, to_ms: ToMs = None, workflow: FilterId = None,
                  format: Annotated[Literal["json", "csv"], Query()] = "json") -> SpendReport | Response:
     lo, hi = report_range(period, from_ms, to_ms, time.time_ns() // 1_000_000)
-    # group_by only picks one of readmodel.USAGE_GROUPS' trusted expressions; every one of these six is text.
-    sums = readmodel.spend_sums(db, group_by, tenant_id=tenant_id, from_ms=lo, to_ms=hi, workflow_id=workflow)
-    [hits] = readmodel.cache_hit_sums(db, tenant_id=tenant_id, from_ms=lo, to_ms=hi, workflow_id=workflow)
+    # group_by only picks one of readmodel_usage.USAGE_GROUPS' trusted expressions; every one of these six is text.
+    sums = readmodel_usage.spend_sums(db, group_by, tenant_id=tenant_id, from_ms=lo, to_ms=hi, workflow_id=workflow)
+    [hits] = readmodel_usage.cache_hit_sums(db, tenant_id=tenant_id, from_ms=lo, to_ms=hi, workflow_id=workflow)
     report = SpendReport(
         tenant_id=tenant_id, group_by=group_by, from_ms=lo, to_ms=hi,
         total_micro_usd=sum(s.cost_micro_usd for s in sums),
