@@ -161,6 +161,9 @@ class PlanCandidate(_Record):
     estimated_cost_micro_usd: int
     granted_output_tokens: int
     price_version: str
+    # Budget scopes beyond the tenant and workflow this candidate must fit, TYPE:id (REGION:eu-west,
+    # CANARY:<workflow>/<canary>): the reservation holds on them too.
+    scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +223,8 @@ class InvocationPlanned(_Record):
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Self:
         rejection, hit = rec["rejection"], rec.get("cache_hit")
-        return cls(**{**rec, "candidates": tuple(PlanCandidate(**c) for c in rec["candidates"]),
+        return cls(**{**rec, "candidates": tuple(PlanCandidate(**{**c, "scopes": tuple(c.get("scopes") or ())})
+                                                       for c in rec["candidates"]),
                       "rejection": None if rejection is None else PlanRejection(**rejection),
                       "cache_hit": None if hit is None else CacheHit(**hit)})
 

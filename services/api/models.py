@@ -40,7 +40,7 @@ PositiveAmount = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT_MICRO_USD
 # Free text that reaches the ledger (a command's reason): printable, may be empty. PostgreSQL jsonb cannot
 # hold NUL, so one NUL here would stop the projector on that entry.
 Reason = Annotated[str, Field(max_length=MAX_REASON_CHARS), printable(MAX_REASON_CHARS, required=False)]
-Scope = Literal["TENANT", "WORKFLOW"]
+Scope = Literal["TENANT", "WORKFLOW"]  # REGION and CANARY budgets: through budget.commands (no API route yet)
 Outcome = Literal["ALLOW", "DOWNGRADE", "DENY", "THROTTLE", "CACHE_HIT"]
 
 

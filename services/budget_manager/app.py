@@ -31,7 +31,7 @@ from ledgergate.shared.kafka.runtime import run_service
 from ledgergate.shared.ledger import decide
 from ledgergate.shared.ledger.entries import LedgerEntry, PolicyChanged, ReservationPlaced, ThresholdCrossed, to_record
 from ledgergate.shared.ledger.packing import TenantStore, next_expiry_ms
-from ledgergate.shared.ledger.state import TenantState, balances_view, evolve
+from ledgergate.shared.ledger.state import TenantState, balances_view, evolve, scope_problem
 from ledgergate.shared.logging import configure
 from ledgergate.shared.metrics.holds import HoldCounter
 from ledgergate.shared.policy import PolicyError, default_policy, parse_policy
@@ -47,6 +47,9 @@ EXPIRIES_PER_IDLE_MAX = 500
 
 def reserve_from_plan(planned: InvocationPlanned) -> decide.Reserve:
     rejection = planned.rejection
+    for problem in (scope_problem(s) for c in planned.candidates for s in c.scopes):
+        if problem is not None:
+            raise MalformedMessageError(f"invalid candidate: {problem}")
     return decide.Reserve(
         request_id=planned.request_id, tenant_id=planned.tenant_id, workflow_id=planned.workflow_id,
         agent_id=planned.agent_id, requested_model=planned.requested_model, priority=planned.priority,
@@ -54,7 +57,7 @@ def reserve_from_plan(planned: InvocationPlanned) -> decide.Reserve:
         input_tokens=planned.input_tokens, envelope_micro_usd=planned.max_cost_micro_usd,
         policy_version=planned.policy_version,
         candidates=tuple(decide.Candidate(c.model, c.tier, c.estimated_cost_micro_usd, c.granted_output_tokens,
-                                          c.price_version) for c in planned.candidates),
+                                          c.price_version, tuple(c.scopes)) for c in planned.candidates),
         rejection_reason=rejection.reason if rejection else None,
         rejection_detail=rejection.detail if rejection else "",
         rejection_scope=rejection.binding_scope if rejection else "policy",

@@ -31,11 +31,12 @@ from ledgergate.shared.ledger.entries import (
 )
 from ledgergate.shared.ledger.periods import period_of
 from ledgergate.shared.ledger.state import (
+    CANARY,
     CONFLICT_REASON,
     RATE_LIMITED_REASON,
+    SCOPE_TYPES,
     TENANT,
     UNAUTHENTICATED_REASON,
-    WORKFLOW,
     ScopeKey,
     TenantState,
 )
@@ -54,6 +55,8 @@ class Candidate:
     estimated_cost_micro_usd: int
     granted_output_tokens: int
     price_version: str
+    # Scopes beyond the tenant and workflow this candidate's hold moves on (REGION:x, CANARY:wf/c), TYPE:id.
+    scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +207,9 @@ def decide_reserve(state: TenantState, cmd: Reserve, now_ms: int, ttl_ms: int,
     if not cmd.candidates:
         return [*entries, _deny(cmd, common, entry_id, "no_candidate", "policy allowed no model", "policy",
                                 _remaining(state, period))]
-    scopes = state.scopes_of(cmd.workflow_id)
     binding: tuple[str, str] | None = None
     for index, cand in enumerate(cmd.candidates[:MAX_CANDIDATES]):
+        scopes = state.scopes_of(cmd.workflow_id, cand.scopes)
         binding = _binding(state, period, scopes, cand.estimated_cost_micro_usd, cmd.envelope_micro_usd)
         if binding is None:
             # One reservation per request id (invariant 2), and it fits every scope (invariant 1).
@@ -224,7 +227,7 @@ def decide_reserve(state: TenantState, cmd: Reserve, now_ms: int, ttl_ms: int,
                 expires_at_ms=now_ms + ttl_ms, request_sha256=cmd.request_sha256,
                 requested_at_ms=cmd.requested_at_ms, tenant_remaining_micro_usd=remaining,
                 fail_open_micro_usd_per_min=cmd.fail_open_micro_usd_per_min, cache_store=cmd.cache_store,
-                template=cmd.template)]
+                template=cmd.template, scopes=cand.scopes)]
     # Even the cheapest (last) candidate did not fit; its binding scope is the reason the caller gets.
     assert binding is not None
     reason, scope = binding
@@ -258,7 +261,7 @@ def decide_settle(state: TenantState, cmd: Settle, now_ms: int, prices: PriceCat
         return _settle_fail_open(state, cmd, cmd.fail_open, now_ms, prices)
     if cmd.cancelled and live and cmd.usage.output_tokens == 0 and cmd.usage.input_tokens == 0:
         return [ReservationVoided(f"{cmd.request_id}/void", state.tenant_id, hold.period_id, now_ms, cmd.request_id,
-                                  hold.workflow_id, hold.amount_micro_usd, "cancelled before any usage")]
+                                  hold.workflow_id, hold.amount_micro_usd, "cancelled before any usage", hold.scopes)]
     model = cmd.model
     try:
         prices.price(hold.price_version, model)
@@ -273,10 +276,10 @@ def decide_settle(state: TenantState, cmd: Settle, now_ms: int, prices: PriceCat
     settled = ReservationSettled(
         f"{cmd.request_id}/settlement", state.tenant_id, hold.period_id, now_ms, cmd.request_id, hold.workflow_id,
         model, reserved, actual, max(0, reserved - actual), max(0, actual - reserved), cmd.usage, cmd.estimated,
-        hold.price_version, cmd.fail_open is not None)
+        hold.price_version, cmd.fail_open is not None, hold.scopes)
     # Everything held is either posted or released, and whatever exceeds the hold is flagged overage.
     assert settled.released_micro_usd + settled.actual_micro_usd - settled.overage_micro_usd == reserved, settled
-    return [settled, *_thresholds(state, hold.period_id, hold.workflow_id, actual, now_ms)]
+    return [settled, *_thresholds(state, hold.period_id, hold.workflow_id, actual, now_ms, hold.scopes)]
 
 
 def _settle_fail_open(state: TenantState, cmd: Settle, call: FailOpenCall, now_ms: int,
@@ -305,9 +308,9 @@ def _settle_fail_open(state: TenantState, cmd: Settle, call: FailOpenCall, now_m
 
 
 def _thresholds(state: TenantState, period: str, workflow_id: str, added_posted: int,
-                now_ms: int) -> list[LedgerEntry]:
+                now_ms: int, further: tuple[str, ...] = ()) -> list[LedgerEntry]:
     crossed: list[LedgerEntry] = []
-    for scope in state.scopes_of(workflow_id):
+    for scope in state.scopes_of(workflow_id, further):
         limit = state.limits.get(scope)
         if limit is None:
             continue
@@ -335,8 +338,10 @@ def decide_command(state: TenantState, cmd: Command, now_ms: int) -> list[Ledger
     scope_id = cmd.scope_id or cmd.tenant_id if cmd.scope_type == TENANT else cmd.scope_id
     if cmd.scope_type == TENANT and scope_id != cmd.tenant_id:
         return Rejected("invalid_scope", "a TENANT scope's id must be the tenant id")
-    if cmd.scope_type not in (TENANT, WORKFLOW) or not scope_id:
-        return Rejected("invalid_scope", "scope must be TENANT or WORKFLOW with an id")
+    if cmd.scope_type not in SCOPE_TYPES or not scope_id:
+        return Rejected("invalid_scope", f"scope must be one of {', '.join(SCOPE_TYPES)} with an id")
+    if cmd.scope_type == CANARY and "/" not in scope_id:
+        return Rejected("invalid_scope", "a CANARY scope's id is <workflow>/<canary>")
     scope = (cmd.scope_type, scope_id)
     previous = state.limits.get(scope, 0)
     match cmd.kind:
@@ -359,7 +364,7 @@ def decide_command(state: TenantState, cmd: Command, now_ms: int) -> list[Ledger
                 return Rejected("no_such_reservation", f"no live reservation {cmd.request_id!r}")
             return [*entries, ReservationVoided(f"{cmd.request_id}/void", cmd.tenant_id, hold.period_id, now_ms,
                                                 cmd.request_id or "", hold.workflow_id, hold.amount_micro_usd,
-                                                cmd.reason)]
+                                                cmd.reason, hold.scopes)]
         case "SET_POLICY":
             if not cmd.policy_json:
                 return Rejected("invalid_policy", "SET_POLICY needs policy_json")
@@ -380,7 +385,7 @@ def decide_expire(state: TenantState, request_id: str, now_ms: int) -> list[Ledg
     if hold is None or hold.expires_at_ms > now_ms:
         return []
     return [ReservationExpired(f"{request_id}/expiry", state.tenant_id, hold.period_id, now_ms, request_id,
-                               hold.workflow_id, hold.amount_micro_usd)]
+                               hold.workflow_id, hold.amount_micro_usd, hold.scopes)]
 
 
 def decide_expiry(state: TenantState, now_ms: int) -> list[LedgerEntry]:

@@ -82,6 +82,7 @@ class ReservationPlaced(_ReservationEntry):
     fail_open_micro_usd_per_min: int = 0  # the tenant policy's, for the decision (ledgergate.admission)
     cache_store: bool = False  # the tenant's cache rule stores this answer: the decision asks for its text
     template: str = ""  # the request's prompt template, <template_id>@<version>: spend by template
+    scopes: tuple[str, ...] = ()  # scopes beyond tenant and workflow, TYPE:id (state.py: balance_scopes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,17 +137,20 @@ class ReservationSettled(_ReservationEntry):
     usage_estimated: bool
     price_version: str
     fail_open: bool = False  # made without a decision while the gate was away: no hold, all overage
+    scopes: tuple[str, ...] = ()  # its hold's (ReservationPlaced.scopes)
 
 
 @dataclass(frozen=True, slots=True)
 class ReservationVoided(_ReservationEntry):
     released_micro_usd: int
     reason: str
+    scopes: tuple[str, ...] = ()  # its hold's
 
 
 @dataclass(frozen=True, slots=True)
 class ReservationExpired(_ReservationEntry):
     released_micro_usd: int
+    scopes: tuple[str, ...] = ()  # its hold's
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +186,8 @@ def to_record(entry: LedgerEntry) -> tuple[str, dict[str, Any]]:
     record = {name: getattr(entry, name) for name in _field_names(type(entry))}
     if isinstance(entry, ReservationSettled):
         record["usage"] = {name: getattr(entry.usage, name) for name in _field_names(Usage)}
+    if "scopes" in record:  # a tuple here, an Avro array (a list) on the wire
+        record["scopes"] = list(record["scopes"])
     return type(entry).__name__, record
 
 
@@ -189,4 +195,7 @@ def from_record(name: str, record: dict[str, Any]) -> LedgerEntry:
     cls = ENTRY_TYPES[name]
     if cls is ReservationSettled:
         record = {**record, "usage": Usage(**record["usage"])}
+    further = record.get("scopes")
+    if further is not None:  # Avro gives a list; the entries are frozen and hold tuples (the decoded dict is ours)
+        record["scopes"] = tuple(further)
     return cls(**record)  # type: ignore[no-any-return]

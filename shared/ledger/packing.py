@@ -42,12 +42,12 @@ def checksum(data: bytes) -> bytes:
 def _hold_record(request_id: str, h: Hold) -> dict[str, Any]:
     return {"request_id": request_id, "period_id": h.period_id, "workflow_id": h.workflow_id, "model": h.model,
             "amount_micro_usd": h.amount_micro_usd, "price_version": h.price_version,
-            "expires_at_ms": h.expires_at_ms}
+            "expires_at_ms": h.expires_at_ms, "scopes": list(h.scopes)}
 
 
 def _hold(r: dict[str, Any]) -> Hold:
     return Hold(_intern(r["period_id"]), _intern(r["workflow_id"]), _intern(r["model"]), r["amount_micro_usd"],
-                _intern(r["price_version"]), r["expires_at_ms"])
+                _intern(r["price_version"]), r["expires_at_ms"], tuple(_intern(s) for s in r.get("scopes") or ()))
 
 
 def _digest(sha: str) -> bytes | str:

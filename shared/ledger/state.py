@@ -31,12 +31,46 @@ from ledgergate.shared.ledger.entries import (
 
 TENANT = "TENANT"
 WORKFLOW = "WORKFLOW"
+# Scopes a reservation may move money on besides its tenant and workflow (named in the entry's `scopes`):
+# a region's budget under the tenant (REGION:<deployment region>) and a canary's under its workflow
+# (CANARY:<workflow>/<canary>). Each is enforced like the others: every scope with a limit needs headroom.
+REGION = "REGION"
+CANARY = "CANARY"
+SCOPE_TYPES = (TENANT, WORKFLOW, REGION, CANARY)
 CONFLICT_REASON = "idempotency_conflict"
 RATE_LIMITED_REASON = "rate_limited"
 # A request whose signature failed: not the tenant's request, so never its request id's outcome.
 UNAUTHENTICATED_REASON = "unauthenticated"
 
 ScopeKey = tuple[str, str]  # (scope_type, scope_id)
+
+
+def scope_text(scope: ScopeKey) -> str:
+    """A scope as an entry's `scopes` names it: TYPE:id."""
+    assert scope[0] in (REGION, CANARY) and scope[1], scope
+    return f"{scope[0]}:{scope[1]}"
+
+
+SCOPE_ID_CHARS_MAX = 257  # a CANARY's <workflow>/<canary>: two 128-character names
+
+
+def scope_problem(text: str) -> str | None:
+    """Why `text` is not a further scope (None when it is one): what the budget-manager checks at its edge."""
+    kind, _, scope_id = text.partition(":")
+    if kind not in (REGION, CANARY):
+        return f"scope {text[:80]!r} is not REGION:<id> or CANARY:<workflow>/<canary>"
+    if not 0 < len(scope_id) <= SCOPE_ID_CHARS_MAX or not scope_id.isprintable() or " " in scope_id:
+        return f"scope {text[:80]!r}: its id must be 1..{SCOPE_ID_CHARS_MAX} printable characters without spaces"
+    if kind == CANARY and "/" not in scope_id:
+        return f"scope {text[:80]!r}: a CANARY scope's id is <workflow>/<canary>"
+    return None
+
+
+def parse_scope(text: str) -> ScopeKey:
+    kind, _, scope_id = text.partition(":")
+    assert kind in (REGION, CANARY) and scope_id, text
+    return _intern(kind), _intern(scope_id)
+
 RESERVATION_SUFFIX = "/reservation"
 
 # Most tenants never fill most of their maps; an empty dict or set costs 64-216 bytes, times a million
@@ -94,6 +128,7 @@ class Hold:
     amount_micro_usd: int
     price_version: str
     expires_at_ms: int
+    scopes: tuple[str, ...] = ()  # the placement's further scopes, TYPE:id; its settle, void or expiry names them
 
 
 @dataclass(slots=True)
@@ -146,10 +181,12 @@ class TenantState:
     def was_settled(self, request_id: str) -> bool:
         return request_id in self.settled or request_id in self.previous_settled
 
-    def scopes_of(self, workflow_id: str) -> list[ScopeKey]:
+    def scopes_of(self, workflow_id: str, further: tuple[str, ...] = ()) -> list[ScopeKey]:
+        """Outermost first: the tenant, the workflow, then the entry's further scopes (REGION, CANARY)."""
         scopes: list[ScopeKey] = [(TENANT, self.tenant_id)]
         if workflow_id:
             scopes.append((WORKFLOW, workflow_id))
+        scopes.extend(parse_scope(s) for s in further)
         return scopes
 
 
@@ -195,7 +232,10 @@ def balance_scopes(entry: LedgerEntry) -> tuple[ScopeKey, ...]:
     if isinstance(entry, CreditGranted):
         return ((entry.scope_type, entry.scope_id),)
     workflow_id: str = getattr(entry, "workflow_id", "")
-    return ((TENANT, entry.tenant_id), (WORKFLOW, workflow_id)) if workflow_id else ((TENANT, entry.tenant_id),)
+    base: tuple[ScopeKey, ...] = ((TENANT, entry.tenant_id), (WORKFLOW, workflow_id)) if workflow_id else (
+        (TENANT, entry.tenant_id),)
+    further: tuple[str, ...] = getattr(entry, "scopes", ())
+    return base + tuple(parse_scope(s) for s in further) if further else base
 
 
 def balance_deltas(entry: LedgerEntry) -> list[BalanceDelta]:
@@ -241,7 +281,7 @@ def evolve(state: TenantState, entry: LedgerEntry) -> TenantState:
             assert entry.request_id not in state.holds, f"a second hold for {entry.request_id}"
             _writable(state, "holds")[entry.request_id] = Hold(
                 _intern(entry.period_id), _intern(entry.workflow_id), _intern(entry.model), entry.amount_micro_usd,
-                _intern(entry.price_version), entry.expires_at_ms)
+                _intern(entry.price_version), entry.expires_at_ms, entry.scopes)
             _first_outcome(state, entry)
         case ReservationDenied():
             # A conflict is not this request's outcome, and a throttle is not final: the client is told
@@ -254,11 +294,13 @@ def evolve(state: TenantState, entry: LedgerEntry) -> TenantState:
             hold = _writable(state, "holds").pop(entry.request_id, None) or _writable(state, "expired").pop(
                 entry.request_id, None)
             assert hold is None or hold.period_id == entry.period_id, f"{entry.entry_id} is not in its hold's period"
+            assert hold is None or hold.scopes == entry.scopes, f"{entry.entry_id} posts on other scopes"
             _writable(state, "settled").add(entry.request_id)
         case ReservationVoided() | ReservationExpired():
             hold = _writable(state, "holds").pop(entry.request_id)
             assert hold.period_id == entry.period_id, f"{entry.entry_id} is not in its hold's period"
             assert entry.released_micro_usd == hold.amount_micro_usd, f"{entry.entry_id} releases another amount"
+            assert entry.scopes == hold.scopes, f"{entry.entry_id} releases on other scopes than its hold's"
             if isinstance(entry, ReservationExpired):
                 _writable(state, "expired")[entry.request_id] = hold
         case BudgetLimitSet():

@@ -37,7 +37,16 @@ from ledgergate.shared.ledger.entries import (
     ReservationVoided,
     ThresholdCrossed,
 )
-from ledgergate.shared.ledger.state import TENANT, WORKFLOW, TenantState, balances_view, evolve
+from ledgergate.shared.ledger.state import (
+    CANARY,
+    REGION,
+    TENANT,
+    WORKFLOW,
+    TenantState,
+    balances_view,
+    evolve,
+    scope_problem,
+)
 
 TENANT_ID = "acme"
 PV = "2026-11-01"
@@ -726,3 +735,44 @@ def test_a_fail_open_call_voided_before_any_output_settles_nothing() -> None:
     call = fail_open_settle("fo-void", usage())
     voided = Settle(call.request_id, TENANT_ID, call.model, call.usage, False, True, call.fail_open)
     assert decide_settle(state, voided, T0, prices()) == []
+
+
+# ---------------------------------------------------------------------------------------------- further scopes
+
+
+def test_a_region_limit_binds_its_candidates_and_the_next_one_fits_elsewhere() -> None:
+    state = with_limit(1_000_000)
+    apply(state, decide_command(state, command("SET_LIMIT", 50_000, cid="set-region", scope_type=REGION,
+                                               scope_id="eu-west"), T0))
+    eu = Candidate("gpt-4o", "premium", 60_000, 100, PV, ("REGION:eu-west",))
+    us = Candidate("gpt-4o", "premium", 60_000, 100, PV, ("REGION:us-east",))
+    denied = only(decide_reserve(state, reserve("r1", eu), T0, TTL, "c"), ReservationDenied)
+    assert (denied.reason, denied.binding_scope) == ("budget_exhausted", "region:eu-west")
+    placed = only(apply(state, decide_reserve(state, reserve("r2", eu, us), T0, TTL, "c")), ReservationPlaced)
+    assert placed.candidate_index == 1 and placed.scopes == ("REGION:us-east",)
+    assert view(state, scope=(REGION, "us-east"))["pending_micro_usd"] == 60_000
+
+
+def test_a_hold_on_further_scopes_is_settled_voided_and_expired_on_them() -> None:
+    state = with_limit(1_000_000, workflow="wf-1", workflow_limit=500_000)
+    scoped = Candidate("gpt-4o", "premium", 70_000, 100, PV, ("REGION:eu-west", "CANARY:wf-1/new"))
+    for rid in ("r1", "r2", "r3"):
+        apply(state, decide_reserve(state, reserve(rid, scoped, workflow="wf-1"), T0, TTL, "c"))
+    assert view(state, scope=(CANARY, "wf-1/new"))["pending_micro_usd"] == 210_000
+    settled = only(apply(state, decide_settle(state, settle("r1", usage(1000, 0, 100)), T0 + 1, prices())),
+                   ReservationSettled)
+    assert settled.scopes == scoped.scopes
+    apply(state, decide_command(state, command("VOID_RESERVATION", cid="void-r2", request_id="r2"), T0 + 2))
+    expired = only(apply(state, decide_expiry(state, T0 + TTL + 1)), ReservationExpired)
+    assert expired.scopes == scoped.scopes
+    for scope in ((REGION, "eu-west"), (CANARY, "wf-1/new"), (WORKFLOW, "wf-1"), (TENANT, TENANT_ID)):
+        assert view(state, scope=scope)["pending_micro_usd"] == 0, scope
+        assert view(state, scope=scope)["posted_micro_usd"] == settled.actual_micro_usd, scope
+
+
+def test_a_canary_scope_needs_its_workflow_in_its_id() -> None:
+    state = with_limit(1_000_000)
+    rejected = decide_command(state, command("SET_LIMIT", 5, cid="c1", scope_type=CANARY, scope_id="new"), T0)
+    assert isinstance(rejected, Rejected) and rejected.code == "invalid_scope"
+    assert scope_problem("CANARY:new") and scope_problem("ZONE:x") and scope_problem("REGION:")
+    assert scope_problem("REGION:eu-west") is None and scope_problem("CANARY:wf/new") is None

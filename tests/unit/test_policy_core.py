@@ -41,13 +41,13 @@ def test_default_plan_is_requested_model_then_downgrades_with_costs() -> None:
     assert [c.to_record() for c in candidates] == [
         {"model": "gpt-4o", "tier": "premium", "estimated_input_micro_usd": 2_500,
          "estimated_output_micro_usd": 40_960, "estimated_cost_micro_usd": 43_460, "granted_output_tokens": 4_096,
-         "price_version": PV},
+         "price_version": PV, "scopes": []},
         {"model": "gpt-4o-mini", "tier": "standard", "estimated_input_micro_usd": 165,
          "estimated_output_micro_usd": 2_458, "estimated_cost_micro_usd": 2_623, "granted_output_tokens": 4_096,
-         "price_version": PV},
+         "price_version": PV, "scopes": []},
         {"model": "gpt-4.1-nano", "tier": "economy", "estimated_input_micro_usd": 110,
          "estimated_output_micro_usd": 1_639, "estimated_cost_micro_usd": 1_749, "granted_output_tokens": 4_096,
-         "price_version": PV},
+         "price_version": PV, "scopes": []},
     ]
 
 
