@@ -121,6 +121,20 @@ class PriceOverrideRule(BaseModel):
                                     self.reasoning if self.reasoning is not None else self.output))
 
 
+MAX_TOKEN_RATE_RULES = 16
+
+
+class TokenRateRule(BaseModel):
+    """Tokens per minute per tenant, workflow or model (match None: each workflow/model separately)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    per: Literal["tenant", "workflow", "model"]
+    match: str | None = Field(default=None, min_length=1, max_length=MAX_MODEL_NAME_CHARS)
+    count: Literal["input", "output", "total"] = "total"
+    tokens_per_min: int = Field(ge=1, le=10**9)
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -143,6 +157,9 @@ class Policy(BaseModel):
     # Negotiated prices by model (catalogue model names); the policy's estimate and the settlement both
     # price through them, and the ledger records the override with each charge (docs/decisions/0012).
     price_overrides: dict[str, PriceOverrideRule] = Field(default_factory=dict, max_length=MAX_PRICE_OVERRIDES)
+    # Token-rate limits (services/policy/tokenrate.py): a plan counts its estimate when made, corrected by
+    # its metered usage; over a limit is THROTTLE (rate_limited) with retry_after_ms.
+    token_rate_limits: tuple[TokenRateRule, ...] = Field(default=(), max_length=MAX_TOKEN_RATE_RULES)
 
     @field_validator("redact_patterns")
     @classmethod

@@ -18,7 +18,7 @@ from ledgergate import topics
 from ledgergate.codec import codec
 from ledgergate.errors import MalformedMessageError
 from ledgergate.events import CacheHit, InvocationCounted, InvocationPlanned, PlanRejection, UsageMetered
-from ledgergate.services.policy import core
+from ledgergate.services.policy import core, tokenrate
 from ledgergate.services.policy.cache import PolicyCache
 from ledgergate.shared import cache_topic, metrics
 from ledgergate.shared.cache import CacheRule
@@ -59,6 +59,7 @@ class PolicyService:
         self.tenants: dict[int, TenantStore] = {}
         self.policies: dict[str, tuple[int, Policy, CacheRule]] = {}  # tenant -> (version, parsed, its cache rule)
         self.buckets: dict[str, core.Bucket] = {}
+        self.token_windows = tokenrate.Windows()
 
     def assigned(self, partitions: list[int]) -> dict[tuple[str, int], int]:
         restored = restore(self.settings.kafka_connection, self.topic_snapshots, self.topic_ledger, partitions,
@@ -133,6 +134,7 @@ class PolicyService:
             self._fold(msg)
             return
         if msg.topic() == self.topic_metered:
+            self._settle_tokens(msg)
             if self.cache.pending:  # no tenant awaits an answer to store: not even a decode
                 self._store(msg, out)
             return
@@ -168,7 +170,11 @@ class PolicyService:
             if wait_ms is not None:
                 candidates, rejection = (), PlanRejection("rate_limited", f"over {policy.rate_limit_per_s}/s",
                                                           wait_ms, "rate")
-            elif cache_key:  # a miss: its answer, when metered, becomes an entry
+            else:
+                rejection = self._take_tokens(counted, policy, now_ms)
+                if rejection is not None:
+                    candidates = ()
+            if rejection is None and cache_key:  # a miss: its answer, when metered, becomes an entry
                 self.cache.await_answer(counted.request_id, cache_key, candidates, counted.requested_model,
                                         policy_version)
         envelope = _min_known(counted.max_cost_micro_usd, policy.request_envelope_micro_usd)
@@ -181,6 +187,35 @@ class PolicyService:
         hop.describe(planned)
         out.emit(self.topic_planned, msg.key(), codec().encode("InvocationPlanned", planned.to_record()),
                  stamped(msg, "policy"))
+
+    def _take_tokens(self, counted: InvocationCounted, policy: Policy, now_ms: int) -> PlanRejection | None:
+        """The tenant's token-rate limits: a plan that fits is counted now (its estimate), one that does not
+        is THROTTLE (rate_limited, retried with the same id) or, bigger than the whole limit, DENY."""
+        if not policy.token_rate_limits:
+            return None
+        rules = tokenrate.rules_of(policy)
+        granted_out = min(counted.estimated_output_tokens, counted.max_output_tokens)
+        args = (counted.tenant_id, counted.workflow_id, counted.requested_model, counted.input_tokens, granted_out)
+        verdict = tokenrate.check(self.token_windows, rules, *args, now_ms)
+        if verdict is None:
+            tokenrate.count(self.token_windows, rules, counted.request_id, *args, now_ms)
+            return None
+        self.log.info("token_rate_limited", tenant_id=counted.tenant_id, request_id=counted.request_id,
+                      scope=verdict.scope, wait_ms=verdict.wait_ms, deny=verdict.deny)
+        if verdict.deny is not None:
+            return PlanRejection("token_rate_exceeded", verdict.deny, None, verdict.scope)
+        return PlanRejection("rate_limited", f"over {verdict.scope}", verdict.wait_ms, verdict.scope)
+
+    def _settle_tokens(self, msg: Message) -> None:
+        """The actual usage replaces the estimate in the slot where the plan was counted."""
+        if not self.token_windows.requests:
+            return
+        name, rec = codec().decode(msg.value())
+        if name != "UsageMetered":
+            return
+        metered = UsageMetered.from_record(rec)
+        tokenrate.settle(self.token_windows, metered.request_id, metered.usage.input_tokens,
+                         metered.usage.output_tokens + metered.usage.reasoning_tokens)
 
     def _store(self, msg: Message, out: Outbox) -> None:
         """A metered answer the tenant's cache rule lets this service store becomes an entry on cache.entries,

@@ -1,0 +1,32 @@
+"""Token-rate limits end to end: a workflow over its tokens per minute is THROTTLE rate_limited with a
+retry_after_ms and the window named; another workflow of the same tenant is not limited by it."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from tests.e2e.conftest import Gate
+
+USD = 1_000_000
+SMALL = [{"role": "user", "content": "Summarise the ledger."}]
+POLICY = {"token_rate_limits": [{"per": "workflow", "count": "output", "tokens_per_min": 700}]}
+
+
+def test_a_workflow_over_its_tokens_per_minute_is_throttled(gate: Gate) -> None:
+    tenant = f"tr-{uuid.uuid4().hex[:10]}"
+    gate.client.send_command(tenant, "SET_LIMIT", 100 * USD, scope_id=tenant)
+    gate.client.send_command(tenant, "SET_POLICY", policy_json=json.dumps(POLICY))
+    deadline = time.monotonic() + 60
+    while True:  # until the policy is in force (SET_POLICY travels through the ledger)
+        d = gate.client.request(tenant, SMALL, "gpt-4o-mini", 500, workflow_id="support", timeout_s=30)
+        if d["outcome"] == "THROTTLE":
+            break
+        assert d["outcome"] == "ALLOW", d
+        assert time.monotonic() < deadline, "never throttled at 700 output tokens/min"
+    assert d["retry_after_ms"] > 0 and d["binding_scope"] == "tokens_per_min:workflow:support:output"
+    other = gate.client.request(tenant, SMALL, "gpt-4o-mini", 500, workflow_id="billing", timeout_s=30)
+    assert other["outcome"] == "ALLOW", other
+    big = gate.client.request(tenant, SMALL, "gpt-4o-mini", 900, workflow_id="ops", timeout_s=30)
+    assert big["outcome"] == "DENY", big
