@@ -194,7 +194,7 @@ class PolicyService:
         if not policy.token_rate_limits:
             return None
         rules = tokenrate.rules_of(policy)
-        granted_out = min(counted.estimated_output_tokens, counted.max_output_tokens)
+        granted_out = min(counted.estimated_output_tokens, counted.max_output_tokens, policy.max_output_tokens)
         args = (counted.tenant_id, counted.workflow_id, counted.requested_model, counted.input_tokens, granted_out)
         verdict = tokenrate.check(self.token_windows, rules, *args, now_ms)
         if verdict is None:
