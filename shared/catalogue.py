@@ -231,11 +231,18 @@ class Deployment:
 class DeploymentCatalogue:
     by_model: dict[str, tuple[Deployment, ...]]
 
-    def choose(self, model: str, region: str | None, request_id: str) -> Deployment | None:
+    def regions_of(self, model: str) -> frozenset[str]:
+        return frozenset(d.region for d in self.by_model.get(model, ()))
+
+    def choose(self, model: str, region: str | None, request_id: str, *, strict: bool = False) -> Deployment | None:
+        """A deployment of `model`, in `region` when one is there (only there when `strict`: data locality)."""
         options = self.by_model.get(model, ())
         if not options:
             return None
-        local = [d for d in options if d.region == region] or list(options)
+        local = [d for d in options if d.region == region]
+        if not local and strict:
+            return None
+        local = local or list(options)
         # crc32, not hash(): the choice must be the same in every process and after restarts.
         return local[zlib.crc32(request_id.encode()) % len(local)]
 

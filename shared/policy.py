@@ -157,6 +157,10 @@ class Policy(BaseModel):
     # Negotiated prices by model (catalogue model names); the policy's estimate and the settlement both
     # price through them, and the ledger records the override with each charge (docs/decisions/0012).
     price_overrides: dict[str, PriceOverrideRule] = Field(default_factory=dict, max_length=MAX_PRICE_OVERRIDES)
+    # Data locality: the deployment regions this tenant's calls may go to (deployments.yaml's names); None: any.
+    # A request no allowed region serves (nor any downgrade) is DENY data_locality; each candidate is held on
+    # its region's REGION scope, so a REGION budget applies.
+    allowed_regions: tuple[str, ...] | None = Field(default=None, min_length=1, max_length=64)
     # Token-rate limits (services/policy/tokenrate.py): a plan counts its estimate when made, corrected by
     # its metered usage; over a limit is THROTTLE (rate_limited) with retry_after_ms.
     token_rate_limits: tuple[TokenRateRule, ...] = Field(default=(), max_length=MAX_TOKEN_RATE_RULES)
@@ -165,6 +169,15 @@ class Policy(BaseModel):
     @classmethod
     def _compiles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _patterns(value)
+
+    @field_validator("allowed_regions")
+    @classmethod
+    def _region_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for region in value or ():
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", region):
+                raise ValueError(f"allowed_regions: {region[:80]!r} is not a region name "
+                                 "(letters, digits, '.', '_', '-')")
+        return value
 
     @field_validator("price_overrides")
     @classmethod

@@ -22,7 +22,7 @@ from ledgergate.services.policy import core, tokenrate
 from ledgergate.services.policy.cache import PolicyCache
 from ledgergate.shared import cache_topic, metrics
 from ledgergate.shared.cache import CacheRule
-from ledgergate.shared.catalogue import prices
+from ledgergate.shared.catalogue import deployments, prices
 from ledgergate.shared.kafka.headers import stamped
 from ledgergate.shared.kafka.outbox import Outbox
 from ledgergate.shared.kafka.reader import partition_of
@@ -30,7 +30,7 @@ from ledgergate.shared.kafka.runtime import run_service
 from ledgergate.shared.ledger.entries import from_record
 from ledgergate.shared.ledger.packing import TenantStore
 from ledgergate.shared.ledger.periods import period_of
-from ledgergate.shared.ledger.state import TENANT, TenantState, evolve
+from ledgergate.shared.ledger.state import REGION, TENANT, TenantState, evolve
 from ledgergate.shared.logging import configure
 from ledgergate.shared.policy import Policy, PolicyError, default_policy, parse_policy
 from ledgergate.shared.settings import PolicySettings
@@ -44,6 +44,7 @@ class PolicyService:
         self.log = configure("policy")
         self.tracing = Tracing("policy", settings)
         self.prices = prices()
+        self.deployments = deployments()
         self.base = default_policy(settings.default_policy_path) if settings.default_policy_path else default_policy()
         self.base_rule = self.base.cache.to_rule(self.base.redact_patterns)
         self.topic_counted = settings.topic(topics.COUNTED)
@@ -153,7 +154,8 @@ class PolicyService:
         state = self._state(partition_of(msg), tenant_id)
         policy, rule = self._policy(tenant_id, state)
         policy_version = state.policy_version if state else 0
-        candidates, rejection = core.plan(counted, policy, self.burn(tenant_id, state, now_ms), self.prices, now_ms)
+        candidates, rejection = core.plan(counted, policy, self.burn(tenant_id, state, now_ms), self.prices, now_ms,
+                                          self.deployments, _region_budgets(state))
         cache_key = self.cache.key_for(counted, rule) if rejection is None else ""
         hit: CacheHit | None = None
         if cache_key:
@@ -242,6 +244,13 @@ class PolicyService:
 # What a plan carries over from its counted request: every field but the count's own time (and the cache
 # key, which a plan carries only when the tenant's cache rule lets the request use the cache).
 _CARRIED = tuple(f.name for f in fields(InvocationCounted) if f.name not in ("counted_at_ms", "cache_key"))
+
+
+def _region_budgets(state: TenantState | None) -> frozenset[str]:
+    """The regions the tenant has a REGION budget for (its candidates there hold on that scope)."""
+    if state is None or not state.limits:
+        return frozenset()
+    return frozenset(scope_id for scope_type, scope_id in state.limits if scope_type == REGION)
 
 
 def _min_known(a: int | None, b: int | None) -> int | None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ledgergate.events import InvocationCounted, PlanCandidate, PlanRejection
-from ledgergate.shared.catalogue import PriceCatalogue, price_key
+from ledgergate.shared.catalogue import DeploymentCatalogue, PriceCatalogue, price_key
+from ledgergate.shared.ledger.state import REGION, scope_text
 from ledgergate.shared.policy import Policy
 
 # The token-counter's rejection codes (InvocationCounted.invalid_code) and the binding scope each DENY names.
@@ -60,9 +61,27 @@ def max_tier_for(policy: Policy, priority: str, burn: Burn, tiers: tuple[str, ..
     return tiers[allowed_rank] if allowed_rank else None
 
 
+def region_for(model: str, counted: InvocationCounted, policy: Policy, deployments: DeploymentCatalogue | None,
+               ) -> tuple[bool, str | None]:
+    """(may the model serve this request, the deployment region it is held in). Without `allowed_regions`
+    any deployment may, and no region is chosen here (the router prefers the caller's). With them, only a
+    deployment in one of them: the caller's region when it is allowed and serves the model, else the first
+    allowed region (in the policy's order) that does; none is a data-locality refusal of this model."""
+    if deployments is None or policy.allowed_regions is None:
+        return True, None
+    serving = deployments.regions_of(model)
+    allowed = [r for r in policy.allowed_regions if r in serving]
+    if not allowed:
+        return False, None
+    return True, counted.region if counted.region in allowed else allowed[0]
+
+
 def plan(counted: InvocationCounted, policy: Policy, burn: Burn, prices: PriceCatalogue,
-         now_ms: int) -> tuple[tuple[PlanCandidate, ...], PlanRejection | None]:
-    """Candidates best-first (the requested model, then its downgrades), each priced; or a rejection."""
+         now_ms: int, deployments: DeploymentCatalogue | None = None,
+         region_budgets: frozenset[str] = frozenset()) -> tuple[tuple[PlanCandidate, ...], PlanRejection | None]:
+    """Candidates best-first (the requested model, then its downgrades), each priced; or a rejection.
+    `deployments`: where each model is served (data locality: the policy's `allowed_regions`);
+    `region_budgets`: the regions the tenant has a REGION budget for, whose candidates hold on that scope."""
     if counted.invalid_reason is not None:
         # The token-counter cannot decide: it hands its rejection on, so the request still gets exactly one
         # decision and one audit record downstream (invariant 4), naming the code it chose.
@@ -84,13 +103,24 @@ def plan(counted: InvocationCounted, policy: Policy, burn: Burn, prices: PriceCa
     ceiling_rank = prices.tiers.index(ceiling) if ceiling else 0
     granted = min(counted.estimated_output_tokens, policy.max_output_tokens)
     candidates: list[PlanCandidate] = []
-    surcharged = prices.surcharged(version.version, counted.region)
+    outside_regions = False
     for model in (requested, *policy.downgrades.get(requested, ())):
         price = version.models.get(model)
         if price is None or (allowed is not None and model not in allowed):
             continue
         if prices.tiers.index(price.tier) < ceiling_rank:
             continue
+        servable, region = region_for(model, counted, policy, deployments)
+        if not servable:
+            outside_regions = True
+            continue
+        # The surcharge of the region that serves the call (the caller's when no region is chosen here).
+        surcharged = prices.surcharged(version.version, region or counted.region)
+        if region is None and deployments is not None and region_budgets:
+            chosen = deployments.choose(model, counted.region, counted.request_id)
+            region = chosen.region if chosen is not None else None
+        scopes = (scope_text((REGION, region)),) if region is not None and (
+            region in region_budgets or policy.allowed_regions is not None) else ()
         input_tokens = counted.input_tokens if model == requested else counted.accounting_input_tokens
         # The tenant's negotiated price and the region's surcharge, if any, travel in the key: the
         # budget-manager settles with them, so the estimate and the charge price alike.
@@ -102,7 +132,11 @@ def plan(counted: InvocationCounted, policy: Policy, burn: Burn, prices: PriceCa
         output_cost = prices.cost_micro_usd(key, model, 0, 0, 0 if as_reasoning else granted,
                                             reasoning_tokens=granted if as_reasoning else 0)
         candidates.append(PlanCandidate(model, price.tier, input_cost, output_cost, input_cost + output_cost, granted,
-                                        key))
+                                        key, scopes))
+    if not candidates and outside_regions:
+        regions = ",".join(policy.allowed_regions or ())
+        return (), PlanRejection("data_locality", f"no deployment of {requested!r} or its downgrades in the "
+                                 f"tenant's allowed regions ({regions})", None, f"regions:{regions}")
     if not candidates:
         return (), PlanRejection("no_candidate", f"no allowed model at or below tier {ceiling}", None, "policy")
     return tuple(candidates), None

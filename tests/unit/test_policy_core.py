@@ -3,13 +3,14 @@ bucket and policy document parsing."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
 
 from ledgergate.events import InvocationCounted, PlanCandidate, PlanRejection
 from ledgergate.services.policy.core import Bucket, Burn, max_tier_for, plan, take_rate
-from ledgergate.shared.catalogue import prices
+from ledgergate.shared.catalogue import deployments, prices
 from ledgergate.shared.policy import Policy, PolicyError, default_policy, parse_policy
 
 T0 = 1_794_000_000_000  # 2026-11-06, price version 2026-11-01
@@ -254,3 +255,43 @@ def test_waiting_retry_after_is_enough() -> None:
     wait = take_rate(bucket, policy, T0)
     assert wait is not None
     assert take_rate(bucket, policy, T0 + wait) is None
+
+
+# ---------------------------------------------------------------------------------------------- data locality
+
+
+def test_allowed_regions_keep_candidates_in_them_and_hold_on_the_region() -> None:
+    policy = parse_policy(json.dumps({"allowed_regions": ["eu-west"]}), default_policy())
+    # gpt-4o is served in us-east and eu-west, gpt-4o-mini too, gpt-4.1-nano only in us-east.
+    candidates, rejection = plan(counted("gpt-4o", region="us-east"), policy, NO_BURN, prices(), T0, deployments())
+    assert rejection is None
+    assert models(candidates) == ["gpt-4o", "gpt-4o-mini"]
+    assert {c.scopes for c in candidates} == {("REGION:eu-west",)}
+    # priced with the serving region's surcharge (eu-west: +10 %), not the caller's
+    assert {c.price_version for c in candidates} == {f"{PV}@eu-west"}
+
+
+def test_no_allowed_region_serving_the_model_or_a_downgrade_is_deny_data_locality() -> None:
+    policy = parse_policy(json.dumps({"allowed_regions": ["eu-west"]}), default_policy())
+    candidates, rejection = plan(counted("gpt-4.1"), policy, NO_BURN, prices(), T0, deployments())
+    assert candidates == ()
+    assert rejection is not None and rejection.reason == "data_locality"
+    assert rejection.binding_scope == "regions:eu-west"
+
+
+def test_the_callers_region_is_kept_when_allowed_and_a_region_budget_adds_its_scope() -> None:
+    policy = parse_policy(json.dumps({"allowed_regions": ["us-east", "eu-west"]}), default_policy())
+    candidates, _ = plan(counted("gpt-4o", region="eu-west"), policy, NO_BURN, prices(), T0, deployments())
+    assert candidates[0].scopes == ("REGION:eu-west",)
+    # without allowed_regions, only a region the tenant budgets is a scope
+    plain, _ = plan(counted("gpt-4o", region="us-east"), default_policy(), NO_BURN, prices(), T0, deployments())
+    assert {c.scopes for c in plain} == {()}
+    budgeted, _ = plan(counted("gpt-4o", region="us-east"), default_policy(), NO_BURN, prices(), T0, deployments(),
+                       frozenset({"us-east"}))
+    assert budgeted[0].scopes == ("REGION:us-east",)
+
+
+@pytest.mark.parametrize("regions", [[], ["eu west"], ["x" * 65]])
+def test_allowed_regions_are_region_names(regions: list[str]) -> None:
+    with pytest.raises(PolicyError):
+        parse_policy(json.dumps({"allowed_regions": regions}), default_policy())

@@ -267,3 +267,12 @@ def test_a_decision_carries_the_ledger_messages_trace_context_and_is_the_same_ea
         assert roundtrip(d) == d
         assert codec().encode("GateDecision", d) == codec().encode("GateDecision", decided(entry, deployments(), tc))
     assert decided(placed(), deployments())["trace_context"] == {}
+
+
+def test_a_hold_on_a_region_is_served_there_or_nowhere() -> None:
+    in_eu = dataclasses.replace(placed(region="us-east"), scopes=("REGION:eu-west",))
+    d = decided(in_eu, deployments())
+    assert d["deployment"]["region"] == "eu-west"
+    # gpt-4.1 has no eu-west deployment: no deployment rather than one outside the region
+    nowhere = dataclasses.replace(placed("gpt-4.1", "gpt-4.1", region="us-east"), scopes=("REGION:eu-west",))
+    assert decided(nowhere, deployments())["deployment"] is None
