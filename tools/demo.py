@@ -163,6 +163,10 @@ def _policies(tenants: list[str], rate_per_s: float) -> dict[str, dict[str, Any]
         tokens_per_min = max(1000, int(rate_per_s * TRAFFIC[2] * 60 * 1200 * 0.7))
         policies[tenants[2]] = {"token_rate_limits": [{"per": "tenant", "count": "input",
                                                        "tokens_per_min": tokens_per_min}]}
+    if len(tenants) > 3:
+        # umbrella keeps its data in eu-west: served there, and a model no eu-west deployment serves (nor its
+        # downgrades: gpt-4.1, claude-sonnet) is DENY data_locality.
+        policies[tenants[3]] = {"allowed_regions": ["eu-west"]}
     return policies
 
 
