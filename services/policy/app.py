@@ -25,9 +25,16 @@ from ledgergate.shared.cache import CacheRule
 from ledgergate.shared.catalogue import deployments, prices
 from ledgergate.shared.kafka.headers import stamped
 from ledgergate.shared.kafka.outbox import Outbox
-from ledgergate.shared.kafka.reader import partition_of
+from ledgergate.shared.kafka.reader import partition_of, read_to_end
 from ledgergate.shared.kafka.runtime import run_service
-from ledgergate.shared.ledger.entries import from_record
+from ledgergate.shared.kafka.seek import offsets_at
+from ledgergate.shared.ledger.entries import (
+    ReservationDenied,
+    ReservationPlaced,
+    ReservationSettled,
+    ReservationVoided,
+    from_record,
+)
 from ledgergate.shared.ledger.packing import TenantStore
 from ledgergate.shared.ledger.periods import period_of
 from ledgergate.shared.ledger.state import REGION, TENANT, TenantState, evolve
@@ -67,6 +74,7 @@ class PolicyService:
                            self.settings.hot_tenants_max, self.log, snapshots=self.settings.restore_from_snapshots)
         self.tenants.update(restored.stores)
         self.cache.load(partitions, time.time_ns() // 1_000_000)
+        self._rebuild_token_windows(partitions, restored.ends, time.time_ns() // 1_000_000)
         self.log.info("policy_state_rebuilt", partitions=partitions,
                       tenants=sum(len(self.tenants[p]) for p in partitions), cache_entries=len(self.cache.store))
         # The fold continues from where the restore ended, on the ledger the service also consumes.
@@ -89,7 +97,52 @@ class PolicyService:
         store = self.tenants.get(p)
         if store is None:
             store = self.tenants[p] = TenantStore(self.settings.hot_tenants_max)
-        evolve(store.get_or_create(rec["tenant_id"]), from_record(name, rec))
+        entry = from_record(name, rec)
+        evolve(store.get_or_create(rec["tenant_id"]), entry)
+        released = isinstance(entry, ReservationDenied | ReservationVoided)
+        if released and self.token_windows.requests:
+            # A counted plan the ledger denied, or voided before any usage, used no tokens. An expired hold
+            # keeps its estimate: its call may well have run (only its report is missing). A settlement's actual
+            # usage arrives on usage.metered too; whichever comes first replaces the estimate, once.
+            tokenrate.settle(self.token_windows, getattr(entry, "request_id", ""), None, None)
+
+    def _rebuild_token_windows(self, partitions: list[int], ends: dict[int, int], now_ms: int) -> None:
+        """The token-rate windows of the tenants these partitions hold, rebuilt from the ledger's last window:
+        each reservation placed in it counts its estimate, its settlement corrects it, a void removes it; so a
+        restarted or rebalanced instance limits as the one before it did. Read only when a tenant of these
+        partitions has token-rate limits, and only that tenant's entries are decoded."""
+        limited: set[bytes] = set()
+        for p in partitions:
+            store = self.tenants.get(p)
+            for tenant_id in store.tenant_ids() if store is not None else ():
+                state = store.get(tenant_id) if store is not None else None
+                if state is not None and "token_rate_limits" in state.policy_json:
+                    limited.add(tenant_id.encode())
+        if not limited:
+            return
+        since_ms = now_ms - tokenrate.WINDOW_MS
+        starts = offsets_at(self.settings.kafka_connection, self.topic_ledger, partitions, since_ms)
+        counted = 0
+        for msg in read_to_end(self.settings.kafka_connection, self.topic_ledger, partitions, starts, end=ends):
+            if msg.key() not in limited:
+                continue
+            name, rec = codec().decode(msg.value())
+            if name not in ("ReservationPlaced", "ReservationSettled", "ReservationVoided"):
+                continue
+            entry = from_record(name, rec)
+            if isinstance(entry, ReservationPlaced):
+                policy = self.policy_for(entry.tenant_id, self._state(partition_of(msg), entry.tenant_id))
+                tokenrate.count(self.token_windows, tokenrate.rules_of(policy), entry.request_id, entry.tenant_id,
+                                entry.workflow_id, entry.requested_model, entry.input_tokens,
+                                entry.granted_output_tokens, entry.recorded_at_ms)
+                counted += 1
+            elif isinstance(entry, ReservationSettled):
+                tokenrate.settle(self.token_windows, entry.request_id, entry.usage.input_tokens,
+                                 entry.usage.output_tokens + entry.usage.reasoning_tokens)
+            elif isinstance(entry, ReservationVoided):
+                tokenrate.settle(self.token_windows, entry.request_id, None, None)
+        self.log.info("token_windows_rebuilt", partitions=partitions, tenants=len(limited), reservations=counted,
+                      windows={s: self.token_windows.used(s, now_ms) for s in list(self.token_windows.slots)[-8:]})
 
     def _state(self, partition: int, tenant_id: str) -> TenantState | None:
         store = self.tenants.get(partition)

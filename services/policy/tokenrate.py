@@ -1,6 +1,6 @@
 """Token-rate limits, pure: a one-minute sliding window in fixed 1 s slots per (kind, key). A plan is counted
-when it is made (estimate), corrected when its usage is known, removed on DENY/void/expiry. No I/O; now_ms is
-passed in. Bounded: at most MAX_KEYS windows and MAX_REQUESTS tracked request ids per instance."""
+when it is made (estimate), corrected when its usage is known, removed on DENY or void (an expired hold keeps
+it: its call may have run). No I/O; now_ms is passed in. Bounded: at most MAX_KEYS windows and MAX_REQUESTS tracked request ids per instance."""
 
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def count(windows: Windows, rules: tuple[Rule, ...], request_id: str, tenant_id:
 
 def settle(windows: Windows, request_id: str, input_tokens: int | None, output_tokens: int | None) -> None:
     """Replace a counted estimate by the actual usage in the slot where it was counted; None usage (DENY,
-    void, expiry) removes it. A request not tracked (never counted, or evicted) changes nothing."""
+    void) removes it. A request not tracked (never counted, or evicted) changes nothing."""
     entry = windows.requests.pop(request_id, None)
     if entry is None:
         return
