@@ -1,6 +1,7 @@
 """Token-rate limits, pure: a one-minute sliding window in fixed 1 s slots per (kind, key). A plan is counted
 when it is made (estimate), corrected when its usage is known, removed on DENY or void (an expired hold keeps
-it: its call may have run). No I/O; now_ms is passed in. Bounded: at most MAX_KEYS windows and MAX_REQUESTS tracked request ids per instance."""
+it: its call may have run). No I/O; now_ms is passed in. Bounded: at most MAX_KEYS windows and MAX_REQUESTS
+tracked request ids per instance."""
 
 from __future__ import annotations
 
