@@ -40,7 +40,11 @@ PositiveAmount = Annotated[int, Field(strict=True, ge=1, le=MAX_AMOUNT_MICRO_USD
 # Free text that reaches the ledger (a command's reason): printable, may be empty. PostgreSQL jsonb cannot
 # hold NUL, so one NUL here would stop the projector on that entry.
 Reason = Annotated[str, Field(max_length=MAX_REASON_CHARS), printable(MAX_REASON_CHARS, required=False)]
-Scope = Literal["TENANT", "WORKFLOW"]  # REGION and CANARY budgets: through budget.commands (no API route yet)
+Scope = Literal["TENANT", "WORKFLOW", "REGION", "CANARY"]
+Region = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+# The ids each scope takes (a CANARY is <workflow_id>/<canary> under its workflow).
+_SCOPE_IDS: dict[str, tuple[str, ...]] = {"TENANT": (), "WORKFLOW": ("workflow_id",), "REGION": ("region",),
+                                          "CANARY": ("workflow_id", "canary")}
 Outcome = Literal["ALLOW", "DOWNGRADE", "DENY", "THROTTLE", "CACHE_HIT"]
 
 
@@ -50,17 +54,25 @@ class _Input(BaseModel):
 
 class _ScopedInput(_Input):
     scope: Scope = "TENANT"
-    workflow_id: Id | None = Field(default=None, description="required for WORKFLOW scope, absent for TENANT")
+    workflow_id: Id | None = Field(default=None, description="required for WORKFLOW and CANARY scopes")
+    region: Region | None = Field(default=None, description="required for REGION scope (a deployment region)")
+    canary: Id | None = Field(default=None, description="required for CANARY scope, with its workflow_id")
     reason: Reason = ""
 
     @model_validator(mode="after")
     def _scope_matches(self) -> _ScopedInput:
-        if (self.scope == "WORKFLOW") != (self.workflow_id is not None):
-            raise ValueError("workflow_id is required for scope WORKFLOW and not allowed for scope TENANT")
+        needed = _SCOPE_IDS[self.scope]
+        given = tuple(name for name in ("workflow_id", "region", "canary") if getattr(self, name) is not None)
+        if given != needed:
+            wants = " and ".join(needed) or "no id"
+            raise ValueError(f"scope {self.scope} takes {wants}; given: {', '.join(given) or 'none'} "
+                             "(workflow_id: WORKFLOW, CANARY; region: REGION; canary: CANARY)")
         return self
 
     def scope_id(self, tenant_id: str) -> str:
-        return self.workflow_id if self.workflow_id is not None else tenant_id
+        if self.scope == "CANARY":
+            return f"{self.workflow_id}/{self.canary}"
+        return self.region or self.workflow_id or tenant_id
 
 
 class BudgetCreate(_ScopedInput):
