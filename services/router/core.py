@@ -13,7 +13,7 @@ from ledgergate.shared.audit import GENESIS_HASH, record_hash
 from ledgergate.shared.cache import CacheEntry
 from ledgergate.shared.catalogue import DeploymentCatalogue
 from ledgergate.shared.ledger.entries import CacheHitRecorded, LedgerEntry, ReservationDenied, ReservationPlaced
-from ledgergate.shared.ledger.state import REGION
+from ledgergate.shared.ledger.state import REGION, parse_scope
 
 THROTTLE_REASONS = frozenset({"rate_limited"})
 CACHE_HIT_REASON = "cache_hit"
@@ -46,7 +46,7 @@ def decision_for(entry: ReservationPlaced | ReservationDenied | CacheHitRecorded
             reasons.append("downgraded_by_budget" if entry.candidate_index > 0 else "downgraded_by_policy")
         # A hold on a REGION scope was planned for that region (data locality, a regional budget): its
         # deployment is there or nowhere; otherwise the caller's region is preferred.
-        held_in = next((s.partition(":")[2] for s in entry.scopes if s.startswith(REGION + ":")), None)
+        held_in = next((scope_id for kind, scope_id in map(parse_scope, entry.scopes) if kind == REGION), None)
         chosen = (deployments.choose(entry.model, entry.region, entry.request_id) if held_in is None
                   else deployments.choose(entry.model, held_in, entry.request_id, strict=True))
         deployment = None if chosen is None else Deployment(chosen.model, chosen.endpoint, chosen.region)
